@@ -1,0 +1,183 @@
+//! Messages of the peer-to-peer chunk protocol `/meshota/chunks/1`, and the
+//! compact bitfield peers use to say which chunks of a manifest they hold.
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunking::Encoding;
+use crate::codec::{Kind, Message};
+use crate::ids::{ChunkId, ManifestId, SiteId};
+use crate::manifest::MAX_CHUNKS;
+
+/// The libp2p protocol name.
+pub const CHUNK_PROTOCOL: &str = "/meshota/chunks/1";
+
+/// A request from one peer to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerRequest {
+    /// Which chunks of this manifest do you hold? Also carries our site so
+    /// the answer can come back with the peer's.
+    Have {
+        /// The manifest.
+        manifest: ManifestId,
+        /// The asker's site.
+        site: Option<SiteId>,
+    },
+    /// Send this chunk.
+    Get {
+        /// The chunk.
+        chunk: ChunkId,
+    },
+    /// Send the encoded manifest with this id.
+    Manifest {
+        /// The manifest.
+        id: ManifestId,
+    },
+}
+
+impl Message for PeerRequest {
+    const KIND: Kind = Kind::PeerRequest;
+}
+
+/// A response to a [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerResponse {
+    /// The chunks held, by manifest position, and the responder's site.
+    Have {
+        /// Held chunks, indexed like the manifest's chunk list.
+        bitfield: Bitfield,
+        /// The responder's site.
+        site: Option<SiteId>,
+        /// True for a seed-only origin, so schedulers keep it as a last resort.
+        origin: bool,
+    },
+    /// A chunk, stored form.
+    Chunk {
+        /// How `data` is encoded.
+        encoding: Encoding,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// An encoded manifest.
+    Manifest {
+        /// The bytes; the receiver checks their BLAKE3 against the id.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// I do not have it.
+    NotFound,
+    /// I have it, but my upload slots are full: try elsewhere or later.
+    Busy,
+}
+
+impl Message for PeerResponse {
+    const KIND: Kind = Kind::PeerResponse;
+}
+
+/// One bit per manifest chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bitfield {
+    len: u32,
+    #[serde(with = "serde_bytes")]
+    bits: Vec<u8>,
+}
+
+/// Why a received bitfield is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BitfieldError {
+    /// Its length does not match the manifest or its byte count.
+    #[error("bitfield of {len} bits with {bytes} bytes does not fit a manifest of {expected} chunks")]
+    BadLength {
+        /// Declared bits.
+        len: u32,
+        /// Bytes carried.
+        bytes: usize,
+        /// Chunks in the manifest.
+        expected: usize,
+    },
+}
+
+impl Bitfield {
+    /// An empty field for `len` chunks (capped at [`MAX_CHUNKS`]).
+    pub fn new(len: usize) -> Self {
+        let len = len.min(MAX_CHUNKS);
+        Self {
+            len: len as u32,
+            bits: vec![0; len.div_ceil(8)],
+        }
+    }
+    /// A field with every bit set.
+    pub fn full(len: usize) -> Self {
+        let mut b = Self::new(len);
+        for i in 0..b.len() {
+            b.set(i);
+        }
+        b
+    }
+    /// Number of bits.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+    /// True when it has no bits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Sets bit `i` (ignored out of range).
+    pub fn set(&mut self, i: usize) {
+        if i < self.len() {
+            self.bits[i / 8] |= 1 << (i % 8);
+        }
+    }
+    /// Reads bit `i` (false out of range).
+    pub fn get(&self, i: usize) -> bool {
+        i < self.len() && self.bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+    }
+    /// Number of set bits.
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|b| b.count_ones() as usize).sum()
+    }
+    /// Checks a field received from a peer against the manifest.
+    ///
+    /// # Errors
+    /// [`BitfieldError::BadLength`].
+    pub fn check(&self, expected: usize) -> Result<(), BitfieldError> {
+        if self.len() != expected || self.bits.len() != expected.div_ceil(8) {
+            return Err(BitfieldError::BadLength {
+                len: self.len,
+                bytes: self.bits.len(),
+                expected,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitfield_sets_gets_and_counts() {
+        let mut b = Bitfield::new(13);
+        b.set(0);
+        b.set(12);
+        b.set(99);
+        assert!(b.get(0) && b.get(12) && !b.get(5) && !b.get(99));
+        assert_eq!(b.count(), 2);
+        assert!(b.check(13).is_ok());
+        assert!(b.check(14).is_err());
+        assert_eq!(Bitfield::full(9).count(), 9);
+    }
+
+    #[test]
+    fn a_peer_cannot_claim_a_bitfield_larger_than_it_carries() {
+        let b = Bitfield {
+            len: 1000,
+            bits: vec![0xff; 2],
+        };
+        assert!(b.check(1000).is_err());
+        assert!(!b.get(500));
+    }
+}

@@ -1,0 +1,218 @@
+//! Releases, rollout gates, announcements and commands: the documents a
+//! device acts on, and the rollout bucketing that decides who goes first.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Kind, Message};
+use crate::ids::{Channel, Compatible, DeviceId, FleetId, Group, ManifestId, ReleaseId};
+use crate::trust::Signed;
+
+/// A release, signed offline by the `release` role on the build machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The manifest this release pins.
+    pub manifest_id: ManifestId,
+    /// Product name (same as the manifest's).
+    pub name: String,
+    /// Version (same as the manifest's).
+    pub version: semver::Version,
+    /// Device class (same as the manifest's).
+    pub compatible: Compatible,
+    /// Channel it is published on.
+    pub channel: Channel,
+    /// Payload size, so a device can refuse before fetching anything.
+    pub payload_size: u64,
+    /// Monotonic per signer; devices refuse anything not above the last seen.
+    pub sequence: u64,
+    /// Seconds since the Unix epoch after which devices refuse it.
+    pub expires_at: u64,
+}
+
+impl Message for Release {
+    const KIND: Kind = Kind::Release;
+}
+
+impl Signed<Release> {
+    /// The release id: BLAKE3 of the signed bytes.
+    pub fn id(&self) -> ReleaseId {
+        ReleaseId::from_bytes(self.digest())
+    }
+}
+
+/// What a device may do with a release once eligible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Fetch the chunks only.
+    Download,
+    /// Fetch and write the inactive slot, but do not switch to it.
+    Install,
+    /// Fetch, write, switch, health-check, then commit or roll back.
+    InstallAndActivate,
+    /// Do nothing further: a halted or aborted rollout.
+    Stop,
+}
+
+impl std::str::FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "download" => Ok(Self::Download),
+            "install" => Ok(Self::Install),
+            "install-and-activate" => Ok(Self::InstallAndActivate),
+            "stop" => Ok(Self::Stop),
+            o => Err(format!(
+                "unknown action {o:?}: expected download, install, install-and-activate or stop"
+            )),
+        }
+    }
+}
+
+/// Basis points in a whole fleet.
+pub const FULL_SHARE: u16 = 10_000;
+
+/// Which part of the fleet may act on a release, signed online by the
+/// `rollout` role. Short-lived, and re-signed by the planner before expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutGate {
+    /// The release it opens; must equal the id of the accompanying release.
+    pub release_id: ReleaseId,
+    /// Share of the fleet, in basis points (0..=10000).
+    pub share_bp: u16,
+    /// Groups that are eligible whatever their bucket.
+    pub groups: Vec<Group>,
+    /// What eligible devices do.
+    pub action: Action,
+    /// Do not act before this time (seconds since the epoch).
+    pub not_before: u64,
+    /// Refuse after this time.
+    pub expires_at: u64,
+    /// Monotonic; devices refuse a gate not above the last seen.
+    pub sequence: u64,
+}
+
+impl Message for RolloutGate {
+    const KIND: Kind = Kind::RolloutGate;
+}
+
+/// A release plus the gate that opens it, published retained on the
+/// announce topic. The hints are unsigned: they only say where to look,
+/// and everything fetched from there is verified against the signatures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The offline-signed release.
+    pub release: Signed<Release>,
+    /// The online-signed gate.
+    pub gate: Signed<RolloutGate>,
+    /// libp2p multiaddrs of seeders (the origin) to bootstrap from.
+    pub bootstrap: Vec<String>,
+    /// Base URL of the origin's HTTP chunk endpoint, if any.
+    pub http_origin: Option<String>,
+}
+
+impl Message for Announcement {
+    const KIND: Kind = Kind::Announcement;
+}
+
+/// What a signed command asks of a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CommandAction {
+    /// Re-read retained announcements and report status now.
+    CheckNow,
+    /// Stop any update that has not been activated yet.
+    Cancel,
+    /// Switch back to the previous slot (or reinstall the named release).
+    Rollback {
+        /// The release to return to, if not simply the other slot.
+        to: Option<ReleaseId>,
+    },
+}
+
+/// An operator command, signed by the `rollout` role, sent on a device's
+/// cmd topic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Fleet it is meant for.
+    pub fleet: FleetId,
+    /// Device it is meant for; `None` means every device that receives it.
+    pub target: Option<DeviceId>,
+    /// What to do.
+    pub action: CommandAction,
+    /// Monotonic; a device refuses a command not above the last seen.
+    pub sequence: u64,
+    /// Refuse after this time.
+    pub expires_at: u64,
+}
+
+impl Message for Command {
+    const KIND: Kind = Kind::Command;
+}
+
+/// A device's rollout bucket for a release, in `0..10000`.
+///
+/// Derived from BLAKE3 so that it is uniform, stable across restarts, and
+/// different per release: the same devices are not always the canaries.
+pub fn bucket(device: &DeviceId, release: &ReleaseId) -> u16 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"meshota-bucket-v1\0");
+    h.update(release.as_bytes());
+    h.update(device.as_str().as_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d.as_bytes()[..8]);
+    (u64::from_le_bytes(first) % u64::from(FULL_SHARE)) as u16
+}
+
+/// Whether a device is inside a gate: in one of its groups, or its bucket
+/// falls below the gate's share.
+pub fn eligible(device: &DeviceId, device_groups: &[Group], gate: &RolloutGate) -> bool {
+    gate.groups.iter().any(|g| device_groups.contains(g))
+        || bucket(device, &gate.release_id) < gate.share_bp.min(FULL_SHARE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(i: usize) -> DeviceId {
+        DeviceId::new(format!("dev-{i}")).unwrap()
+    }
+
+    #[test]
+    fn buckets_are_uniform_enough_that_a_share_selects_about_that_share() {
+        let rel = ReleaseId::digest(b"r1");
+        let n = 20_000;
+        let below = (0..n).filter(|i| bucket(&dev(*i), &rel) < 1_000).count();
+        // 10% of 20k = 2000; a binomial sd is ~42, so 1800..2200 is > 4 sd.
+        assert!((1_800..2_200).contains(&below), "{below}");
+    }
+
+    #[test]
+    fn buckets_differ_between_releases() {
+        let a = ReleaseId::digest(b"a");
+        let b = ReleaseId::digest(b"b");
+        let same = (0..1000)
+            .filter(|i| bucket(&dev(*i), &a) == bucket(&dev(*i), &b))
+            .count();
+        assert!(same < 10);
+    }
+
+    #[test]
+    fn groups_are_eligible_at_zero_share_and_full_share_takes_everyone() {
+        let mut gate = RolloutGate {
+            release_id: ReleaseId::digest(b"x"),
+            share_bp: 0,
+            groups: vec![Group::new("canary").unwrap()],
+            action: Action::InstallAndActivate,
+            not_before: 0,
+            expires_at: 10,
+            sequence: 1,
+        };
+        let canary = [Group::new("canary").unwrap()];
+        assert!(eligible(&dev(1), &canary, &gate));
+        assert!(!(0..200).any(|i| eligible(&dev(i), &[], &gate)));
+        gate.share_bp = FULL_SHARE;
+        assert!((0..200).all(|i| eligible(&dev(i), &[], &gate)));
+    }
+}
