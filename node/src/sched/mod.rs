@@ -1,0 +1,1 @@
+//! The sans-IO chunk scheduler (API only; implementation lands next).
