@@ -18,11 +18,9 @@ enum Scope {
 }
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
+    /// Worth re-asking: unknown yet, or lacking something we miss (it may
+    /// have it by now; the origin may have stopped withholding it).
     pub(super) fn wants_refresh(&self, p: &PeerState) -> bool {
-        // The origin holds everything: one answer is enough.
-        if p.known && p.class == PeerClass::Origin {
-            return false;
-        }
         !p.known || self.missing.iter().any(|&u| !p.has(u as usize))
     }
 
@@ -96,7 +94,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 // A chunk a neighbour holds is fetched locally, not over the WAN.
                 PeerClass::OtherSite => p.has(u as usize) && c.site_avail == 0,
                 // The origin only serves what no reachable peer holds.
-                PeerClass::Origin => c.avail == 0,
+                PeerClass::Origin => p.has(u as usize) && c.avail == 0,
             };
             if !eligible {
                 continue;
@@ -111,9 +109,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 } else {
                     Scope::Site
                 };
-                if !self.is_home(u, scope) {
+                if let Some(home_gained) = self.home_elsewhere(u, scope) {
+                    let patience = self.cfg.site_patience;
+                    let home_alive = now < home_gained + patience;
+                    // Wait for the home, but never longer than the
+                    // patience, and not at all for a home that has stalled.
                     match c.deferred_since {
-                        Some(since) if now >= since + self.cfg.site_patience => {}
+                        _ if !home_alive => {}
+                        Some(since) if now >= since + patience => {}
                         Some(_) => continue,
                         None => {
                             deferred.push(u);
@@ -130,21 +133,28 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         best.map(|(u, _)| u)
     }
 
-    /// Whether this device has the lowest rendezvous weight for chunk `u`
-    /// among the peers in `scope` that are fetching and still lack it.
-    fn is_home(&self, u: u32, scope: Scope) -> bool {
-        let Some(me) = self.me else {
-            return true;
-        };
+    /// `None` when this device has the lowest rendezvous weight for chunk
+    /// `u` among the peers in `scope` that are fetching and still lack it;
+    /// otherwise when the lowest such peer (the home) last gained a chunk.
+    fn home_elsewhere(&self, u: u32, scope: Scope) -> Option<Instant> {
+        let me = self.me?;
         let c = &self.chunks[u as usize];
-        let mine = mix(me ^ c.hash);
-        !self.peers.values().any(|q| {
+        let mut best = mix(me ^ c.hash);
+        let mut home = None;
+        for q in self.peers.values() {
             let member = match scope {
                 Scope::Site => q.class == PeerClass::SameSite,
                 Scope::Fleet => q.class != PeerClass::Origin,
             };
-            member && q.fetching && !q.has(u as usize) && mix(q.hash ^ c.hash) < mine
-        })
+            if member && q.fetching && !q.has(u as usize) {
+                let w = mix(q.hash ^ c.hash);
+                if w < best {
+                    best = w;
+                    home = Some(q.last_gain);
+                }
+            }
+        }
+        home
     }
 
     /// Duplicates an outstanding request to an idle peer that holds it.
