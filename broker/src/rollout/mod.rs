@@ -45,7 +45,9 @@
 //!   wave reach `error_threshold_pct` of its targeted devices, the rollout
 //!   halts: the share is frozen (the gate stays as it is and is still
 //!   re-signed) and nothing advances. `resume` after a halt accepts the
-//!   failures seen so far; only further ones count toward a new halt.
+//!   failures seen so far; only further ones count toward a new halt. A
+//!   completed rollout no longer halts; its status still shows late
+//!   failures.
 //! - **Operator commands.** `pause` freezes the share; `resume` continues;
 //!   `abort` issues a gate with action `Stop`, so devices that have not
 //!   installed yet stop, and is final. `rollback` aborts and also lists the
@@ -97,7 +99,7 @@ use meshota_protocol::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use parse::{parse_duration, parse_groups, parse_percent, parse_waves, ParseError};
+pub use parse::{parse_duration, parse_groups, parse_percent, parse_time, parse_waves, ParseError};
 pub use persist::RestoreError;
 pub use status::{RolloutState, RolloutStatus, WaveCounts, WaveStatus};
 pub use wave::WaveKind;

@@ -20,6 +20,9 @@ pub enum ParseError {
     /// A group name unsafe in a topic.
     #[error(transparent)]
     Group(#[from] IdError),
+    /// A time that is none of the accepted forms.
+    #[error("{0:?} is not a time: expected `now`, `+10m`, seconds since the epoch, or RFC 3339 such as 2026-11-22T06:00:00Z")]
+    Time(String),
 }
 
 /// Parses `95` or `95%`.
@@ -96,6 +99,95 @@ pub fn parse_duration(s: &str) -> Result<u64, ParseError> {
         .ok_or_else(|| ParseError::DurationOverflow(s.to_owned()))
 }
 
+/// Parses `--not-before TIME` into seconds since the epoch: `now`, a
+/// delay from now (`+10m`, any [`parse_duration`] form), seconds since the
+/// epoch, or an RFC 3339 time with `Z` or a `±HH:MM` offset
+/// (`2026-11-22T06:00:00Z`, no fractional seconds).
+///
+/// # Errors
+/// [`ParseError::Time`], or a duration error for `+…`.
+pub fn parse_time(s: &str, now: u64) -> Result<u64, ParseError> {
+    let t = s.trim();
+    if t == "now" {
+        return Ok(now);
+    }
+    if let Some(d) = t.strip_prefix('+') {
+        return now
+            .checked_add(parse_duration(d)?)
+            .ok_or_else(|| ParseError::DurationOverflow(s.to_owned()));
+    }
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| ParseError::Time(s.to_owned()));
+    }
+    rfc3339(t).ok_or_else(|| ParseError::Time(s.to_owned()))
+}
+
+fn rfc3339(t: &str) -> Option<u64> {
+    let b = t.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = t.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Bytes, not `str` slices: a multi-byte character must not panic.
+    let offset = match t.get(19..)?.as_bytes() {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), _, _, b':', _, _] => {
+            let (oh, om) = (num(20..22)?, num(23..25)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let off = oh * 3600 + om * 60;
+            if *sign == b'+' {
+                off
+            } else {
+                -off
+            }
+        }
+        _ => return None,
+    };
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let month_days = *days_in.get(usize::try_from(mo).ok()?.checked_sub(1)?)?;
+    if d < 1 || d > month_days || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    // Days from 1970-01-01 to the civil date (H. Hinnant's algorithm).
+    let yy = if mo <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    u64::try_from(secs).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +245,46 @@ mod tests {
         assert_eq!(g[1].as_str(), "lab");
         assert!(matches!(parse_groups("a/b"), Err(ParseError::Group(_))));
         assert!(matches!(parse_groups("a,"), Err(ParseError::EmptyItem(_))));
+    }
+
+    #[test]
+    fn parses_not_before_as_now_a_delay_epoch_seconds_or_rfc3339() {
+        let now = 1_795_320_000;
+        assert_eq!(parse_time("now", now).unwrap(), now);
+        assert_eq!(parse_time("+10m", now).unwrap(), now + 600);
+        assert_eq!(parse_time("1800000000", now).unwrap(), 1_800_000_000);
+        assert_eq!(
+            parse_time("2026-11-22T06:00:00Z", now).unwrap(),
+            1_795_327_200
+        );
+        assert_eq!(
+            parse_time("2026-11-22T07:30:00+03:00", now).unwrap(),
+            1_795_321_800
+        );
+        assert_eq!(
+            parse_time("2024-02-29T23:59:59Z", now).unwrap(),
+            1_709_251_199
+        );
+        assert_eq!(parse_time("1970-01-01T00:00:00Z", now).unwrap(), 0);
+    }
+
+    #[test]
+    fn refuses_times_that_do_not_exist_or_are_not_times() {
+        for bad in [
+            "",
+            "tomorrow",
+            "2025-02-29T00:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T24:00:00Z",
+            "2026-11-22T06:00:00",
+            "2026-11-22T06:00:00+3:00",
+            "1969-12-31T23:59:59Z",
+            "2026-11-22T06:00:00.5Z",
+            "2026-11-22T06:00:00\u{e9}1234",
+            "2026-11-22T06:00:0\u{e9}+01:00",
+        ] {
+            assert!(parse_time(bad, 0).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

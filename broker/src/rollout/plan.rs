@@ -188,7 +188,8 @@ impl Planner {
     }
 
     /// When the planner next needs [`Planner::handle_timeout`], in seconds
-    /// since the epoch; `None` when nothing is pending on time alone.
+    /// since the epoch (possibly already due); `None` when nothing is
+    /// pending on time alone.
     pub fn poll_timeout(&self) -> Option<u64> {
         let c = &self.core;
         let now = c.now;
@@ -199,7 +200,9 @@ impl Planner {
             }
         };
         if c.state == RolloutState::Scheduled {
-            at(c.spec.not_before);
+            // Due at once when `not_before` has passed: the rollout starts
+            // at the driver's next wake-up, not at an arbitrary later one.
+            return Some(c.spec.not_before.max(now));
         }
         if c.gate.is_some() && c.state != RolloutState::Aborted {
             at(c.resign_at);
