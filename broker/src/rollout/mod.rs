@@ -396,17 +396,27 @@ pub enum PlannerOutput {
 }
 
 /// A device the planner knows; persisted.
+///
+/// One of these per device dominates a snapshot, and snapshots must fit
+/// the codec's `LocalState` limit, hence the one-letter field names on
+/// the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct DeviceRec {
     /// In one of the spec's groups (decided when registered).
+    #[serde(rename = "g")]
     in_group: bool,
+    #[serde(rename = "b")]
     bucket: u16,
     /// The wave that targeted it, once targeted; never changes after.
+    #[serde(rename = "w")]
     wave: Option<usize>,
+    #[serde(rename = "t")]
     targeted_at: Option<u64>,
     /// Counter and state of its latest report for this release.
+    #[serde(rename = "l")]
     last: Option<(u64, UpdateState)>,
     /// Latest cumulative bytes for this release.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
     bytes: Option<ByteSplit>,
 }
 

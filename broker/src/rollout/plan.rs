@@ -29,11 +29,14 @@ fn sub_bytes(a: ByteSplit, b: ByteSplit) -> ByteSplit {
 
 impl Planner {
     /// The registry added or updated a device. Devices of another class
-    /// are ignored. A device already targeted keeps its wave whatever its
+    /// are ignored (and one that changed class is removed). A device already targeted keeps its wave whatever its
     /// groups become, so counts never move between waves.
     pub fn handle_device(&mut self, info: DeviceInfo, now: u64) {
         let now = self.tick(now);
         if info.compatible != self.core.spec.compatible {
+            if self.core.devices.contains_key(&info.id) {
+                self.handle_device_removed(&info.id, now);
+            }
             return;
         }
         let in_group = info
@@ -44,7 +47,7 @@ impl Planner {
             if rec.wave.is_some() || rec.in_group == in_group {
                 return;
             }
-            self.unindex_untargeted(&info.id);
+            self.unindex_bucket(&info.id);
         }
         let b = bucket(&info.id, &self.core.spec.release_id);
         let prev = self.core.devices.get(&info.id);
@@ -66,6 +69,31 @@ impl Planner {
             self.target(&info.id, wave, now);
         }
         self.grow_goal();
+        self.evaluate(now);
+    }
+
+    /// The registry removed a device (decommissioned, or moved to another
+    /// class). It leaves every count, so a device that is gone for good
+    /// cannot hold a wave below its success threshold forever.
+    pub fn handle_device_removed(&mut self, id: &DeviceId, now: u64) {
+        let now = self.tick(now);
+        self.unindex_bucket(id);
+        let Some(r) = self.core.devices.remove(id) else {
+            return;
+        };
+        if let Some(bytes) = r.bytes {
+            self.derived.bytes = sub_bytes(self.derived.bytes, bytes);
+        }
+        if let (Some(w), Some(at)) = (r.wave, r.targeted_at) {
+            let phase = Phase::of(r.last.map(|(_, s)| s), self.core.spec.action);
+            if phase == Phase::Unreported {
+                let deadline = at.saturating_add(self.core.spec.report_timeout_secs);
+                self.derived.silent.remove(&(deadline, id.clone()));
+            }
+            if let Some(t) = self.derived.tallies.get_mut(w) {
+                t.remove(phase);
+            }
+        }
         self.evaluate(now);
     }
 
@@ -288,7 +316,9 @@ impl Planner {
         self.derived = d;
     }
 
-    fn unindex_untargeted(&mut self, id: &DeviceId) {
+    /// Takes a device out of the bucket indexes (no-op for group members,
+    /// which are never in them).
+    fn unindex_bucket(&mut self, id: &DeviceId) {
         if let Some(r) = self.core.devices.get(id) {
             if !r.in_group {
                 self.derived.hist.remove(r.bucket);

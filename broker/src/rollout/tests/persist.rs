@@ -95,3 +95,16 @@ fn restore_refuses_garbage_and_other_kinds() {
         Err(RestoreError::Codec(_))
     ));
 }
+
+#[test]
+fn a_snapshot_of_ten_thousand_devices_mid_rollout_fits_the_codec_limit() {
+    let mut s = spec();
+    s.waves = vec![50, 100];
+    let mut h = Harness::plain(s, 10_000);
+    h.at(T0);
+    h.commit_targeted();
+    let bytes = h.p.snapshot().unwrap();
+    assert!(bytes.len() < 600 * 1024, "{}", bytes.len());
+    let r = Planner::restore(&bytes).unwrap();
+    assert_eq!(r.status(h.now), h.status());
+}

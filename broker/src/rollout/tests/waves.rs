@@ -295,3 +295,34 @@ fn a_device_that_reported_before_it_was_targeted_counts_once_targeted() {
     let c = h.status().waves[1].counts;
     assert_eq!((c.targeted, c.succeeded), (18, 1));
 }
+
+#[test]
+fn a_removed_device_no_longer_holds_its_wave_below_the_threshold() {
+    let mut s = spec();
+    s.waves = vec![50, 100];
+    s.success_threshold_pct = 100;
+    let mut h = Harness::plain(s, 20);
+    h.at(T0);
+    let t = h.targeted();
+    assert_eq!(t.len(), 10);
+    h.commit(&t[1..]);
+    h.run_until(T0 + SOAK);
+    assert_eq!(h.status().current_wave, Some(0));
+    // Decommissioned: the registry now files it under another class.
+    h.p.handle_device(
+        DeviceInfo {
+            id: t[0].clone(),
+            groups: Vec::new(),
+            compatible: Compatible::new("retired").unwrap(),
+        },
+        h.now,
+    );
+    h.drain();
+    let st = h.status();
+    assert_eq!(st.eligible_devices, 19);
+    assert_eq!(st.waves[0].counts.targeted, 9);
+    assert_eq!(st.current_wave, Some(1));
+    h.p.handle_device_removed(&t[1], h.now);
+    assert_eq!(h.status().waves[0].counts.targeted, 8);
+    assert_eq!(h.status().waves[0].counts.succeeded, 8);
+}
