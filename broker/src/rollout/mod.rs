@@ -457,7 +457,42 @@ struct Derived {
     bytes: ByteSplit,
 }
 
-/// The staged-rollout planner for one release. See the module docs.
+/// The staged-rollout planner for one release. See the module docs for
+/// the policy.
+///
+/// Methods come in four groups, as in quinn-proto: getters (`status`,
+/// `state`, `current_gate` …); inputs, each taking `now` (`handle_device`,
+/// `handle_device_removed`, `handle_report`, `handle_command`,
+/// `handle_timeout`); outputs (`poll_output`, `poll_timeout`); and
+/// persistence (`snapshot`, `restore`). After any input, drain
+/// `poll_output`, persist a snapshot, act on the outputs, then sleep until
+/// `poll_timeout`.
+///
+/// ```
+/// use meshota_broker::rollout::{DeviceInfo, Planner, PlannerOutput, RolloutSpec};
+/// use meshota_protocol::{Compatible, DeviceId, ReleaseId, RolloutId};
+///
+/// let compatible = Compatible::new("rpi4")?;
+/// let spec = RolloutSpec::new(ReleaseId::digest(b"release"), compatible.clone(), 1);
+/// let now = 1_800_000_000;
+/// let mut planner = Planner::new(RolloutId::digest(b"rollout"), spec, now)?;
+/// for i in 0..100 {
+///     let id = DeviceId::new(format!("dev-{i}"))?;
+///     planner.handle_device(DeviceInfo { id, groups: vec![], compatible: compatible.clone() }, now);
+/// }
+/// let wake = planner.poll_timeout().unwrap_or(now);
+/// planner.handle_timeout(wake);
+/// while let Some(out) = planner.poll_output() {
+///     if let PlannerOutput::PublishGate(gate) = out {
+///         // Sign with the rollout key, publish retained with the release.
+///         assert_eq!(gate.sequence, 1);
+///     }
+/// }
+/// let saved = planner.snapshot()?;
+/// let restored = Planner::restore(&saved)?;
+/// assert_eq!(restored.status(wake), planner.status(wake));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Planner {
     core: Core,

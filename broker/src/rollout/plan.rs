@@ -29,8 +29,9 @@ fn sub_bytes(a: ByteSplit, b: ByteSplit) -> ByteSplit {
 
 impl Planner {
     /// The registry added or updated a device. Devices of another class
-    /// are ignored (and one that changed class is removed). A device already targeted keeps its wave whatever its
-    /// groups become, so counts never move between waves.
+    /// are ignored, and one that changed class is removed. A device
+    /// already targeted keeps its wave whatever its groups become, so
+    /// counts never move between waves.
     pub fn handle_device(&mut self, info: DeviceInfo, now: u64) {
         let now = self.tick(now);
         if info.compatible != self.core.spec.compatible {
@@ -212,6 +213,13 @@ impl Planner {
     /// time it likes (waking early is harmless).
     pub fn handle_timeout(&mut self, now: u64) {
         let now = self.tick(now);
+        // Only a wake-up starts the rollout, never a registry update: the
+        // driver feeds the whole fleet first, and the first wave is sized
+        // on all of it rather than on whoever registered first.
+        if self.core.state == RolloutState::Scheduled && now >= self.core.spec.not_before {
+            self.core.state = RolloutState::Running;
+            self.start_wave(0, now);
+        }
         self.evaluate(now);
     }
 
@@ -403,10 +411,6 @@ impl Planner {
 
     /// Applies every decision `now` allows, until none applies.
     pub(super) fn evaluate(&mut self, now: u64) {
-        if self.core.state == RolloutState::Scheduled && now >= self.core.spec.not_before {
-            self.core.state = RolloutState::Running;
-            self.start_wave(0, now);
-        }
         if matches!(
             self.core.state,
             RolloutState::Running | RolloutState::Paused

@@ -217,7 +217,9 @@ fn pausing_before_the_start_holds_it_until_resumed() {
     assert_eq!(h.p.state(), RolloutState::Paused);
     assert!(h.p.current_gate().is_none());
     h.p.handle_command(PlannerCommand::Resume, h.now).unwrap();
-    h.drain();
+    assert_eq!(h.p.state(), RolloutState::Scheduled);
+    assert_eq!(h.p.poll_timeout(), Some(h.now), "due at once");
+    h.at(h.now);
     assert_eq!(h.p.state(), RolloutState::Running);
     assert_eq!(h.targeted().len(), 1);
 }

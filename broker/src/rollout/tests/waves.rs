@@ -269,6 +269,19 @@ fn a_rollout_whose_not_before_has_passed_is_due_at_once() {
     let mut s = spec();
     s.not_before = 0;
     let mut p = Planner::new(RolloutId::digest(b"r"), s, T0).unwrap();
+    p.handle_device(
+        DeviceInfo {
+            id: dev(1),
+            groups: Vec::new(),
+            compatible: compat(),
+        },
+        T0,
+    );
+    assert_eq!(
+        p.state(),
+        RolloutState::Scheduled,
+        "registering starts nothing"
+    );
     assert_eq!(p.poll_timeout(), Some(T0));
     p.handle_timeout(T0);
     assert_eq!(p.state(), RolloutState::Running);
