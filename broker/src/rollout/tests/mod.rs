@@ -13,6 +13,7 @@ use super::*;
 mod control;
 mod gates;
 mod persist;
+mod random;
 mod reports;
 mod waves;
 
