@@ -65,9 +65,12 @@ impl Planner {
             self.derived.hist.add(b);
             self.derived.untargeted.insert((b, info.id.clone()));
         }
-        // A device inside what is already open is targeted from now on.
-        if let Some(wave) = self.wave_covering(in_group, b) {
-            self.target(&info.id, wave, now);
+        // A device inside what is already open is targeted from now on;
+        // after an abort the gate tells it to stop, so it is not.
+        if self.core.state != RolloutState::Aborted {
+            if let Some(wave) = self.wave_covering(in_group, b) {
+                self.target(&info.id, wave, now);
+            }
         }
         self.grow_goal();
         self.evaluate(now);

@@ -240,3 +240,23 @@ fn aborting_a_completed_rollout_stops_devices_that_have_not_installed() {
     assert_eq!(h.gate().action, Action::Stop);
     assert_eq!(h.gate().sequence, seq + 1);
 }
+
+#[test]
+fn devices_that_register_after_an_abort_are_not_targeted() {
+    let mut s = spec();
+    s.waves = vec![100];
+    let mut h = Harness::plain(s, 5);
+    h.at(T0);
+    h.p.handle_command(PlannerCommand::Abort, h.now).unwrap();
+    h.p.handle_device(
+        DeviceInfo {
+            id: dev(77),
+            groups: Vec::new(),
+            compatible: compat(),
+        },
+        h.now,
+    );
+    let st = h.status();
+    assert_eq!(st.eligible_devices, 6);
+    assert_eq!(st.waves[0].counts.targeted, 5);
+}
