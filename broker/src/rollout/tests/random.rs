@@ -32,10 +32,12 @@ const STATES: [UpdateState; 9] = [
     UpdateState::Failed,
 ];
 
-fn check(p: &Planner, now: u64, gates: &[RolloutGate]) {
-    let mut rebuilt = p.clone();
-    rebuilt.rebuild();
-    assert_eq!(rebuilt.derived, p.derived, "incremental indexes drifted");
+fn check(p: &Planner, now: u64, gates: &[RolloutGate], rebuild: bool) {
+    if rebuild {
+        let mut rebuilt = p.clone();
+        rebuilt.rebuild();
+        assert_eq!(rebuilt.derived, p.derived, "incremental indexes drifted");
+    }
     for w in p.status(now).waves {
         let c = w.counts;
         assert_eq!(
@@ -171,7 +173,7 @@ fn run(seed: u64) {
                 gates.push(g);
             }
         }
-        check(&p, now, &gates);
+        check(&p, now, &gates, step % 4 == 0);
         if step % 50 == 0 {
             let r = Planner::restore(&p.snapshot().unwrap()).unwrap();
             assert_eq!(r.core, p.core);
