@@ -182,3 +182,81 @@ impl Planner {
         }
     }
 }
+
+fn pct(bp: u16) -> String {
+    format!("{}.{:02}%", bp / 100, bp % 100)
+}
+
+/// A table for `meshota rollout status` (JSON goes through serde).
+impl fmt::Display for RolloutStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "rollout {} (release {}): {}",
+            self.rollout.short(),
+            self.release.short(),
+            self.state
+        )?;
+        if let Some(w) = self.current_wave {
+            write!(f, ", wave {w}")?;
+        }
+        write!(f, ", share {}", pct(self.share_bp))?;
+        if let (Some(seq), Some(exp)) = (self.gate_sequence, self.gate_expires_at) {
+            write!(f, ", gate #{seq} expires at {exp}")?;
+        }
+        writeln!(f, ", {} eligible devices", self.eligible_devices)?;
+        if let Some(r) = &self.halt_reason {
+            writeln!(f, "halted: {r}")?;
+        }
+        writeln!(
+            f,
+            "{:<5} {:<7} {:>7} {:>8} {:>7} {:>11} {:>10} {:>9} {:>9} {:>6} {:>11} {:>13}",
+            "wave",
+            "target",
+            "share",
+            "targeted",
+            "pending",
+            "downloading",
+            "installing",
+            "awaiting",
+            "succeeded",
+            "failed",
+            "rolled-back",
+            "not-reporting"
+        )?;
+        for w in &self.waves {
+            let target = match w.kind {
+                WaveKind::Groups => "groups".to_owned(),
+                WaveKind::Percent(p) => format!("{p}%"),
+            };
+            let c = &w.counts;
+            writeln!(
+                f,
+                "{:<5} {:<7} {:>7} {:>8} {:>7} {:>11} {:>10} {:>9} {:>9} {:>6} {:>11} {:>13}",
+                w.index,
+                target,
+                pct(w.share_bp),
+                c.targeted,
+                c.pending,
+                c.downloading,
+                c.installing,
+                c.awaiting_health,
+                c.succeeded,
+                c.failed,
+                c.rolled_back,
+                c.not_reporting
+            )?;
+        }
+        let fetched = self.bytes_from_peers.saturating_add(self.bytes_from_origin);
+        let peer_pct = if fetched == 0 {
+            0
+        } else {
+            u128::from(self.bytes_from_peers) * 100 / u128::from(fetched)
+        };
+        write!(
+            f,
+            "bytes: {} from peers, {} from the origin ({peer_pct}% from peers), {} reused locally",
+            self.bytes_from_peers, self.bytes_from_origin, self.bytes.local
+        )
+    }
+}

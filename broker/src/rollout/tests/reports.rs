@@ -106,3 +106,22 @@ fn status_serializes_to_json_for_the_api_and_the_cli() {
     assert_eq!(v["waves"][0]["counts"]["targeted"], 1);
     assert_eq!(v["gate_sequence"], 100);
 }
+
+#[test]
+fn status_prints_a_table_with_a_row_per_wave() {
+    let mut s = spec();
+    s.waves = vec![10, 100];
+    let mut h = Harness::plain(s, 20);
+    h.at(T0);
+    let t = h.targeted();
+    h.report(&t[0], UpdateState::Failed);
+    let text = h.status().to_string();
+    assert!(
+        text.contains("halted: wave 0: 1 of 2 devices failed"),
+        "{text}"
+    );
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 6, "{text}");
+    assert!(rows[3].starts_with("0     10%"), "{text}");
+    assert!(rows[5].starts_with("bytes: 0 from peers"), "{text}");
+}
