@@ -25,6 +25,9 @@
 //!   matches the release. Devices decide for themselves from the gate
 //!   (`eligible`: in a target group, or bucket below the share), so the
 //!   planner only ever chooses a share and the groups.
+//! - **Start.** The first [`Planner::handle_timeout`] at or after
+//!   `not_before` starts the first wave; registering devices never does,
+//!   so the first wave is sized on the whole fleet the driver fed in.
 //! - **Waves.** The explicit groups go first as wave 0 (share 0, groups
 //!   listed in the gate). Then each percent wave `k` opens the share to
 //!   the bucket of the `ceil(pct_k × M)`-th eligible device outside the
@@ -61,7 +64,9 @@
 //! - **Not reporting.** A targeted device with no report for this release
 //!   `report_timeout_secs` after it was targeted. It counts toward the
 //!   wave's targeted devices (so a silent fleet does not pass the success
-//!   threshold) but no longer holds a `max_parallel` slot.
+//!   threshold) but no longer holds a `max_parallel` slot. A device gone
+//!   for good leaves every count through
+//!   [`Planner::handle_device_removed`].
 //! - **Reports.** Each device counts once, by its latest report for this
 //!   release, ordered by the report counter (which survives reboots;
 //!   device clocks may not). Reports about other releases, older and
@@ -77,11 +82,13 @@
 //! # Persistence
 //!
 //! [`Planner::snapshot`] encodes the whole state through the protocol
-//! codec, undelivered outputs included; [`Planner::restore`] rebuilds a
-//! planner that takes the same decisions. Persist a snapshot *before*
-//! publishing the gates it produced: then a crash can only make the
-//! restored planner publish the same gate again, never a different gate
-//! under a sequence already used.
+//! codec (undelivered outputs included); [`Planner::restore`] rebuilds a
+//! planner that takes the same decisions. Drain the outputs, persist a
+//! snapshot, and only then sign and publish; on start-up, restore and
+//! re-publish [`Planner::current_gate`] (the embedded MQTT broker keeps no
+//! retained messages across restarts anyway). A crash can then only make
+//! the driver publish the same gate again, never a different gate under a
+//! sequence already used.
 
 mod parse;
 mod persist;
