@@ -108,3 +108,22 @@ fn a_snapshot_of_ten_thousand_devices_mid_rollout_fits_the_codec_limit() {
     let r = Planner::restore(&bytes).unwrap();
     assert_eq!(r.status(h.now), h.status());
 }
+
+#[test]
+fn a_restart_in_the_middle_of_a_soak_keeps_its_end() {
+    let mut h = Harness::plain(spec(), 300);
+    h.at(T0);
+    h.commit_targeted();
+    h.at(T0 + 100);
+    let saved = h.p.snapshot().unwrap();
+    // The broker is down for a while; the restored planner still ends the
+    // soak at the original time, not 600 s after the restart.
+    let mut r = Planner::restore(&saved).unwrap();
+    assert_eq!(r.poll_timeout(), Some(T0 + SOAK));
+    r.handle_timeout(T0 + SOAK - 1);
+    assert_eq!(r.status(T0 + SOAK - 1).current_wave, Some(0));
+    r.handle_timeout(T0 + SOAK);
+    assert_eq!(r.status(T0 + SOAK).current_wave, Some(1));
+    let g = r.current_gate().unwrap();
+    assert_eq!(g.sequence, h.gate().sequence + 1);
+}

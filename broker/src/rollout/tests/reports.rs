@@ -51,6 +51,13 @@ fn ignores_reports_about_other_releases_older_reports_and_repeats() {
     );
     let c = p.status(T0).waves[0].counts;
     assert_eq!((c.targeted, c.failed, c.downloading), (5, 0, 1));
+    // Committing, then saying so again with a newer counter: still one.
+    for counter in [7, 8] {
+        let r = report(Some(rel()), UpdateState::Committed, counter);
+        assert_eq!(p.handle_report(&d, r, T0), ReportOutcome::Accepted);
+    }
+    let c = p.status(T0).waves[0].counts;
+    assert_eq!((c.targeted, c.succeeded, c.downloading), (5, 1, 0));
 }
 
 #[test]
