@@ -218,6 +218,20 @@ impl RolloutSpec {
                 return Err(PlanError::DuplicateGroup(g.clone()));
             }
         }
+        // Every gate lists all the groups; a gate too large to encode
+        // could never be signed, so refuse the spec now, not mid-rollout.
+        let widest = RolloutGate {
+            release_id: self.release_id,
+            share_bp: meshota_protocol::release::FULL_SHARE,
+            groups: self.groups.clone(),
+            action: self.action,
+            not_before: u64::MAX,
+            expires_at: u64::MAX,
+            sequence: u64::MAX,
+        };
+        if meshota_protocol::codec::encode(&widest).is_err() {
+            return Err(PlanError::TooManyGroups(self.groups.len()));
+        }
         Ok(())
     }
 }
@@ -261,6 +275,9 @@ pub enum PlanError {
     /// A group listed twice.
     #[error("group {0} is listed twice")]
     DuplicateGroup(Group),
+    /// The groups would not fit in a gate.
+    #[error("{0} groups do not fit in a rollout gate; use fewer or shorter group names")]
+    TooManyGroups(usize),
 }
 
 /// A device as the fleet registry knows it.

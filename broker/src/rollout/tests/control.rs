@@ -197,6 +197,14 @@ fn invalid_specs_are_refused() {
             |s| s.groups = vec![Group::new("a").unwrap(), Group::new("a").unwrap()],
             PlanError::DuplicateGroup(Group::new("a").unwrap()),
         ),
+        (
+            |s| {
+                s.groups = (0..200)
+                    .map(|i| Group::new(format!("{i:0>100}")).unwrap())
+                    .collect()
+            },
+            PlanError::TooManyGroups(200),
+        ),
     ];
     for (edit, err) in cases {
         let mut s = spec();
