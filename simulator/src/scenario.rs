@@ -54,6 +54,13 @@ pub struct Scenario {
     pub health_fail_rate: f64,
     /// Share of devices that serve corrupted chunks.
     pub malicious_rate: f64,
+    /// Seconds a device waits for a chunk's site or fleet home to pull it
+    /// before pulling it itself (the scheduler's `site_patience`).
+    pub patience_s: u64,
+    /// Milliseconds between `Have` refreshes of a peer.
+    pub have_refresh_ms: u64,
+    /// Milliseconds of the first back-off after a `Busy` answer.
+    pub busy_backoff_ms: u64,
     /// Seed for every random choice; the same seed replays the same run.
     pub seed: u64,
 }
@@ -71,7 +78,7 @@ impl Default for Scenario {
             site_wan_bps: 50 * MBIT,
             lan_latency_ms: 1,
             wan_latency_ms: 30,
-            lan_peers: 8,
+            lan_peers: 32,
             wan_peers: 2,
             max_uploads: 4,
             origin_max_uploads: 64,
@@ -82,6 +89,9 @@ impl Default for Scenario {
             health_s: 2,
             health_fail_rate: 0.0,
             malicious_rate: 0.0,
+            patience_s: 8,
+            have_refresh_ms: 1000,
+            busy_backoff_ms: 250,
             seed: 1,
         }
     }

@@ -12,9 +12,11 @@
 //!   peer, never over the WAN.
 //! - **One WAN pull per site.** A chunk no same-site peer holds is pulled
 //!   over the WAN by one member of the site: the rendezvous-hash "home" of
-//!   that chunk among the site's members still fetching. Others wait for
-//!   it to appear locally, for at most `site_patience`, and not at all if
-//!   that home has gained nothing for `site_patience`.
+//!   that chunk among the site's members still fetching. The others line
+//!   up behind it by the same hash: the k-th waits k × `site_patience`
+//!   before pulling the chunk itself, so if the home cannot get it one
+//!   device steps in, not all. Members that gained nothing for
+//!   `site_patience` are stalled and do not hold up the line.
 //! - **Origin last, and about once.** The origin serves only chunks no
 //!   reachable peer holds, and then only to the chunk's rendezvous home
 //!   among all known fetching peers. Devices rarely know the whole fleet,

@@ -109,14 +109,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 } else {
                     Scope::Site
                 };
-                if let Some(home_gained) = self.home_elsewhere(u, scope) {
-                    let patience = self.cfg.site_patience;
-                    let home_alive = now < home_gained + patience;
-                    // Wait for the home, but never longer than the
-                    // patience, and not at all for a home that has stalled.
+                let rank = self.home_rank(u, scope, now);
+                if rank > 0 {
+                    // The k-th in line waits k patiences, so when the home
+                    // cannot get the chunk, one device (not all) steps in.
+                    let wait = self.cfg.site_patience * rank;
                     match c.deferred_since {
-                        _ if !home_alive => {}
-                        Some(since) if now >= since + patience => {}
+                        Some(since) if now >= since + wait => {}
                         Some(_) => continue,
                         None => {
                             deferred.push(u);
@@ -133,31 +132,37 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         best.map(|(u, _)| u)
     }
 
-    /// `None` when this device has the lowest rendezvous weight for chunk
-    /// `u` among the peers in `scope` that are fetching and still lack it;
-    /// otherwise when the lowest such peer (the home) last gained a chunk.
-    fn home_elsewhere(&self, u: u32, scope: Scope) -> Option<Instant> {
-        let me = self.me?;
+    /// This device's place in line to pull chunk `u` over the WAN: how
+    /// many peers in `scope` that are fetching, still lack it, and have
+    /// gained a chunk within the patience (so are alive) weigh less for
+    /// it. Zero means this device is the chunk's home.
+    fn home_rank(&self, u: u32, scope: Scope, now: Instant) -> u32 {
+        let Some(me) = self.me else {
+            return 0;
+        };
         let c = &self.chunks[u as usize];
-        let mut best = mix(me ^ c.hash);
-        let mut home = None;
-        for q in self.peers.values() {
-            let member = match scope {
-                Scope::Site => q.class == PeerClass::SameSite,
-                Scope::Fleet => q.class != PeerClass::Origin,
-            };
-            if member && q.fetching && !q.has(u as usize) {
-                let w = mix(q.hash ^ c.hash);
-                if w < best {
-                    best = w;
-                    home = Some(q.last_gain);
-                }
-            }
-        }
-        home
+        let mine = mix(me ^ c.hash);
+        let patience = self.cfg.site_patience;
+        let ahead = self
+            .peers
+            .values()
+            .filter(|q| {
+                let member = match scope {
+                    Scope::Site => q.class == PeerClass::SameSite,
+                    Scope::Fleet => q.class != PeerClass::Origin,
+                };
+                member
+                    && q.fetching
+                    && !q.has(u as usize)
+                    && now < q.last_gain + patience
+                    && mix(q.hash ^ c.hash) < mine
+            })
+            .count();
+        u32::try_from(ahead).unwrap_or(u32::MAX)
     }
 
-    /// Duplicates an outstanding request to an idle peer that holds it.
+    /// Duplicates an outstanding request to an idle same-site peer that
+    /// holds it.
     fn endgame(&mut self, now: Instant) -> Option<Action<P>> {
         let window = self.cfg.window_per_peer;
         let origin_window = self.cfg.origin_window;
@@ -171,9 +176,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     && p.busy_until <= now
                     && p.in_flight < p.window(window, origin_window)
                     && !c.in_flight.iter().any(|(q, _)| q == *k)
-                    // The origin is never used for duplicates: it serves
-                    // each chunk about once.
-                    && p.class != PeerClass::Origin
+                    // Duplicates only cross the LAN: a WAN duplicate costs
+                    // the site uplink and the origin serves each chunk
+                    // about once.
+                    && p.class == PeerClass::SameSite
                     && p.has(u as usize)
             });
             if let Some((peer, _)) = found {

@@ -306,11 +306,13 @@ impl<'a> Sim<'a> {
     fn sched_config(&self, d: u32) -> SchedulerConfig {
         let chunk_time = u64::from(self.s.chunk_avg) * 1_000_000 / self.s.device_up_bps.max(1);
         SchedulerConfig {
-            have_refresh: Duration::from_secs(2),
+            have_refresh: Duration::from_millis(self.s.have_refresh_ms),
             request_timeout: Duration::from_micros(
                 (chunk_time * u64::from(self.s.max_uploads) * 8).max(30_000_000),
             ),
             min_rate_bps: 1024,
+            site_patience: Duration::from_secs(self.s.patience_s),
+            busy_backoff: Duration::from_millis(self.s.busy_backoff_ms),
             stall_timeout: Duration::from_secs(3600),
             seed: self.s.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),
             ..SchedulerConfig::default()
