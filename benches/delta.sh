@@ -6,9 +6,12 @@
 #                                           for debootstrap and chroot)
 #
 # v1: debootstrap --variant=minbase bookworm.
-# v2: v1 + `apt-get install curl nano` in a chroot.
+# v2: v1 + `apt-get install --no-install-recommends curl nano` in a chroot.
 # Both: apt caches and lists removed, then an ext4 image of the same size
-# with a fixed UUID, hash seed and timestamps.
+# with a fixed UUID, hash seed and mkfs time. mkfs copies each file's
+# atime and ctime, which no flag pins: images are bit-identical across
+# reruns only once the trees' atimes have settled (relatime), as the
+# printed sha256 sums show.
 # Needs: apt-get install debootstrap casync zchunk e2fsprogs.
 set -euo pipefail
 
@@ -58,31 +61,46 @@ done
 ls -l v1.img v2.img
 du -sh --apparent-size v1root v2root
 
-echo "== meshota"
+sha256sum v1.img v2.img
+
+# Average chunk sizes to measure, KiB; min = avg/4 and max = avg*4 for
+# both meshota and casync. 64 is both tools' default.
+AVG_KIBS=${AVG_KIBS:-64 32 16 8}
+
 (cd "$REPO" && cargo build -q --release -p meshota-node --example delta_size)
-"$REPO"/target/release/examples/delta_size v1.img v2.img | tee meshota.txt
+for avg in $AVG_KIBS; do
+    echo "== meshota avg=${avg}KiB"
+    "$REPO"/target/release/examples/delta_size v1.img v2.img "$avg" | tee "meshota-$avg.txt"
+done
 
-echo "== casync"
-rm -rf castore v1.caibx v2.caibx
-casync make --store=castore --compression=zstd v1.caibx v1.img
-(cd castore && find . -name '*.cacnk' | sort) > casync-v1.list
-casync make --store=castore --compression=zstd v2.caibx v2.img
-(cd castore && find . -name '*.cacnk' | sort) > casync-v2.list
-casync_new_files=$(comm -13 casync-v1.list casync-v2.list | wc -l)
-casync_new_bytes=$(comm -13 casync-v1.list casync-v2.list | (cd castore && xargs -r stat -c %s) | awk '{s+=$1} END {print s+0}')
-casync_v2_chunks=$(wc -l < casync-v2.list)
-casync_index=$(stat -c %s v2.caibx)
-{
-    echo "casync_store_chunks_after_v2=$casync_v2_chunks"
-    echo "casync_new_chunks=$casync_new_files"
-    echo "casync_new_chunk_bytes=$casync_new_bytes"
-    echo "casync_v2_index_bytes=$casync_index"
-    echo "casync_delta_bytes=$((casync_new_bytes + casync_index))"
-} | tee casync.txt
+for avg in $AVG_KIBS; do
+    echo "== casync avg=${avg}KiB"
+    size="$((avg * 256)):$((avg * 1024)):$((avg * 4096))"
+    store="castore-$avg"
+    rm -rf "$store" "v1-$avg.caibx" "v2-$avg.caibx"
+    casync make --store="$store" --compression=zstd --chunk-size="$size" "v1-$avg.caibx" v1.img
+    (cd "$store" && find . -name '*.cacnk' | sort) > "casync-v1-$avg.list"
+    casync make --store="$store" --compression=zstd --chunk-size="$size" "v2-$avg.caibx" v2.img
+    (cd "$store" && find . -name '*.cacnk' | sort) > "casync-v2-$avg.list"
+    new_files=$(comm -13 "casync-v1-$avg.list" "casync-v2-$avg.list" | wc -l)
+    new_bytes=$(comm -13 "casync-v1-$avg.list" "casync-v2-$avg.list" | (cd "$store" && xargs -r stat -c %s) | awk '{s+=$1} END {print s+0}')
+    index=$(stat -c %s "v2-$avg.caibx")
+    {
+        echo "casync_chunk_size=$size"
+        echo "casync_store_chunks_after_v2=$(wc -l < "casync-v2-$avg.list")"
+        echo "casync_new_chunks=$new_files"
+        echo "casync_new_chunk_bytes=$new_bytes"
+        echo "casync_v2_index_bytes=$index"
+        echo "casync_delta_bytes=$((new_bytes + index))"
+    } | tee "casync-$avg.txt"
+done
 
+# zck has no chunk-size option; its automatic chunker is measured as is.
 echo "== zchunk"
 rm -f v1.zck v2.zck
 zck -o v1.zck v1.img
 zck -o v2.zck v2.img
 ls -l v1.zck v2.zck | tee zchunk.txt
+zck_read_header v2.zck | grep -E "Header size|Chunk count" | tee -a zchunk.txt
+# zchunk 1.2.3 counts the v2 header in "Would download".
 zck_delta_size v1.zck v2.zck | tee -a zchunk.txt
