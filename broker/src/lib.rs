@@ -1,1 +1,5 @@
-//! placeholder
+//! # meshota-broker
+//!
+//! # Layout
+//!
+//! The server side and the operator CLI `meshota`.

@@ -52,6 +52,7 @@ pub use ids::{
 pub use manifest::{ChunkRef, InstallKind, Manifest, MAX_CHUNKS};
 pub use peer::{Bitfield, PeerRequest, PeerResponse};
 pub use release::{Action, Announcement, Command, CommandAction, Release, RolloutGate};
+pub use semver;
 pub use telemetry::{ByteSplit, Event, Report, ReportBody, SignedReport, Status, UpdateState};
 pub use topics::Topic;
 pub use trust::{PublicKey, Role, RoleKeys, SecretKey, Signed, TrustRoot};

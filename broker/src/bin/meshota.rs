@@ -1,1 +1,2 @@
+//! `meshota`, the operator CLI (subcommands land with the bundle tool).
 fn main() {}

@@ -1,1 +1,670 @@
-//! The sans-IO chunk scheduler (API only; implementation lands next).
+//! The sans-IO chunk scheduler.
+//!
+//! It decides which chunk to ask of which peer, when a request has taken
+//! too long, which peers to ban or drop, and when to give up. It never
+//! touches a socket or a clock: every input carries `now`, and the driver
+//! sleeps until [`Scheduler::poll_timeout`]. The same code runs on devices
+//! over libp2p and in the simulator under virtual time.
+//!
+//! # Policy
+//!
+//! - **Local first.** A chunk a same-site peer holds is fetched from that
+//!   peer, never over the WAN.
+//! - **One WAN pull per site.** A chunk no same-site peer holds is pulled
+//!   over the WAN by one member of the site: the rendezvous-hash "home" of
+//!   that chunk among the site's members still fetching. Others wait for
+//!   it to appear locally, or pull it themselves after `site_patience`.
+//! - **Origin last, and about once.** The origin serves only chunks no
+//!   reachable peer holds, and then only to the chunk's rendezvous home
+//!   among all known fetching peers (or after `site_patience`), so the
+//!   origin serves roughly one copy whatever the fleet size.
+//! - **Rarest first** among eligible chunks, with a seeded random
+//!   tie-break, so neighbours pull different chunks and then trade them.
+//! - **Windows and timeouts.** Each peer has a window of in-flight
+//!   requests; a request past `request_timeout` is retried elsewhere.
+//! - **Endgame.** When few chunks remain and all are in flight, idle peers
+//!   duplicate the outstanding requests; the first answer wins.
+//! - **Two failure kinds.** Bad data ([`Failure::Misbehaved`]) bans a peer
+//!   for good; slowness or silence ([`Failure::Unresponsive`], a rate under
+//!   `min_rate_bps`) drops it for a cool-off period.
+
+mod pick;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
+
+use state::{ChunkState, PeerState};
+
+/// Where a peer sits relative to us; decides preference and accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PeerClass {
+    /// Same site: LAN bytes, preferred.
+    SameSite,
+    /// Another site: WAN bytes.
+    OtherSite,
+    /// The origin seeder: WAN bytes, used last.
+    Origin,
+}
+
+/// Tuning knobs. The defaults suit devices on real networks.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Requests in flight per peer.
+    pub window_per_peer: usize,
+    /// Requests in flight to an origin.
+    pub origin_window: usize,
+    /// A request not answered within this is retried elsewhere.
+    pub request_timeout: Duration,
+    /// How often to re-ask a peer which chunks it holds.
+    pub have_refresh: Duration,
+    /// A peer delivering slower than this (while busy serving us) is dropped.
+    pub min_rate_bps: u64,
+    /// Endgame starts when this few chunks are missing.
+    pub endgame_chunks: usize,
+    /// How long to wait for a chunk's site or fleet home to pull it before
+    /// pulling it ourselves over the WAN.
+    pub site_patience: Duration,
+    /// First back-off after a `Busy`; doubles per consecutive `Busy`.
+    pub busy_backoff: Duration,
+    /// How long a dropped (not banned) peer is ignored.
+    pub drop_cooloff: Duration,
+    /// With no chunk arriving for this long, emit [`SchedEvent::Stalled`].
+    pub stall_timeout: Duration,
+    /// Seed for tie-breaks; give each device a different one.
+    pub seed: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            window_per_peer: 4,
+            origin_window: 4,
+            request_timeout: Duration::from_secs(10),
+            have_refresh: Duration::from_secs(1),
+            min_rate_bps: 4 * 1024,
+            endgame_chunks: 8,
+            site_patience: Duration::from_secs(8),
+            busy_backoff: Duration::from_millis(250),
+            drop_cooloff: Duration::from_secs(30),
+            stall_timeout: Duration::from_secs(120),
+            seed: 0,
+        }
+    }
+}
+
+/// What the driver should do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action<P> {
+    /// Ask `peer` for the chunk at manifest position `index`.
+    Request {
+        /// The peer.
+        peer: P,
+        /// Manifest position.
+        index: usize,
+        /// The chunk id.
+        chunk: ChunkId,
+        /// Its raw length.
+        len: u32,
+    },
+    /// Ask `peer` which chunks of the manifest it holds (send `Have`).
+    QueryHave {
+        /// The peer.
+        peer: P,
+    },
+    /// A duplicate request is no longer needed (endgame); drivers that
+    /// cannot cancel may ignore this.
+    Cancel {
+        /// The peer.
+        peer: P,
+        /// Manifest position.
+        index: usize,
+    },
+}
+
+/// Why a request failed. Bad data and slowness are different kinds on
+/// purpose: one is an attack, the other is a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The peer does not have it (any more).
+    NotFound,
+    /// The peer has it but its upload slots are full.
+    Busy,
+    /// The peer sent bad data (hash or length mismatch, protocol
+    /// violation): ban it.
+    Misbehaved(String),
+    /// Timeout or transport error: drop it for a while.
+    Unresponsive(String),
+}
+
+/// Something the driver should act on or report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SchedEvent<P> {
+    /// The peer sent bad data; disconnect and block it.
+    Banned {
+        /// The peer.
+        peer: P,
+        /// Why.
+        reason: String,
+    },
+    /// The peer was too slow or silent; it is ignored for a cool-off.
+    Dropped {
+        /// The peer.
+        peer: P,
+        /// Why.
+        reason: String,
+    },
+    /// No progress for `stall_timeout`; the driver may give up or wait.
+    Stalled,
+    /// Every chunk is held.
+    Complete,
+}
+
+/// Figures for telemetry and the simulator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DownloadStats {
+    /// Bytes by source, on the wire.
+    pub bytes: ByteSplit,
+    /// Bytes received for chunks already held (endgame duplicates).
+    pub duplicate_bytes: u64,
+    /// Requests that failed and were retried.
+    pub retries: u64,
+    /// Peers banned for bad data.
+    pub bans: u64,
+    /// Peers dropped for slowness or silence.
+    pub drops: u64,
+    /// Distinct peers that delivered at least one chunk.
+    pub peers_used: usize,
+    /// Chunks fetched over the network.
+    pub chunks_fetched: u64,
+    /// Time from creation to completion.
+    pub duration: Option<Duration>,
+}
+
+/// The scheduler for one download. `P` is the driver's peer key
+/// (`libp2p::PeerId` on devices, an integer in the simulator).
+pub struct Scheduler<P> {
+    cfg: SchedulerConfig,
+    chunks: Vec<ChunkState<P>>,
+    /// Manifest position to unique chunk index.
+    pos_to_unique: Vec<u32>,
+    /// Unique indices not yet held, with `missing_at` locating each.
+    missing: Vec<u32>,
+    missing_at: Vec<u32>,
+    in_flight: BTreeSet<u32>,
+    peers: BTreeMap<P, PeerState>,
+    banned: BTreeSet<P>,
+    cooloff: BTreeMap<P, Instant>,
+    used: BTreeSet<P>,
+    me: Option<u64>,
+    actions: VecDeque<Action<P>>,
+    events: VecDeque<SchedEvent<P>>,
+    stats: DownloadStats,
+    started: Instant,
+    last_progress: Instant,
+    stalled_reported: bool,
+    now_hint: Instant,
+    completed: bool,
+}
+
+impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
+    /// A scheduler for `manifest`, given which positions are already held.
+    pub fn new(manifest: &Manifest, held: &Bitfield, cfg: SchedulerConfig, now: Instant) -> Self {
+        let mut index_of: std::collections::HashMap<ChunkId, u32> = Default::default();
+        let mut chunks: Vec<ChunkState<P>> = Vec::new();
+        let mut pos_to_unique = Vec::with_capacity(manifest.chunks.len());
+        let mut rng = state::SplitMix(cfg.seed ^ 0x006d_6573_686f_7461);
+        let mut local = 0u64;
+        for (pos, c) in manifest.chunks.iter().enumerate() {
+            let u = *index_of.entry(c.id).or_insert_with(|| {
+                chunks.push(ChunkState::new(c.id, c.len, pos, rng.next()));
+                (chunks.len() - 1) as u32
+            });
+            let st = &mut chunks[u as usize];
+            if held.get(pos) && !st.held {
+                st.held = true;
+                local += u64::from(c.len);
+            }
+            pos_to_unique.push(u);
+        }
+        let mut missing = Vec::new();
+        let mut missing_at = vec![u32::MAX; chunks.len()];
+        for (u, c) in chunks.iter().enumerate() {
+            if !c.held {
+                missing_at[u] = missing.len() as u32;
+                missing.push(u as u32);
+            }
+        }
+        let mut s = Self {
+            cfg,
+            chunks,
+            pos_to_unique,
+            missing,
+            missing_at,
+            in_flight: BTreeSet::new(),
+            peers: BTreeMap::new(),
+            banned: BTreeSet::new(),
+            cooloff: BTreeMap::new(),
+            used: BTreeSet::new(),
+            me: None,
+            actions: VecDeque::new(),
+            events: VecDeque::new(),
+            stats: DownloadStats::default(),
+            started: now,
+            last_progress: now,
+            stalled_reported: false,
+            now_hint: now,
+            completed: false,
+        };
+        s.stats.bytes.local = local;
+        s.check_complete(now);
+        s
+    }
+
+    /// Names the local peer, which enables the site and origin rendezvous.
+    /// Without it every chunk is pulled as if this device were its home.
+    pub fn set_local_peer(&mut self, me: P) {
+        self.me = Some(state::peer_hash(&me));
+    }
+
+    /// A peer that serves this manifest was found, or its class changed.
+    /// Banned peers and dropped peers in cool-off are ignored.
+    pub fn handle_peer_found(&mut self, peer: P, class: PeerClass, now: Instant) {
+        self.now_hint = now;
+        if self.banned.contains(&peer) {
+            return;
+        }
+        if let Some(until) = self.cooloff.get(&peer) {
+            if now < *until {
+                return;
+            }
+            self.cooloff.remove(&peer);
+        }
+        let n = self.chunks.len();
+        let mut class_changed = None;
+        let p = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| PeerState::new(class, state::peer_hash(&peer), n, now));
+        if p.class != class {
+            class_changed = Some(p.class);
+        }
+        if let Some(old) = class_changed {
+            self.recount_peer(&peer, Some(old), false);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.class = class;
+            }
+            self.recount_peer(&peer, None, true);
+        }
+    }
+
+    /// Whether `peer` is itself fetching this manifest (from its `Have`
+    /// answer). Only fetching peers take part in the rendezvous.
+    pub fn handle_peer_fetching(&mut self, peer: P, fetching: bool) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.fetching = fetching;
+        }
+    }
+
+    /// A peer's full bitfield, by manifest position. A field of the wrong
+    /// length is a protocol violation and bans the peer.
+    pub fn handle_peer_have(&mut self, peer: P, have: &Bitfield, now: Instant) {
+        self.now_hint = now;
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        if have.len() != self.pos_to_unique.len() {
+            self.ban(peer, "bitfield length does not match the manifest".into());
+            return;
+        }
+        self.recount_peer(&peer, None, false);
+        let refresh = self.cfg.have_refresh;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            for (u, c) in self.chunks.iter().enumerate() {
+                p.set_has(u, have.get(c.pos));
+            }
+            p.have_pending = None;
+            p.have_due = now + refresh;
+            p.known = true;
+            p.timeouts_in_row = 0;
+        }
+        self.recount_peer(&peer, None, true);
+    }
+
+    /// A peer went away (disconnected, or does not serve this manifest).
+    pub fn handle_peer_lost(&mut self, peer: P, now: Instant) {
+        self.now_hint = now;
+        self.remove_peer(&peer, now);
+    }
+
+    /// The chunk at `index` arrived from `peer`, and the driver verified
+    /// and stored it. Late duplicates are counted as waste, not progress.
+    pub fn handle_chunk_arrived(&mut self, peer: P, index: usize, wire_bytes: u64, now: Instant) {
+        self.now_hint = now;
+        let Some(&u) = self.pos_to_unique.get(index) else {
+            return;
+        };
+        let class = self.peers.get(&peer).map(|p| p.class);
+        self.finish_request(&peer, u, now, true, wire_bytes);
+        let c = &mut self.chunks[u as usize];
+        if c.held {
+            self.stats.duplicate_bytes += wire_bytes;
+            return;
+        }
+        c.held = true;
+        c.deferred_since = None;
+        for (other, _) in std::mem::take(&mut c.in_flight) {
+            if let Some(p) = self.peers.get_mut(&other) {
+                p.end_request(now);
+            }
+            self.actions
+                .push_back(Action::Cancel { peer: other, index });
+        }
+        self.in_flight.remove(&u);
+        self.remove_missing(u);
+        match class {
+            Some(PeerClass::SameSite) => self.stats.bytes.same_site += wire_bytes,
+            Some(PeerClass::Origin) => self.stats.bytes.origin += wire_bytes,
+            Some(PeerClass::OtherSite) | None => self.stats.bytes.other_peers += wire_bytes,
+        }
+        self.stats.chunks_fetched += 1;
+        if self.used.insert(peer) {
+            self.stats.peers_used = self.used.len();
+        }
+        self.last_progress = now;
+        self.stalled_reported = false;
+        self.check_complete(now);
+    }
+
+    /// A request for the chunk at `index` failed.
+    pub fn handle_chunk_failed(&mut self, peer: P, index: usize, failure: Failure, now: Instant) {
+        self.now_hint = now;
+        let Some(&u) = self.pos_to_unique.get(index) else {
+            return;
+        };
+        self.finish_request(&peer, u, now, false, 0);
+        self.stats.retries += 1;
+        self.apply_failure(peer, Some(u), failure, now);
+    }
+
+    /// A `Have` query to `peer` failed.
+    pub fn handle_query_failed(&mut self, peer: P, failure: Failure, now: Instant) {
+        self.now_hint = now;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.have_pending = None;
+            p.have_due = now + self.cfg.have_refresh;
+        }
+        match failure {
+            // A peer that does not serve this manifest is simply not a source.
+            Failure::NotFound => self.remove_peer(&peer, now),
+            other => self.apply_failure(peer, None, other, now),
+        }
+    }
+
+    /// Expires requests, queries and slow peers whose time has come.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now_hint = now;
+        let expired: Vec<(u32, P)> = self
+            .in_flight
+            .iter()
+            .flat_map(|&u| {
+                self.chunks[u as usize]
+                    .in_flight
+                    .iter()
+                    .filter(|(_, deadline)| *deadline <= now)
+                    .map(move |(p, _)| (u, *p))
+            })
+            .collect();
+        for (u, peer) in expired {
+            self.finish_request(&peer, u, now, false, 0);
+            self.stats.retries += 1;
+            let strikes = self.peers.get_mut(&peer).map_or(0, |p| {
+                p.timeouts_in_row += 1;
+                p.timeouts_in_row
+            });
+            if strikes >= 2 {
+                self.drop_peer(peer, "requests timed out twice in a row".into(), now);
+            }
+        }
+        let silent: Vec<P> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.have_pending.is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for peer in silent {
+            self.drop_peer(peer, "did not answer a Have query in time".into(), now);
+        }
+        let min_rate = self.cfg.min_rate_bps;
+        let slow: Vec<(P, u64)> = self
+            .peers
+            .iter()
+            .filter_map(|(k, p)| p.slow_rate(now, min_rate).map(|r| (*k, r)))
+            .collect();
+        for (peer, rate) in slow {
+            self.drop_peer(
+                peer,
+                format!("delivering {rate} B/s, below the {min_rate} B/s minimum"),
+                now,
+            );
+        }
+        if !self.completed
+            && !self.stalled_reported
+            && now >= self.last_progress + self.cfg.stall_timeout
+        {
+            self.stalled_reported = true;
+            self.events.push_back(SchedEvent::Stalled);
+        }
+    }
+
+    /// The next thing to do, if any. Call until `None` after every input.
+    pub fn poll_action(&mut self, now: Instant) -> Option<Action<P>> {
+        self.now_hint = now;
+        if let Some(a) = self.actions.pop_front() {
+            return Some(a);
+        }
+        if self.completed {
+            return None;
+        }
+        if let Some(peer) = self.due_have_query(now) {
+            return Some(Action::QueryHave { peer });
+        }
+        self.next_request(now)
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<SchedEvent<P>> {
+        self.events.pop_front()
+    }
+
+    /// When to call [`Self::handle_timeout`] (and poll again) at the latest.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.completed {
+            return None;
+        }
+        let after = self.now_hint;
+        let mut best: Option<Instant> = None;
+        let mut consider = |t: Instant| {
+            if t > after && best.is_none_or(|b| t < b) {
+                best = Some(t);
+            }
+        };
+        for &u in &self.in_flight {
+            for (_, d) in &self.chunks[u as usize].in_flight {
+                consider(*d);
+            }
+        }
+        for p in self.peers.values() {
+            match p.have_pending {
+                Some(d) => consider(d),
+                None if self.wants_refresh(p) => consider(p.have_due),
+                None => {}
+            }
+            consider(p.busy_until);
+        }
+        for &u in &self.missing {
+            if let Some(since) = self.chunks[u as usize].deferred_since {
+                consider(since + self.cfg.site_patience);
+            }
+        }
+        if !self.stalled_reported {
+            consider(self.last_progress + self.cfg.stall_timeout);
+        }
+        best
+    }
+
+    /// True once every chunk is held.
+    pub fn is_complete(&self) -> bool {
+        self.completed
+    }
+
+    /// Figures so far.
+    pub fn stats(&self) -> &DownloadStats {
+        &self.stats
+    }
+
+    /// Chunks still missing.
+    pub fn missing_chunks(&self) -> usize {
+        self.missing.len()
+    }
+
+    /// Distinct chunks in the manifest.
+    pub fn total_chunks(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Peers currently considered, by class.
+    pub fn peer_count(&self, class: PeerClass) -> usize {
+        self.peers.values().filter(|p| p.class == class).count()
+    }
+
+    fn check_complete(&mut self, now: Instant) {
+        if !self.completed && self.missing.is_empty() {
+            self.completed = true;
+            self.stats.duration = Some(now.saturating_duration_since(self.started));
+            self.events.push_back(SchedEvent::Complete);
+        }
+    }
+
+    fn remove_missing(&mut self, u: u32) {
+        let at = self.missing_at[u as usize];
+        if at == u32::MAX {
+            return;
+        }
+        let last = self.missing.len() - 1;
+        self.missing.swap(at as usize, last);
+        let moved = self.missing[at as usize];
+        self.missing_at[moved as usize] = at;
+        self.missing.pop();
+        self.missing_at[u as usize] = u32::MAX;
+    }
+
+    fn apply_failure(&mut self, peer: P, u: Option<u32>, failure: Failure, now: Instant) {
+        match failure {
+            Failure::NotFound => {
+                if let Some(u) = u {
+                    self.recount_peer(&peer, None, false);
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.set_has(u as usize, false);
+                    }
+                    self.recount_peer(&peer, None, true);
+                }
+            }
+            Failure::Busy => {
+                let base = self.cfg.busy_backoff;
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.busy_in_row = (p.busy_in_row + 1).min(5);
+                    p.busy_until = now + base * (1 << (p.busy_in_row - 1));
+                }
+            }
+            Failure::Misbehaved(reason) => self.ban(peer, reason),
+            Failure::Unresponsive(reason) => self.drop_peer(peer, reason, now),
+        }
+    }
+
+    fn ban(&mut self, peer: P, reason: String) {
+        let now = self.now_hint;
+        self.remove_peer(&peer, now);
+        if self.banned.insert(peer) {
+            self.stats.bans += 1;
+            self.events.push_back(SchedEvent::Banned { peer, reason });
+        }
+    }
+
+    fn drop_peer(&mut self, peer: P, reason: String, now: Instant) {
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        self.remove_peer(&peer, now);
+        self.cooloff.insert(peer, now + self.cfg.drop_cooloff);
+        self.stats.drops += 1;
+        self.events.push_back(SchedEvent::Dropped { peer, reason });
+    }
+
+    fn remove_peer(&mut self, peer: &P, now: Instant) {
+        if !self.peers.contains_key(peer) {
+            return;
+        }
+        self.recount_peer(peer, None, false);
+        let flying: Vec<u32> = self
+            .in_flight
+            .iter()
+            .copied()
+            .filter(|&u| {
+                self.chunks[u as usize]
+                    .in_flight
+                    .iter()
+                    .any(|(p, _)| p == peer)
+            })
+            .collect();
+        for u in flying {
+            self.finish_request(peer, u, now, false, 0);
+        }
+        self.peers.remove(peer);
+    }
+
+    /// Removes `peer`'s request for chunk `u`, if any, and updates the
+    /// peer's accounting.
+    fn finish_request(&mut self, peer: &P, u: u32, now: Instant, delivered: bool, bytes: u64) {
+        let c = &mut self.chunks[u as usize];
+        let before = c.in_flight.len();
+        c.in_flight.retain(|(p, _)| p != peer);
+        let was_pending = c.in_flight.len() != before;
+        if c.in_flight.is_empty() {
+            self.in_flight.remove(&u);
+        }
+        if let Some(p) = self.peers.get_mut(peer) {
+            if was_pending {
+                p.end_request(now);
+            }
+            if delivered {
+                p.bytes += bytes;
+                p.timeouts_in_row = 0;
+                p.busy_in_row = 0;
+            }
+        }
+    }
+
+    /// Adds (`add`) or removes this peer's contribution to availability
+    /// counts, using `class_override` instead of its class if given.
+    fn recount_peer(&mut self, peer: &P, class_override: Option<PeerClass>, add: bool) {
+        let Some(p) = self.peers.get(peer) else {
+            return;
+        };
+        let class = class_override.unwrap_or(p.class);
+        if class == PeerClass::Origin {
+            return;
+        }
+        for (u, c) in self.chunks.iter_mut().enumerate() {
+            if p.has(u) {
+                c.adjust(class == PeerClass::SameSite, add);
+            }
+        }
+    }
+}

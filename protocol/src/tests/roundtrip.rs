@@ -99,7 +99,7 @@ proptest! {
         rt(&PeerRequest::Get { chunk: ChunkId::from_bytes(id) });
         rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: Some(SiteId::new("x").unwrap()) });
         rt(&PeerRequest::Manifest { id: crate::ManifestId::from_bytes(id) });
-        rt(&PeerResponse::Have { bitfield: bf, site: None, origin: true });
+        rt(&PeerResponse::Have { bitfield: bf, site: None, origin: true, fetching: false });
         rt(&PeerResponse::Chunk { encoding: Encoding::Zstd, data: data.clone() });
         rt(&PeerResponse::Manifest { data });
         rt(&PeerResponse::NotFound);

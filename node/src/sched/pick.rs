@@ -1,0 +1,176 @@
+//! Choosing the next request: which peer, which chunk, and whether this
+//! device is the one that should pull a chunk over the WAN.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Instant;
+
+use super::state::{mix, PeerState};
+use super::{Action, PeerClass, Scheduler};
+
+/// Whose rendezvous decides a WAN pull.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Same-site members still fetching: one WAN pull per site.
+    Site,
+    /// Every known fetching peer: one origin pull per fleet.
+    Fleet,
+}
+
+impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
+    pub(super) fn wants_refresh(&self, p: &PeerState) -> bool {
+        // The origin holds everything: one answer is enough.
+        if p.known && p.class == PeerClass::Origin {
+            return false;
+        }
+        !p.known || self.missing.iter().any(|&u| !p.has(u as usize))
+    }
+
+    pub(super) fn due_have_query(&mut self, now: Instant) -> Option<P> {
+        let timeout = self.cfg.request_timeout;
+        let due = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.have_pending.is_none() && p.have_due <= now && self.wants_refresh(p))
+            .map(|(k, _)| *k)?;
+        if let Some(p) = self.peers.get_mut(&due) {
+            p.have_pending = Some(now + timeout);
+        }
+        Some(due)
+    }
+
+    pub(super) fn next_request(&mut self, now: Instant) -> Option<Action<P>> {
+        for class in [PeerClass::SameSite, PeerClass::OtherSite, PeerClass::Origin] {
+            let ready: Vec<P> = self
+                .peers
+                .iter()
+                .filter(|(_, p)| {
+                    p.class == class
+                        && p.known
+                        && p.busy_until <= now
+                        && p.in_flight < p.window(self.cfg.window_per_peer, self.cfg.origin_window)
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for peer in ready {
+                if let Some(u) = self.pick_for(&peer, class, now) {
+                    return Some(self.start_request(peer, u, now));
+                }
+            }
+        }
+        if self.missing.len() <= self.cfg.endgame_chunks {
+            return self.endgame(now);
+        }
+        None
+    }
+
+    fn start_request(&mut self, peer: P, u: u32, now: Instant) -> Action<P> {
+        let deadline = now + self.cfg.request_timeout;
+        let c = &mut self.chunks[u as usize];
+        c.in_flight.push((peer, deadline));
+        c.deferred_since = None;
+        self.in_flight.insert(u);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.begin_request(now);
+        }
+        Action::Request {
+            peer,
+            index: c.pos,
+            chunk: c.id,
+            len: c.len,
+        }
+    }
+
+    /// The rarest eligible chunk `peer` can give us, if any.
+    fn pick_for(&mut self, peer: &P, class: PeerClass, now: Instant) -> Option<u32> {
+        let p = self.peers.get(peer)?;
+        let mut best: Option<(u32, (u32, u64))> = None;
+        let mut deferred = Vec::new();
+        for &u in &self.missing {
+            let c = &self.chunks[u as usize];
+            if !c.in_flight.is_empty() {
+                continue;
+            }
+            let eligible = match class {
+                PeerClass::SameSite => p.has(u as usize),
+                // A chunk a neighbour holds is fetched locally, not over the WAN.
+                PeerClass::OtherSite => p.has(u as usize) && c.site_avail == 0,
+                // The origin only serves what no reachable peer holds.
+                PeerClass::Origin => c.avail == 0,
+            };
+            if !eligible {
+                continue;
+            }
+            let key = (c.avail, c.rank);
+            if best.as_ref().is_some_and(|(_, k)| *k <= key) {
+                continue;
+            }
+            if class != PeerClass::SameSite {
+                let scope = if class == PeerClass::Origin {
+                    Scope::Fleet
+                } else {
+                    Scope::Site
+                };
+                if !self.is_home(u, scope) {
+                    match c.deferred_since {
+                        Some(since) if now >= since + self.cfg.site_patience => {}
+                        Some(_) => continue,
+                        None => {
+                            deferred.push(u);
+                            continue;
+                        }
+                    }
+                }
+            }
+            best = Some((u, key));
+        }
+        for u in deferred {
+            self.chunks[u as usize].deferred_since = Some(now);
+        }
+        best.map(|(u, _)| u)
+    }
+
+    /// Whether this device has the lowest rendezvous weight for chunk `u`
+    /// among the peers in `scope` that are fetching and still lack it.
+    fn is_home(&self, u: u32, scope: Scope) -> bool {
+        let Some(me) = self.me else {
+            return true;
+        };
+        let c = &self.chunks[u as usize];
+        let mine = mix(me ^ c.hash);
+        !self.peers.values().any(|q| {
+            let member = match scope {
+                Scope::Site => q.class == PeerClass::SameSite,
+                Scope::Fleet => q.class != PeerClass::Origin,
+            };
+            member && q.fetching && !q.has(u as usize) && mix(q.hash ^ c.hash) < mine
+        })
+    }
+
+    /// Duplicates an outstanding request to an idle peer that holds it.
+    fn endgame(&mut self, now: Instant) -> Option<Action<P>> {
+        let window = self.cfg.window_per_peer;
+        let origin_window = self.cfg.origin_window;
+        for &u in &self.missing {
+            let c = &self.chunks[u as usize];
+            if c.in_flight.len() != 1 {
+                continue;
+            }
+            let found = self.peers.iter().find(|(k, p)| {
+                p.known
+                    && p.busy_until <= now
+                    && p.in_flight < p.window(window, origin_window)
+                    && !c.in_flight.iter().any(|(q, _)| q == *k)
+                    // The origin is never used for duplicates: it serves
+                    // each chunk about once.
+                    && p.class != PeerClass::Origin
+                    && p.has(u as usize)
+            });
+            if let Some((peer, _)) = found {
+                let peer = *peer;
+                return Some(self.start_request(peer, u, now));
+            }
+        }
+        None
+    }
+}

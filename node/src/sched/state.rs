@@ -1,0 +1,199 @@
+//! Per-chunk and per-peer bookkeeping of the scheduler.
+
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use meshota_protocol::ChunkId;
+
+use super::PeerClass;
+
+/// One distinct chunk of the manifest.
+pub(super) struct ChunkState<P> {
+    pub len: u32,
+    /// First manifest position holding this chunk.
+    pub pos: usize,
+    /// Mixed from the chunk id, so every device ranks homes the same way.
+    pub hash: u64,
+    /// Seeded random rank: the tie-break among equally rare chunks.
+    pub rank: u64,
+    pub held: bool,
+    /// Known non-origin peers holding it.
+    pub avail: u32,
+    /// Known same-site peers holding it.
+    pub site_avail: u32,
+    /// Requests in flight: peer and deadline.
+    pub in_flight: Vec<(P, Instant)>,
+    /// When we first held back from pulling it over the WAN because
+    /// another device is its home.
+    pub deferred_since: Option<Instant>,
+    pub id: ChunkId,
+}
+
+impl<P> ChunkState<P> {
+    pub fn new(id: ChunkId, len: u32, pos: usize, rank: u64) -> Self {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&id.as_bytes()[..8]);
+        Self {
+            len,
+            pos,
+            hash: u64::from_le_bytes(first),
+            rank,
+            held: false,
+            avail: 0,
+            site_avail: 0,
+            in_flight: Vec::new(),
+            deferred_since: None,
+            id,
+        }
+    }
+
+    pub fn adjust(&mut self, same_site: bool, add: bool) {
+        let step = |v: &mut u32| {
+            *v = if add { *v + 1 } else { v.saturating_sub(1) };
+        };
+        step(&mut self.avail);
+        if same_site {
+            step(&mut self.site_avail);
+        }
+    }
+}
+
+/// One peer serving this manifest.
+pub(super) struct PeerState {
+    pub class: PeerClass,
+    pub hash: u64,
+    /// Which distinct chunks it holds, one bit each.
+    have: Vec<u64>,
+    /// Whether its bitfield has arrived at least once.
+    pub known: bool,
+    /// Whether it is itself fetching the manifest.
+    pub fetching: bool,
+    pub in_flight: usize,
+    pub have_due: Instant,
+    pub have_pending: Option<Instant>,
+    pub busy_until: Instant,
+    pub busy_in_row: u32,
+    pub timeouts_in_row: u32,
+    /// Bytes delivered, and time spent with at least one request
+    /// outstanding: their ratio is the rate it actually serves us at.
+    pub bytes: u64,
+    pub busy_time: Duration,
+    pub busy_since: Option<Instant>,
+}
+
+/// Below this much busy time a rate estimate is noise.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+impl PeerState {
+    pub fn new(class: PeerClass, hash: u64, chunks: usize, now: Instant) -> Self {
+        Self {
+            class,
+            hash,
+            have: vec![0; chunks.div_ceil(64)],
+            known: false,
+            fetching: false,
+            in_flight: 0,
+            have_due: now,
+            have_pending: None,
+            busy_until: now,
+            busy_in_row: 0,
+            timeouts_in_row: 0,
+            bytes: 0,
+            busy_time: Duration::ZERO,
+            busy_since: None,
+        }
+    }
+
+    pub fn has(&self, u: usize) -> bool {
+        self.have
+            .get(u / 64)
+            .is_some_and(|w| w & (1 << (u % 64)) != 0)
+    }
+
+    pub fn set_has(&mut self, u: usize, v: bool) {
+        if let Some(w) = self.have.get_mut(u / 64) {
+            if v {
+                *w |= 1 << (u % 64);
+            } else {
+                *w &= !(1 << (u % 64));
+            }
+        }
+    }
+
+    pub fn begin_request(&mut self, now: Instant) {
+        if self.in_flight == 0 {
+            self.busy_since = Some(now);
+        }
+        self.in_flight += 1;
+    }
+
+    pub fn end_request(&mut self, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.in_flight == 0 {
+            if let Some(since) = self.busy_since.take() {
+                self.busy_time += now.saturating_duration_since(since);
+            }
+        }
+    }
+
+    /// `Some(rate)` when it has been busy for us long enough and serves
+    /// slower than `min_rate`.
+    pub fn slow_rate(&self, now: Instant, min_rate: u64) -> Option<u64> {
+        let busy = self.busy_time
+            + self
+                .busy_since
+                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s));
+        if busy < RATE_WINDOW || min_rate == 0 {
+            return None;
+        }
+        let rate = (self.bytes as f64 / busy.as_secs_f64()) as u64;
+        (rate < min_rate).then_some(rate)
+    }
+
+    pub fn window(&self, peer_window: usize, origin_window: usize) -> usize {
+        match self.class {
+            PeerClass::Origin => origin_window,
+            _ => peer_window,
+        }
+    }
+}
+
+/// SplitMix64: a tiny seeded generator, so runs replay exactly.
+pub(super) struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        mix(self.0)
+    }
+}
+
+/// The SplitMix64 finaliser: a good 64-bit mixer.
+pub(super) fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// FNV-1a over a value's `Hash` bytes: stable across processes and
+/// machines (unlike `std`'s randomly keyed hasher), so every device
+/// computes the same rendezvous weights for the same peer ids.
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+pub(super) fn peer_hash<P: Hash>(p: &P) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    p.hash(&mut h);
+    mix(h.finish())
+}

@@ -1,0 +1,495 @@
+//! Scheduler tests under virtual time: no sockets, no sleeps.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use meshota_protocol::manifest::{build_manifest, ManifestError, ManifestTemplate};
+use meshota_protocol::{Bitfield, ChunkerParams, Compatible, InstallKind, Manifest};
+
+use super::*;
+
+const ORIGIN: u32 = u32::MAX;
+
+fn manifest(chunks: usize) -> Manifest {
+    // Distinct pseudo-random content so every chunk is unique.
+    let mut x = 0x1234_5678_u64;
+    let data: Vec<u8> = (0..chunks * 4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let t = ManifestTemplate {
+        name: "t".into(),
+        version: meshota_protocol::semver::Version::new(1, 0, 0),
+        compatible: Compatible::new("c").unwrap(),
+        chunker: ChunkerParams {
+            min: 1024,
+            avg: 2048,
+            max: 4096,
+        },
+        kind: InstallKind::Image,
+        created_at: 0,
+        meta: Default::default(),
+    };
+    build_manifest::<_, ManifestError>(data.as_slice(), t, |_| Ok(())).unwrap()
+}
+
+fn cfg(seed: u64) -> SchedulerConfig {
+    SchedulerConfig {
+        seed,
+        ..SchedulerConfig::default()
+    }
+}
+
+fn drain<P: Copy + Eq + std::hash::Hash + Ord + std::fmt::Debug>(
+    s: &mut Scheduler<P>,
+    now: Instant,
+) -> Vec<Action<P>> {
+    std::iter::from_fn(|| s.poll_action(now)).collect()
+}
+
+fn requests(actions: &[Action<u32>]) -> Vec<(u32, usize)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Request { peer, index, .. } => Some((*peer, *index)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Finds a peer and gives it a bitfield in one step.
+fn add_peer(s: &mut Scheduler<u32>, p: u32, class: PeerClass, have: &Bitfield, now: Instant) {
+    s.handle_peer_found(p, class, now);
+    s.handle_peer_have(p, have, now);
+}
+
+#[test]
+fn fetches_every_missing_chunk_from_a_single_peer_within_its_window() {
+    let m = manifest(40);
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(m.chunks.len()), cfg(1), t0);
+    add_peer(
+        &mut s,
+        7,
+        PeerClass::SameSite,
+        &Bitfield::full(m.chunks.len()),
+        t0,
+    );
+    let mut now = t0;
+    let mut fetched = std::collections::BTreeSet::new();
+    for _ in 0..1000 {
+        let reqs = requests(&drain(&mut s, now));
+        assert!(reqs.len() <= 4, "window exceeded: {}", reqs.len());
+        now += Duration::from_millis(10);
+        for (p, i) in reqs {
+            assert!(fetched.insert(i), "chunk {i} requested twice");
+            s.handle_chunk_arrived(p, i, u64::from(m.chunks[i].len), now);
+        }
+        if s.is_complete() {
+            break;
+        }
+    }
+    assert!(s.is_complete());
+    assert_eq!(fetched.len(), m.unique_chunks().len());
+    assert_eq!(s.stats().bytes.same_site, m.payload_size);
+    assert_eq!(s.poll_event(), Some(SchedEvent::Complete));
+    assert_eq!(s.poll_timeout(), None);
+}
+
+#[test]
+fn never_requests_chunks_already_held() {
+    let m = manifest(30);
+    let mut held = Bitfield::new(m.chunks.len());
+    for i in (0..m.chunks.len()).step_by(2) {
+        held.set(i);
+    }
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &held, cfg(2), t0);
+    add_peer(
+        &mut s,
+        1,
+        PeerClass::SameSite,
+        &Bitfield::full(m.chunks.len()),
+        t0,
+    );
+    let mut now = t0;
+    while !s.is_complete() {
+        for (p, i) in requests(&drain(&mut s, now)) {
+            assert!(!held.get(i), "held chunk {i} requested");
+            now += Duration::from_millis(1);
+            s.handle_chunk_arrived(p, i, 1, now);
+        }
+    }
+    let local: u64 = (0..m.chunks.len())
+        .filter(|i| held.get(*i))
+        .map(|i| u64::from(m.chunks[i].len))
+        .sum();
+    assert_eq!(s.stats().bytes.local, local);
+}
+
+#[test]
+fn a_fully_held_manifest_is_complete_at_once() {
+    let m = manifest(5);
+    let s = Scheduler::<u32>::new(&m, &Bitfield::full(m.chunks.len()), cfg(0), Instant::now());
+    assert!(s.is_complete());
+}
+
+#[test]
+fn prefers_same_site_peers_then_other_sites_then_the_origin() {
+    let m = manifest(12);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(3), t0);
+    let mut first_half = Bitfield::new(n);
+    for i in 0..n / 2 {
+        first_half.set(i);
+    }
+    add_peer(&mut s, 1, PeerClass::Origin, &Bitfield::full(n), t0);
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    add_peer(&mut s, 3, PeerClass::SameSite, &first_half, t0);
+    let reqs = requests(&drain(&mut s, t0));
+    // The same-site peer gets its full window first, and the chunks it
+    // holds are never asked of anyone else.
+    assert_eq!(reqs.iter().filter(|(p, _)| *p == 3).count(), 4);
+    for (p, i) in &reqs {
+        if *p != 3 {
+            assert!(
+                !first_half.get(*i),
+                "chunk {i} held locally went to peer {p}"
+            );
+        }
+    }
+    // No reachable peer lacks anything the other-site peer holds, so the
+    // origin is not used at all.
+    assert!(reqs.iter().all(|(p, _)| *p != 1), "{reqs:?}");
+}
+
+#[test]
+fn uses_the_origin_only_for_chunks_no_peer_holds() {
+    let m = manifest(12);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(4), t0);
+    let mut some = Bitfield::new(n);
+    some.set(0);
+    some.set(1);
+    add_peer(&mut s, 2, PeerClass::OtherSite, &some, t0);
+    add_peer(&mut s, 1, PeerClass::Origin, &Bitfield::full(n), t0);
+    for (p, i) in requests(&drain(&mut s, t0)) {
+        if p == 1 {
+            assert!(i > 1, "origin asked for chunk {i} that a peer holds");
+        }
+    }
+}
+
+#[test]
+fn rarest_chunks_go_first() {
+    let m = manifest(20);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(5), t0);
+    let full = Bitfield::full(n);
+    add_peer(&mut s, 1, PeerClass::SameSite, &full, t0);
+    // Peers 2 and 3 hold everything but chunk 5, so 5 is the rarest.
+    let mut most = Bitfield::full(n);
+    most = {
+        let mut b = Bitfield::new(n);
+        for i in (0..n).filter(|i| *i != 5) {
+            b.set(i);
+        }
+        let _ = most;
+        b
+    };
+    add_peer(&mut s, 2, PeerClass::SameSite, &most, t0);
+    add_peer(&mut s, 3, PeerClass::SameSite, &most, t0);
+    let reqs = requests(&drain(&mut s, t0));
+    assert_eq!(reqs[0], (1, 5), "{reqs:?}");
+}
+
+#[test]
+fn a_timed_out_request_is_retried_elsewhere_and_two_timeouts_drop_the_peer() {
+    let m = manifest(3);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut c = cfg(6);
+    c.window_per_peer = 1;
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), c, t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    let reqs = requests(&drain(&mut s, t0));
+    assert_eq!(reqs.len(), 1);
+    let deadline = s.poll_timeout().unwrap();
+    // The peer already holds everything, so no Have refresh is due: the
+    // next wake-up is the request's deadline.
+    assert_eq!(deadline, t0 + Duration::from_secs(10));
+    let t1 = t0 + Duration::from_secs(10);
+    s.handle_timeout(t1);
+    assert_eq!(s.stats().retries, 1);
+    add_peer(&mut s, 2, PeerClass::SameSite, &Bitfield::full(n), t1);
+    let again = requests(&drain(&mut s, t1));
+    assert!(again.contains(&(2, reqs[0].1)) || again.contains(&(1, reqs[0].1)));
+    let t2 = t1 + Duration::from_secs(10);
+    s.handle_timeout(t2);
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SchedEvent::Dropped { peer: 1, .. })),
+        "{events:?}"
+    );
+    // A dropped peer found again during its cool-off is ignored.
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t2);
+    assert!(requests(&drain(&mut s, t2)).iter().all(|(p, _)| *p != 1));
+}
+
+#[test]
+fn a_peer_sending_bad_data_is_banned_for_good_and_the_chunk_refetched() {
+    let m = manifest(4);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(7), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    let (p, i) = requests(&drain(&mut s, t0))[0];
+    s.handle_chunk_failed(p, i, Failure::Misbehaved("hash mismatch".into()), t0);
+    assert!(matches!(
+        s.poll_event(),
+        Some(SchedEvent::Banned { peer: 1, .. })
+    ));
+    assert_eq!(s.stats().bans, 1);
+    let later = t0 + Duration::from_secs(3600);
+    s.handle_peer_found(1, PeerClass::SameSite, later);
+    assert_eq!(
+        s.peer_count(PeerClass::SameSite),
+        0,
+        "banned peer came back"
+    );
+    add_peer(&mut s, 2, PeerClass::SameSite, &Bitfield::full(n), later);
+    assert!(requests(&drain(&mut s, later)).contains(&(2, i)));
+}
+
+#[test]
+fn a_trickling_peer_is_dropped_but_not_banned() {
+    let m = manifest(50);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(8), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    let mut now = t0;
+    let mut dropped = false;
+    for _ in 0..20 {
+        let reqs = requests(&drain(&mut s, now));
+        // 100 bytes every 2 s: far below the 4 KiB/s minimum.
+        now += Duration::from_secs(2);
+        if let Some((p, i)) = reqs.first() {
+            s.handle_chunk_arrived(*p, *i, 100, now);
+        }
+        s.handle_timeout(now);
+        if std::iter::from_fn(|| s.poll_event()).any(|e| matches!(e, SchedEvent::Dropped { .. })) {
+            dropped = true;
+            break;
+        }
+    }
+    assert!(dropped);
+    assert_eq!(s.stats().bans, 0);
+}
+
+#[test]
+fn busy_backs_off_the_peer_without_dropping_it() {
+    let m = manifest(6);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(9), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    for (p, i) in requests(&drain(&mut s, t0)) {
+        s.handle_chunk_failed(p, i, Failure::Busy, t0);
+    }
+    assert!(requests(&drain(&mut s, t0)).is_empty());
+    let wake = s.poll_timeout().unwrap();
+    assert!(wake > t0 && wake <= t0 + Duration::from_secs(5));
+    let later = t0 + Duration::from_secs(5);
+    assert!(!requests(&drain(&mut s, later)).is_empty());
+    assert_eq!(s.peer_count(PeerClass::SameSite), 1);
+}
+
+#[test]
+fn endgame_duplicates_the_last_request_and_cancels_the_loser() {
+    let m = manifest(2);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut held = Bitfield::new(n);
+    for i in 0..n - 1 {
+        held.set(i);
+    }
+    let mut s = Scheduler::new(&m, &held, cfg(10), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    add_peer(&mut s, 2, PeerClass::SameSite, &Bitfield::full(n), t0);
+    let reqs = requests(&drain(&mut s, t0));
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[0].1, reqs[1].1);
+    s.handle_chunk_arrived(reqs[1].0, reqs[1].1, 10, t0);
+    let acts = drain(&mut s, t0);
+    assert!(acts.contains(&Action::Cancel {
+        peer: reqs[0].0,
+        index: reqs[0].1
+    }));
+    s.handle_chunk_arrived(reqs[0].0, reqs[0].1, 10, t0);
+    assert_eq!(s.stats().duplicate_bytes, 10);
+    assert_eq!(s.stats().chunks_fetched, 1);
+}
+
+#[test]
+fn a_download_without_progress_reports_a_stall() {
+    let m = manifest(3);
+    let t0 = Instant::now();
+    let mut s = Scheduler::<u32>::new(&m, &Bitfield::new(m.chunks.len()), cfg(11), t0);
+    let wake = s.poll_timeout().unwrap();
+    assert_eq!(wake, t0 + Duration::from_secs(120));
+    s.handle_timeout(wake);
+    assert_eq!(s.poll_event(), Some(SchedEvent::Stalled));
+    assert_eq!(s.poll_event(), None);
+}
+
+#[test]
+fn a_bitfield_of_the_wrong_length_bans_the_peer() {
+    let m = manifest(3);
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(m.chunks.len()), cfg(12), t0);
+    add_peer(&mut s, 4, PeerClass::OtherSite, &Bitfield::full(1), t0);
+    assert!(matches!(
+        s.poll_event(),
+        Some(SchedEvent::Banned { peer: 4, .. })
+    ));
+}
+
+#[test]
+fn the_same_seed_gives_the_same_schedule() {
+    let m = manifest(30);
+    let n = m.chunks.len();
+    let run = |seed| {
+        let t0 = Instant::now();
+        let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(seed), t0);
+        add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+        requests(&drain(&mut s, t0))
+    };
+    assert_eq!(run(1), run(1));
+    assert_ne!(run(1), run(2));
+}
+
+/// A small fleet under virtual time: every device runs a real scheduler,
+/// answers `Have` with its store, and transfers take a fixed time per
+/// link class. Returns origin bytes and WAN bytes per site.
+fn fleet(devices: u32, sites: u32, chunks: usize) -> (u64, BTreeMap<u32, u64>, u64) {
+    let m = manifest(chunks);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let site = |d: u32| d % sites;
+    let mut held: Vec<Bitfield> = (0..devices).map(|_| Bitfield::new(n)).collect();
+    let mut scheds: Vec<Scheduler<u32>> = (0..devices)
+        .map(|d| {
+            let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(u64::from(d)), t0);
+            s.set_local_peer(d);
+            s
+        })
+        .collect();
+    for d in 0..devices {
+        let s = &mut scheds[d as usize];
+        s.handle_peer_found(ORIGIN, PeerClass::Origin, t0);
+        for o in (0..devices).filter(|o| *o != d) {
+            let class = if site(o) == site(d) {
+                PeerClass::SameSite
+            } else {
+                PeerClass::OtherSite
+            };
+            s.handle_peer_found(o, class, t0);
+        }
+    }
+    // (arrival time, device, peer, index)
+    let mut flying: Vec<(Instant, u32, u32, usize)> = Vec::new();
+    let mut origin_bytes = 0;
+    let mut wan: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut now = t0;
+    for _ in 0..200_000 {
+        for d in 0..devices {
+            let s = &mut scheds[d as usize];
+            while let Some(a) = s.poll_action(now) {
+                match a {
+                    Action::QueryHave { peer } if peer == ORIGIN => {
+                        s.handle_peer_have(peer, &Bitfield::full(n), now)
+                    }
+                    Action::QueryHave { peer } => {
+                        s.handle_peer_have(peer, &held[peer as usize], now);
+                        let fetching = held[peer as usize].count() < n;
+                        s.handle_peer_fetching(peer, fetching);
+                    }
+                    Action::Request { peer, index, .. } => {
+                        let lan = peer != ORIGIN && site(peer) == site(d);
+                        let delay = if lan { 5 } else { 50 };
+                        flying.push((now + Duration::from_millis(delay), d, peer, index));
+                    }
+                    Action::Cancel { .. } => {}
+                }
+            }
+            while s.poll_event().is_some() {}
+        }
+        if scheds.iter().all(|s| s.is_complete()) {
+            return (origin_bytes, wan, m.payload_size);
+        }
+        let next_timer = scheds.iter().filter_map(|s| s.poll_timeout()).min();
+        let next_arrival = flying.iter().map(|f| f.0).min();
+        now = match (next_timer, next_arrival) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).expect("nothing left to happen"),
+        };
+        let (due, rest): (Vec<_>, Vec<_>) = flying.into_iter().partition(|f| f.0 <= now);
+        flying = rest;
+        for (_, d, peer, index) in due {
+            let len = u64::from(m.chunks[index].len);
+            if peer == ORIGIN {
+                origin_bytes += len;
+            }
+            if peer == ORIGIN || site(peer) != site(d) {
+                *wan.entry(site(d)).or_default() += len;
+            }
+            held[d as usize].set(index);
+            scheds[d as usize].handle_chunk_arrived(peer, index, len, now);
+        }
+        for s in &mut scheds {
+            s.handle_timeout(now);
+        }
+    }
+    panic!("fleet did not finish");
+}
+
+#[test]
+fn a_fleet_pulls_about_one_copy_from_the_origin_and_one_per_site_over_the_wan() {
+    let (origin, wan, size) = fleet(24, 3, 60);
+    assert!(
+        origin <= size * 13 / 10,
+        "origin served {origin} bytes for a {size}-byte bundle"
+    );
+    for (site, bytes) in wan {
+        assert!(
+            bytes <= size * 15 / 10,
+            "site {site} pulled {bytes} WAN bytes for a {size}-byte bundle"
+        );
+    }
+}
+
+#[test]
+fn poll_timeout_never_names_a_time_already_past() {
+    let m = manifest(10);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(13), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    let _ = drain(&mut s, t0);
+    let t1 = t0 + Duration::from_secs(3);
+    s.handle_timeout(t1);
+    let _ = drain(&mut s, t1);
+    if let Some(t) = s.poll_timeout() {
+        assert!(t > t1);
+    }
+}
