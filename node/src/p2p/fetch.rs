@@ -178,6 +178,8 @@ struct Fetch {
 
 /// Every fetch in progress on one node.
 pub(crate) struct Fetches {
+    /// This node, for the scheduler's site and origin rendezvous.
+    local: PeerId,
     store: Arc<dyn Store>,
     site: Option<SiteId>,
     sched_config: SchedulerConfig,
@@ -202,7 +204,9 @@ fn class_of(ours: &Option<SiteId>, theirs: &Option<SiteId>, origin: bool) -> Pee
 }
 
 impl Fetches {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
+        local: PeerId,
         store: Arc<dyn Store>,
         site: Option<SiteId>,
         sched_config: SchedulerConfig,
@@ -211,7 +215,17 @@ impl Fetches {
         verified_tx: mpsc::UnboundedSender<Verified>,
         now: Instant,
     ) -> Self {
+        let mut sched_config = sched_config;
+        if sched_config.seed == 0 {
+            // Tie-breaks must differ between devices so neighbours pull
+            // different chunks first.
+            let h = ChunkId::digest(&local.to_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h.as_bytes()[..8]);
+            sched_config.seed = u64::from_le_bytes(b);
+        }
         Self {
+            local,
             store,
             site,
             sched_config,
@@ -312,7 +326,8 @@ impl Fetches {
             }
         };
         net.remember(id, manifest.clone());
-        let sched = Scheduler::new(&manifest, &held, self.sched_config.clone(), now);
+        let mut sched = Scheduler::new(&manifest, &held, self.sched_config.clone(), now);
+        sched.set_local_peer(self.local);
         let held_count = held.count();
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
@@ -446,6 +461,10 @@ impl Fetches {
                 self.ask_manifest(id, net);
             }
             (Phase::Download(dl), Tag::Have) => {
+                if dl.known.contains(&peer) {
+                    dl.sched
+                        .handle_query_failed(peer, Failure::Unresponsive(reason), now);
+                }
                 dl.have_retry
                     .push((now + self.sched_config.have_refresh, peer));
             }
@@ -513,20 +532,26 @@ impl Fetches {
                 bitfield,
                 site,
                 origin,
+                fetching,
             } => {
                 if let Err(e) = bitfield.check(dl.manifest.chunks.len()) {
                     net.ban(peer, format!("sent an unusable bitfield: {e}"));
                     return;
                 }
-                if dl.known.insert(peer) {
-                    let class = class_of(&self.site, &site, origin);
-                    dl.sched.handle_peer_found(peer, class, now);
-                }
+                // Found again on every answer: a peer dropped for a while
+                // comes back once its cool-off is over.
+                let class = class_of(&self.site, &site, origin);
+                dl.sched.handle_peer_found(peer, class, now);
+                dl.known.insert(peer);
+                dl.sched.handle_peer_fetching(peer, fetching);
                 dl.sched.handle_peer_have(peer, &bitfield, now);
             }
             PeerResponse::NotFound | PeerResponse::Busy => {
                 // It lacks the manifest for now (or stopped seeding); ask
                 // again later: it may be fetching the same release.
+                if dl.known.remove(&peer) {
+                    dl.sched.handle_query_failed(peer, Failure::NotFound, now);
+                }
                 dl.have_retry
                     .push((now + self.sched_config.have_refresh, peer));
             }
@@ -781,6 +806,10 @@ impl Fetches {
                     tracing::info!(%peer, %reason, "dropped a slow peer");
                     net.event(NodeEvent::PeerDropped { peer, reason });
                 }
+                SchedEvent::Stalled => {
+                    tracing::warn!(manifest = %id.short(), "download stalled");
+                    net.event(NodeEvent::FetchStalled { manifest: id });
+                }
                 SchedEvent::Complete => complete = true,
             }
         }
@@ -789,7 +818,7 @@ impl Fetches {
             let report = DownloadReport {
                 bytes: stats.bytes,
                 duration: now.saturating_duration_since(fetch.started),
-                peers_used: stats.peers_used as usize,
+                peers_used: stats.peers_used,
                 bans: stats.bans as usize,
                 retries: stats.retries as usize,
                 drops: stats.drops as usize,
@@ -868,6 +897,11 @@ impl Fetches {
                 let _ = r.send(Err(FetchError::Shutdown));
             }
         }
+    }
+
+    /// Whether this node is fetching `id` (for `Have` answers).
+    pub(crate) fn is_fetching(&self, id: &ManifestId) -> bool {
+        self.fetches.contains_key(id)
     }
 
     /// The earliest instant something is due.

@@ -93,6 +93,12 @@ pub enum NodeEvent {
         /// Why.
         reason: String,
     },
+    /// A fetch made no progress for the scheduler's `stall_timeout`; it
+    /// keeps trying until its own timeout, if any.
+    FetchStalled {
+        /// The manifest.
+        manifest: ManifestId,
+    },
     /// A fetch ended.
     FetchFinished {
         /// The manifest.

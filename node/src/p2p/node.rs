@@ -112,6 +112,7 @@ impl Node {
             now,
         );
         let fetches = Fetches::new(
+            peer_id,
             store.clone(),
             config.site.clone(),
             config.scheduler.clone(),
@@ -567,8 +568,11 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some((channel, response)) =
-                    self.server.handle(peer, request_id, request, channel, now)
+                let fetching = matches!(&request, PeerRequest::Have { manifest, .. }
+                    if self.fetches.is_fetching(manifest));
+                if let Some((channel, response)) = self
+                    .server
+                    .handle(peer, request_id, request, channel, fetching, now)
                 {
                     let _ = self
                         .swarm

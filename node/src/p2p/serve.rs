@@ -219,6 +219,7 @@ impl Server {
         request_id: InboundRequestId,
         request: PeerRequest,
         channel: ResponseChannel<PeerResponse>,
+        fetching: bool,
         now: Instant,
     ) -> Option<(ResponseChannel<PeerResponse>, PeerResponse)> {
         if !self.config.seed {
@@ -226,7 +227,7 @@ impl Server {
             return Some((channel, r));
         }
         let response = match request {
-            PeerRequest::Have { manifest, .. } => self.have(&manifest),
+            PeerRequest::Have { manifest, .. } => self.have(&manifest, fetching),
             PeerRequest::Manifest { id } => match self.store.get_manifest(&id) {
                 Ok(Some(data)) => PeerResponse::Manifest { data },
                 Ok(None) => self.not_found(),
@@ -284,7 +285,7 @@ impl Server {
         Some((channel, response))
     }
 
-    fn have(&mut self, id: &ManifestId) -> PeerResponse {
+    fn have(&mut self, id: &ManifestId, fetching: bool) -> PeerResponse {
         let Some(manifest) = self.manifest(id) else {
             return self.not_found();
         };
@@ -299,6 +300,7 @@ impl Server {
             bitfield,
             site: self.config.site.clone(),
             origin: self.config.origin,
+            fetching,
         }
     }
 
