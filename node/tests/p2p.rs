@@ -485,3 +485,37 @@ async fn upload_limit<B: Backend>() {
     a.shutdown().await;
     n.shutdown().await;
 }
+
+/// Discovery, not storage: runs on `MemStore` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_connected_only_to_a_neighbour_finds_the_origin_through_kademlia() {
+    bounded(async {
+        let b = Bundle::new(&payload(1 << 20, 8));
+        let so: Arc<dyn Store> = Arc::new(MemStore::new());
+        b.seed(&*so);
+        let origin = spawn(P2pConfig::loopback().origin(), so);
+        let mut cfg = P2pConfig::loopback();
+        cfg.bootstrap = vec![addr(&origin).await];
+        let neighbour = spawn(cfg, Arc::new(MemStore::new()));
+        // Wait until the neighbour is connected to the origin.
+        while !neighbour
+            .connected_peers()
+            .await
+            .unwrap()
+            .contains(&origin.peer_id())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let sd: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut cfg = P2pConfig::loopback();
+        cfg.bootstrap = vec![addr(&neighbour).await];
+        let device = spawn(cfg, sd.clone());
+        let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
+        assert_byte_identical(&*sd, &b);
+        assert_eq!(report.bytes.origin, fetched(&report), "{report:?}");
+        for n in [&origin, &neighbour, &device] {
+            n.shutdown().await;
+        }
+    })
+    .await
+}

@@ -88,6 +88,10 @@ pub enum FetchError {
     /// The node shut down first.
     #[error("the node shut down before the fetch finished")]
     Shutdown,
+    /// This call joined a fetch of the same manifest already running,
+    /// and that fetch failed.
+    #[error("the fetch this call joined failed: {0}")]
+    Joined(String),
 }
 
 /// What the fetch loop asks of the network. Implemented by the event loop.
@@ -869,8 +873,8 @@ impl Fetches {
             ok: result.is_ok(),
         });
         let mut replies = fetch.replies.into_iter();
-        // FetchError is not Clone: the first caller gets the error, the
-        // others a timeout-free summary of the same failure.
+        // FetchError is not Clone: the first caller gets the error, those
+        // that joined later its text.
         match result {
             Ok(report) => {
                 for r in replies {
@@ -883,8 +887,7 @@ impl Fetches {
                     let _ = first.send(Err(e));
                 }
                 for r in replies {
-                    tracing::debug!(%text, "joined fetch failed");
-                    let _ = r.send(Err(FetchError::Shutdown));
+                    let _ = r.send(Err(FetchError::Joined(text.clone())));
                 }
             }
         }
