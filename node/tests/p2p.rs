@@ -519,3 +519,45 @@ async fn a_node_connected_only_to_a_neighbour_finds_the_origin_through_kademlia(
     })
     .await
 }
+
+/// Slowness, not storage: runs on `MemStore` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_peer_is_dropped_and_the_download_completes() {
+    bounded(async {
+        let b = Bundle::new(&payload(1 << 20, 9));
+        let so: Arc<dyn Store> = Arc::new(MemStore::new());
+        b.seed(&*so);
+        let origin = spawn(P2pConfig::loopback().origin(), so);
+        let st: Arc<dyn Store> = Arc::new(MemStore::new());
+        b.seed(&*st);
+        let mut slow = P2pConfig::loopback();
+        slow.upload_limit_bps = Some(1024);
+        let trickler = spawn(slow, st);
+        let sd: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut cfg = P2pConfig::loopback();
+        cfg.scheduler.request_timeout = Duration::from_secs(2);
+        let device = spawn(cfg, sd.clone());
+        let mut events = device.events();
+        connect(&device, &trickler).await;
+        connect(&device, &origin).await;
+        let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
+        assert_byte_identical(&*sd, &b);
+        let mut dropped = false;
+        while let Ok(ev) = events.try_recv() {
+            match ev {
+                NodeEvent::PeerDropped { peer, .. } => {
+                    assert_eq!(peer, trickler.peer_id());
+                    dropped = true;
+                }
+                NodeEvent::PeerBanned { peer, .. } => panic!("{peer} banned for being slow"),
+                _ => {}
+            }
+        }
+        assert!(dropped, "the trickling peer was not dropped: {report:?}");
+        assert!(report.drops >= 1);
+        for n in [&origin, &trickler, &device] {
+            n.shutdown().await;
+        }
+    })
+    .await
+}
