@@ -561,3 +561,32 @@ async fn a_trickling_peer_is_dropped_and_the_download_completes() {
     })
     .await
 }
+
+/// Policy, not storage: runs on `MemStore` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_does_not_seed_serves_nothing() {
+    bounded(async {
+        let b = Bundle::new(&payload(256 << 10, 10));
+        let sa: Arc<dyn Store> = Arc::new(MemStore::new());
+        b.seed(&*sa);
+        let mut metered = P2pConfig::loopback();
+        metered.seed = false;
+        let a = spawn(metered, sa);
+        let n = spawn(P2pConfig::loopback(), Arc::new(MemStore::new()));
+        connect(&n, &a).await;
+        let opts = FetchOptions {
+            timeout: Some(Duration::from_millis(1500)),
+            progress: None,
+        };
+        let err = n.fetch(b.id, opts).await.unwrap_err();
+        assert!(
+            matches!(err, meshota_node::p2p::FetchError::Timeout { .. }),
+            "{err}"
+        );
+        assert_eq!(a.stats().uploaded_bytes, 0);
+        assert!(a.stats().not_found > 0);
+        a.shutdown().await;
+        n.shutdown().await;
+    })
+    .await
+}
