@@ -590,3 +590,13 @@ async fn a_node_that_does_not_seed_serves_nothing() {
     })
     .await
 }
+
+#[test]
+fn spawning_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+    let r = Node::spawn(
+        P2pConfig::loopback(),
+        Arc::new(MemStore::new()),
+        Keypair::generate_ed25519(),
+    );
+    assert!(matches!(r, Err(meshota_node::p2p::P2pError::NoRuntime)));
+}

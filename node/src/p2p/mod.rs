@@ -66,6 +66,9 @@ pub enum P2pError {
         /// Why.
         reason: String,
     },
+    /// [`Node::spawn`] was called outside a tokio runtime.
+    #[error("Node::spawn needs a tokio runtime")]
+    NoRuntime,
     /// The node's event loop has stopped.
     #[error("the node has shut down")]
     Shutdown,

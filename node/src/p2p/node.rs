@@ -71,13 +71,14 @@ impl Node {
     /// A seed-only origin provides every store root it holds.
     ///
     /// # Errors
-    /// [`P2pError`] when the transport, a behaviour or a listener cannot
-    /// be set up.
+    /// [`P2pError`] when called outside a tokio runtime, or when the
+    /// transport, a behaviour or a listener cannot be set up.
     pub fn spawn(
         config: P2pConfig,
         store: Arc<dyn Store>,
         keypair: Keypair,
     ) -> Result<NodeHandle, P2pError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| P2pError::NoRuntime)?;
         let now = Instant::now();
         let mut swarm = build_swarm(&config, keypair)?;
         let peer_id = *swarm.local_peer_id();
@@ -143,7 +144,7 @@ impl Node {
         if config.seed_only {
             lp.provide_roots();
         }
-        let task = tokio::spawn(lp.run());
+        let task = runtime.spawn(lp.run());
         Ok(NodeHandle {
             peer_id,
             commands: cmd_tx,
