@@ -4,16 +4,18 @@
 //! cargo run --release -p meshota-node --example p2p_bench -- all
 //! cargo run --release -p meshota-node --example p2p_bench -- throughput 256
 //! cargo run --release -p meshota-node --example p2p_bench -- upload-limit 4 32
-//! cargo run --release -p meshota-node --example p2p_bench -- origin-ratio 50 16
+//! cargo run --release -p meshota-node --example p2p_bench -- origin-ratio 50 16 6
 //! ```
 //!
 //! - `throughput MIB`: one seed, one fetcher, an incompressible payload
 //!   of MIB MiB (default chunker: 16/64/256 KiB); MiB/s of payload.
 //! - `upload-limit RATE_MIB_S MIB`: a seed limited to RATE MiB/s serves
 //!   MIB MiB; achieved rate against the configured one.
-//! - `origin-ratio PEERS MIB`: a seed-only origin and PEERS peers, each
-//!   connected to the origin and up to 6 earlier peers, all fetching at
-//!   once; origin upload bytes / bundle bytes.
+//! - `origin-ratio PEERS MIB DEGREE`: a seed-only origin and PEERS peers,
+//!   each connected to the origin and up to DEGREE (default 6) earlier
+//!   peers, all fetching at once; origin upload bytes / bundle bytes.
+//!   An optional fifth argument overrides the devices' scheduler
+//!   `site_patience` (seconds; default: the scheduler's default).
 //!
 //! Stores are `MemStore`, so the numbers are the network path and
 //! verification, not disk.
@@ -161,16 +163,25 @@ async fn upload_limit(rate_mib: f64, mib: usize) -> BenchResult<()> {
     Ok(())
 }
 
-async fn origin_ratio(peers: usize, mib: usize) -> BenchResult<()> {
+async fn origin_ratio(
+    peers: usize,
+    mib: usize,
+    degree: usize,
+    patience: Option<u64>,
+) -> BenchResult<()> {
     let b = Bundle::new(&noise(mib << 20, 13))?;
     let so: Arc<dyn Store> = Arc::new(MemStore::new());
     b.seed(&*so)?;
     let origin = spawn(P2pConfig::loopback().origin(), so)?;
     let mut nodes: Vec<NodeHandle> = Vec::new();
     for _ in 0..peers {
-        let n = spawn(P2pConfig::loopback(), Arc::new(MemStore::new()))?;
+        let mut cfg = P2pConfig::loopback();
+        if let Some(secs) = patience {
+            cfg.scheduler.site_patience = Duration::from_secs(secs);
+        }
+        let n = spawn(cfg, Arc::new(MemStore::new()))?;
         connect(&n, &origin).await?;
-        for prev in nodes.iter().rev().take(6) {
+        for prev in nodes.iter().rev().take(degree) {
             connect(&n, prev).await?;
         }
         nodes.push(n);
@@ -183,7 +194,7 @@ async fn origin_ratio(peers: usize, mib: usize) -> BenchResult<()> {
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let up = origin.stats().uploaded_bytes;
     println!(
-        "origin-ratio: {peers} peers, {mib} MiB bundle: {ok}/{peers} complete in {secs:.2} s; origin uploaded {:.2} MiB = {:.2}x the bundle",
+        "origin-ratio: {peers} peers (each dialing the origin and up to {degree} earlier peers, site_patience {patience:?} s), {mib} MiB bundle: {ok}/{peers} complete in {secs:.2} s; origin uploaded {:.2} MiB = {:.2}x the bundle",
         up as f64 / MIB as f64,
         up as f64 / b.stored() as f64
     );
@@ -207,13 +218,22 @@ async fn main() -> BenchResult<()> {
         match mode {
             "throughput" => throughput(arg(&args, 1, 256)).await,
             "upload-limit" => upload_limit(arg(&args, 1, 4.0), arg(&args, 2, 32)).await,
-            "origin-ratio" => origin_ratio(arg(&args, 1, 10), arg(&args, 2, 16)).await,
+            "origin-ratio" => {
+                let patience = args.get(4).and_then(|s| s.parse().ok());
+                origin_ratio(
+                    arg(&args, 1, 10),
+                    arg(&args, 2, 16),
+                    arg(&args, 3, 6),
+                    patience,
+                )
+                .await
+            }
             "all" => {
                 throughput(256).await?;
                 upload_limit(1.0, 8).await?;
                 upload_limit(4.0, 32).await?;
-                origin_ratio(10, 16).await?;
-                origin_ratio(50, 16).await
+                origin_ratio(10, 16, 6, None).await?;
+                origin_ratio(50, 16, 6, None).await
             }
             other => Err(format!("unknown mode {other:?}").into()),
         }

@@ -146,6 +146,8 @@ type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
 const MANIFEST_RETRY: Duration = Duration::from_millis(500);
 /// Peers asked for a manifest at once.
 const MANIFEST_PARALLEL: usize = 3;
+/// Longest wait for neighbours' `Have` answers before using an origin.
+const ORIGIN_GRACE: Duration = Duration::from_secs(1);
 
 struct ManifestSearch {
     asked: HashSet<PeerId>,
@@ -165,6 +167,15 @@ struct Download {
     queried: HashSet<PeerId>,
     /// Peers that lacked the manifest, to ask again later.
     have_retry: Vec<(Instant, PeerId)>,
+    /// Peers that answered a `Have` at least once (any answer).
+    answered: HashSet<PeerId>,
+    /// Origins are introduced to the scheduler only once every queried
+    /// peer has answered (or at this instant): until the scheduler knows
+    /// which neighbours are fetching too, it would take itself for the
+    /// rendezvous home of every chunk and pull it from the origin.
+    origin_grace: Option<Instant>,
+    /// Origin answers held back during the grace.
+    held_back: Vec<(PeerId, Bitfield)>,
 }
 
 enum Phase {
@@ -344,6 +355,9 @@ impl Fetches {
             known: HashSet::new(),
             queried: HashSet::new(),
             have_retry: Vec::new(),
+            answered: HashSet::new(),
+            origin_grace: Some(now + ORIGIN_GRACE),
+            held_back: Vec::new(),
         };
         for &peer in &self.connected {
             dl.queried.insert(peer);
@@ -395,6 +409,7 @@ impl Fetches {
                 }
                 Phase::Download(dl) => {
                     dl.queried.remove(&peer);
+                    dl.held_back.retain(|(p, _)| *p != peer);
                     dl.have_retry.retain(|(_, p)| *p != peer);
                     if dl.known.remove(&peer) {
                         dl.sched.handle_peer_lost(peer, now);
@@ -465,6 +480,7 @@ impl Fetches {
                 self.ask_manifest(id, net);
             }
             (Phase::Download(dl), Tag::Have) => {
+                dl.answered.insert(peer);
                 if dl.known.contains(&peer) {
                     dl.sched
                         .handle_query_failed(peer, Failure::Unresponsive(reason), now);
@@ -544,7 +560,13 @@ impl Fetches {
                 }
                 // Found again on every answer: a peer dropped for a while
                 // comes back once its cool-off is over.
+                dl.answered.insert(peer);
                 let class = class_of(&self.site, &site, origin);
+                if class == PeerClass::Origin && dl.origin_grace.is_some() {
+                    dl.held_back.retain(|(p, _)| *p != peer);
+                    dl.held_back.push((peer, bitfield));
+                    return;
+                }
                 dl.sched.handle_peer_found(peer, class, now);
                 dl.known.insert(peer);
                 dl.sched.handle_peer_fetching(peer, fetching);
@@ -552,12 +574,13 @@ impl Fetches {
             }
             PeerResponse::NotFound | PeerResponse::Busy => {
                 // It lacks the manifest for now (or stopped seeding); ask
-                // again later: it may be fetching the same release.
+                // again soon: it is probably resolving the same release.
+                dl.answered.insert(peer);
                 if dl.known.remove(&peer) {
                     dl.sched.handle_query_failed(peer, Failure::NotFound, now);
                 }
                 dl.have_retry
-                    .push((now + self.sched_config.have_refresh, peer));
+                    .push((now + self.sched_config.have_refresh / 4, peer));
             }
             other => net.ban(peer, format!("answered a Have request with {other:?}")),
         }
@@ -765,6 +788,18 @@ impl Fetches {
                 self.pending.insert(rid, (id, peer, Tag::Have));
             }
         }
+        if let Some(grace) = dl.origin_grace {
+            let all_answered = dl.queried.iter().all(|p| dl.answered.contains(p));
+            if now >= grace || all_answered {
+                dl.origin_grace = None;
+                for (peer, bitfield) in std::mem::take(&mut dl.held_back) {
+                    dl.sched.handle_peer_found(peer, PeerClass::Origin, now);
+                    dl.known.insert(peer);
+                    dl.sched.handle_peer_fetching(peer, false);
+                    dl.sched.handle_peer_have(peer, &bitfield, now);
+                }
+            }
+        }
         if dl.sched.poll_timeout().is_some_and(|t| t <= now) {
             dl.sched.handle_timeout(now);
         }
@@ -931,6 +966,9 @@ impl Fetches {
                     }
                 }
                 Phase::Download(dl) => {
+                    if let Some(t) = dl.origin_grace {
+                        at(t);
+                    }
                     if let Some(t) = dl.sched.poll_timeout() {
                         at(t);
                     }
