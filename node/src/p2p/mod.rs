@@ -17,6 +17,27 @@
 //! - `node`: [`Node::spawn`] returns a [`NodeHandle`]; an event loop
 //!   `select!`s over the swarm, handle commands, delayed responses and
 //!   verified chunks, and never blocks.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo(id: meshota_protocol::ManifestId) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use meshota_node::p2p::{FetchOptions, Node, P2pConfig};
+//! use meshota_node::store::MemStore;
+//!
+//! let node = Node::spawn(
+//!     P2pConfig::loopback(),
+//!     Arc::new(MemStore::new()),
+//!     libp2p::identity::Keypair::generate_ed25519(),
+//! )?;
+//! node.dial("/ip4/127.0.0.1/tcp/4001".parse()?).await?;
+//! let report = node.fetch(id, FetchOptions::default()).await?;
+//! println!("{:?} from peers, {} bytes already held", report.bytes, report.bytes.local);
+//! node.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
 
 mod behaviour;
 pub mod codec;

@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::store::StoreError;
 
-/// Options of one [`super::NodeHandle::fetch`].
+/// Options of one [`crate::p2p::NodeHandle::fetch`].
 #[derive(Debug, Clone, Default)]
 pub struct FetchOptions {
     /// Give up after this long (`None`: keep trying until shutdown).
