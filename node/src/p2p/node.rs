@@ -28,6 +28,8 @@ use crate::store::Store;
 const EVENT_CAPACITY: usize = 1024;
 /// Longest the loop sleeps without anything due.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// With no connection at all, bootstrap peers are dialed again this often.
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
 
 enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
@@ -140,6 +142,8 @@ impl Node {
             pending_dials: HashMap::new(),
             provider_queries: HashMap::new(),
             banned: HashSet::new(),
+            bootstrap: config.bootstrap.clone(),
+            bootstrap_at: now,
         };
         if config.seed_only {
             lp.provide_roots();
@@ -264,6 +268,9 @@ struct EventLoop {
     pending_dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, P2pError>>)>,
     provider_queries: HashMap<kad::QueryId, ManifestId>,
     banned: HashSet<PeerId>,
+    /// Configured bootstrap addresses, re-dialed while isolated.
+    bootstrap: Vec<Multiaddr>,
+    bootstrap_at: Instant,
 }
 
 /// The [`Net`] the fetch loop talks to: disjoint borrows of the loop.
@@ -393,9 +400,27 @@ impl EventLoop {
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
             }
-            self.fetches.drive(Instant::now(), net!(self));
+            let now = Instant::now();
+            self.fetches.drive(now, net!(self));
+            self.redial_bootstrap(now);
         }
         self.fetches.shutdown();
+    }
+
+    /// Dials the bootstrap peers again while the node has no connection.
+    fn redial_bootstrap(&mut self, now: Instant) {
+        if self.bootstrap.is_empty()
+            || now < self.bootstrap_at + BOOTSTRAP_RETRY
+            || self.swarm.connected_peers().next().is_some()
+        {
+            return;
+        }
+        self.bootstrap_at = now;
+        for addr in &self.bootstrap {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "bootstrap re-dial failed");
+            }
+        }
     }
 
     fn on_command(&mut self, cmd: Command) {

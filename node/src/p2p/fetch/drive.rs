@@ -7,7 +7,9 @@ use std::time::Instant;
 use libp2p::PeerId;
 use meshota_protocol::{ManifestId, PeerRequest};
 
-use super::{DownloadReport, FetchError, Fetches, Net, Phase, Tag, MANIFEST_RETRY};
+use super::{
+    DownloadReport, FetchError, Fetches, Net, Phase, Tag, MANIFEST_RETRY, PROVIDER_REFRESH,
+};
 use crate::p2p::NodeEvent;
 use crate::sched::{Action, PeerClass, SchedEvent};
 
@@ -44,6 +46,15 @@ impl Fetches {
                 );
                 return;
             }
+        }
+        // No manifest yet, or no source known: look for providers again.
+        let lacking = match &fetch.phase {
+            Phase::Manifest(_) => true,
+            Phase::Download(dl) => dl.known.is_empty(),
+        };
+        if lacking && now >= fetch.providers_at + PROVIDER_REFRESH {
+            fetch.providers_at = now;
+            net.find_providers(id);
         }
         let dl = match &mut fetch.phase {
             Phase::Manifest(search) => {
@@ -141,6 +152,7 @@ impl Fetches {
                 }
                 SchedEvent::Stalled => {
                     tracing::warn!(manifest = %id.short(), "download stalled");
+                    net.find_providers(id);
                     net.event(NodeEvent::FetchStalled { manifest: id });
                 }
                 SchedEvent::Complete => complete = true,

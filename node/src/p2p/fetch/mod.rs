@@ -86,6 +86,8 @@ type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
 const MANIFEST_RETRY: Duration = Duration::from_millis(500);
 /// Peers asked for a manifest at once.
 const MANIFEST_PARALLEL: usize = 3;
+/// Least time between provider lookups for one fetch.
+const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
 /// Longest wait for neighbours' `Have` answers before using an origin.
 const ORIGIN_GRACE: Duration = Duration::from_secs(1);
 
@@ -125,6 +127,8 @@ enum Phase {
 
 struct Fetch {
     started: Instant,
+    /// Last Kademlia provider lookup, repeated while sources are lacking.
+    providers_at: Instant,
     deadline: Option<(Instant, Duration)>,
     progress: Option<watch::Sender<FetchProgress>>,
     replies: Vec<Reply>,
@@ -223,6 +227,7 @@ impl Fetches {
         });
         let fetch = Fetch {
             started: now,
+            providers_at: now,
             deadline: opts.timeout.map(|t| (now + t, t)),
             progress: opts.progress,
             replies: vec![reply],
