@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::request_response::{InboundRequestId, ResponseChannel};
 use libp2p::PeerId;
-use meshota_protocol::{Manifest, ManifestId, PeerRequest, PeerResponse, SiteId};
+use meshota_protocol::{Bitfield, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId};
 use tokio::sync::mpsc;
 
 use crate::store::Store;
@@ -136,8 +136,11 @@ pub(crate) struct ServeConfig {
     pub(crate) upload_limit_bps: Option<u64>,
 }
 
-/// Most decoded manifests kept for answering `Have`.
+/// Most decoded manifests (and held bitfields) kept for answering `Have`.
 const MANIFEST_CACHE: usize = 16;
+/// How long a computed bitfield answers `Have` before it is recomputed,
+/// so a flood of `Have` requests costs one store scan per interval.
+const HELD_TTL: Duration = Duration::from_millis(200);
 
 /// Answers inbound requests. Owned by the event loop.
 pub(crate) struct Server {
@@ -148,6 +151,8 @@ pub(crate) struct Server {
     limiter: Option<TokenBucket>,
     /// Decoded manifests, so a `Have` does not re-decode.
     manifests: HashMap<ManifestId, Arc<Manifest>>,
+    /// Recently computed bitfields, by manifest.
+    held: HashMap<ManifestId, (Instant, Bitfield)>,
     counters: Arc<Counters>,
     delayed: mpsc::UnboundedSender<DelayedResponse>,
 }
@@ -167,6 +172,7 @@ impl Server {
             in_flight: HashMap::new(),
             limiter,
             manifests: HashMap::new(),
+            held: HashMap::new(),
             counters,
             delayed,
         }
@@ -227,7 +233,7 @@ impl Server {
             return Some((channel, r));
         }
         let response = match request {
-            PeerRequest::Have { manifest, .. } => self.have(&manifest, fetching),
+            PeerRequest::Have { manifest, .. } => self.have(&manifest, fetching, now),
             PeerRequest::Manifest { id } => match self.store.get_manifest(&id) {
                 Ok(Some(data)) => PeerResponse::Manifest { data },
                 Ok(None) => self.not_found(),
@@ -285,15 +291,31 @@ impl Server {
         Some((channel, response))
     }
 
-    fn have(&mut self, id: &ManifestId, fetching: bool) -> PeerResponse {
-        let Some(manifest) = self.manifest(id) else {
-            return self.not_found();
-        };
-        let bitfield = match self.store.held(&manifest) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "store failed computing held chunks");
-                return self.not_found();
+    fn have(&mut self, id: &ManifestId, fetching: bool, now: Instant) -> PeerResponse {
+        let cached = self
+            .held
+            .get(id)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < HELD_TTL)
+            .map(|(_, b)| b.clone());
+        let bitfield = match cached {
+            Some(b) => b,
+            None => {
+                let Some(manifest) = self.manifest(id) else {
+                    return self.not_found();
+                };
+                match self.store.held(&manifest) {
+                    Ok(b) => {
+                        if self.held.len() >= MANIFEST_CACHE {
+                            self.held.clear();
+                        }
+                        self.held.insert(*id, (now, b.clone()));
+                        b
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store failed computing held chunks");
+                        return self.not_found();
+                    }
+                }
             }
         };
         PeerResponse::Have {
