@@ -1,6 +1,20 @@
 //! # meshota-sim
 //!
+//! The fleet simulator, for load testing and capacity planning.
+//!
 //! # Layout
 //!
-//! Empty for now: the live and virtual-time fleet simulator lands with
-//! issue 7 and will drive `meshota-node`'s sans-IO cores.
+//! - [`scenario`]: what to simulate (fleet, sites, link rates, waves,
+//!   faults, seed), from flags or TOML, and the Kumar–Ross lower bound.
+//! - [`virt`]: virtual-time mode. A discrete-event network model around
+//!   the production chunk scheduler, fast enough for 100,000 devices.
+//! - [`summary`]: the figures every run reports, against the origin-only
+//!   baseline and the theoretical bound.
+//!
+//! Live mode (real broker, real node agents over a shaped libp2p
+//! transport) and `meshota-sim demo` land with issue 7.
+#![warn(missing_docs)]
+
+pub mod scenario;
+pub mod summary;
+pub mod virt;

@@ -12,12 +12,17 @@
 //!   peer, never over the WAN.
 //! - **One WAN pull per site.** A chunk no same-site peer holds is pulled
 //!   over the WAN by one member of the site: the rendezvous-hash "home" of
-//!   that chunk among the site's members still fetching. Others wait for
-//!   it to appear locally, or pull it themselves after `site_patience`.
+//!   that chunk among the site's members still fetching. The others line
+//!   up behind it by the same hash: the k-th waits k × `site_patience`
+//!   before pulling the chunk itself, so if the home cannot get it one
+//!   device steps in, not all. Members that gained nothing for
+//!   `site_patience` are stalled and do not hold up the line.
 //! - **Origin last, and about once.** The origin serves only chunks no
 //!   reachable peer holds, and then only to the chunk's rendezvous home
-//!   among all known fetching peers (or after `site_patience`), so the
-//!   origin serves roughly one copy whatever the fleet size.
+//!   among all known fetching peers. Devices rarely know the whole fleet,
+//!   so the origin also withholds, for a while, each chunk it has just
+//!   served ([`OriginDedup`]): the fleet gets it from that first copy.
+//!   Together they keep the origin near one copy whatever the fleet size.
 //! - **Rarest first** among eligible chunks, with a seeded random
 //!   tie-break, so neighbours pull different chunks and then trade them.
 //! - **Windows and timeouts.** Each peer has a window of in-flight
@@ -28,6 +33,7 @@
 //!   for good; slowness or silence ([`Failure::Unresponsive`], a rate under
 //!   `min_rate_bps`) drops it for a cool-off period.
 
+mod origin;
 mod pick;
 mod state;
 #[cfg(test)]
@@ -40,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
+pub use origin::OriginDedup;
 use state::{ChunkState, PeerState};
 
 /// Where a peer sits relative to us; decides preference and accounting.
@@ -64,6 +71,9 @@ pub struct SchedulerConfig {
     pub request_timeout: Duration,
     /// How often to re-ask a peer which chunks it holds.
     pub have_refresh: Duration,
+    /// How often to re-ask the origin, when it withholds chunks it has
+    /// just served to someone else (see [`OriginDedup`]).
+    pub origin_have_refresh: Duration,
     /// A peer delivering slower than this (while busy serving us) is dropped.
     pub min_rate_bps: u64,
     /// Endgame starts when this few chunks are missing.
@@ -88,6 +98,7 @@ impl Default for SchedulerConfig {
             origin_window: 4,
             request_timeout: Duration::from_secs(10),
             have_refresh: Duration::from_secs(1),
+            origin_have_refresh: Duration::from_secs(5),
             min_rate_bps: 4 * 1024,
             endgame_chunks: 8,
             site_patience: Duration::from_secs(8),
@@ -324,11 +335,21 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return;
         }
         self.recount_peer(&peer, None, false);
-        let refresh = self.cfg.have_refresh;
+        let refresh = match self.peers.get(&peer).map(|p| p.class) {
+            Some(PeerClass::Origin) => self.cfg.origin_have_refresh,
+            _ => self.cfg.have_refresh,
+        };
         if let Some(p) = self.peers.get_mut(&peer) {
+            let mut count = 0;
             for (u, c) in self.chunks.iter().enumerate() {
-                p.set_has(u, have.get(c.pos));
+                let has = have.get(c.pos);
+                count += usize::from(has);
+                p.set_has(u, has);
             }
+            if count > p.held_count {
+                p.last_gain = now;
+            }
+            p.held_count = count;
             p.have_pending = None;
             p.have_due = now + refresh;
             p.known = true;

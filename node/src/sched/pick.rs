@@ -18,11 +18,9 @@ enum Scope {
 }
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
+    /// Worth re-asking: unknown yet, or lacking something we miss (it may
+    /// have it by now; the origin may have stopped withholding it).
     pub(super) fn wants_refresh(&self, p: &PeerState) -> bool {
-        // The origin holds everything: one answer is enough.
-        if p.known && p.class == PeerClass::Origin {
-            return false;
-        }
         !p.known || self.missing.iter().any(|&u| !p.has(u as usize))
     }
 
@@ -96,7 +94,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 // A chunk a neighbour holds is fetched locally, not over the WAN.
                 PeerClass::OtherSite => p.has(u as usize) && c.site_avail == 0,
                 // The origin only serves what no reachable peer holds.
-                PeerClass::Origin => c.avail == 0,
+                PeerClass::Origin => p.has(u as usize) && c.avail == 0,
             };
             if !eligible {
                 continue;
@@ -111,9 +109,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 } else {
                     Scope::Site
                 };
-                if !self.is_home(u, scope) {
+                let rank = self.home_rank(u, scope, now);
+                if rank > 0 {
+                    // The k-th in line waits k patiences, so when the home
+                    // cannot get the chunk, one device (not all) steps in.
+                    let wait = self.cfg.site_patience * rank;
                     match c.deferred_since {
-                        Some(since) if now >= since + self.cfg.site_patience => {}
+                        Some(since) if now >= since + wait => {}
                         Some(_) => continue,
                         None => {
                             deferred.push(u);
@@ -130,24 +132,37 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         best.map(|(u, _)| u)
     }
 
-    /// Whether this device has the lowest rendezvous weight for chunk `u`
-    /// among the peers in `scope` that are fetching and still lack it.
-    fn is_home(&self, u: u32, scope: Scope) -> bool {
+    /// This device's place in line to pull chunk `u` over the WAN: how
+    /// many peers in `scope` that are fetching, still lack it, and have
+    /// gained a chunk within the patience (so are alive) weigh less for
+    /// it. Zero means this device is the chunk's home.
+    fn home_rank(&self, u: u32, scope: Scope, now: Instant) -> u32 {
         let Some(me) = self.me else {
-            return true;
+            return 0;
         };
         let c = &self.chunks[u as usize];
         let mine = mix(me ^ c.hash);
-        !self.peers.values().any(|q| {
-            let member = match scope {
-                Scope::Site => q.class == PeerClass::SameSite,
-                Scope::Fleet => q.class != PeerClass::Origin,
-            };
-            member && q.fetching && !q.has(u as usize) && mix(q.hash ^ c.hash) < mine
-        })
+        let patience = self.cfg.site_patience;
+        let ahead = self
+            .peers
+            .values()
+            .filter(|q| {
+                let member = match scope {
+                    Scope::Site => q.class == PeerClass::SameSite,
+                    Scope::Fleet => q.class != PeerClass::Origin,
+                };
+                member
+                    && q.fetching
+                    && !q.has(u as usize)
+                    && now < q.last_gain + patience
+                    && mix(q.hash ^ c.hash) < mine
+            })
+            .count();
+        u32::try_from(ahead).unwrap_or(u32::MAX)
     }
 
-    /// Duplicates an outstanding request to an idle peer that holds it.
+    /// Duplicates an outstanding request to an idle same-site peer that
+    /// holds it.
     fn endgame(&mut self, now: Instant) -> Option<Action<P>> {
         let window = self.cfg.window_per_peer;
         let origin_window = self.cfg.origin_window;
@@ -161,9 +176,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     && p.busy_until <= now
                     && p.in_flight < p.window(window, origin_window)
                     && !c.in_flight.iter().any(|(q, _)| q == *k)
-                    // The origin is never used for duplicates: it serves
-                    // each chunk about once.
-                    && p.class != PeerClass::Origin
+                    // Duplicates only cross the LAN: a WAN duplicate costs
+                    // the site uplink and the origin serves each chunk
+                    // about once.
+                    && p.class == PeerClass::SameSite
                     && p.has(u as usize)
             });
             if let Some((peer, _)) = found {

@@ -79,6 +79,10 @@ pub(super) struct PeerState {
     pub bytes: u64,
     pub busy_time: Duration,
     pub busy_since: Option<Instant>,
+    /// Chunks it held at its last `Have`, and when that number last grew:
+    /// a rendezvous home that keeps gaining chunks is worth waiting for.
+    pub held_count: usize,
+    pub last_gain: Instant,
 }
 
 /// Below this much busy time a rate estimate is noise.
@@ -101,6 +105,8 @@ impl PeerState {
             bytes: 0,
             busy_time: Duration::ZERO,
             busy_since: None,
+            held_count: 0,
+            last_gain: now,
         }
     }
 

@@ -1,0 +1,244 @@
+//! Scenarios: the fleet, its network and its faults, from flags or TOML.
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes per second in one mebibit per second.
+const MBIT: u64 = 1_000_000 / 8;
+
+/// One simulated situation. Every field has a default, so a TOML file
+/// names only what it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Scenario {
+    /// Devices in the fleet.
+    pub devices: u32,
+    /// Sites; devices are spread evenly over them.
+    pub sites: u32,
+    /// Bundle payload size in bytes.
+    pub bundle_bytes: u64,
+    /// Average chunk size in bytes (min is a quarter, max four times).
+    pub chunk_avg: u32,
+    /// Origin upload rate, bytes per second.
+    pub origin_up_bps: u64,
+    /// Device upload rate, bytes per second.
+    pub device_up_bps: u64,
+    /// Device download rate, bytes per second.
+    pub device_down_bps: u64,
+    /// Each site's WAN uplink and downlink, bytes per second (shared by
+    /// all devices of the site).
+    pub site_wan_bps: u64,
+    /// One-way latency between devices of one site, milliseconds.
+    pub lan_latency_ms: u64,
+    /// One-way latency across sites and to the origin, milliseconds.
+    pub wan_latency_ms: u64,
+    /// Same-site neighbours each device knows (a mesh, not everyone).
+    pub lan_peers: u32,
+    /// Other-site peers each device knows.
+    pub wan_peers: u32,
+    /// Concurrent uploads a device serves before answering `Busy`.
+    pub max_uploads: u32,
+    /// Concurrent uploads the origin serves.
+    pub origin_max_uploads: u32,
+    /// Seconds the origin withholds a chunk it has just served, so the
+    /// fleet takes it from that copy (0 turns this off).
+    pub origin_dedup_s: u64,
+    /// Cumulative wave shares in percent, e.g. `[1, 10, 50, 100]`.
+    pub waves: Vec<u8>,
+    /// Minimum time a wave holds before the next starts, seconds.
+    pub soak_s: u64,
+    /// Seconds to write the inactive slot.
+    pub install_s: u64,
+    /// Seconds for the health check after activation.
+    pub health_s: u64,
+    /// Share of devices whose health check fails (they roll back).
+    pub health_fail_rate: f64,
+    /// Share of devices that serve corrupted chunks.
+    pub malicious_rate: f64,
+    /// Seconds a device waits for a chunk's site or fleet home to pull it
+    /// before pulling it itself (the scheduler's `site_patience`).
+    pub patience_s: u64,
+    /// Milliseconds between `Have` refreshes of a peer.
+    pub have_refresh_ms: u64,
+    /// Milliseconds of the first back-off after a `Busy` answer.
+    pub busy_backoff_ms: u64,
+    /// Seed for every random choice; the same seed replays the same run.
+    pub seed: u64,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Self {
+            devices: 100,
+            sites: 5,
+            bundle_bytes: 32 * 1024 * 1024,
+            chunk_avg: 256 * 1024,
+            origin_up_bps: 100 * MBIT,
+            device_up_bps: 20 * MBIT,
+            device_down_bps: 100 * MBIT,
+            site_wan_bps: 50 * MBIT,
+            lan_latency_ms: 1,
+            wan_latency_ms: 30,
+            lan_peers: 32,
+            wan_peers: 2,
+            max_uploads: 4,
+            origin_max_uploads: 64,
+            origin_dedup_s: 30,
+            waves: vec![10, 50, 100],
+            soak_s: 10,
+            install_s: 5,
+            health_s: 2,
+            health_fail_rate: 0.0,
+            malicious_rate: 0.0,
+            patience_s: 8,
+            have_refresh_ms: 1000,
+            busy_backoff_ms: 250,
+            seed: 1,
+        }
+    }
+}
+
+/// Why a scenario cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// A field is out of range.
+    #[error("scenario field `{field}` {problem}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what to use instead.
+        problem: String,
+    },
+    /// The TOML file could not be parsed.
+    #[error("scenario file: {0}")]
+    Toml(#[from] toml::de::Error),
+}
+
+impl Scenario {
+    /// Parses a TOML scenario.
+    ///
+    /// # Errors
+    /// [`ScenarioError`] for bad TOML or out-of-range values.
+    pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
+        let s: Scenario = toml::from_str(text)?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Checks every field is usable.
+    ///
+    /// # Errors
+    /// [`ScenarioError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<(), ScenarioError> {
+        let bad = |field, problem: &str| {
+            Err(ScenarioError::Invalid {
+                field,
+                problem: problem.to_string(),
+            })
+        };
+        if self.devices == 0 {
+            return bad("devices", "must be at least 1");
+        }
+        if self.sites == 0 || self.sites > self.devices {
+            return bad("sites", "must be between 1 and the number of devices");
+        }
+        if self.bundle_bytes == 0 {
+            return bad("bundle_bytes", "must be at least 1");
+        }
+        if !(1024..=4 * 1024 * 1024).contains(&self.chunk_avg) {
+            return bad("chunk_avg", "must be between 1024 and 4194304 bytes");
+        }
+        for (field, v) in [
+            ("origin_up_bps", self.origin_up_bps),
+            ("device_up_bps", self.device_up_bps),
+            ("device_down_bps", self.device_down_bps),
+            ("site_wan_bps", self.site_wan_bps),
+        ] {
+            if v == 0 {
+                return bad(field, "must be above 0 bytes per second");
+            }
+        }
+        if self.waves.is_empty()
+            || self.waves.windows(2).any(|w| w[0] >= w[1])
+            || self.waves.last() != Some(&100)
+        {
+            return bad(
+                "waves",
+                "must be strictly increasing percentages ending at 100, e.g. [10, 50, 100]",
+            );
+        }
+        for (field, v) in [
+            ("health_fail_rate", self.health_fail_rate),
+            ("malicious_rate", self.malicious_rate),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                return bad(field, "must be a share between 0.0 and 1.0");
+            }
+        }
+        if self.max_uploads == 0 || self.origin_max_uploads == 0 {
+            return bad("max_uploads", "upload slots must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Site of device `d`.
+    pub fn site_of(&self, d: u32) -> u32 {
+        d % self.sites
+    }
+}
+
+/// The Kumar–Ross lower bound on the time to give `n` devices a file of
+/// `f` bytes: `max(F/u_s, F/d_min, N·F/(u_s + Σu_i))`. Site uplinks are
+/// not part of the bound; it is the best any scheme could do with these
+/// device and origin capacities.
+pub fn kumar_ross_bound_s(s: &Scenario) -> f64 {
+    let f = s.bundle_bytes as f64;
+    let n = f64::from(s.devices);
+    let us = s.origin_up_bps as f64;
+    let sum_u = n * s.device_up_bps as f64;
+    let d_min = s.device_down_bps as f64;
+    (f / us).max(f / d_min).max(n * f / (us + sum_u))
+}
+
+/// The client–server time with no peer upload: `max(N·F/u_s, F/d_min)`.
+pub fn client_server_bound_s(s: &Scenario) -> f64 {
+    let f = s.bundle_bytes as f64;
+    (f64::from(s.devices) * f / s.origin_up_bps as f64).max(f / s.device_down_bps as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_scenario_is_valid_and_round_trips_through_toml() {
+        let s = Scenario::default();
+        s.validate().unwrap();
+        let text = toml::to_string(&s).unwrap();
+        assert_eq!(Scenario::from_toml(&text).unwrap(), s);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let err = Scenario::from_toml("waves = [50, 10, 100]").unwrap_err();
+        assert!(err.to_string().contains("waves"), "{err}");
+        let err = Scenario::from_toml("devices = 0").unwrap_err();
+        assert!(err.to_string().contains("devices"), "{err}");
+        assert!(Scenario::from_toml("no_such_field = 1").is_err());
+    }
+
+    #[test]
+    fn the_bound_is_the_largest_of_its_three_terms() {
+        let s = Scenario {
+            devices: 1000,
+            bundle_bytes: 1_000_000,
+            origin_up_bps: 1_000_000,
+            device_up_bps: 100_000,
+            device_down_bps: 10_000_000,
+            ..Scenario::default()
+        };
+        // N·F/(u_s+Σu_i) = 1e9 / (1e6 + 1e8) ≈ 9.9 s dominates F/u_s = 1 s.
+        let b = kumar_ross_bound_s(&s);
+        assert!((b - 1e9 / 101e6).abs() < 1e-9, "{b}");
+        assert!((client_server_bound_s(&s) - 1000.0).abs() < 1e-9);
+    }
+}
