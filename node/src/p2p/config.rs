@@ -47,6 +47,12 @@ pub struct P2pConfig {
     pub request_timeout: Duration,
     /// Close connections idle for this long.
     pub idle_connection_timeout: Duration,
+    /// Seed-only origin: after serving a chunk, withhold it (from `Have`
+    /// answers, and `NotFound` to `Get`) for this long, so the fleet takes
+    /// it from that first copy ([`crate::sched::OriginDedup`]). Zero turns
+    /// it off. A device that loses a chunk in flight (a restart, a broken
+    /// connection) may wait up to this long for it from the origin.
+    pub origin_dedup_window: Duration,
     /// Chunk scheduler tuning.
     pub scheduler: SchedulerConfig,
     /// **Test and simulator only.** Flip a byte in every chunk served, to
@@ -72,6 +78,7 @@ impl Default for P2pConfig {
             max_memory_fraction: Some(0.9),
             request_timeout: Duration::from_secs(60),
             idle_connection_timeout: Duration::from_secs(120),
+            origin_dedup_window: Duration::from_secs(30),
             scheduler: SchedulerConfig::default(),
             corrupt_uploads: false,
         }

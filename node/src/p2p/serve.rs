@@ -16,6 +16,7 @@ use libp2p::PeerId;
 use meshota_protocol::{Bitfield, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId};
 use tokio::sync::mpsc;
 
+use crate::sched::OriginDedup;
 use crate::store::Store;
 
 /// A token bucket measured in bytes, driven by the caller's clock.
@@ -134,6 +135,8 @@ pub(crate) struct ServeConfig {
     pub(crate) corrupt_uploads: bool,
     pub(crate) max_concurrent_uploads: usize,
     pub(crate) upload_limit_bps: Option<u64>,
+    /// Origin only: how long a served chunk is withheld (zero: never).
+    pub(crate) origin_dedup_window: Duration,
 }
 
 /// Most decoded manifests (and held bitfields) kept for answering `Have`.
@@ -153,6 +156,8 @@ pub(crate) struct Server {
     manifests: HashMap<ManifestId, Arc<Manifest>>,
     /// Recently computed bitfields, by manifest.
     held: HashMap<ManifestId, (Instant, Bitfield)>,
+    /// Origin only: chunks recently served, withheld from others.
+    dedup: Option<OriginDedup>,
     counters: Arc<Counters>,
     delayed: mpsc::UnboundedSender<DelayedResponse>,
 }
@@ -166,6 +171,8 @@ impl Server {
         now: Instant,
     ) -> Self {
         let limiter = config.upload_limit_bps.map(|r| TokenBucket::new(r, now));
+        let dedup = (config.origin && !config.origin_dedup_window.is_zero())
+            .then(|| OriginDedup::new(config.origin_dedup_window));
         Self {
             store,
             config,
@@ -173,6 +180,7 @@ impl Server {
             limiter,
             manifests: HashMap::new(),
             held: HashMap::new(),
+            dedup,
             counters,
             delayed,
         }
@@ -248,6 +256,10 @@ impl Server {
                     return Some((channel, PeerResponse::Busy));
                 }
                 match self.store.get_chunk(&chunk) {
+                    Ok(Some(_)) if self.dedup.as_mut().is_some_and(|d| !d.admit(&chunk, now)) => {
+                        // Served moments ago: the fleet has that copy.
+                        self.not_found()
+                    }
                     Ok(Some(stored)) => {
                         let mut data = stored.data;
                         if self.config.corrupt_uploads {
@@ -297,25 +309,36 @@ impl Server {
             .get(id)
             .filter(|(at, _)| now.saturating_duration_since(*at) < HELD_TTL)
             .map(|(_, b)| b.clone());
-        let bitfield = match cached {
+        let Some(manifest) = self.manifest(id) else {
+            return self.not_found();
+        };
+        let held = match cached {
             Some(b) => b,
-            None => {
-                let Some(manifest) = self.manifest(id) else {
-                    return self.not_found();
-                };
-                match self.store.held(&manifest) {
-                    Ok(b) => {
-                        if self.held.len() >= MANIFEST_CACHE {
-                            self.held.clear();
-                        }
-                        self.held.insert(*id, (now, b.clone()));
-                        b
+            None => match self.store.held(&manifest) {
+                Ok(b) => {
+                    if self.held.len() >= MANIFEST_CACHE {
+                        self.held.clear();
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "store failed computing held chunks");
-                        return self.not_found();
+                    self.held.insert(*id, (now, b.clone()));
+                    b
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "store failed computing held chunks");
+                    return self.not_found();
+                }
+            },
+        };
+        let bitfield = match &self.dedup {
+            None => held,
+            Some(d) => {
+                let offered = d.advertise(&manifest, now);
+                let mut b = Bitfield::new(held.len());
+                for i in 0..held.len() {
+                    if held.get(i) && offered.get(i) {
+                        b.set(i);
                     }
                 }
+                b
             }
         };
         PeerResponse::Have {
