@@ -150,6 +150,9 @@ fn encode_record(chunk: &StoredChunk) -> Vec<u8> {
     out
 }
 
+/// Checks a record's shape only: the BLAKE3 check is `decode_chunk`'s,
+/// which every consumer of a chunk runs anyway (a peer on receipt, the
+/// installer before writing), so hashing here would do it twice.
 fn decode_record(id: &ChunkId, record: &[u8]) -> Result<StoredChunk, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: format!("chunk {id}"),
@@ -297,6 +300,8 @@ impl Store for SledStore {
                     *count = count.saturating_sub(1);
                     *bytes = bytes.saturating_sub(stored_len(&value));
                 }
+            } else {
+                stats.kept_chunks += 1;
             }
         }
         for entry in self.manifests.iter() {
