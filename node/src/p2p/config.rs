@@ -50,8 +50,9 @@ pub struct P2pConfig {
     /// Seed-only origin: after serving a chunk, withhold it (from `Have`
     /// answers, and `NotFound` to `Get`) for this long, so the fleet takes
     /// it from that first copy ([`crate::sched::OriginDedup`]). Zero turns
-    /// it off. A device that loses a chunk in flight (a restart, a broken
-    /// connection) may wait up to this long for it from the origin.
+    /// it off. The peer a chunk was last served to is served it again (it
+    /// evidently lost it); a device that restarts under a new identity
+    /// may wait up to this long for chunks lost in flight.
     pub origin_dedup_window: Duration,
     /// Chunk scheduler tuning.
     pub scheduler: SchedulerConfig,

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use libp2p::request_response::{InboundRequestId, ResponseChannel};
 use libp2p::PeerId;
-use meshota_protocol::{Bitfield, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId};
+use meshota_protocol::{
+    Bitfield, ChunkId, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
+};
 use tokio::sync::mpsc;
 
 use crate::sched::OriginDedup;
@@ -158,6 +160,9 @@ pub(crate) struct Server {
     held: HashMap<ManifestId, (Instant, Bitfield)>,
     /// Origin only: chunks recently served, withheld from others.
     dedup: Option<OriginDedup>,
+    /// Origin only: who got each chunk last. The same peer asking again
+    /// never received it (timeout, broken connection) and is served.
+    served_to: HashMap<ChunkId, PeerId>,
     counters: Arc<Counters>,
     delayed: mpsc::UnboundedSender<DelayedResponse>,
 }
@@ -181,6 +186,7 @@ impl Server {
             manifests: HashMap::new(),
             held: HashMap::new(),
             dedup,
+            served_to: HashMap::new(),
             counters,
             delayed,
         }
@@ -256,7 +262,7 @@ impl Server {
                     return Some((channel, PeerResponse::Busy));
                 }
                 match self.store.get_chunk(&chunk) {
-                    Ok(Some(_)) if self.dedup.as_mut().is_some_and(|d| !d.admit(&chunk, now)) => {
+                    Ok(Some(_)) if !self.origin_admits(peer, &chunk, now) => {
                         // Served moments ago: the fleet has that copy.
                         self.not_found()
                     }
@@ -347,6 +353,24 @@ impl Server {
             origin: self.config.origin,
             fetching,
         }
+    }
+
+    /// Whether the origin's dedup lets `peer` have `chunk` now.
+    fn origin_admits(&mut self, peer: PeerId, chunk: &ChunkId, now: Instant) -> bool {
+        let Some(dedup) = self.dedup.as_mut() else {
+            return true;
+        };
+        if self.served_to.get(chunk) == Some(&peer) {
+            return true;
+        }
+        if !dedup.admit(chunk, now) {
+            return false;
+        }
+        if self.served_to.len() >= 1 << 20 {
+            self.served_to.clear();
+        }
+        self.served_to.insert(*chunk, peer);
+        true
     }
 
     /// A response was flushed: count an upload and free its slot.
