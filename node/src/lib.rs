@@ -16,5 +16,6 @@
 //!   loop that feeds the scheduler and the store.
 #![warn(missing_docs)]
 
+pub mod p2p;
 pub mod sched;
 pub mod store;

@@ -1,0 +1,107 @@
+//! Configuration of a peer-to-peer node.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use meshota_protocol::SiteId;
+
+use crate::sched::SchedulerConfig;
+
+/// How a node takes part in the mesh.
+#[derive(Debug, Clone)]
+pub struct P2pConfig {
+    /// Addresses to listen on. Default `/ip4/0.0.0.0/tcp/0`; tests use
+    /// `/ip4/127.0.0.1/tcp/0`.
+    pub listen: Vec<Multiaddr>,
+    /// This node's site (its LAN). Peers on the same site are preferred.
+    pub site: Option<SiteId>,
+    /// Discover peers on the LAN with mDNS. On by default; tests turn it
+    /// off and dial explicitly so parallel tests do not see each other.
+    pub mdns: bool,
+    /// Peers to dial at start (for example the origin's announced
+    /// addresses); they also seed the Kademlia routing table.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Serve held chunks to others. `false` (metered links) answers every
+    /// request with `NotFound`.
+    pub seed: bool,
+    /// Seed-only origin: answers `Have` with `origin: true`, never
+    /// fetches, and provides every store root on Kademlia at start.
+    pub seed_only: bool,
+    /// Upload limit in bytes per second (`None`: unlimited).
+    pub upload_limit_bps: Option<u64>,
+    /// Download limit in bytes per second (`None`: unlimited). Enforced by
+    /// holding back requests, so at most one request window overshoots.
+    pub download_limit_bps: Option<u64>,
+    /// Chunk uploads in flight at once; more are answered `Busy`.
+    pub max_concurrent_uploads: usize,
+    /// Established connections in total.
+    pub max_connections: u32,
+    /// Established connections per peer.
+    pub max_connections_per_peer: u32,
+    /// Refuse new connections when the process uses more than this
+    /// fraction of physical memory (`None`: no memory limit).
+    pub max_memory_fraction: Option<f64>,
+    /// Transport-level timeout for one request-response exchange. Must
+    /// cover upload-limiter delays on the serving side; the scheduler's
+    /// own, tighter `request_timeout` decides when a peer is slow.
+    pub request_timeout: Duration,
+    /// Close connections idle for this long.
+    pub idle_connection_timeout: Duration,
+    /// Seed-only origin: after serving a chunk, withhold it (from `Have`
+    /// answers, and `NotFound` to `Get`) for this long, so the fleet takes
+    /// it from that first copy ([`crate::sched::OriginDedup`]). Zero turns
+    /// it off. The peer a chunk was last served to is served it again (it
+    /// evidently lost it); a device that restarts under a new identity
+    /// may wait up to this long for chunks lost in flight.
+    pub origin_dedup_window: Duration,
+    /// Chunk scheduler tuning.
+    pub scheduler: SchedulerConfig,
+    /// **Test and simulator only.** Flip a byte in every chunk served, to
+    /// play a malicious peer. Never set this on a real device.
+    pub corrupt_uploads: bool,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![Multiaddr::from(std::net::Ipv4Addr::UNSPECIFIED)
+                .with(libp2p::multiaddr::Protocol::Tcp(0))],
+            site: None,
+            mdns: true,
+            bootstrap: Vec::new(),
+            seed: true,
+            seed_only: false,
+            upload_limit_bps: None,
+            download_limit_bps: None,
+            max_concurrent_uploads: 32,
+            max_connections: 256,
+            max_connections_per_peer: 2,
+            max_memory_fraction: Some(0.9),
+            request_timeout: Duration::from_secs(60),
+            idle_connection_timeout: Duration::from_secs(120),
+            origin_dedup_window: Duration::from_secs(30),
+            scheduler: SchedulerConfig::default(),
+            corrupt_uploads: false,
+        }
+    }
+}
+
+impl P2pConfig {
+    /// A configuration for tests and the simulator: loopback, port 0,
+    /// mDNS off.
+    pub fn loopback() -> Self {
+        Self {
+            listen: vec![Multiaddr::from(std::net::Ipv4Addr::LOCALHOST)
+                .with(libp2p::multiaddr::Protocol::Tcp(0))],
+            mdns: false,
+            ..Self::default()
+        }
+    }
+
+    /// The same node as a seed-only origin.
+    pub fn origin(mut self) -> Self {
+        self.seed_only = true;
+        self.seed = true;
+        self
+    }
+}

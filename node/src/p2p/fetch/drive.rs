@@ -1,0 +1,289 @@
+//! Driving the schedulers: timers, actions, events, the download
+//! limiter's queue, completion and deadlines.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use libp2p::PeerId;
+use meshota_protocol::{ManifestId, PeerRequest};
+
+use super::{
+    DownloadReport, FetchError, Fetches, Net, Phase, Tag, MANIFEST_RETRY, PROVIDER_REFRESH,
+};
+use crate::p2p::NodeEvent;
+use crate::sched::{Action, PeerClass, SchedEvent};
+
+impl Fetches {
+    /// Runs every scheduler until it has nothing more to do right now.
+    pub(crate) fn drive(&mut self, now: Instant, net: &mut dyn Net) {
+        self.flush_queue(now, net);
+        let ids: Vec<ManifestId> = self.fetches.keys().copied().collect();
+        for id in ids {
+            self.drive_one(id, now, net);
+        }
+    }
+
+    fn drive_one(&mut self, id: ManifestId, now: Instant, net: &mut dyn Net) {
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        if let Some((at, after)) = fetch.deadline {
+            if now >= at {
+                let (held, total, resolved) = match &fetch.phase {
+                    Phase::Manifest(_) => (0, 0, false),
+                    Phase::Download(dl) => (dl.held_count, dl.manifest.chunks.len(), true),
+                };
+                self.finish(
+                    id,
+                    Err(FetchError::Timeout {
+                        manifest: id,
+                        after,
+                        held,
+                        total,
+                        resolved,
+                    }),
+                    net,
+                );
+                return;
+            }
+        }
+        // No manifest yet, or no source known: look for providers again.
+        let lacking = match &fetch.phase {
+            Phase::Manifest(_) => true,
+            Phase::Download(dl) => dl.known.is_empty(),
+        };
+        if lacking && now >= fetch.providers_at + PROVIDER_REFRESH {
+            fetch.providers_at = now;
+            net.find_providers(id);
+        }
+        let dl = match &mut fetch.phase {
+            Phase::Manifest(search) => {
+                if search.outstanding == 0 {
+                    match search.retry_at {
+                        None => search.retry_at = Some(now + MANIFEST_RETRY),
+                        Some(at) if now >= at => {
+                            search.retry_at = None;
+                            search.asked.clear();
+                            self.ask_manifest(id, net);
+                        }
+                        Some(_) => {}
+                    }
+                }
+                return;
+            }
+            Phase::Download(dl) => dl,
+        };
+        // Re-ask peers that lacked the manifest.
+        let due: Vec<PeerId> = dl
+            .have_retry
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, p)| *p)
+            .collect();
+        dl.have_retry.retain(|(at, _)| *at > now);
+        for peer in due {
+            if self.connected.contains(&peer) {
+                let rid = net.send(
+                    peer,
+                    PeerRequest::Have {
+                        manifest: id,
+                        site: self.site.clone(),
+                    },
+                );
+                self.pending.insert(rid, (id, peer, Tag::Have));
+            }
+        }
+        if let Some(grace) = dl.origin_grace {
+            let all_answered = dl.queried.iter().all(|p| dl.answered.contains(p));
+            if now >= grace || all_answered {
+                dl.origin_grace = None;
+                for (peer, bitfield) in std::mem::take(&mut dl.held_back) {
+                    dl.sched.handle_peer_found(peer, PeerClass::Origin, now);
+                    dl.known.insert(peer);
+                    dl.sched.handle_peer_fetching(peer, false);
+                    dl.sched.handle_peer_have(peer, &bitfield, now);
+                }
+            }
+        }
+        if dl.sched.poll_timeout().is_some_and(|t| t <= now) {
+            dl.sched.handle_timeout(now);
+        }
+        while let Some(action) = dl.sched.poll_action(now) {
+            match action {
+                Action::Request {
+                    peer,
+                    index,
+                    chunk,
+                    len,
+                } => {
+                    if self.limiter.is_some() || !self.queued.is_empty() {
+                        self.queued.push_back((id, peer, index, chunk, len));
+                    } else {
+                        self.counters
+                            .chunk_requests_sent
+                            .fetch_add(1, Ordering::Relaxed);
+                        let rid = net.send(peer, PeerRequest::Get { chunk });
+                        self.pending
+                            .insert(rid, (id, peer, Tag::Chunk { index, chunk, len }));
+                    }
+                }
+                Action::QueryHave { peer } => {
+                    let rid = net.send(
+                        peer,
+                        PeerRequest::Have {
+                            manifest: id,
+                            site: self.site.clone(),
+                        },
+                    );
+                    self.pending.insert(rid, (id, peer, Tag::Have));
+                }
+                // Request-response cannot cancel; a late answer is a
+                // duplicate the scheduler ignores.
+                Action::Cancel { .. } => {}
+            }
+        }
+        let mut complete = false;
+        while let Some(ev) = dl.sched.poll_event() {
+            match ev {
+                SchedEvent::Banned { peer, reason } => net.ban(peer, reason),
+                SchedEvent::Dropped { peer, reason } => {
+                    tracing::info!(%peer, %reason, "dropped a slow peer");
+                    net.event(NodeEvent::PeerDropped { peer, reason });
+                }
+                SchedEvent::Stalled => {
+                    tracing::warn!(manifest = %id.short(), "download stalled");
+                    net.find_providers(id);
+                    net.event(NodeEvent::FetchStalled { manifest: id });
+                }
+                SchedEvent::Complete => complete = true,
+            }
+        }
+        if complete || dl.sched.is_complete() {
+            let stats = dl.sched.stats();
+            let report = DownloadReport {
+                bytes: stats.bytes,
+                duration: now.saturating_duration_since(fetch.started),
+                peers_used: stats.peers_used,
+                bans: stats.bans as usize,
+                retries: stats.retries as usize,
+                drops: stats.drops as usize,
+            };
+            net.provide(id);
+            self.finish(id, Ok(report), net);
+        }
+        if !self.queued.is_empty() {
+            self.flush_queue(now, net);
+        }
+    }
+
+    /// Sends held-back requests while the download limiter allows.
+    fn flush_queue(&mut self, now: Instant, net: &mut dyn Net) {
+        while let Some(&(id, peer, index, chunk, len)) = self.queued.front() {
+            if let Some(l) = self.limiter.as_mut() {
+                if l.ready_at(now).is_some() {
+                    return;
+                }
+                l.reserve(u64::from(len), now);
+            }
+            self.queued.pop_front();
+            if !self.fetches.contains_key(&id) {
+                continue;
+            }
+            self.counters
+                .chunk_requests_sent
+                .fetch_add(1, Ordering::Relaxed);
+            let rid = net.send(peer, PeerRequest::Get { chunk });
+            self.pending
+                .insert(rid, (id, peer, Tag::Chunk { index, chunk, len }));
+        }
+    }
+
+    pub(super) fn finish(
+        &mut self,
+        id: ManifestId,
+        result: Result<DownloadReport, FetchError>,
+        net: &mut dyn Net,
+    ) {
+        let Some(fetch) = self.fetches.remove(&id) else {
+            return;
+        };
+        self.pending.retain(|_, (m, ..)| *m != id);
+        self.queued.retain(|(m, ..)| *m != id);
+        net.event(NodeEvent::FetchFinished {
+            manifest: id,
+            ok: result.is_ok(),
+        });
+        let mut replies = fetch.replies.into_iter();
+        // FetchError is not Clone: the first caller gets the error, those
+        // that joined later its text.
+        match result {
+            Ok(report) => {
+                for r in replies {
+                    let _ = r.send(Ok(report));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if let Some(first) = replies.next() {
+                    let _ = first.send(Err(e));
+                }
+                for r in replies {
+                    let _ = r.send(Err(FetchError::Joined(text.clone())));
+                }
+            }
+        }
+    }
+
+    /// The node is stopping: every fetch fails with `Shutdown`.
+    pub(crate) fn shutdown(&mut self) {
+        for (_, fetch) in self.fetches.drain() {
+            for r in fetch.replies {
+                let _ = r.send(Err(FetchError::Shutdown));
+            }
+        }
+    }
+
+    /// Whether this node is fetching `id` (for `Have` answers).
+    pub(crate) fn is_fetching(&self, id: &ManifestId) -> bool {
+        self.fetches.contains_key(id)
+    }
+
+    /// The earliest instant something is due.
+    pub(crate) fn next_deadline(&mut self, now: Instant) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        if !self.queued.is_empty() {
+            if let Some(l) = self.limiter.as_mut() {
+                at(l.ready_at(now).unwrap_or(now));
+            }
+        }
+        for f in self.fetches.values() {
+            if let Some((d, _)) = f.deadline {
+                at(d);
+            }
+            match &f.phase {
+                Phase::Manifest(s) => {
+                    if let Some(r) = s.retry_at {
+                        at(r);
+                    } else if s.outstanding == 0 {
+                        at(now + MANIFEST_RETRY);
+                    }
+                }
+                Phase::Download(dl) => {
+                    if let Some(t) = dl.origin_grace {
+                        at(t);
+                    }
+                    if let Some(t) = dl.sched.poll_timeout() {
+                        at(t);
+                    }
+                    for (t, _) in &dl.have_retry {
+                        at(*t);
+                    }
+                }
+            }
+        }
+        next
+    }
+}

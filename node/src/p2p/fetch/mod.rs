@@ -1,0 +1,665 @@
+//! The fetch loop: resolves a manifest, then drives one [`Scheduler`] per
+//! manifest being fetched, verifying every chunk before it is stored.
+//!
+//! The event loop owns a [`Fetches`] and feeds it network events; it
+//! answers through the [`Net`] trait, so this file holds no swarm code.
+//! Chunk verification (BLAKE3, capped zstd) and the durable `put_chunk`
+//! run on the blocking pool and come back as [`Verified`].
+//!
+//! Split by concern: this file holds the per-fetch state and the
+//! handlers for network events; `drive` runs the schedulers, timers and
+//! completion; `report` holds the public option, progress, report and
+//! error types.
+
+mod drive;
+mod report;
+
+pub use report::{DownloadReport, FetchError, FetchOptions, FetchProgress};
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::request_response::OutboundRequestId;
+use libp2p::PeerId;
+use meshota_protocol::chunking::decode_chunk;
+use meshota_protocol::{
+    Bitfield, ChunkId, Encoding, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::serve::{Counters, TokenBucket};
+use super::NodeEvent;
+use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
+use crate::store::{Store, StoredChunk};
+
+/// What the fetch loop asks of the network. Implemented by the event loop.
+pub(crate) trait Net {
+    /// Sends a request, returning its id.
+    fn send(&mut self, peer: PeerId, request: PeerRequest) -> OutboundRequestId;
+    /// Bans a peer node-wide (block list, disconnect, event).
+    fn ban(&mut self, peer: PeerId, reason: String);
+    /// Looks up providers of a manifest on Kademlia.
+    fn find_providers(&mut self, id: ManifestId);
+    /// Connects to a peer whose addresses are known.
+    fn dial(&mut self, peer: PeerId);
+    /// Announces on Kademlia that this node holds a manifest.
+    fn provide(&mut self, id: ManifestId);
+    /// Hands a decoded manifest to the server's cache.
+    fn remember(&mut self, id: ManifestId, manifest: Arc<Manifest>);
+    /// Publishes a node event.
+    fn event(&mut self, event: NodeEvent);
+}
+
+/// What an outbound request was for.
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    Manifest,
+    Have,
+    Chunk {
+        index: usize,
+        chunk: ChunkId,
+        len: u32,
+    },
+}
+
+/// A chunk after verification and storing on the blocking pool.
+pub(crate) struct Verified {
+    manifest: ManifestId,
+    peer: PeerId,
+    index: usize,
+    wire_bytes: u64,
+    result: Result<(), VerifyFailure>,
+}
+
+enum VerifyFailure {
+    /// The peer sent bad data: ban it.
+    Bad(String),
+    /// Our store failed.
+    Store(String),
+}
+
+type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
+
+/// How long to wait before asking peers for a manifest again.
+const MANIFEST_RETRY: Duration = Duration::from_millis(500);
+/// Peers asked for a manifest at once.
+const MANIFEST_PARALLEL: usize = 3;
+/// Least time between provider lookups for one fetch.
+const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
+/// Longest wait for neighbours' `Have` answers before using an origin.
+const ORIGIN_GRACE: Duration = Duration::from_secs(1);
+
+struct ManifestSearch {
+    asked: HashSet<PeerId>,
+    outstanding: usize,
+    retry_at: Option<Instant>,
+}
+
+struct Download {
+    manifest: Arc<Manifest>,
+    sched: Scheduler<PeerId>,
+    /// Manifest positions held, for progress.
+    held: Bitfield,
+    held_count: usize,
+    /// Peers told to the scheduler.
+    known: HashSet<PeerId>,
+    /// Peers sent a `Have` (or waiting to be re-asked).
+    queried: HashSet<PeerId>,
+    /// Peers that lacked the manifest, to ask again later.
+    have_retry: Vec<(Instant, PeerId)>,
+    /// Peers that answered a `Have` at least once (any answer).
+    answered: HashSet<PeerId>,
+    /// Origins are introduced to the scheduler only once every queried
+    /// peer has answered (or at this instant): until the scheduler knows
+    /// which neighbours are fetching too, it would take itself for the
+    /// rendezvous home of every chunk and pull it from the origin.
+    origin_grace: Option<Instant>,
+    /// Origin answers held back during the grace.
+    held_back: Vec<(PeerId, Bitfield)>,
+}
+
+enum Phase {
+    Manifest(ManifestSearch),
+    Download(Box<Download>),
+}
+
+struct Fetch {
+    started: Instant,
+    /// Last Kademlia provider lookup, repeated while sources are lacking.
+    providers_at: Instant,
+    deadline: Option<(Instant, Duration)>,
+    progress: Option<watch::Sender<FetchProgress>>,
+    replies: Vec<Reply>,
+    phase: Phase,
+}
+
+/// Every fetch in progress on one node.
+pub(crate) struct Fetches {
+    /// This node, for the scheduler's site and origin rendezvous.
+    local: PeerId,
+    store: Arc<dyn Store>,
+    site: Option<SiteId>,
+    sched_config: SchedulerConfig,
+    counters: Arc<Counters>,
+    fetches: HashMap<ManifestId, Fetch>,
+    pending: HashMap<OutboundRequestId, (ManifestId, PeerId, Tag)>,
+    connected: HashSet<PeerId>,
+    /// Download limiter; requests wait in `queued` while it is in debt.
+    limiter: Option<TokenBucket>,
+    queued: VecDeque<(ManifestId, PeerId, usize, ChunkId, u32)>,
+    verified_tx: mpsc::UnboundedSender<Verified>,
+}
+
+fn class_of(ours: &Option<SiteId>, theirs: &Option<SiteId>, origin: bool) -> PeerClass {
+    if origin {
+        PeerClass::Origin
+    } else if ours.is_some() && ours == theirs {
+        PeerClass::SameSite
+    } else {
+        PeerClass::OtherSite
+    }
+}
+
+impl Fetches {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        local: PeerId,
+        store: Arc<dyn Store>,
+        site: Option<SiteId>,
+        sched_config: SchedulerConfig,
+        download_limit_bps: Option<u64>,
+        counters: Arc<Counters>,
+        verified_tx: mpsc::UnboundedSender<Verified>,
+        now: Instant,
+    ) -> Self {
+        let mut sched_config = sched_config;
+        if sched_config.seed == 0 {
+            // Tie-breaks must differ between devices so neighbours pull
+            // different chunks first.
+            let h = ChunkId::digest(&local.to_bytes());
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h.as_bytes()[..8]);
+            sched_config.seed = u64::from_le_bytes(b);
+        }
+        Self {
+            local,
+            store,
+            site,
+            sched_config,
+            counters,
+            fetches: HashMap::new(),
+            pending: HashMap::new(),
+            connected: HashSet::new(),
+            limiter: download_limit_bps.map(|r| TokenBucket::new(r, now)),
+            queued: VecDeque::new(),
+            verified_tx,
+        }
+    }
+
+    /// Starts fetching `id`, or joins a fetch of it already running.
+    pub(crate) fn start(
+        &mut self,
+        id: ManifestId,
+        opts: FetchOptions,
+        reply: Reply,
+        now: Instant,
+        net: &mut dyn Net,
+    ) {
+        if let Some(f) = self.fetches.get_mut(&id) {
+            f.replies.push(reply);
+            return;
+        }
+        let stored = match self.store.get_manifest(&id) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+                return;
+            }
+        };
+        let manifest = stored.and_then(|bytes| match Manifest::decode(&bytes) {
+            Ok((got, m)) if got == id => Some(m),
+            _ => {
+                tracing::warn!(manifest = %id.short(), "stored manifest is unusable; fetching it again");
+                None
+            }
+        });
+        let fetch = Fetch {
+            started: now,
+            providers_at: now,
+            deadline: opts.timeout.map(|t| (now + t, t)),
+            progress: opts.progress,
+            replies: vec![reply],
+            phase: Phase::Manifest(ManifestSearch {
+                asked: HashSet::new(),
+                outstanding: 0,
+                retry_at: None,
+            }),
+        };
+        self.fetches.insert(id, fetch);
+        net.find_providers(id);
+        match manifest {
+            Some(m) => self.begin_download(id, Arc::new(m), now, net),
+            None => self.ask_manifest(id, net),
+        }
+    }
+
+    /// Asks more connected peers for the manifest, up to the parallel cap.
+    fn ask_manifest(&mut self, id: ManifestId, net: &mut dyn Net) {
+        let Some(Fetch {
+            phase: Phase::Manifest(search),
+            ..
+        }) = self.fetches.get_mut(&id)
+        else {
+            return;
+        };
+        let candidates: Vec<PeerId> = self
+            .connected
+            .iter()
+            .filter(|p| !search.asked.contains(p))
+            .copied()
+            .collect();
+        for peer in candidates {
+            if search.outstanding >= MANIFEST_PARALLEL {
+                break;
+            }
+            search.asked.insert(peer);
+            search.outstanding += 1;
+            let rid = net.send(peer, PeerRequest::Manifest { id });
+            self.pending.insert(rid, (id, peer, Tag::Manifest));
+        }
+    }
+
+    fn begin_download(
+        &mut self,
+        id: ManifestId,
+        manifest: Arc<Manifest>,
+        now: Instant,
+        net: &mut dyn Net,
+    ) {
+        let held = match self.store.held(&manifest) {
+            Ok(h) => h,
+            Err(e) => {
+                self.finish(id, Err(e.into()), net);
+                return;
+            }
+        };
+        net.remember(id, manifest.clone());
+        let mut sched = Scheduler::new(&manifest, &held, self.sched_config.clone(), now);
+        sched.set_local_peer(self.local);
+        let held_count = held.count();
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        let mut dl = Download {
+            manifest,
+            sched,
+            held,
+            held_count,
+            known: HashSet::new(),
+            queried: HashSet::new(),
+            have_retry: Vec::new(),
+            answered: HashSet::new(),
+            origin_grace: Some(now + ORIGIN_GRACE),
+            held_back: Vec::new(),
+        };
+        for &peer in &self.connected {
+            dl.queried.insert(peer);
+            let rid = net.send(
+                peer,
+                PeerRequest::Have {
+                    manifest: id,
+                    site: self.site.clone(),
+                },
+            );
+            self.pending.insert(rid, (id, peer, Tag::Have));
+        }
+        fetch.phase = Phase::Download(Box::new(dl));
+    }
+
+    /// A connection to a new peer is up: include it in every fetch.
+    pub(crate) fn peer_connected(&mut self, peer: PeerId, net: &mut dyn Net) {
+        self.connected.insert(peer);
+        let ids: Vec<ManifestId> = self.fetches.keys().copied().collect();
+        for id in ids {
+            let Some(fetch) = self.fetches.get_mut(&id) else {
+                continue;
+            };
+            match &mut fetch.phase {
+                Phase::Manifest(_) => self.ask_manifest(id, net),
+                Phase::Download(dl) => {
+                    if dl.queried.insert(peer) {
+                        let rid = net.send(
+                            peer,
+                            PeerRequest::Have {
+                                manifest: id,
+                                site: self.site.clone(),
+                            },
+                        );
+                        self.pending.insert(rid, (id, peer, Tag::Have));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The last connection to a peer closed.
+    pub(crate) fn peer_disconnected(&mut self, peer: PeerId, now: Instant) {
+        self.connected.remove(&peer);
+        for fetch in self.fetches.values_mut() {
+            match &mut fetch.phase {
+                Phase::Manifest(search) => {
+                    search.asked.remove(&peer);
+                }
+                Phase::Download(dl) => {
+                    dl.queried.remove(&peer);
+                    dl.held_back.retain(|(p, _)| *p != peer);
+                    dl.have_retry.retain(|(_, p)| *p != peer);
+                    if dl.known.remove(&peer) {
+                        dl.sched.handle_peer_lost(peer, now);
+                    }
+                }
+            }
+        }
+        self.queued.retain(|(_, p, ..)| *p != peer);
+    }
+
+    /// Kademlia found providers: connect to those not yet connected.
+    pub(crate) fn providers_found(
+        &mut self,
+        id: ManifestId,
+        providers: impl IntoIterator<Item = PeerId>,
+        local: PeerId,
+        net: &mut dyn Net,
+    ) {
+        if !self.fetches.contains_key(&id) {
+            return;
+        }
+        for p in providers {
+            if p != local && !self.connected.contains(&p) {
+                net.dial(p);
+            }
+        }
+    }
+
+    /// A response to one of our requests arrived.
+    pub(crate) fn on_response(
+        &mut self,
+        peer: PeerId,
+        rid: OutboundRequestId,
+        response: PeerResponse,
+        now: Instant,
+        net: &mut dyn Net,
+    ) {
+        let Some((id, _, tag)) = self.pending.remove(&rid) else {
+            return;
+        };
+        match tag {
+            Tag::Manifest => self.on_manifest(id, peer, response, now, net),
+            Tag::Have => self.on_have(id, peer, response, now, net),
+            Tag::Chunk { index, chunk, len } => {
+                self.on_chunk(id, peer, index, chunk, len, response, now, net)
+            }
+        }
+    }
+
+    /// One of our requests failed in transport (timeout, connection gone).
+    pub(crate) fn on_failure(
+        &mut self,
+        peer: PeerId,
+        rid: OutboundRequestId,
+        reason: String,
+        now: Instant,
+        net: &mut dyn Net,
+    ) {
+        let Some((id, _, tag)) = self.pending.remove(&rid) else {
+            return;
+        };
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        match (&mut fetch.phase, tag) {
+            (Phase::Manifest(search), Tag::Manifest) => {
+                search.outstanding = search.outstanding.saturating_sub(1);
+                self.ask_manifest(id, net);
+            }
+            (Phase::Download(dl), Tag::Have) => {
+                dl.answered.insert(peer);
+                if dl.known.contains(&peer) {
+                    dl.sched
+                        .handle_query_failed(peer, Failure::Unresponsive(reason), now);
+                }
+                dl.have_retry
+                    .push((now + self.sched_config.have_refresh, peer));
+            }
+            (Phase::Download(dl), Tag::Chunk { index, .. }) => {
+                dl.sched
+                    .handle_chunk_failed(peer, index, Failure::Unresponsive(reason), now);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_manifest(
+        &mut self,
+        id: ManifestId,
+        peer: PeerId,
+        response: PeerResponse,
+        now: Instant,
+        net: &mut dyn Net,
+    ) {
+        let Some(Fetch {
+            phase: Phase::Manifest(search),
+            ..
+        }) = self.fetches.get_mut(&id)
+        else {
+            return; // Already resolved by another peer.
+        };
+        search.outstanding = search.outstanding.saturating_sub(1);
+        match response {
+            PeerResponse::Manifest { data } => match Manifest::decode(&data) {
+                Ok((got, m)) if got == id => {
+                    if let Err(e) = self.store.put_manifest(&id, &data) {
+                        self.finish(id, Err(e.into()), net);
+                        return;
+                    }
+                    self.begin_download(id, Arc::new(m), now, net);
+                }
+                Ok((got, _)) => net.ban(
+                    peer,
+                    format!("sent manifest {} for requested {}", got.short(), id.short()),
+                ),
+                Err(e) => net.ban(peer, format!("sent an invalid manifest: {e}")),
+            },
+            PeerResponse::NotFound | PeerResponse::Busy => self.ask_manifest(id, net),
+            other => net.ban(peer, format!("answered a manifest request with {other:?}")),
+        }
+    }
+
+    fn on_have(
+        &mut self,
+        id: ManifestId,
+        peer: PeerId,
+        response: PeerResponse,
+        now: Instant,
+        net: &mut dyn Net,
+    ) {
+        let Some(Fetch {
+            phase: Phase::Download(dl),
+            ..
+        }) = self.fetches.get_mut(&id)
+        else {
+            return;
+        };
+        match response {
+            PeerResponse::Have {
+                bitfield,
+                site,
+                origin,
+                fetching,
+            } => {
+                if let Err(e) = bitfield.check(dl.manifest.chunks.len()) {
+                    net.ban(peer, format!("sent an unusable bitfield: {e}"));
+                    return;
+                }
+                // Found again on every answer: a peer dropped for a while
+                // comes back once its cool-off is over.
+                dl.answered.insert(peer);
+                let class = class_of(&self.site, &site, origin);
+                if class == PeerClass::Origin && dl.origin_grace.is_some() {
+                    dl.held_back.retain(|(p, _)| *p != peer);
+                    dl.held_back.push((peer, bitfield));
+                    return;
+                }
+                dl.sched.handle_peer_found(peer, class, now);
+                dl.known.insert(peer);
+                dl.sched.handle_peer_fetching(peer, fetching);
+                dl.sched.handle_peer_have(peer, &bitfield, now);
+            }
+            PeerResponse::NotFound | PeerResponse::Busy => {
+                // It lacks the manifest for now (or stopped seeding); ask
+                // again soon: it is probably resolving the same release.
+                dl.answered.insert(peer);
+                if dl.known.remove(&peer) {
+                    dl.sched.handle_query_failed(peer, Failure::NotFound, now);
+                }
+                dl.have_retry
+                    .push((now + self.sched_config.have_refresh / 4, peer));
+            }
+            other => net.ban(peer, format!("answered a Have request with {other:?}")),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_chunk(
+        &mut self,
+        id: ManifestId,
+        peer: PeerId,
+        index: usize,
+        chunk: ChunkId,
+        len: u32,
+        response: PeerResponse,
+        now: Instant,
+        net: &mut dyn Net,
+    ) {
+        let Some(Fetch {
+            phase: Phase::Download(dl),
+            ..
+        }) = self.fetches.get_mut(&id)
+        else {
+            return;
+        };
+        match response {
+            PeerResponse::Chunk { encoding, data } => {
+                self.spawn_verify(id, peer, index, chunk, len, encoding, data)
+            }
+            PeerResponse::NotFound => {
+                dl.sched
+                    .handle_chunk_failed(peer, index, Failure::NotFound, now)
+            }
+            PeerResponse::Busy => dl
+                .sched
+                .handle_chunk_failed(peer, index, Failure::Busy, now),
+            other => {
+                let reason = format!("answered a chunk request with {other:?}");
+                dl.sched
+                    .handle_chunk_failed(peer, index, Failure::Misbehaved(reason.clone()), now);
+                net.ban(peer, reason);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_verify(
+        &self,
+        manifest: ManifestId,
+        peer: PeerId,
+        index: usize,
+        chunk: ChunkId,
+        len: u32,
+        encoding: Encoding,
+        data: Vec<u8>,
+    ) {
+        let store = self.store.clone();
+        let tx = self.verified_tx.clone();
+        let wire_bytes = data.len() as u64;
+        tokio::task::spawn_blocking(move || {
+            let result = match decode_chunk(encoding, &data, &chunk, len) {
+                Err(e) => Err(VerifyFailure::Bad(e.to_string())),
+                Ok(_) => store
+                    .put_chunk(
+                        &chunk,
+                        &StoredChunk {
+                            encoding,
+                            raw_len: len,
+                            data,
+                        },
+                    )
+                    .map_err(|e| VerifyFailure::Store(e.to_string())),
+            };
+            // The loop is gone on shutdown; the chunk is stored anyway.
+            let _ = tx.send(Verified {
+                manifest,
+                peer,
+                index,
+                wire_bytes,
+                result,
+            });
+        });
+    }
+
+    /// A chunk came back from verification.
+    pub(crate) fn on_verified(&mut self, v: Verified, now: Instant, net: &mut dyn Net) {
+        let Some(Fetch {
+            phase: Phase::Download(dl),
+            progress,
+            ..
+        }) = self.fetches.get_mut(&v.manifest)
+        else {
+            return;
+        };
+        match v.result {
+            Ok(()) => {
+                self.counters
+                    .downloaded_bytes
+                    .fetch_add(v.wire_bytes, Ordering::Relaxed);
+                self.counters
+                    .downloaded_chunks
+                    .fetch_add(1, Ordering::Relaxed);
+                dl.sched
+                    .handle_chunk_arrived(v.peer, v.index, v.wire_bytes, now);
+                if !dl.held.get(v.index) {
+                    dl.held.set(v.index);
+                    dl.held_count += 1;
+                }
+                if let Some(tx) = progress {
+                    let _ = tx.send(FetchProgress {
+                        held: dl.held_count,
+                        total: dl.manifest.chunks.len(),
+                        bytes: dl.sched.stats().bytes,
+                    });
+                }
+            }
+            Err(VerifyFailure::Bad(reason)) => {
+                tracing::warn!(peer = %v.peer, %reason, "peer sent a bad chunk");
+                dl.sched.handle_chunk_failed(
+                    v.peer,
+                    v.index,
+                    Failure::Misbehaved(reason.clone()),
+                    now,
+                );
+                net.ban(v.peer, reason);
+            }
+            Err(VerifyFailure::Store(reason)) => {
+                tracing::error!(%reason, "store failed while saving a verified chunk");
+                dl.sched.handle_chunk_failed(
+                    v.peer,
+                    v.index,
+                    Failure::Unresponsive(format!("local store failed: {reason}")),
+                    now,
+                );
+            }
+        }
+    }
+}

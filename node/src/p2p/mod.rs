@@ -1,0 +1,133 @@
+//! The libp2p data plane: peers fetch chunks of a manifest from each
+//! other over `/meshota/chunks/1`, verify them and store them.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`P2pConfig`], with [`P2pConfig::loopback`] for tests.
+//! - [`codec`]: length-prefixed frames over the one meshota codec, with
+//!   per-kind size caps checked before allocating.
+//! - `behaviour`: the composed swarm (TCP + noise + yamux, identify,
+//!   ping, Kademlia, mDNS, connection and memory limits, block list,
+//!   request-response).
+//! - `serve`: answers `Have`, `Get` and `Manifest`, with an upload
+//!   token bucket and a cap on concurrent uploads.
+//! - `fetch`: resolves a manifest and drives one
+//!   [`crate::sched::Scheduler`] per fetch, verifying every chunk before
+//!   the store sees it.
+//! - `node`: [`Node::spawn`] returns a [`NodeHandle`]; an event loop
+//!   `select!`s over the swarm, handle commands, delayed responses and
+//!   verified chunks, and never blocks.
+//!
+//! # Example
+//!
+//! ```no_run
+//! # async fn demo(id: meshota_protocol::ManifestId) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use meshota_node::p2p::{FetchOptions, Node, P2pConfig};
+//! use meshota_node::store::MemStore;
+//!
+//! let node = Node::spawn(
+//!     P2pConfig::loopback(),
+//!     Arc::new(MemStore::new()),
+//!     libp2p::identity::Keypair::generate_ed25519(),
+//! )?;
+//! node.dial("/ip4/127.0.0.1/tcp/4001".parse()?).await?;
+//! let report = node.fetch(id, FetchOptions::default()).await?;
+//! println!("{:?} from peers, {} bytes already held", report.bytes, report.bytes.local);
+//! node.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod behaviour;
+pub mod codec;
+pub mod config;
+mod fetch;
+mod node;
+mod serve;
+
+use libp2p::PeerId;
+use meshota_protocol::ManifestId;
+
+pub use config::P2pConfig;
+pub use fetch::{DownloadReport, FetchError, FetchOptions, FetchProgress};
+pub use node::{Node, NodeHandle};
+pub use serve::{NodeStats, TokenBucket};
+
+/// Why the node could not start or carry out a command.
+#[derive(Debug, thiserror::Error)]
+pub enum P2pError {
+    /// The transport could not be built.
+    #[error("building the transport: {0}")]
+    Transport(String),
+    /// A behaviour could not be built (for example mDNS without a socket).
+    #[error("building the network behaviour: {0}")]
+    Behaviour(String),
+    /// Listening failed.
+    #[error("listening on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Dialing failed.
+    #[error("dialing {addr}: {reason}")]
+    Dial {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Kademlia refused to provide a record.
+    #[error("providing manifest {manifest}: {reason}")]
+    Provide {
+        /// The manifest.
+        manifest: ManifestId,
+        /// Why.
+        reason: String,
+    },
+    /// [`Node::spawn`] was called outside a tokio runtime.
+    #[error("Node::spawn needs a tokio runtime")]
+    NoRuntime,
+    /// The node's event loop has stopped.
+    #[error("the node has shut down")]
+    Shutdown,
+}
+
+/// Something that happened on a node, for the agent, the simulator and
+/// tests ([`NodeHandle::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    /// A first connection to a peer.
+    PeerConnected(PeerId),
+    /// The last connection to a peer closed.
+    PeerDisconnected(PeerId),
+    /// A peer sent bad data and is banned (disconnected and blocked).
+    PeerBanned {
+        /// The peer.
+        peer: PeerId,
+        /// What it did.
+        reason: String,
+    },
+    /// The scheduler stopped using a slow or silent peer.
+    PeerDropped {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        reason: String,
+    },
+    /// A fetch made no progress for the scheduler's `stall_timeout`; it
+    /// keeps trying until its own timeout, if any.
+    FetchStalled {
+        /// The manifest.
+        manifest: ManifestId,
+    },
+    /// A fetch ended.
+    FetchFinished {
+        /// The manifest.
+        manifest: ManifestId,
+        /// Whether it completed.
+        ok: bool,
+    },
+}

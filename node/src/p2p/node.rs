@@ -1,0 +1,634 @@
+//! The node handle and its event loop (the file-sharing example's shape:
+//! a cloneable handle sends commands with oneshot replies to a loop that
+//! `select!`s over the swarm and the commands).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
+use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
+use meshota_protocol::{Manifest, ManifestId, PeerRequest};
+use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
+use tokio::task::JoinHandle;
+
+use super::behaviour::{build_swarm, MeshBehaviour, MeshBehaviourEvent};
+use super::config::P2pConfig;
+use super::fetch::{DownloadReport, FetchError, FetchOptions, Fetches, Net, Verified};
+use super::serve::{Counters, DelayedResponse, NodeStats, ServeConfig, Server};
+use super::{NodeEvent, P2pError};
+use crate::store::Store;
+
+/// Capacity of the event broadcast; slow subscribers miss old events.
+const EVENT_CAPACITY: usize = 1024;
+/// Longest the loop sleeps without anything due.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// With no connection at all, bootstrap peers are dialed again this often.
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
+
+enum Command {
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+    Dial(Multiaddr, oneshot::Sender<Result<PeerId, P2pError>>),
+    Fetch(
+        ManifestId,
+        FetchOptions,
+        oneshot::Sender<Result<DownloadReport, FetchError>>,
+    ),
+    Provide(ManifestId, oneshot::Sender<Result<(), P2pError>>),
+    ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Starts nodes. See [`Node::spawn`].
+#[derive(Debug)]
+pub struct Node;
+
+/// A cloneable handle to a running node. The node stops on
+/// [`NodeHandle::shutdown`] or when every handle is dropped.
+#[derive(Clone)]
+pub struct NodeHandle {
+    peer_id: PeerId,
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<NodeEvent>,
+    counters: Arc<Counters>,
+    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for NodeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeHandle")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Builds the swarm, starts listening and dialing the bootstrap
+    /// peers, and spawns the event loop on the current tokio runtime.
+    /// A seed-only origin provides every store root it holds.
+    ///
+    /// # Errors
+    /// [`P2pError`] when called outside a tokio runtime, or when the
+    /// transport, a behaviour or a listener cannot be set up.
+    pub fn spawn(
+        config: P2pConfig,
+        store: Arc<dyn Store>,
+        keypair: Keypair,
+    ) -> Result<NodeHandle, P2pError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| P2pError::NoRuntime)?;
+        let now = Instant::now();
+        let mut swarm = build_swarm(&config, keypair)?;
+        let peer_id = *swarm.local_peer_id();
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| P2pError::Listen {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
+        }
+        for addr in &config.bootstrap {
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "bootstrap dial failed");
+            }
+        }
+        let counters = Arc::new(Counters::default());
+        let (delayed_tx, delayed_rx) = mpsc::unbounded_channel();
+        let (verified_tx, verified_rx) = mpsc::unbounded_channel();
+        let server = Server::new(
+            store.clone(),
+            ServeConfig {
+                site: config.site.clone(),
+                seed: config.seed || config.seed_only,
+                origin: config.seed_only,
+                corrupt_uploads: config.corrupt_uploads,
+                max_concurrent_uploads: config.max_concurrent_uploads,
+                upload_limit_bps: config.upload_limit_bps,
+                origin_dedup_window: config.origin_dedup_window,
+            },
+            counters.clone(),
+            delayed_tx,
+            now,
+        );
+        let fetches = Fetches::new(
+            peer_id,
+            store.clone(),
+            config.site.clone(),
+            config.scheduler.clone(),
+            config.download_limit_bps,
+            counters.clone(),
+            verified_tx,
+            now,
+        );
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(EVENT_CAPACITY);
+        let mut lp = EventLoop {
+            swarm,
+            store,
+            seed: config.seed || config.seed_only,
+            seed_only: config.seed_only,
+            server,
+            fetches,
+            commands: cmd_rx,
+            delayed: delayed_rx,
+            verified: verified_rx,
+            events: events.clone(),
+            listen_addrs: Vec::new(),
+            listen_waiters: Vec::new(),
+            pending_dials: HashMap::new(),
+            provider_queries: HashMap::new(),
+            banned: HashSet::new(),
+            bootstrap: config.bootstrap.clone(),
+            bootstrap_at: now,
+        };
+        if config.seed_only {
+            lp.provide_roots();
+        }
+        let task = runtime.spawn(lp.run());
+        Ok(NodeHandle {
+            peer_id,
+            commands: cmd_tx,
+            events,
+            counters,
+            task: Arc::new(Mutex::new(Some(task))),
+        })
+    }
+}
+
+impl NodeHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, P2pError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| P2pError::Shutdown)?;
+        rx.await.map_err(|_| P2pError::Shutdown)
+    }
+
+    /// The addresses the node listens on, waiting for the first one.
+    ///
+    /// # Errors
+    /// [`P2pError::Shutdown`].
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, P2pError> {
+        self.ask(Command::ListenAddrs).await
+    }
+
+    /// Connects to a peer at `addr` and returns its id once connected.
+    ///
+    /// # Errors
+    /// [`P2pError::Dial`] or [`P2pError::Shutdown`].
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, P2pError> {
+        self.ask(|tx| Command::Dial(addr, tx)).await?
+    }
+
+    /// Fetches every missing chunk of a manifest (and the manifest itself
+    /// if the store lacks it) from peers. Chunks already held are never
+    /// fetched, so a restarted or delta fetch transfers only what is
+    /// missing. On success a seeding node provides the manifest.
+    ///
+    /// # Errors
+    /// [`FetchError`]: seed-only node, store failure, timeout, shutdown.
+    pub async fn fetch(
+        &self,
+        manifest: ManifestId,
+        opts: FetchOptions,
+    ) -> Result<DownloadReport, FetchError> {
+        self.ask(|tx| Command::Fetch(manifest, opts, tx))
+            .await
+            .map_err(|_| FetchError::Shutdown)?
+    }
+
+    /// Announces on Kademlia that this node holds `manifest`.
+    ///
+    /// # Errors
+    /// [`P2pError::Provide`] or [`P2pError::Shutdown`].
+    pub async fn provide(&self, manifest: ManifestId) -> Result<(), P2pError> {
+        self.ask(|tx| Command::Provide(manifest, tx)).await?
+    }
+
+    /// Peers with an open connection.
+    ///
+    /// # Errors
+    /// [`P2pError::Shutdown`].
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, P2pError> {
+        self.ask(Command::ConnectedPeers).await
+    }
+
+    /// Subscribes to node events (bans, drops, finished fetches …).
+    pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// Transfer counters so far.
+    pub fn stats(&self) -> NodeStats {
+        self.counters.snapshot()
+    }
+
+    /// Stops the node and waits until its event loop (and with it the
+    /// swarm and the loop's hold on the store) is gone. Fetches in
+    /// progress fail with [`FetchError::Shutdown`].
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(task) = self.task.lock().await.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+struct EventLoop {
+    swarm: Swarm<MeshBehaviour>,
+    store: Arc<dyn Store>,
+    seed: bool,
+    seed_only: bool,
+    server: Server,
+    fetches: Fetches,
+    commands: mpsc::Receiver<Command>,
+    /// Responses whose upload-limiter delay has passed.
+    delayed: mpsc::UnboundedReceiver<DelayedResponse>,
+    /// Chunks back from verification.
+    verified: mpsc::UnboundedReceiver<Verified>,
+    events: broadcast::Sender<NodeEvent>,
+    listen_addrs: Vec<Multiaddr>,
+    listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
+    pending_dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, P2pError>>)>,
+    provider_queries: HashMap<kad::QueryId, ManifestId>,
+    banned: HashSet<PeerId>,
+    /// Configured bootstrap addresses, re-dialed while isolated.
+    bootstrap: Vec<Multiaddr>,
+    bootstrap_at: Instant,
+}
+
+/// The [`Net`] the fetch loop talks to: disjoint borrows of the loop.
+struct LoopNet<'a> {
+    swarm: &'a mut Swarm<MeshBehaviour>,
+    server: &'a mut Server,
+    events: &'a broadcast::Sender<NodeEvent>,
+    provider_queries: &'a mut HashMap<kad::QueryId, ManifestId>,
+    banned: &'a mut HashSet<PeerId>,
+    seed: bool,
+}
+
+impl Net for LoopNet<'_> {
+    fn send(&mut self, peer: PeerId, request: PeerRequest) -> OutboundRequestId {
+        self.swarm
+            .behaviour_mut()
+            .chunks
+            .send_request(&peer, request)
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: String) {
+        if !self.banned.insert(peer) {
+            return;
+        }
+        tracing::warn!(%peer, %reason, "banning peer");
+        // Blocking closes its connections and refuses new ones.
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        let _ = self.events.send(NodeEvent::PeerBanned { peer, reason });
+    }
+
+    fn find_providers(&mut self, id: ManifestId) {
+        let q = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .get_providers(RecordKey::new(id.as_bytes()));
+        self.provider_queries.insert(q, id);
+    }
+
+    fn dial(&mut self, peer: PeerId) {
+        if self.banned.contains(&peer) {
+            return;
+        }
+        if let Err(e) = self.swarm.dial(peer) {
+            tracing::debug!(%peer, error = %e, "dialing a provider failed");
+        }
+    }
+
+    fn provide(&mut self, id: ManifestId) {
+        if !self.seed {
+            return;
+        }
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .start_providing(RecordKey::new(id.as_bytes()))
+        {
+            tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
+        }
+    }
+
+    fn remember(&mut self, id: ManifestId, manifest: Arc<Manifest>) {
+        self.server.remember(id, manifest);
+    }
+
+    fn event(&mut self, event: NodeEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+macro_rules! net {
+    ($s:expr) => {
+        &mut LoopNet {
+            swarm: &mut $s.swarm,
+            server: &mut $s.server,
+            events: &$s.events,
+            provider_queries: &mut $s.provider_queries,
+            banned: &mut $s.banned,
+            seed: $s.seed,
+        }
+    };
+}
+
+impl EventLoop {
+    fn provide_roots(&mut self) {
+        let roots = match self.store.roots() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "origin could not read store roots");
+                return;
+            }
+        };
+        for id in roots {
+            if matches!(self.store.get_manifest(&id), Ok(Some(_))) {
+                net!(self).provide(id);
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let now = Instant::now();
+            let deadline = self
+                .fetches
+                .next_deadline(now)
+                .unwrap_or(now + IDLE_TICK)
+                .min(now + IDLE_TICK);
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                cmd = self.commands.recv() => match cmd {
+                    None => break,
+                    Some(Command::Shutdown(reply)) => {
+                        self.fetches.shutdown();
+                        let _ = reply.send(());
+                        break;
+                    }
+                    Some(cmd) => self.on_command(cmd),
+                },
+                Some(d) = self.delayed.recv() => {
+                    // Err: the requester went away meanwhile.
+                    let _ = self.swarm.behaviour_mut().chunks.send_response(d.channel, d.response);
+                }
+                Some(v) = self.verified.recv() => {
+                    self.fetches.on_verified(v, Instant::now(), net!(self));
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+            }
+            let now = Instant::now();
+            self.fetches.drive(now, net!(self));
+            self.redial_bootstrap(now);
+        }
+        self.fetches.shutdown();
+    }
+
+    /// Dials the bootstrap peers again while the node has no connection.
+    fn redial_bootstrap(&mut self, now: Instant) {
+        if self.bootstrap.is_empty()
+            || now < self.bootstrap_at + BOOTSTRAP_RETRY
+            || self.swarm.connected_peers().next().is_some()
+        {
+            return;
+        }
+        self.bootstrap_at = now;
+        for addr in &self.bootstrap {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, error = %e, "bootstrap re-dial failed");
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::ListenAddrs(reply) => {
+                if self.listen_addrs.is_empty() {
+                    self.listen_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.listen_addrs.clone());
+                }
+            }
+            Command::Dial(addr, reply) => {
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let cid = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.pending_dials.insert(cid, (addr, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(P2pError::Dial {
+                            addr: addr.to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::Fetch(id, opts, reply) => {
+                if self.seed_only {
+                    let _ = reply.send(Err(FetchError::SeedOnly));
+                    return;
+                }
+                self.fetches
+                    .start(id, opts, reply, Instant::now(), net!(self));
+            }
+            Command::Provide(id, reply) => {
+                let r = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(RecordKey::new(id.as_bytes()))
+                    .map(|_| ())
+                    .map_err(|e| P2pError::Provide {
+                        manifest: id,
+                        reason: e.to_string(),
+                    });
+                let _ = reply.send(r);
+            }
+            Command::ConnectedPeers(reply) => {
+                let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Shutdown(reply) => {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<MeshBehaviourEvent>) {
+        let now = Instant::now();
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.listen_addrs.push(address);
+                for w in self.listen_waiters.drain(..) {
+                    let _ = w.send(self.listen_addrs.clone());
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                if endpoint.is_dialer() {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, endpoint.get_remote_address().clone());
+                }
+                if num_established.get() == 1 {
+                    let _ = self.events.send(NodeEvent::PeerConnected(peer_id));
+                    self.fetches.peer_connected(peer_id, net!(self));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
+                self.fetches.peer_disconnected(peer_id, now);
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some((addr, reply)) = self.pending_dials.remove(&connection_id) {
+                    let _ = reply.send(Err(P2pError::Dial {
+                        addr: addr.to_string(),
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour(ev, now),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: MeshBehaviourEvent, now: Instant) {
+        match ev {
+            MeshBehaviourEvent::Chunks(ev) => self.on_chunks(ev, now),
+            MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    if self.banned.contains(&peer) {
+                        continue;
+                    }
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                    if !self.swarm.is_connected(&peer) {
+                        net!(self).dial(peer);
+                    }
+                }
+            }
+            MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::GetProviders(r),
+                ..
+            }) => {
+                let Some(&manifest) = self.provider_queries.get(&id) else {
+                    return;
+                };
+                match r {
+                    Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
+                        let local = *self.swarm.local_peer_id();
+                        self.fetches
+                            .providers_found(manifest, providers, local, net!(self));
+                    }
+                    Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => {
+                        self.provider_queries.remove(&id);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_chunks(
+        &mut self,
+        ev: request_response::Event<PeerRequest, meshota_protocol::PeerResponse>,
+        now: Instant,
+    ) {
+        use request_response::{Event, Message};
+        match ev {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request_id,
+                        request,
+                        channel,
+                    },
+                ..
+            } => {
+                let fetching = matches!(&request, PeerRequest::Have { manifest, .. }
+                    if self.fetches.is_fetching(manifest));
+                if let Some((channel, response)) = self
+                    .server
+                    .handle(peer, request_id, request, channel, fetching, now)
+                {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .chunks
+                        .send_response(channel, response);
+                }
+            }
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => self
+                .fetches
+                .on_response(peer, request_id, response, now, net!(self)),
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => self
+                .fetches
+                .on_failure(peer, request_id, error.to_string(), now, net!(self)),
+            Event::InboundFailure { request_id, .. } => self.server.response_failed(request_id),
+            Event::ResponseSent { request_id, .. } => self.server.response_sent(request_id),
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! Serving chunks, manifests and bitfields to peers, with an upload
+//! bandwidth limit and a cap on concurrent uploads.
+//!
+//! The event loop owns a [`Server`]. A request is answered at once when
+//! no bandwidth limit applies; otherwise a task waits out the limiter's
+//! delay and hands the response back to the loop through a channel, so
+//! the loop itself never sleeps.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::request_response::{InboundRequestId, ResponseChannel};
+use libp2p::PeerId;
+use meshota_protocol::{
+    Bitfield, ChunkId, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
+};
+use tokio::sync::mpsc;
+
+use crate::sched::OriginDedup;
+use crate::store::Store;
+
+/// A token bucket measured in bytes, driven by the caller's clock.
+///
+/// Reservations may drive the balance negative ("debt"); the caller then
+/// waits the returned delay before using the bytes. That keeps the long
+/// run rate exact whatever the reservation sizes, with at most
+/// `capacity` bytes of burst.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A bucket refilling at `rate_bps` bytes per second, starting full
+    /// with a burst of a tenth of a second (at least 16 KiB).
+    pub fn new(rate_bps: u64, now: Instant) -> Self {
+        let rate = rate_bps.max(1) as f64;
+        let capacity = (rate / 10.0).max(16.0 * 1024.0);
+        Self {
+            rate,
+            capacity,
+            tokens: capacity,
+            last: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + dt * self.rate).min(self.capacity);
+    }
+
+    /// Reserves `bytes` and returns how long to wait before sending them.
+    pub fn reserve(&mut self, bytes: u64, now: Instant) -> Duration {
+        self.refill(now);
+        self.tokens -= bytes as f64;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        }
+    }
+
+    /// When the balance will be non-negative again (`None`: it is now).
+    pub fn ready_at(&mut self, now: Instant) -> Option<Instant> {
+        self.refill(now);
+        if self.tokens >= 0.0 {
+            None
+        } else {
+            Some(now + Duration::from_secs_f64(-self.tokens / self.rate))
+        }
+    }
+}
+
+/// Transfer counters of one node, readable without the event loop.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) uploaded_bytes: AtomicU64,
+    pub(crate) uploaded_chunks: AtomicU64,
+    pub(crate) busy: AtomicU64,
+    pub(crate) not_found: AtomicU64,
+    pub(crate) downloaded_bytes: AtomicU64,
+    pub(crate) downloaded_chunks: AtomicU64,
+    pub(crate) chunk_requests_sent: AtomicU64,
+}
+
+/// A snapshot of a node's transfer counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Chunk bytes (stored form) whose responses were flushed to peers.
+    pub uploaded_bytes: u64,
+    /// Chunks uploaded.
+    pub uploaded_chunks: u64,
+    /// `Busy` answers given (upload slots full).
+    pub busy: u64,
+    /// `NotFound` answers given.
+    pub not_found: u64,
+    /// Verified chunk bytes (wire form) received.
+    pub downloaded_bytes: u64,
+    /// Verified chunks received and stored.
+    pub downloaded_chunks: u64,
+    /// `Get` requests sent.
+    pub chunk_requests_sent: u64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> NodeStats {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        NodeStats {
+            uploaded_bytes: l(&self.uploaded_bytes),
+            uploaded_chunks: l(&self.uploaded_chunks),
+            busy: l(&self.busy),
+            not_found: l(&self.not_found),
+            downloaded_bytes: l(&self.downloaded_bytes),
+            downloaded_chunks: l(&self.downloaded_chunks),
+            chunk_requests_sent: l(&self.chunk_requests_sent),
+        }
+    }
+}
+
+/// A response whose upload-limiter delay has passed.
+pub(crate) struct DelayedResponse {
+    pub(crate) channel: ResponseChannel<PeerResponse>,
+    pub(crate) response: PeerResponse,
+}
+
+/// Settings the server needs from the node configuration.
+pub(crate) struct ServeConfig {
+    pub(crate) site: Option<SiteId>,
+    pub(crate) seed: bool,
+    pub(crate) origin: bool,
+    pub(crate) corrupt_uploads: bool,
+    pub(crate) max_concurrent_uploads: usize,
+    pub(crate) upload_limit_bps: Option<u64>,
+    /// Origin only: how long a served chunk is withheld (zero: never).
+    pub(crate) origin_dedup_window: Duration,
+}
+
+/// Most decoded manifests (and held bitfields) kept for answering `Have`.
+const MANIFEST_CACHE: usize = 16;
+/// How long a computed bitfield answers `Have` before it is recomputed,
+/// so a flood of `Have` requests costs one store scan per interval.
+const HELD_TTL: Duration = Duration::from_millis(200);
+
+/// Answers inbound requests. Owned by the event loop.
+pub(crate) struct Server {
+    store: Arc<dyn Store>,
+    config: ServeConfig,
+    /// Chunk uploads accepted and not yet flushed, with their sizes.
+    in_flight: HashMap<InboundRequestId, u64>,
+    limiter: Option<TokenBucket>,
+    /// Decoded manifests, so a `Have` does not re-decode.
+    manifests: HashMap<ManifestId, Arc<Manifest>>,
+    /// Recently computed bitfields, by manifest.
+    held: HashMap<ManifestId, (Instant, Bitfield)>,
+    /// Origin only: chunks recently served, withheld from others.
+    dedup: Option<OriginDedup>,
+    /// Origin only: who got each chunk last. The same peer asking again
+    /// never received it (timeout, broken connection) and is served.
+    served_to: HashMap<ChunkId, PeerId>,
+    counters: Arc<Counters>,
+    delayed: mpsc::UnboundedSender<DelayedResponse>,
+}
+
+impl Server {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        config: ServeConfig,
+        counters: Arc<Counters>,
+        delayed: mpsc::UnboundedSender<DelayedResponse>,
+        now: Instant,
+    ) -> Self {
+        let limiter = config.upload_limit_bps.map(|r| TokenBucket::new(r, now));
+        let dedup = (config.origin && !config.origin_dedup_window.is_zero())
+            .then(|| OriginDedup::new(config.origin_dedup_window));
+        Self {
+            store,
+            config,
+            in_flight: HashMap::new(),
+            limiter,
+            manifests: HashMap::new(),
+            held: HashMap::new(),
+            dedup,
+            served_to: HashMap::new(),
+            counters,
+            delayed,
+        }
+    }
+
+    /// Remembers a decoded manifest (the fetch loop already has it).
+    pub(crate) fn remember(&mut self, id: ManifestId, manifest: Arc<Manifest>) {
+        if self.manifests.len() >= MANIFEST_CACHE {
+            self.manifests.clear();
+        }
+        self.manifests.insert(id, manifest);
+    }
+
+    /// A held manifest, decoded, if the store has it.
+    pub(crate) fn manifest(&mut self, id: &ManifestId) -> Option<Arc<Manifest>> {
+        if let Some(m) = self.manifests.get(id) {
+            return Some(m.clone());
+        }
+        let bytes = match self.store.get_manifest(id) {
+            Ok(Some(b)) => b,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(manifest = %id.short(), error = %e, "store failed reading manifest");
+                return None;
+            }
+        };
+        match Manifest::decode(&bytes) {
+            Ok((got, m)) if got == *id => {
+                let m = Arc::new(m);
+                self.remember(*id, m.clone());
+                Some(m)
+            }
+            Ok(_) | Err(_) => {
+                tracing::warn!(manifest = %id.short(), "stored manifest does not decode to its id");
+                None
+            }
+        }
+    }
+
+    fn not_found(&self) -> PeerResponse {
+        self.counters.not_found.fetch_add(1, Ordering::Relaxed);
+        PeerResponse::NotFound
+    }
+
+    /// Answers one request. Returns the response to send now, or `None`
+    /// when it was handed to a delay task (or the channel was consumed).
+    pub(crate) fn handle(
+        &mut self,
+        peer: PeerId,
+        request_id: InboundRequestId,
+        request: PeerRequest,
+        channel: ResponseChannel<PeerResponse>,
+        fetching: bool,
+        now: Instant,
+    ) -> Option<(ResponseChannel<PeerResponse>, PeerResponse)> {
+        if !self.config.seed {
+            let r = self.not_found();
+            return Some((channel, r));
+        }
+        let response = match request {
+            PeerRequest::Have { manifest, .. } => self.have(&manifest, fetching, now),
+            PeerRequest::Manifest { id } => match self.store.get_manifest(&id) {
+                Ok(Some(data)) => PeerResponse::Manifest { data },
+                Ok(None) => self.not_found(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "store failed serving a manifest");
+                    self.not_found()
+                }
+            },
+            PeerRequest::Get { chunk } => {
+                if self.in_flight.len() >= self.config.max_concurrent_uploads {
+                    self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                    return Some((channel, PeerResponse::Busy));
+                }
+                match self.store.get_chunk(&chunk) {
+                    Ok(Some(_)) if !self.origin_admits(peer, &chunk, now) => {
+                        // Served moments ago: the fleet has that copy.
+                        self.not_found()
+                    }
+                    Ok(Some(stored)) => {
+                        let mut data = stored.data;
+                        if self.config.corrupt_uploads {
+                            let mid = data.len() / 2;
+                            if let Some(b) = data.get_mut(mid) {
+                                *b ^= 0xa5;
+                            }
+                        }
+                        let size = data.len() as u64;
+                        self.in_flight.insert(request_id, size);
+                        tracing::trace!(%peer, chunk = %chunk.short(), size, "serving chunk");
+                        let response = PeerResponse::Chunk {
+                            encoding: stored.encoding,
+                            data,
+                        };
+                        let delay = self
+                            .limiter
+                            .as_mut()
+                            .map(|l| l.reserve(size, now))
+                            .unwrap_or(Duration::ZERO);
+                        if delay.is_zero() {
+                            response
+                        } else {
+                            let tx = self.delayed.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(delay).await;
+                                // The loop is gone on shutdown: nothing to send then.
+                                let _ = tx.send(DelayedResponse { channel, response });
+                            });
+                            return None;
+                        }
+                    }
+                    Ok(None) => self.not_found(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store failed serving a chunk");
+                        self.not_found()
+                    }
+                }
+            }
+        };
+        Some((channel, response))
+    }
+
+    fn have(&mut self, id: &ManifestId, fetching: bool, now: Instant) -> PeerResponse {
+        let cached = self
+            .held
+            .get(id)
+            .filter(|(at, _)| now.saturating_duration_since(*at) < HELD_TTL)
+            .map(|(_, b)| b.clone());
+        let Some(manifest) = self.manifest(id) else {
+            return self.not_found();
+        };
+        let held = match cached {
+            Some(b) => b,
+            None => match self.store.held(&manifest) {
+                Ok(b) => {
+                    if self.held.len() >= MANIFEST_CACHE {
+                        self.held.clear();
+                    }
+                    self.held.insert(*id, (now, b.clone()));
+                    b
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "store failed computing held chunks");
+                    return self.not_found();
+                }
+            },
+        };
+        let bitfield = match &self.dedup {
+            None => held,
+            Some(d) => {
+                let offered = d.advertise(&manifest, now);
+                let mut b = Bitfield::new(held.len());
+                for i in 0..held.len() {
+                    if held.get(i) && offered.get(i) {
+                        b.set(i);
+                    }
+                }
+                b
+            }
+        };
+        PeerResponse::Have {
+            bitfield,
+            site: self.config.site.clone(),
+            origin: self.config.origin,
+            fetching,
+        }
+    }
+
+    /// Whether the origin's dedup lets `peer` have `chunk` now.
+    fn origin_admits(&mut self, peer: PeerId, chunk: &ChunkId, now: Instant) -> bool {
+        let Some(dedup) = self.dedup.as_mut() else {
+            return true;
+        };
+        if self.served_to.get(chunk) == Some(&peer) {
+            return true;
+        }
+        if !dedup.admit(chunk, now) {
+            return false;
+        }
+        if self.served_to.len() >= 1 << 20 {
+            self.served_to.clear();
+        }
+        self.served_to.insert(*chunk, peer);
+        true
+    }
+
+    /// A response was flushed: count an upload and free its slot.
+    pub(crate) fn response_sent(&mut self, request_id: InboundRequestId) {
+        if let Some(size) = self.in_flight.remove(&request_id) {
+            self.counters
+                .uploaded_bytes
+                .fetch_add(size, Ordering::Relaxed);
+            self.counters
+                .uploaded_chunks
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A response failed (peer gone, timeout): free its slot.
+    pub(crate) fn response_failed(&mut self, request_id: InboundRequestId) {
+        self.in_flight.remove(&request_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_bucket_delays_in_proportion_to_debt() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100_000, t0);
+        // The initial burst (16 KiB floor) passes at once.
+        assert_eq!(b.reserve(10_000, t0), Duration::ZERO);
+        let d = b.reserve(106_384, t0);
+        assert!((d.as_secs_f64() - 1.0).abs() < 0.01, "{d:?}");
+        assert!(b.ready_at(t0).is_some());
+        assert!(b.ready_at(t0 + Duration::from_secs(2)).is_none());
+    }
+
+    #[test]
+    fn a_token_bucket_keeps_the_long_run_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1_000_000, t0);
+        let mut t = t0;
+        for _ in 0..100 {
+            t += b.reserve(100_000, t);
+        }
+        let secs = (t - t0).as_secs_f64();
+        assert!((secs - 9.9).abs() < 0.2, "{secs}");
+    }
+}
