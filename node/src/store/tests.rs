@@ -420,7 +420,11 @@ fn opening_a_sled_store_that_is_already_open_names_the_path_and_the_fix() {
 
 /// Writes raw records into the chunk tree behind the store's back.
 fn write_raw_records(dir: &std::path::Path, records: &[(ChunkId, Vec<u8>)]) {
-    let db = ::sled::open(dir).unwrap();
+    let db = ::sled::Config::new()
+        .path(dir)
+        .flush_every_ms(None)
+        .open()
+        .unwrap();
     let chunks = db.open_tree("chunks").unwrap();
     for (id, record) in records {
         chunks.insert(id.as_bytes(), record.clone()).unwrap();
@@ -498,7 +502,13 @@ fn corrupt_sled_chunk_records_are_reported_as_corrupt_not_a_panic() {
 fn a_corrupt_sled_roots_record_is_reported_as_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let db = ::sled::open(dir.path()).unwrap();
+        let db = ::sled::Config::new()
+            .path(dir.path())
+            // No background flusher: it would keep the database (and its
+            // file lock) alive after this handle drops, racing the reopen.
+            .flush_every_ms(None)
+            .open()
+            .unwrap();
         db.open_tree("meta")
             .unwrap()
             .insert(b"roots", vec![1u8; 33])
