@@ -30,6 +30,7 @@ pub struct RaucBackend {
     work_dir: PathBuf,
     timeout: Duration,
     health: Option<HealthCommand>,
+    env: Vec<(String, String)>,
 }
 
 impl RaucBackend {
@@ -53,7 +54,16 @@ impl RaucBackend {
             work_dir,
             timeout,
             health,
+            env: Vec::new(),
         })
+    }
+
+    /// Adds an environment variable for every `rauc` call, for example
+    /// `DBUS_SYSTEM_BUS_ADDRESS` to reach a RAUC service on a private bus.
+    #[must_use]
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Where the reassembled bundle is written.
@@ -63,7 +73,7 @@ impl RaucBackend {
 
     fn rauc(&self, args: &[&str]) -> Result<String, InstallError> {
         let mut c = Command::new(&self.rauc);
-        c.args(args);
+        c.args(args).envs(self.env.iter().map(|(k, v)| (k, v)));
         Ok(proc::run(c, self.timeout)?)
     }
 }
