@@ -619,6 +619,9 @@ impl Agent {
         self.awaiting = None;
         match result {
             Ok(Activation::Live) => {
+                if self.state.target_slot.is_some() {
+                    self.state.slot.clone_from(&self.state.target_slot);
+                }
                 self.state.trial_boots = 1;
                 self.go(UpdateState::Activated);
                 self.start_health(now);
@@ -678,7 +681,13 @@ impl Agent {
         }
         self.awaiting = None;
         match result {
-            Ok(Activation::Live) => {}
+            Ok(Activation::Live) => {
+                // The slot that ran before activation runs again.
+                if let Some(before) = self.state.slot_before.take() {
+                    self.state.slot = Some(before);
+                    self.persist();
+                }
+            }
             Ok(Activation::RebootRequired) => {
                 self.actions.push_back(AgentAction::Reboot);
                 self.awaiting = Some(Await::Reboot);

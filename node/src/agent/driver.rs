@@ -253,6 +253,13 @@ impl LocalDriver {
         Ok(RunOutcome::Idle)
     }
 
+    /// Executes one action outside [`LocalDriver::run`], for tests that
+    /// hold some actions back.
+    #[cfg(test)]
+    pub(crate) fn execute_for_test(&mut self, action: AgentAction, now: u64) {
+        let _ = self.execute(action, now);
+    }
+
     /// Executes one action; `true` when a reboot is requested.
     fn execute(&mut self, action: AgentAction, now: u64) -> Result<bool, DriverError> {
         match action {

@@ -323,3 +323,37 @@ fn an_incomplete_download_is_retried_with_backoff_and_then_fails() {
     assert_eq!(a.phase(), Failed);
     assert!(error_codes(&acts).contains(&"E_FETCH_FAILED".to_string()));
 }
+
+#[test]
+fn a_release_announced_during_a_trial_is_taken_up_after_the_commit() {
+    let rig = Rig::new();
+    let (_, m1) = rig.payload(1);
+    let (p2, m2) = rig.payload(2);
+    let mut d = rig.start(NOW);
+    d.agent.handle_announcement(
+        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
+        NOW,
+    );
+    // Stop just before the health check runs.
+    loop {
+        match d.agent.poll_action() {
+            Some(AgentAction::RunHealth { .. }) => break,
+            Some(a) => d.execute_for_test(a, NOW),
+            None => panic!("no health check"),
+        }
+    }
+    assert_eq!(d.agent.phase(), Activated);
+    assert_eq!(d.agent.status().slot.as_deref(), Some("a"));
+    d.agent.handle_announcement(
+        rig.world.announce(&m2, 2, 2, Action::InstallAndActivate),
+        NOW,
+    );
+    assert!(d.agent.state().next.is_some());
+    assert_eq!(d.agent.phase(), Activated, "the trial is not abandoned");
+    d.agent.handle_health_result(true, "ok".into(), NOW);
+    let d = settle(&rig, d, NOW);
+    assert_eq!(d.agent.phase(), Committed);
+    assert_eq!(d.agent.state().installed_version, Some(v(2)));
+    assert_eq!(rig.active_payload().unwrap(), p2);
+    assert_eq!(d.agent.status().slot.as_deref(), Some("b"));
+}
