@@ -1,85 +1,17 @@
-//! Test fixtures shared by the install and agent tests: an in-memory
-//! store (until the `store` branch's `MemStore` lands) and payload helpers.
+//! Test fixtures shared by the install and agent tests: payload helpers
+//! over the in-memory store.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 
 use meshota_protocol::chunking::encode_chunk;
 use meshota_protocol::manifest::{build_manifest, ManifestError, ManifestTemplate};
 use meshota_protocol::semver::Version;
-use meshota_protocol::{ChunkId, ChunkerParams, Compatible, InstallKind, Manifest, ManifestId};
+use meshota_protocol::{ChunkerParams, Compatible, InstallKind, Manifest};
 
-use crate::store::{GcStats, Store, StoreError, StoredChunk};
+use crate::store::{Store, StoredChunk};
 
-/// A minimal in-memory store.
-#[derive(Default)]
-pub(crate) struct TestStore {
-    chunks: Mutex<HashMap<ChunkId, StoredChunk>>,
-    manifests: Mutex<HashMap<ManifestId, Vec<u8>>>,
-}
-
-fn poisoned() -> StoreError {
-    StoreError::Corrupt {
-        key: "test store".into(),
-        reason: "lock poisoned".into(),
-    }
-}
-
-impl Store for TestStore {
-    fn has_chunk(&self, id: &ChunkId) -> Result<bool, StoreError> {
-        Ok(self.chunks.lock().map_err(|_| poisoned())?.contains_key(id))
-    }
-    fn get_chunk(&self, id: &ChunkId) -> Result<Option<StoredChunk>, StoreError> {
-        Ok(self.chunks.lock().map_err(|_| poisoned())?.get(id).cloned())
-    }
-    fn put_chunk(&self, id: &ChunkId, chunk: &StoredChunk) -> Result<(), StoreError> {
-        self.chunks
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(*id, chunk.clone());
-        Ok(())
-    }
-    fn put_manifest(&self, id: &ManifestId, encoded: &[u8]) -> Result<(), StoreError> {
-        self.manifests
-            .lock()
-            .map_err(|_| poisoned())?
-            .insert(*id, encoded.to_vec());
-        Ok(())
-    }
-    fn get_manifest(&self, id: &ManifestId) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self
-            .manifests
-            .lock()
-            .map_err(|_| poisoned())?
-            .get(id)
-            .cloned())
-    }
-    fn set_roots(&self, _roots: &[ManifestId]) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn roots(&self) -> Result<Vec<ManifestId>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn gc(&self) -> Result<GcStats, StoreError> {
-        Ok(GcStats::default())
-    }
-    fn usage(&self) -> Result<(u64, u64), StoreError> {
-        let c = self.chunks.lock().map_err(|_| poisoned())?;
-        Ok((
-            c.len() as u64,
-            c.values().map(|s| s.data.len() as u64).sum(),
-        ))
-    }
-}
-
-impl TestStore {
-    /// Drops one chunk, to simulate an incomplete download.
-    pub(crate) fn remove_chunk(&self, id: &ChunkId) {
-        if let Ok(mut c) = self.chunks.lock() {
-            c.remove(id);
-        }
-    }
-}
+/// The tests' store: the `store` branch's in-memory store.
+pub(crate) type TestStore = crate::store::MemStore;
 
 /// Deterministic pseudo-random bytes.
 pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -101,6 +33,18 @@ pub(crate) fn put_payload(
     version: Version,
     kind: InstallKind,
 ) -> Manifest {
+    put_payload_except(store, payload, version, kind, None)
+}
+
+/// As [`put_payload`], leaving out the chunk at position `skip`.
+pub(crate) fn put_payload_except(
+    store: &dyn Store,
+    payload: &[u8],
+    version: Version,
+    kind: InstallKind,
+    skip: Option<usize>,
+) -> Manifest {
+    let mut index = 0usize;
     let template = ManifestTemplate {
         name: "rootfs".into(),
         version,
@@ -111,6 +55,10 @@ pub(crate) fn put_payload(
         meta: BTreeMap::new(),
     };
     let m = build_manifest::<_, ManifestError>(payload, template, |c| {
+        index += 1;
+        if skip == Some(index - 1) {
+            return Ok(());
+        }
         let (encoding, data) = encode_chunk(&c.data);
         store
             .put_chunk(
