@@ -105,6 +105,13 @@ pub struct DeviceSection {
     /// Free-form tags reported in status.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Release channels to follow.
+    #[serde(default = "default_channels")]
+    pub channels: Vec<String>,
+}
+
+fn default_channels() -> Vec<String> {
+    vec!["stable".into()]
 }
 
 /// `[mqtt]`.
@@ -166,7 +173,7 @@ fn yes() -> bool {
 }
 
 /// `[install]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InstallSection {
     /// `dir` (default), `command` or `rauc`.
@@ -180,6 +187,26 @@ pub struct InstallSection {
     /// Settings of the `rauc` backend.
     #[serde(default)]
     pub rauc: RaucSection,
+    /// Program and arguments that reboot the device, when a backend needs a
+    /// reboot to switch slots.
+    #[serde(default = "default_reboot")]
+    pub reboot_command: Vec<String>,
+}
+
+impl Default for InstallSection {
+    fn default() -> Self {
+        Self {
+            backend: BackendKind::default(),
+            dir: DirSection::default(),
+            command: None,
+            rauc: RaucSection::default(),
+            reboot_command: default_reboot(),
+        }
+    }
+}
+
+fn default_reboot() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
 }
 
 /// Which backend.
@@ -382,6 +409,24 @@ impl Config {
             .map_err(|e| invalid("device.compatible", e, NAME_FIX))?;
         for g in &self.device.groups {
             Group::new(g).map_err(|e| invalid("device.groups", e, NAME_FIX))?;
+        }
+        if self.device.channels.is_empty() {
+            return Err(invalid(
+                "device.channels",
+                "is empty",
+                "follow at least one channel, e.g. [\"stable\"]",
+            ));
+        }
+        for c in &self.device.channels {
+            meshota_protocol::Channel::new(c)
+                .map_err(|e| invalid("device.channels", e, NAME_FIX))?;
+        }
+        if self.install.reboot_command.is_empty() {
+            return Err(invalid(
+                "install.reboot_command",
+                "is empty",
+                "set it to e.g. [\"systemctl\", \"reboot\"]",
+            ));
         }
         let scheme = self.mqtt.url.split_once("://").map(|(s, _)| s);
         if !matches!(scheme, Some("mqtt" | "mqtts" | "tcp" | "ssl")) {

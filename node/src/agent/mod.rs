@@ -31,6 +31,8 @@
 mod boot;
 mod core;
 pub mod driver;
+pub mod mqtt;
+pub mod outbox;
 pub mod persist;
 pub mod state;
 pub mod window;
