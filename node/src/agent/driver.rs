@@ -11,28 +11,40 @@ use std::time::Duration;
 use meshota_protocol::{Manifest, ManifestId, ReleaseId, ReportBody};
 
 use super::persist::{PersistError, StateFile};
-use super::{Agent, AgentAction, AgentConfig};
+use super::{Agent, AgentAction, AgentConfig, FetchProgress};
 use crate::install::{proc, InstallBackend, InstallRequest};
 use crate::store::Store;
 
 /// Brings a release's manifest and chunks into the store. The p2p layer
 /// implements this; tests put chunks in the store up front.
 pub trait Fetcher: Send {
-    /// Fetches until every chunk of the manifest is held and verified.
+    /// Fetches until every chunk of the manifest is held and verified,
+    /// calling `progress` as bytes arrive (the agent rate-limits the events).
     ///
     /// # Errors
     /// Why the fetch stopped, as text for telemetry.
     fn fetch(
         &mut self,
-        release: &ReleaseId,
-        manifest_id: &ManifestId,
-        bootstrap: &[String],
-        http_origin: Option<&str>,
+        req: FetchRequest<'_>,
         store: &dyn Store,
+        progress: &mut dyn FnMut(FetchProgress),
     ) -> Result<(), String>;
 
     /// Stops a fetch started earlier (a no-op for a blocking fetcher).
     fn cancel(&mut self, _release: &ReleaseId) {}
+}
+
+/// What to fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct FetchRequest<'a> {
+    /// The release.
+    pub release: &'a ReleaseId,
+    /// Its manifest.
+    pub manifest_id: &'a ManifestId,
+    /// Seeders to bootstrap from.
+    pub bootstrap: &'a [String],
+    /// HTTP origin, if any.
+    pub http_origin: Option<&'a str>,
 }
 
 /// A fetcher for when the chunks are already in the store (bundles
@@ -43,18 +55,23 @@ pub struct PreloadedFetcher;
 impl Fetcher for PreloadedFetcher {
     fn fetch(
         &mut self,
-        _release: &ReleaseId,
-        manifest_id: &ManifestId,
-        _bootstrap: &[String],
-        _http_origin: Option<&str>,
+        req: FetchRequest<'_>,
         store: &dyn Store,
+        progress: &mut dyn FnMut(FetchProgress),
     ) -> Result<(), String> {
-        let m = load_manifest(store, manifest_id)?;
+        let m = load_manifest(store, req.manifest_id)?;
         let held = store.held(&m).map_err(|e| e.to_string())?;
         let missing = (0..m.chunks.len()).filter(|i| !held.get(*i)).count();
         if missing > 0 {
             return Err(format!("{missing} of {} chunks missing", m.chunks.len()));
         }
+        progress(FetchProgress {
+            bytes: meshota_protocol::ByteSplit {
+                local: m.payload_size,
+                ..Default::default()
+            },
+            total: m.payload_size,
+        });
         Ok(())
     }
 }
@@ -271,13 +288,16 @@ impl LocalDriver {
                 bootstrap,
                 http_origin,
             } => {
-                let r = self.fetcher.fetch(
-                    &release,
-                    &manifest_id,
-                    &bootstrap,
-                    http_origin.as_deref(),
-                    self.store.as_ref(),
-                );
+                let req = FetchRequest {
+                    release: &release,
+                    manifest_id: &manifest_id,
+                    bootstrap: &bootstrap,
+                    http_origin: http_origin.as_deref(),
+                };
+                let agent = &mut self.agent;
+                let r = self.fetcher.fetch(req, self.store.as_ref(), &mut |p| {
+                    agent.handle_fetch_progress(p, now);
+                });
                 self.agent.handle_fetch_done(r, now);
             }
             AgentAction::CancelFetch { release } => self.fetcher.cancel(&release),

@@ -53,6 +53,9 @@ fn an_update_goes_through_every_state_and_the_slot_is_byte_identical_to_the_payl
     assert!(evs
         .iter()
         .any(|e| matches!(e, Event::HealthResult { ok: true, .. })));
+    assert!(evs
+        .iter()
+        .any(|e| matches!(e, Event::Progress { total, .. } if *total == m1.payload_size)));
     assert_eq!(d.agent.state().installed_version, Some(v(1)));
 
     // A second release lands in the other slot.
