@@ -253,6 +253,20 @@ pub async fn run(
     store: Arc<dyn Store>,
     fetcher: Box<dyn Fetcher>,
 ) -> Result<(), DaemonError> {
+    run_until(cfg, store, fetcher, std::future::pending()).await
+}
+
+/// As [`run`], stopping when `shutdown` completes (tests, signal handlers).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_until(
+    cfg: Config,
+    store: Arc<dyn Store>,
+    fetcher: Box<dyn Fetcher>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    tokio::pin!(shutdown);
     let clock = SystemClock;
     let now = clock.now();
     let root = cfg.trust_root(now)?;
@@ -337,6 +351,7 @@ pub async fn run(
     let mut backoff = Duration::from_secs(1);
     loop {
         tokio::select! {
+            () = &mut shutdown => break,
             body = rep_rx.recv() => {
                 let Some(body) = body else { break };
                 let q = signer.sign(body, clock.now())?;

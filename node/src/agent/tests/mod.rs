@@ -4,6 +4,7 @@
 
 mod crash;
 mod flow;
+mod mqtt_e2e;
 mod policy;
 mod reject;
 
