@@ -123,8 +123,8 @@ impl Signer {
         Ok(Queued { seq, kind, bytes })
     }
 
-    /// The signed offline status for the last will.
-    fn will(&mut self, mut status: Status, now: u64) -> Result<Vec<u8>, DaemonError> {
+    /// The signed offline status for the last will, and its counter.
+    fn will(&mut self, mut status: Status, now: u64) -> Result<(Vec<u8>, u64), DaemonError> {
         status.online = false;
         let counter = self.counter.reserve_will(WILL_WINDOW)?;
         let report = Report {
@@ -133,7 +133,32 @@ impl Signer {
             time: now,
             body: ReportBody::Status(status),
         };
-        Ok(codec::encode(&SignedReport::sign(&report, &self.key)?)?)
+        Ok((
+            codec::encode(&SignedReport::sign(&report, &self.key)?)?,
+            counter,
+        ))
+    }
+
+    /// After a disconnect the broker may have published the will: queued
+    /// reports signed below it would be dropped as replays, so they are
+    /// signed again above it (the old copies rumqttc resends are harmless
+    /// duplicates).
+    fn resign_below(&mut self, will: u64, now: u64) -> Result<Vec<Queued>, DaemonError> {
+        self.counter.skip_past(will);
+        let mut out = Vec::new();
+        for q in self.outbox.pending()? {
+            if q.seq > will {
+                continue;
+            }
+            let body = codec::decode::<SignedReport>(&q.bytes)
+                .and_then(|s| s.claimed())
+                .map(|r| r.body);
+            self.outbox.remove(q.seq, q.kind);
+            if let Ok(body) = body {
+                out.push(self.sign(body, now)?);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -324,8 +349,10 @@ pub async fn run_until(
             .to_string()
         })
         .collect();
-    let will = signer.will(status, now)?;
+    let mut last_status = status.clone();
+    let (will, mut will_counter) = signer.will(status, now)?;
     let (client, mut eventloop) = AsyncClient::new(options(&cfg, will, &status_topic)?, 256);
+    let mut resign_floor: Option<u64> = None;
 
     let (in_tx, in_rx) = std_mpsc::channel();
     let reboot = cfg.install.reboot_command.clone();
@@ -354,6 +381,9 @@ pub async fn run_until(
             () = &mut shutdown => break,
             body = rep_rx.recv() => {
                 let Some(body) = body else { break };
+                if let ReportBody::Status(s) = &body {
+                    last_status = s.clone();
+                }
                 let q = signer.sign(body, clock.now())?;
                 let (t, retain) = topic_of(q.kind);
                 // On failure the report stays in the outbox for the next start.
@@ -365,6 +395,17 @@ pub async fn run_until(
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     backoff = Duration::from_secs(1);
                     tracing::info!("connected to {}", cfg.mqtt.url);
+                    if let Some(floor) = resign_floor.take() {
+                        let mut again = signer.resign_below(floor, clock.now())?;
+                        // The retained status may be the will: say we are back.
+                        again.push(signer.sign(ReportBody::Status(last_status.clone()), clock.now())?);
+                        for q in again {
+                            let (t, retain) = topic_of(q.kind);
+                            if client.publish(t, QoS::AtLeastOnce, retain, q.bytes).await.is_ok() {
+                                unassigned.push_back((q.seq, q.kind));
+                            }
+                        }
+                    }
                     for t in announce.iter().chain(std::iter::once(&cmd_topic)) {
                         if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
                             tracing::warn!("subscribe {t}: {e}");
@@ -398,6 +439,19 @@ pub async fn run_until(
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    // The broker may have published the will: everything
+                    // from now on must outrank it, and the next connection
+                    // gets a fresh will above that.
+                    signer.counter.skip_past(will_counter);
+                    resign_floor = Some(resign_floor.map_or(will_counter, |f: u64| f.max(will_counter)));
+                    let (will, counter) = signer.will(last_status.clone(), clock.now())?;
+                    eventloop.mqtt_options.set_last_will(LastWill::new(
+                        status_topic.clone(),
+                        will,
+                        QoS::AtLeastOnce,
+                        true,
+                    ));
+                    will_counter = counter;
                     let wait = jitter(backoff);
                     tracing::warn!("mqtt: {e}; reconnecting in {wait:?}");
                     tokio::time::sleep(wait).await;

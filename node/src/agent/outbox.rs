@@ -191,6 +191,14 @@ impl ReportCounter {
         Ok(will)
     }
 
+    /// Moves the counter above `value` (a will the broker may have
+    /// published), so later reports outrank it.
+    pub fn skip_past(&mut self, value: u64) {
+        if self.next <= value {
+            self.next = value + 1;
+        }
+    }
+
     /// The next counter value; never repeats, even across restarts.
     ///
     /// # Errors
@@ -226,6 +234,9 @@ mod tests {
         assert!(during < will);
         drop(c);
         assert!(ReportCounter::open(&p).unwrap().take().unwrap() > will);
+        let mut c = ReportCounter::open(&p).unwrap();
+        c.skip_past(u64::from(u32::MAX));
+        assert!(c.take().unwrap() > u64::from(u32::MAX));
     }
 
     #[test]

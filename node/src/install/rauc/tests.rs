@@ -134,11 +134,12 @@ fn the_rauc_backend_installs_a_bundle_into_the_other_slot_and_marks_it() {
         .with_env("DBUS_SYSTEM_BUS_ADDRESS", &addr);
     // Wait (bounded) for the service to own its bus name.
     let deadline = Instant::now() + Duration::from_secs(30);
+    // Ready means: answering, and knowing the booted slot.
     let status = loop {
         match b.status() {
-            Ok(s) => break s,
-            Err(e) if Instant::now() > deadline => panic!("rauc service never came up: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            Ok(s) if s.active_slot.is_some() => break s,
+            r if Instant::now() > deadline => panic!("rauc service never came up: {r:?}"),
+            _ => std::thread::sleep(Duration::from_millis(50)),
         }
     };
     assert_eq!(status.active_slot.as_deref(), Some("A"));
