@@ -200,6 +200,15 @@ impl Agent {
     pub fn handle_announcement(&mut self, ann: Announcement, now: u64) {
         let dup = |h: &Option<Held>| h.as_ref().is_some_and(|h| h.same_documents(&ann));
         if dup(&self.state.held) || dup(&self.state.next) {
+            // The unsigned hints (seeders, origin) may have moved: keep the newest.
+            for h in [&mut self.state.held, &mut self.state.next]
+                .into_iter()
+                .flatten()
+            {
+                if h.same_documents(&ann) && h.announcement != ann {
+                    h.announcement = ann.clone();
+                }
+            }
             return;
         }
         let id = ann.release.id();

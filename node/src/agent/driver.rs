@@ -119,6 +119,10 @@ impl Inhibitor for InhibitorSource {
 pub trait Reporter: Send {
     /// Queues a report for publishing.
     fn publish(&mut self, body: ReportBody);
+
+    /// Asks the transport to fetch retained announcements again
+    /// (`check-now`); a no-op where there is nothing to re-read.
+    fn resync(&mut self) {}
 }
 
 impl Reporter for Vec<ReportBody> {
@@ -257,13 +261,26 @@ impl LocalDriver {
     /// # Errors
     /// [`DriverError`] when persisting fails; nothing later is executed.
     pub fn run(&mut self, now: u64, max_actions: Option<usize>) -> Result<RunOutcome, DriverError> {
+        self.run_clocked(&|| now, max_actions)
+    }
+
+    /// As [`LocalDriver::run`], reading `clock` before each action, so the
+    /// results of a long install or health check carry the time they ended.
+    ///
+    /// # Errors
+    /// [`DriverError`] when persisting fails; nothing later is executed.
+    pub fn run_clocked(
+        &mut self,
+        clock: &dyn Fn() -> u64,
+        max_actions: Option<usize>,
+    ) -> Result<RunOutcome, DriverError> {
         let mut done = 0usize;
         while let Some(action) = self.agent.poll_action() {
             if max_actions.is_some_and(|m| done >= m) {
                 return Ok(RunOutcome::Stopped);
             }
             done += 1;
-            if self.execute(action, now)? {
+            if self.execute(action, clock)? {
                 return Ok(RunOutcome::Reboot);
             }
         }
@@ -274,11 +291,16 @@ impl LocalDriver {
     /// hold some actions back.
     #[cfg(test)]
     pub(crate) fn execute_for_test(&mut self, action: AgentAction, now: u64) {
-        let _ = self.execute(action, now);
+        let _ = self.execute(action, &|| now);
     }
 
     /// Executes one action; `true` when a reboot is requested.
-    fn execute(&mut self, action: AgentAction, now: u64) -> Result<bool, DriverError> {
+    fn execute(
+        &mut self,
+        action: AgentAction,
+        clock: &dyn Fn() -> u64,
+    ) -> Result<bool, DriverError> {
+        let now = clock();
         match action {
             AgentAction::Persist(s) => self.state_file.save(&s)?,
             AgentAction::Publish(body) => self.reporter.publish(body),
@@ -296,14 +318,14 @@ impl LocalDriver {
                 };
                 let agent = &mut self.agent;
                 let r = self.fetcher.fetch(req, self.store.as_ref(), &mut |p| {
-                    agent.handle_fetch_progress(p, now);
+                    agent.handle_fetch_progress(p, clock());
                 });
-                self.agent.handle_fetch_done(r, now);
+                self.agent.handle_fetch_done(r, clock());
             }
             AgentAction::CancelFetch { release } => self.fetcher.cancel(&release),
             AgentAction::CheckInhibitor => {
                 let r = self.inhibitor.as_mut().and_then(|i| i.check());
-                self.agent.handle_inhibitor(r, now);
+                self.agent.handle_inhibitor(r, clock());
             }
             AgentAction::Install {
                 release,
@@ -317,11 +339,11 @@ impl LocalDriver {
                     };
                     self.backend.install(&req).map_err(|e| e.to_string())
                 });
-                self.agent.handle_install_done(r, now);
+                self.agent.handle_install_done(r, clock());
             }
             AgentAction::Activate { release } => {
                 let r = self.backend.activate(&release).map_err(|e| e.to_string());
-                self.agent.handle_activate_done(r, now);
+                self.agent.handle_activate_done(r, clock());
             }
             AgentAction::RunHealth { deadline, .. } => {
                 let timeout = Duration::from_secs(deadline.saturating_sub(now).max(1));
@@ -329,18 +351,18 @@ impl LocalDriver {
                     Ok(out) => (true, out),
                     Err(e) => (false, e),
                 };
-                self.agent.handle_health_result(ok, detail, now);
+                self.agent.handle_health_result(ok, detail, clock());
             }
             AgentAction::Commit { .. } => {
                 let r = self.backend.commit().map_err(|e| e.to_string());
-                self.agent.handle_commit_done(r, now);
+                self.agent.handle_commit_done(r, clock());
             }
             AgentAction::Rollback { .. } => {
                 let r = self.backend.rollback().map_err(|e| e.to_string());
-                self.agent.handle_rollback_done(r, now);
+                self.agent.handle_rollback_done(r, clock());
             }
             AgentAction::Reboot => return Ok(true),
-            AgentAction::Resync => {}
+            AgentAction::Resync => self.reporter.resync(),
         }
         Ok(false)
     }

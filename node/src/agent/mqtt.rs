@@ -162,13 +162,23 @@ impl Signer {
     }
 }
 
+/// What the agent thread asks of the MQTT task.
+enum ToMqtt {
+    Report(Box<ReportBody>),
+    Resync,
+}
+
 /// Hands reports from the agent thread to the MQTT task.
-struct ChannelReporter(mpsc::UnboundedSender<ReportBody>);
+struct ChannelReporter(mpsc::UnboundedSender<ToMqtt>);
 
 impl Reporter for ChannelReporter {
     fn publish(&mut self, body: ReportBody) {
         // The receiver only goes away when the daemon is shutting down.
-        let _ = self.0.send(body);
+        let _ = self.0.send(ToMqtt::Report(Box::new(body)));
+    }
+
+    fn resync(&mut self) {
+        let _ = self.0.send(ToMqtt::Resync);
     }
 }
 
@@ -185,8 +195,7 @@ fn agent_loop(
 ) -> Result<(), DaemonError> {
     let clock = SystemClock;
     loop {
-        let now = clock.now();
-        if driver.run(now, None)? == RunOutcome::Reboot {
+        if driver.run_clocked(&|| clock.now(), None)? == RunOutcome::Reboot {
             tracing::info!("rebooting to switch slots: {reboot:?}");
             let mut cmd = std::process::Command::new(&reboot[0]);
             cmd.args(&reboot[1..]);
@@ -195,6 +204,7 @@ fn agent_loop(
             }
             continue;
         }
+        let now = clock.now();
         let wait = driver
             .agent
             .poll_timeout()
@@ -379,8 +389,20 @@ pub async fn run_until(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            body = rep_rx.recv() => {
-                let Some(body) = body else { break };
+            msg = rep_rx.recv() => {
+                let body = match msg {
+                    None => break,
+                    Some(ToMqtt::Resync) => {
+                        // Re-subscribing makes the broker send the retained
+                        // announcements again.
+                        for t in &announce {
+                            let _ = client.unsubscribe(t.clone()).await;
+                            let _ = client.subscribe(t.clone(), QoS::AtLeastOnce).await;
+                        }
+                        continue;
+                    }
+                    Some(ToMqtt::Report(body)) => *body,
+                };
                 if let ReportBody::Status(s) = &body {
                     last_status = s.clone();
                 }
