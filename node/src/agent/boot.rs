@@ -27,6 +27,7 @@ impl Agent {
     pub fn handle_boot(&mut self, st: SlotStatus, now: u64) {
         self.awaiting = None;
         self.inhibit_clear = false;
+        self.state.reboot_pending = false;
         if st.active_slot.is_some() {
             self.state.slot.clone_from(&st.active_slot);
         }

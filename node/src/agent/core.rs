@@ -44,6 +44,7 @@ pub struct Agent {
     /// One-shot permission from the inhibitor for the next disruptive step.
     pub(super) inhibit_clear: bool,
     pub(super) progress_at: Option<(u64, u64)>,
+    pub(super) reboot_retry_at: Option<u64>,
 }
 
 fn backoff(min: u64, max: u64, attempt: u32) -> u64 {
@@ -68,6 +69,7 @@ impl Agent {
             inhibit_retry_at: None,
             inhibit_clear: false,
             progress_at: None,
+            reboot_retry_at: None,
         }
     }
 
@@ -303,6 +305,13 @@ impl Agent {
             self.go(UpdateState::Idle);
         }
         if self.awaiting.is_some() {
+            return;
+        }
+        if self.state.reboot_pending {
+            match self.reboot_retry_at {
+                Some(at) if now < at => self.wake_at(at),
+                _ => self.reboot(),
+            }
             return;
         }
         if self.state.at_rest() {
@@ -637,9 +646,9 @@ impl Agent {
             }
             Ok(Activation::RebootRequired) => {
                 self.state.trial_boots = 0;
+                self.state.reboot_pending = true;
                 self.go(UpdateState::Activated);
-                self.actions.push_back(AgentAction::Reboot);
-                self.awaiting = Some(Await::Reboot);
+                self.reboot();
             }
             Err(e) => {
                 // The backend records the fallback before switching, so
@@ -698,12 +707,33 @@ impl Agent {
                 }
             }
             Ok(Activation::RebootRequired) => {
-                self.actions.push_back(AgentAction::Reboot);
-                self.awaiting = Some(Await::Reboot);
+                self.state.reboot_pending = true;
+                self.persist();
+                self.reboot();
                 return;
             }
             Err(e) => self.error("E_ROLLBACK_FAILED", e, self.state.target()),
         }
+        self.step(now);
+    }
+
+    /// Asks for the reboot that switches slots; `reboot_pending` is
+    /// persisted before this, and cleared by [`Agent::handle_boot`].
+    fn reboot(&mut self) {
+        self.reboot_retry_at = None;
+        self.actions.push_back(AgentAction::Reboot);
+        self.awaiting = Some(Await::Reboot);
+    }
+
+    /// The reboot could not be started; it is retried every minute and
+    /// nothing else starts meanwhile, because the slots are mid-switch.
+    pub fn handle_reboot_failed(&mut self, reason: String, now: u64) {
+        if self.awaiting != Some(Await::Reboot) {
+            return;
+        }
+        self.awaiting = None;
+        self.error("E_REBOOT_FAILED", reason, self.state.target());
+        self.reboot_retry_at = Some(now.saturating_add(60));
         self.step(now);
     }
 

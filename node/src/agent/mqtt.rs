@@ -199,8 +199,15 @@ fn agent_loop(
             tracing::info!("rebooting to switch slots: {reboot:?}");
             let mut cmd = std::process::Command::new(&reboot[0]);
             cmd.args(&reboot[1..]);
-            if let Err(e) = proc::run(cmd, Duration::from_secs(120)) {
-                tracing::error!("reboot failed: {e}");
+            match proc::run(cmd, Duration::from_secs(120)) {
+                // The system is going down; wait for it without a busy loop.
+                Ok(_) => std::thread::sleep(Duration::from_secs(300)),
+                Err(e) => {
+                    tracing::error!("reboot failed: {e}");
+                    driver
+                        .agent
+                        .handle_reboot_failed(e.to_string(), clock.now());
+                }
             }
             continue;
         }

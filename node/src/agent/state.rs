@@ -71,6 +71,10 @@ pub struct AgentState {
     pub inhibited_since: Option<u64>,
     /// Cancel as soon as the running install finishes.
     pub cancel_requested: bool,
+    /// A reboot was requested to switch slots and has not happened yet:
+    /// nothing else may start, since the slots are mid-switch.
+    #[serde(default)]
+    pub reboot_pending: bool,
 }
 
 impl Default for AgentState {
@@ -95,6 +99,7 @@ impl Default for AgentState {
             given_up: Vec::new(),
             inhibited_since: None,
             cancel_requested: false,
+            reboot_pending: false,
         }
     }
 }

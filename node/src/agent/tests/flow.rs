@@ -360,3 +360,35 @@ fn a_release_announced_during_a_trial_is_taken_up_after_the_commit() {
     assert_eq!(rig.active_payload().unwrap(), p2);
     assert_eq!(d.agent.status().slot.as_deref(), Some("b"));
 }
+
+#[test]
+fn a_failed_reboot_is_retried_and_nothing_else_starts_meanwhile() {
+    let w = world();
+    let rig = Rig::new();
+    let (_, m1) = rig.payload(1);
+    let (_, m2) = rig.payload(2);
+    let mut a = Agent::new(agent_config(&w), Default::default());
+    a.handle_boot(SlotStatus::default(), NOW);
+    a.handle_announcement(w.announce(&m1, 1, 1, Action::InstallAndActivate), NOW);
+    a.handle_fetch_done(Ok(()), NOW);
+    a.handle_install_done(Ok("b".into()), NOW);
+    a.handle_activate_done(Ok(Activation::RebootRequired), NOW);
+    assert!(a.state().reboot_pending);
+    drain(&mut a);
+    a.handle_reboot_failed("systemctl: not found".into(), NOW);
+    let acts = drain(&mut a);
+    assert_eq!(error_codes(&acts), vec!["E_REBOOT_FAILED"]);
+    assert!(!acts
+        .iter()
+        .any(|x| matches!(x, AgentAction::RunHealth { .. })));
+    // A new release waits too.
+    a.handle_announcement(w.announce(&m2, 2, 2, Action::InstallAndActivate), NOW + 1);
+    assert!(!drain(&mut a)
+        .iter()
+        .any(|x| matches!(x, AgentAction::Fetch { .. })));
+    assert_eq!(a.poll_timeout(), Some(NOW + 60));
+    a.handle_timeout(NOW + 60);
+    assert!(drain(&mut a)
+        .iter()
+        .any(|x| matches!(x, AgentAction::Reboot)));
+}
