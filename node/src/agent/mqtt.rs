@@ -528,3 +528,71 @@ pub fn local_status(cfg: &Config) -> Result<serde_json::Value, DaemonError> {
         },
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshota_protocol::{Event, SiteId, UpdateState};
+
+    fn status() -> Status {
+        Status {
+            version: None,
+            release: None,
+            slot: None,
+            state: UpdateState::Idle,
+            target: None,
+            peer_id: None,
+            site: SiteId::new("s").unwrap(),
+            tags: vec![],
+            online: true,
+        }
+    }
+
+    #[test]
+    fn urls_split_into_tls_host_and_port() {
+        assert_eq!(parse_url("mqtt://h").unwrap(), (false, "h".into(), 1883));
+        assert_eq!(parse_url("mqtts://h:9").unwrap(), (true, "h".into(), 9));
+        assert!(parse_url("http://h").is_err());
+        assert!(parse_url("mqtt://:1").is_err());
+        assert!(parse_url("mqtt://h:x").is_err());
+    }
+
+    #[test]
+    fn reports_queued_below_a_published_will_are_signed_again_above_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = SecretKey::from_seed([9; 32]);
+        let mut s = Signer {
+            key: SecretKey::from_seed([9; 32]),
+            device: DeviceId::new("d").unwrap(),
+            counter: ReportCounter::open(&tmp.path().join("c")).unwrap(),
+            outbox: Outbox::open(&tmp.path().join("o")).unwrap(),
+        };
+        let ev = ReportBody::Event(Event::Error {
+            code: "E_X".into(),
+            message: "m".into(),
+            release: None,
+        });
+        let (will, w) = s.will(status(), 1).unwrap();
+        let will = codec::decode::<SignedReport>(&will)
+            .unwrap()
+            .verify(&key.public())
+            .unwrap();
+        assert_eq!(will.counter, w);
+        assert!(matches!(
+            will.body,
+            ReportBody::Status(Status { online: false, .. })
+        ));
+        let q = s.sign(ev.clone(), 2).unwrap();
+        assert!(q.seq < w);
+        let again = s.resign_below(w, 3).unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(again[0].seq > w);
+        let r = codec::decode::<SignedReport>(&again[0].bytes)
+            .unwrap()
+            .verify(&key.public())
+            .unwrap();
+        assert_eq!(r.body, ev);
+        let left: Vec<u64> = s.outbox.pending().unwrap().iter().map(|q| q.seq).collect();
+        assert_eq!(left, vec![again[0].seq]);
+    }
+}
