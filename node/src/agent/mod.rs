@@ -25,7 +25,7 @@
 //! - before activation the old slot is untouched, and the step is re-run;
 //! - on trial, each boot counts, and past `max_trial_boots` or a missed
 //!   health deadline the agent rolls back;
-//! - success ([`UpdateState::Committed`]) is only reached after a health
+//! - success ([`meshota_protocol::UpdateState::Committed`]) is only reached after a health
 //!   check passed on the new slot.
 
 mod boot;
