@@ -46,6 +46,12 @@ dynamic_filters = true
         let mut b = rumqttd::Broker::new(cfg);
         let _ = b.start();
     });
+    // Ready once it accepts connections (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -94,30 +100,18 @@ root = "{slots}"
     let (client, mut conn) = Client::new(o, 64);
     let fleet = meshota_protocol::FleetId::new("fleet").unwrap();
     let device = DeviceId::new("dev-1").unwrap();
-    client
-        .subscribe(
-            Topic::Status {
-                fleet: fleet.clone(),
-                device: device.clone(),
-            }
-            .to_string(),
-            QoS::AtLeastOnce,
-        )
-        .unwrap();
+    let status_topic = Topic::Status {
+        fleet: fleet.clone(),
+        device: device.clone(),
+    }
+    .to_string();
     let announce_topic = Topic::Announce {
         fleet,
         compatible: rpi4(),
         channel: meshota_protocol::Channel::new("stable").unwrap(),
     }
     .to_string();
-    client
-        .publish(
-            announce_topic,
-            QoS::AtLeastOnce,
-            true,
-            codec::encode(&ann).unwrap(),
-        )
-        .unwrap();
+    let ann_bytes = codec::encode(&ann).unwrap();
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = std::thread::spawn(move || {
@@ -143,8 +137,24 @@ root = "{slots}"
         let Ok(Ok(ev)) = conn.recv_timeout(Duration::from_millis(500)) else {
             continue;
         };
-        let MqttEvent::Incoming(Packet::Publish(p)) = ev else {
-            continue;
+        let p = match ev {
+            // (Re)connected: subscribe and (re)publish the retained announcement.
+            MqttEvent::Incoming(Packet::ConnAck(_)) => {
+                client
+                    .subscribe(status_topic.clone(), QoS::AtLeastOnce)
+                    .unwrap();
+                client
+                    .publish(
+                        announce_topic.clone(),
+                        QoS::AtLeastOnce,
+                        true,
+                        ann_bytes.clone(),
+                    )
+                    .unwrap();
+                continue;
+            }
+            MqttEvent::Incoming(Packet::Publish(p)) => p,
+            _ => continue,
         };
         let signed: SignedReport = codec::decode(&p.payload).unwrap();
         let key_file = std::fs::read_to_string(data_dir.join("device.key")).unwrap();
