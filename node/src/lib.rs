@@ -5,6 +5,10 @@
 //!
 //! # Layout
 //!
+//! - [`agent`]: the sans-IO device agent (announcements, commands, the
+//!   install state machine, persistence) and a synchronous driver.
+//! - [`install`]: A/B install backends (`dir`, `command`, `rauc`).
+//! - [`config`]: the device's TOML configuration, validated.
 //! - [`store`]: the content-addressed [`store::Store`] trait with a
 //!   `MemStore` (simulator) and a `SledStore` (devices).
 //! - [`sched`]: the sans-IO chunk scheduler. It decides which chunk to ask
@@ -16,6 +20,9 @@
 //!   loop that feeds the scheduler and the store.
 #![warn(missing_docs)]
 
+pub mod agent;
+pub mod config;
+pub mod install;
 pub mod p2p;
 pub mod sched;
 pub mod store;

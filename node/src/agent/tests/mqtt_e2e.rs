@@ -1,0 +1,198 @@
+//! The MQTT driver end to end: an in-process rumqttd broker, the daemon
+//! with the `dir` backend, a retained announcement, and signed reports
+//! read back off the broker until the device reports `committed`.
+
+use std::time::{Duration, Instant};
+
+use meshota_protocol::{
+    codec, Action, ReportBody, SignedReport, Status, Topic, TrustRoot, UpdateState,
+};
+use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
+
+use super::super::mqtt;
+use super::*;
+use crate::config::Config;
+use crate::store::MemStore;
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn start_broker(port: u16) {
+    let cfg: rumqttd::Config = toml::from_str(&format!(
+        r#"
+id = 0
+[router]
+max_connections = 100
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+[v4.1]
+name = "v4-1"
+listen = "127.0.0.1:{port}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 1048576
+max_inflight_count = 100
+dynamic_filters = true
+"#
+    ))
+    .unwrap();
+    // rumqttd's start() blocks for the life of the broker; the thread ends
+    // with the test process.
+    std::thread::spawn(move || {
+        let mut b = rumqttd::Broker::new(cfg);
+        let _ = b.start();
+    });
+    // Ready once it accepts connections (bounded).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_daemon_takes_a_retained_announcement_to_a_signed_committed_status() {
+    let port = free_port();
+    start_broker(port);
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world();
+    let root_key = SecretKey::from_seed([1; 32]);
+    let root: &TrustRoot = &w.root;
+    std::fs::write(
+        tmp.path().join("root.cbor"),
+        codec::encode(&Signed::sign(root, &[&root_key]).unwrap()).unwrap(),
+    )
+    .unwrap();
+    let data_dir = tmp.path().join("data");
+    let cfg = Config::parse(&format!(
+        r#"
+data_dir = "{data}"
+[device]
+id = "dev-1"
+fleet = "fleet"
+site = "site-1"
+compatible = "rpi4"
+[mqtt]
+url = "mqtt://127.0.0.1:{port}"
+[trust]
+root = "{root}"
+[install.dir]
+root = "{slots}"
+"#,
+        data = data_dir.display(),
+        root = tmp.path().join("root.cbor").display(),
+        slots = tmp.path().join("slots").display(),
+    ))
+    .unwrap();
+
+    let store = MemStore::new();
+    let payload = noise(200_000, 42);
+    let m = put_payload(&store, &payload, v(1), meshota_protocol::InstallKind::Image);
+    let ann = w.announce(&m, 1, 1, Action::InstallAndActivate);
+
+    // The operator side: publish the announcement retained, watch the device.
+    let mut o = MqttOptions::new("operator", "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 64);
+    let fleet = meshota_protocol::FleetId::new("fleet").unwrap();
+    let device = DeviceId::new("dev-1").unwrap();
+    let status_topic = Topic::Status {
+        fleet: fleet.clone(),
+        device: device.clone(),
+    }
+    .to_string();
+    let announce_topic = Topic::Announce {
+        fleet,
+        compatible: rpi4(),
+        channel: meshota_protocol::Channel::new("stable").unwrap(),
+    }
+    .to_string();
+    let ann_bytes = codec::encode(&ann).unwrap();
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(mqtt::run_until(
+            cfg,
+            std::sync::Arc::new(store),
+            Box::new(super::super::driver::PreloadedFetcher),
+            async {
+                let _ = stop_rx.await;
+            },
+        ))
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last: Option<Status> = None;
+    let mut last_counter = 0;
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let Ok(Ok(ev)) = conn.recv_timeout(Duration::from_millis(500)) else {
+            continue;
+        };
+        let p = match ev {
+            // (Re)connected: subscribe and (re)publish the retained announcement.
+            MqttEvent::Incoming(Packet::ConnAck(_)) => {
+                client
+                    .subscribe(status_topic.clone(), QoS::AtLeastOnce)
+                    .unwrap();
+                client
+                    .publish(
+                        announce_topic.clone(),
+                        QoS::AtLeastOnce,
+                        true,
+                        ann_bytes.clone(),
+                    )
+                    .unwrap();
+                continue;
+            }
+            MqttEvent::Incoming(Packet::Publish(p)) => p,
+            _ => continue,
+        };
+        let signed: SignedReport = codec::decode(&p.payload).unwrap();
+        let key_file = std::fs::read_to_string(data_dir.join("device.key")).unwrap();
+        let (_, key) = SecretKey::from_file(&key_file).unwrap();
+        let report = signed
+            .verify(&key.public())
+            .expect("signed by the device key");
+        seen.push((
+            report.counter,
+            p.retain,
+            p.dup,
+            format!("{:?}", report.body)
+                .chars()
+                .take(80)
+                .collect::<String>(),
+        ));
+        // QoS 1 may deliver twice; the control plane drops what is not above
+        // the last accepted, and so does this check.
+        if report.counter <= last_counter {
+            continue;
+        }
+        last_counter = report.counter;
+        if let ReportBody::Status(s) = report.body {
+            let done = s.state == UpdateState::Committed;
+            last = Some(s);
+            if done {
+                break;
+            }
+        }
+    }
+    let _ = stop_tx.send(());
+    daemon.join().unwrap().unwrap();
+    let last = last.unwrap_or_else(|| panic!("no status arrived: {seen:?}"));
+    assert_eq!(last.state, UpdateState::Committed, "{seen:?}");
+    assert_eq!(last.version, Some(v(1)));
+    assert!(last.online);
+    assert_eq!(
+        std::fs::read(tmp.path().join("slots/current/payload")).unwrap(),
+        payload
+    );
+}

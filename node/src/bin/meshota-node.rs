@@ -1,0 +1,81 @@
+//! `meshota-node`: the device agent daemon.
+//!
+//! ```text
+//! meshota-node --config /etc/meshota/node.toml            run the agent
+//! meshota-node status --config /etc/meshota/node.toml --json
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshota_node::agent::driver::PreloadedFetcher;
+use meshota_node::agent::mqtt;
+use meshota_node::config::Config;
+use meshota_node::store::SledStore;
+
+#[derive(Parser)]
+#[command(name = "meshota-node", version, about = "meshota device agent")]
+struct Cli {
+    /// The device configuration (see node/examples/node.toml).
+    #[arg(
+        long,
+        global = true,
+        env = "MESHOTA_CONFIG",
+        default_value = "/etc/meshota/node.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (the default).
+    Run,
+    /// Print the persisted update state and the real slot state.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let cfg =
+        Config::load(&cli.config).with_context(|| format!("loading {}", cli.config.display()))?;
+    match cli.cmd.unwrap_or(Cmd::Run) {
+        Cmd::Status { json } => {
+            let st = mqtt::local_status(&cfg)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                println!(
+                    "device {}: {} (installed {}, slot {})",
+                    st["device"], st["state"], st["installed_version"], st["slot"]["active"]
+                );
+            }
+            Ok(())
+        }
+        Cmd::Run => {
+            let store =
+                SledStore::open(cfg.data_dir.join("store")).context("opening the chunk store")?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            // The p2p fetcher plugs in here once it lands; until then only
+            // chunks already in the store (imported bundles) can install.
+            rt.block_on(mqtt::run(cfg, Arc::new(store), Box::new(PreloadedFetcher)))?;
+            Ok(())
+        }
+    }
+}

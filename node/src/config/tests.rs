@@ -1,0 +1,127 @@
+//! Config parsing and validation.
+
+use std::os::unix::fs::PermissionsExt;
+
+use super::*;
+
+const EXAMPLE: &str = include_str!("../../examples/node.toml");
+
+const MINIMAL: &str = r#"
+data_dir = "/tmp/x"
+[device]
+id = "d1"
+fleet = "f"
+site = "s"
+compatible = "c"
+[mqtt]
+url = "mqtt://localhost:1883"
+[trust]
+root = "/etc/meshota/root.cbor"
+"#;
+
+#[test]
+fn the_example_config_parses_and_validates() {
+    let c = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(c.device.id, "dev-0001");
+    assert_eq!(c.install.backend, BackendKind::Dir);
+    assert_eq!(c.maintenance.windows.len(), 2);
+    assert_eq!(c.health.max_trial_boots, 3);
+    assert!(matches!(c.inhibitor(), Some(InhibitorSource::File(_))));
+}
+
+#[test]
+fn a_minimal_config_gets_the_documented_defaults() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert!(c.p2p.seed);
+    assert_eq!(c.health.timeout_secs, 300);
+    assert_eq!(c.inhibitor.on_timeout, InhibitTimeout::Fail);
+    assert!(c.inhibitor().is_none());
+    assert!(c.maintenance.windows.is_empty());
+}
+
+#[test]
+fn errors_name_the_field_and_the_fix() {
+    let cases = [
+        (MINIMAL.replace("id = \"d1\"", "id = \"d 1\""), "device.id"),
+        (MINIMAL.replace("mqtt://", "http://"), "mqtt.url"),
+        (
+            format!("{MINIMAL}\n[health]\ntimeout_secs = 0\n"),
+            "health.timeout_secs",
+        ),
+        (
+            format!("{MINIMAL}\n[install]\nbackend = \"command\"\n"),
+            "install.command",
+        ),
+        (
+            format!("{MINIMAL}\n[inhibitor]\nfile = \"/a\"\ncommand = \"/b\"\n"),
+            "inhibitor",
+        ),
+    ];
+    for (text, field) in cases {
+        let e = Config::parse(&text).unwrap_err().to_string();
+        assert!(e.contains(&format!("`{field}`")), "{field}: {e}");
+    }
+    // serde's own errors name the key: unknown fields and bad windows.
+    let e = Config::parse(&format!("{MINIMAL}\n[health]\ntimeout = 5\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("timeout"), "{e}");
+    let e = Config::parse(&format!("{MINIMAL}\n[maintenance]\nwindows = [\"2-4\"]\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("HH:MM-HH:MM"), "{e}");
+}
+
+#[test]
+fn the_device_key_is_created_once_with_mode_0600() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (k1, created) = ensure_device_key(tmp.path()).unwrap();
+    assert!(created);
+    let mode = std::fs::metadata(tmp.path().join(DEVICE_KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (k2, created) = ensure_device_key(tmp.path()).unwrap();
+    assert!(!created);
+    assert_eq!(k1.public(), k2.public());
+    std::fs::write(tmp.path().join(DEVICE_KEY_FILE), "junk").unwrap();
+    assert!(ensure_device_key(tmp.path()).is_err());
+}
+
+#[test]
+fn the_agent_config_and_backend_come_from_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = MINIMAL.replace("/tmp/x", &tmp.path().display().to_string())
+        + "\n[maintenance]\nwindows = [\"01:00-02:00\"]\n[inhibitor]\ncommand = \"/bin/true\"\non_timeout = \"proceed\"\n";
+    let c = Config::parse(&text).unwrap();
+    let (k, _) = ensure_device_key(tmp.path()).unwrap();
+    let root = TrustRoot {
+        version: 1,
+        expires_at: u64::MAX,
+        root: meshota_protocol::RoleKeys {
+            keys: vec![k.public()],
+            threshold: 1,
+        },
+        release: meshota_protocol::RoleKeys {
+            keys: vec![k.public()],
+            threshold: 1,
+        },
+        rollout: meshota_protocol::RoleKeys {
+            keys: vec![k.public()],
+            threshold: 1,
+        },
+    };
+    let signed = Signed::sign(&root, &[&k]).unwrap();
+    let root_path = tmp.path().join("root.cbor");
+    std::fs::write(&root_path, codec::encode(&signed).unwrap()).unwrap();
+    let mut c = c;
+    c.trust.root = root_path;
+    let root = c.trust_root(1).unwrap();
+    let a = c.agent_config(root).unwrap();
+    assert!(a.inhibitor);
+    assert_eq!(a.on_inhibit_timeout, InhibitTimeout::Proceed);
+    assert_eq!(a.windows.0.len(), 1);
+    assert_eq!(c.backend().unwrap().name(), "dir");
+    assert!(tmp.path().join("root/slots/a").is_dir());
+}
