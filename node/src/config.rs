@@ -152,6 +152,13 @@ pub struct P2pSection {
     /// Download cap in bytes per second; 0 = none.
     #[serde(default)]
     pub max_download_bps: u64,
+    /// Find LAN neighbours with mDNS.
+    #[serde(default = "yes")]
+    pub mdns: bool,
+    /// Peers to dial at start (multiaddrs with `/p2p/<peer id>`), besides
+    /// the seeders each announcement names.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
 }
 
 impl Default for P2pSection {
@@ -161,6 +168,8 @@ impl Default for P2pSection {
             seed: true,
             max_upload_bps: 0,
             max_download_bps: 0,
+            mdns: true,
+            bootstrap: Vec::new(),
         }
     }
 }

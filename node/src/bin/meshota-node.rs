@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use meshota_node::agent::driver::PreloadedFetcher;
 use meshota_node::agent::mqtt;
 use meshota_node::config::Config;
+use meshota_node::p2p::{load_or_create_identity, Node, P2pConfig, P2pFetcher};
 use meshota_node::store::SledStore;
 
 #[derive(Parser)]
@@ -66,15 +66,26 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Run => {
-            let store =
-                SledStore::open(cfg.data_dir.join("store")).context("opening the chunk store")?;
-            let rt = tokio::runtime::Builder::new_current_thread()
+            std::fs::create_dir_all(&cfg.data_dir)
+                .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+            let store: Arc<SledStore> = Arc::new(
+                SledStore::open(cfg.data_dir.join("store")).context("opening the chunk store")?,
+            );
+            let p2p = P2pConfig::from_device_config(&cfg)?;
+            let identity = load_or_create_identity(&cfg.data_dir.join("p2p.key"))
+                .map_err(anyhow::Error::msg)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            // The p2p fetcher plugs in here once it lands; until then only
-            // chunks already in the store (imported bundles) can install.
-            rt.block_on(mqtt::run(cfg, Arc::new(store), Box::new(PreloadedFetcher)))?;
+            let node = rt
+                .block_on(async { Node::spawn(p2p, store.clone(), identity) })
+                .context("starting the peer-to-peer node")?;
+            tracing::info!("peer id {}", node.peer_id());
+            let fetcher = P2pFetcher::new(node.clone(), rt.handle().clone(), None);
+            rt.block_on(mqtt::run(cfg, store, Box::new(fetcher)))?;
+            rt.block_on(node.shutdown());
             Ok(())
         }
     }

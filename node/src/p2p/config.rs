@@ -105,3 +105,51 @@ impl P2pConfig {
         self
     }
 }
+
+impl P2pConfig {
+    /// The data-plane settings of a device configuration file.
+    ///
+    /// # Errors
+    /// [`crate::config::ConfigError::Invalid`] naming the bad address or site.
+    pub fn from_device_config(
+        cfg: &crate::config::Config,
+    ) -> Result<Self, crate::config::ConfigError> {
+        let addr = |field: &'static str, s: &String| {
+            s.parse::<Multiaddr>()
+                .map_err(|e| crate::config::ConfigError::Invalid {
+                    field,
+                    problem: format!("{s:?} is not a multiaddr: {e}"),
+                    fix: "use a libp2p multiaddr such as /ip4/0.0.0.0/tcp/4001",
+                })
+        };
+        let listen = cfg
+            .p2p
+            .listen
+            .iter()
+            .map(|s| addr("p2p.listen", s))
+            .collect::<Result<_, _>>()?;
+        let bootstrap = cfg
+            .p2p
+            .bootstrap
+            .iter()
+            .map(|s| addr("p2p.bootstrap", s))
+            .collect::<Result<_, _>>()?;
+        let site =
+            SiteId::new(&cfg.device.site).map_err(|e| crate::config::ConfigError::Invalid {
+                field: "device.site",
+                problem: e.to_string(),
+                fix: "use a short name without '/', '+', '#' or spaces",
+            })?;
+        let limit = |bps: u64| (bps > 0).then_some(bps);
+        Ok(Self {
+            listen,
+            bootstrap,
+            site: Some(site),
+            mdns: cfg.p2p.mdns,
+            seed: cfg.p2p.seed,
+            upload_limit_bps: limit(cfg.p2p.max_upload_bps),
+            download_limit_bps: limit(cfg.p2p.max_download_bps),
+            ..Self::default()
+        })
+    }
+}

@@ -14,6 +14,7 @@
 //! - `fetch`: resolves a manifest and drives one
 //!   [`crate::sched::Scheduler`] per fetch, verifying every chunk before
 //!   the store sees it.
+//! - `fetcher`: [`P2pFetcher`], the device agent's fetcher over a node.
 //! - `node`: [`Node::spawn`] returns a [`NodeHandle`]; an event loop
 //!   `select!`s over the swarm, handle commands, delayed responses and
 //!   verified chunks, and never blocks.
@@ -43,6 +44,7 @@ mod behaviour;
 pub mod codec;
 pub mod config;
 mod fetch;
+mod fetcher;
 mod node;
 mod serve;
 
@@ -51,6 +53,7 @@ use meshota_protocol::ManifestId;
 
 pub use config::P2pConfig;
 pub use fetch::{DownloadReport, FetchError, FetchOptions, FetchProgress};
+pub use fetcher::{load_or_create_identity, P2pFetcher};
 pub use node::{Node, NodeHandle};
 pub use serve::{NodeStats, TokenBucket};
 

@@ -5,6 +5,7 @@
 mod crash;
 mod flow;
 mod mqtt_e2e;
+mod p2p_fetch;
 mod policy;
 mod reject;
 
