@@ -334,7 +334,12 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_parameters_fastcdc_would_only_debug_assert() {
-        for (min, avg, max) in [(0, 0, 0), (63, 256, 1024), (64, 256, 1023), (1 << 20, 512, 1 << 21)] {
+        for (min, avg, max) in [
+            (0, 0, 0),
+            (63, 256, 1024),
+            (64, 256, 1023),
+            (1 << 20, 512, 1 << 21),
+        ] {
             assert!(ChunkerParams { min, avg, max }.validate().is_err());
         }
         assert!(ChunkerParams {

@@ -88,7 +88,9 @@ pub struct Bitfield {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BitfieldError {
     /// Its length does not match the manifest or its byte count.
-    #[error("bitfield of {len} bits with {bytes} bytes does not fit a manifest of {expected} chunks")]
+    #[error(
+        "bitfield of {len} bits with {bytes} bytes does not fit a manifest of {expected} chunks"
+    )]
     BadLength {
         /// Declared bits.
         len: u32,
@@ -132,7 +134,11 @@ impl Bitfield {
     }
     /// Reads bit `i` (false out of range).
     pub fn get(&self, i: usize) -> bool {
-        i < self.len() && self.bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+        i < self.len()
+            && self
+                .bits
+                .get(i / 8)
+                .is_some_and(|b| b & (1 << (i % 8)) != 0)
     }
     /// Number of set bits.
     pub fn count(&self) -> usize {

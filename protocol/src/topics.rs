@@ -70,8 +70,12 @@ impl fmt::Display for Topic {
                 compatible,
                 channel,
             } => write!(f, "{PREFIX}/{fleet}/announce/{compatible}/{channel}"),
-            Topic::Status { fleet, device } => write!(f, "{PREFIX}/{fleet}/devices/{device}/status"),
-            Topic::Events { fleet, device } => write!(f, "{PREFIX}/{fleet}/devices/{device}/events"),
+            Topic::Status { fleet, device } => {
+                write!(f, "{PREFIX}/{fleet}/devices/{device}/status")
+            }
+            Topic::Events { fleet, device } => {
+                write!(f, "{PREFIX}/{fleet}/devices/{device}/events")
+            }
             Topic::Cmd { fleet, device } => write!(f, "{PREFIX}/{fleet}/devices/{device}/cmd"),
         }
     }

@@ -131,7 +131,9 @@ pub struct SecretKey(ed25519_dalek::SigningKey);
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     /// The text is not `meshota-secret-key-v1 <role> <64 hex>`.
-    #[error("not a meshota secret key file (expected `meshota-secret-key-v1 <role> <64 hex chars>`)")]
+    #[error(
+        "not a meshota secret key file (expected `meshota-secret-key-v1 <role> <64 hex chars>`)"
+    )]
     Format,
     /// The OS random source failed.
     #[error("no randomness available: {0}")]
@@ -563,10 +565,7 @@ pub(crate) mod tests {
         let mut same = next.clone();
         same.version = 1;
         let s = Signed::sign(&same, &[&k.root[0], &k.root[1], &new_keys[0]]).unwrap();
-        assert!(matches!(
-            root.rotate(&s),
-            Err(VerifyError::Replayed { .. })
-        ));
+        assert!(matches!(root.rotate(&s), Err(VerifyError::Replayed { .. })));
         // A chain: v1 -> v2 -> v3, each signed by its predecessor.
         let v2 = root.rotate(&good).unwrap();
         let mut v3 = v2.clone();

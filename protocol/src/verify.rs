@@ -80,7 +80,9 @@ pub enum VerifyError {
         now: u64,
     },
     /// Sequence not above the last one accepted: a replay or a rollback.
-    #[error("{document} sequence {sequence} is not above the last accepted {last} (replay or rollback)")]
+    #[error(
+        "{document} sequence {sequence} is not above the last accepted {last} (replay or rollback)"
+    )]
     Replayed {
         /// Which document.
         document: DocKind,

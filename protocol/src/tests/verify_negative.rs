@@ -244,7 +244,9 @@ fn commands_are_checked_for_address_expiry_and_replay() {
         Err(VerifyError::Replayed { .. })
     ));
     let forged = Signed::sign(
-        &command(&w, Some("d1"), 3, NOW + 10).decode_unverified().unwrap(),
+        &command(&w, Some("d1"), 3, NOW + 10)
+            .decode_unverified()
+            .unwrap(),
         &[&SecretKey::from_seed([1; 32])],
     )
     .unwrap();
