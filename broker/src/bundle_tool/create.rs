@@ -427,3 +427,114 @@ fn write_in_order<W: Write>(
     let _ = manifest;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::keys::{init, InitOptions, RoleSpec};
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn options(dir: &Path, threads: usize, out: &str) -> CreateOptions {
+        CreateOptions {
+            payload: dir.join("p.bin"),
+            out: dir.join(out),
+            keys_dir: dir.join("k"),
+            name: "rootfs".into(),
+            version: "1.0.0".into(),
+            compatible: "rpi4".into(),
+            channel: "stable".into(),
+            kind: InstallKind::Image,
+            sequence: None,
+            expires_days: 1,
+            meta: vec![],
+            threads: Some(threads),
+            now: 1_700_000_000,
+        }
+    }
+
+    fn setup() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        init(&InitOptions {
+            dir: dir.path().join("k"),
+            root: RoleSpec::default(),
+            release: RoleSpec::default(),
+            rollout: RoleSpec::default(),
+            expires_days: 1,
+            force: false,
+            now: 1_700_000_000,
+        })
+        .unwrap();
+        let mut data = noise(1_500_000, 3);
+        data.extend(vec![0u8; 700_000]);
+        std::fs::write(dir.path().join("p.bin"), data).unwrap();
+        dir
+    }
+
+    #[test]
+    fn any_thread_count_writes_the_same_bytes() {
+        let dir = setup();
+        let hidden = ProgressBar::hidden();
+        create(&options(dir.path(), 1, "one.mota"), &hidden).unwrap();
+        create(&options(dir.path(), 7, "many.mota"), &hidden).unwrap();
+        let one = std::fs::read(dir.path().join("one.mota")).unwrap();
+        let many = std::fs::read(dir.path().join("many.mota")).unwrap();
+        assert!(one == many);
+    }
+
+    #[test]
+    fn a_payload_that_changes_between_passes_is_an_error_not_a_bad_bundle() {
+        let dir = setup();
+        let opts = options(dir.path(), 3, "x.mota");
+        let data = std::fs::read(&opts.payload).unwrap();
+        let template = plan(&opts).unwrap().template;
+        let manifest = build_manifest::<_, ManifestError>(&data[..], template, |_| Ok(())).unwrap();
+        for change in ["flip", "shorter", "longer"] {
+            let mut other = data.clone();
+            match change {
+                "flip" => other[1_000_000] ^= 1,
+                "shorter" => other.truncate(data.len() - 10),
+                _ => other.push(1),
+            }
+            std::fs::write(&opts.payload, &other).unwrap();
+            let mut writer = BundleWriter::new(
+                Vec::new(),
+                &BundleHeader {
+                    manifest: manifest.encode().unwrap(),
+                    release: Signed::sign(
+                        &Release {
+                            manifest_id: manifest.id().unwrap(),
+                            name: "rootfs".into(),
+                            version: manifest.version.clone(),
+                            compatible: manifest.compatible.clone(),
+                            channel: Channel::new("stable").unwrap(),
+                            payload_size: manifest.payload_size,
+                            sequence: 1,
+                            expires_at: 2,
+                        },
+                        &[&SecretKey::from_seed([1; 32])],
+                    )
+                    .unwrap(),
+                },
+            )
+            .unwrap();
+            let hidden = ProgressBar::hidden();
+            let err = write_chunks(&opts.payload, &manifest, &mut writer, 3, &hidden, &opts.out)
+                .unwrap_err();
+            assert!(
+                matches!(err, BundleToolError::PayloadChanged { .. }),
+                "{change}: {err}"
+            );
+        }
+    }
+}
