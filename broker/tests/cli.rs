@@ -531,3 +531,53 @@ fn an_empty_payload_makes_a_valid_bundle() {
     ok(f.path(), &["bundle", "extract", "e.mota", "--out", "e.out"]);
     assert_eq!(std::fs::read(f.file("e.out")).unwrap(), b"");
 }
+
+#[test]
+fn chunk_size_can_be_chosen_and_is_recorded_in_the_manifest() {
+    let f = Fixture::new();
+    let create = |avg: &str, out: &str| {
+        meshota(
+            f.path(),
+            &[
+                "bundle",
+                "create",
+                "payload.bin",
+                "--name",
+                "rootfs",
+                "--version",
+                "1.4.1",
+                "--compatible",
+                "rpi4",
+                "--keys",
+                "keys",
+                "--out",
+                out,
+                "--chunk-avg-kib",
+                avg,
+            ],
+        )
+    };
+    assert!(create("16", "small.mota").status.success());
+    let small: serde_json::Value = serde_json::from_str(&ok(
+        f.path(),
+        &["bundle", "inspect", "small.mota", "--json"],
+    ))
+    .unwrap();
+    assert_eq!(small["chunker"]["avg"], 16 * 1024);
+    let default_chunks = f.inspect()["chunks"].as_array().unwrap().len();
+    assert!(small["chunks"].as_array().unwrap().len() > default_chunks);
+    ok(
+        f.path(),
+        &[
+            "bundle",
+            "verify",
+            "small.mota",
+            "--trust",
+            "keys/trust.cbor",
+        ],
+    );
+    let refused = create("0", "zero.mota");
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("chunker parameters"), "{stderr}");
+}

@@ -140,6 +140,11 @@ struct BundleCreate {
     /// Compression threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+    /// Average chunk size in KiB [default: 64]. Smaller chunks make deltas
+    /// cheaper and manifests larger; 32 suits root filesystem images (see
+    /// BENCHMARKS.md).
+    #[arg(long, value_name = "KIB")]
+    chunk_avg_kib: Option<u32>,
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
@@ -285,6 +290,7 @@ fn bundle_create(a: BundleCreate) -> anyhow::Result<()> {
         expires_days: a.expires_days,
         meta: a.meta,
         threads: a.threads,
+        chunk_avg_kib: a.chunk_avg_kib,
         now: unix_now(),
     };
     let report = create::create(&opts, &progress("building"))?;

@@ -69,6 +69,9 @@ pub struct CreateOptions {
     pub meta: Vec<String>,
     /// Compression threads; `None` means every core.
     pub threads: Option<usize>,
+    /// Average chunk size in KiB (min a quarter, max four times);
+    /// `None` means the protocol default of 64 KiB.
+    pub chunk_avg_kib: Option<u32>,
     /// The current time, seconds since the Unix epoch.
     pub now: u64,
 }
@@ -122,12 +125,26 @@ fn plan(opts: &CreateOptions) -> Result<Plan, BundleToolError> {
             _ => return Err(BundleToolError::BadMeta(entry.clone())),
         }
     }
+    let chunker = match opts.chunk_avg_kib {
+        None => ChunkerParams::default(),
+        Some(kib) => {
+            let avg = kib.saturating_mul(1024);
+            let p = ChunkerParams {
+                min: avg / 4,
+                avg,
+                max: avg.saturating_mul(4),
+            };
+            p.validate()
+                .map_err(|e| BundleToolError::Manifest(ManifestError::Params(e)))?;
+            p
+        }
+    };
     Ok(Plan {
         template: ManifestTemplate {
             name: opts.name.clone(),
             version,
             compatible: compatible.clone(),
-            chunker: ChunkerParams::default(),
+            chunker,
             kind: opts.kind,
             created_at: opts.now,
             meta,
@@ -456,6 +473,7 @@ mod tests {
             expires_days: 1,
             meta: vec![],
             threads: Some(threads),
+            chunk_avg_kib: None,
             now: 1_700_000_000,
         }
     }
