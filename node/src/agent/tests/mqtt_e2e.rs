@@ -54,20 +54,16 @@ dynamic_filters = true
     }
 }
 
-#[test]
-fn the_daemon_takes_a_retained_announcement_to_a_signed_committed_status() {
-    let port = free_port();
-    start_broker(port);
-    let tmp = tempfile::tempdir().unwrap();
-    let w = world();
+/// A device data dir and config in `tmp`, talking to a broker on `port`.
+fn device_config(tmp: &Path, port: u16, w: &World) -> (Config, PathBuf) {
     let root_key = SecretKey::from_seed([1; 32]);
     let root: &TrustRoot = &w.root;
     std::fs::write(
-        tmp.path().join("root.cbor"),
+        tmp.join("root.cbor"),
         codec::encode(&Signed::sign(root, &[&root_key]).unwrap()).unwrap(),
     )
     .unwrap();
-    let data_dir = tmp.path().join("data");
+    let data_dir = tmp.join("data");
     let cfg = Config::parse(&format!(
         r#"
 data_dir = "{data}"
@@ -84,10 +80,46 @@ root = "{root}"
 root = "{slots}"
 "#,
         data = data_dir.display(),
-        root = tmp.path().join("root.cbor").display(),
-        slots = tmp.path().join("slots").display(),
+        root = tmp.join("root.cbor").display(),
+        slots = tmp.join("slots").display(),
     ))
     .unwrap();
+    (cfg, data_dir)
+}
+
+/// Runs the daemon on its own thread until the returned sender fires.
+fn spawn_daemon(
+    cfg: Config,
+    store: MemStore,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<Result<(), mqtt::DaemonError>>,
+) {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(mqtt::run_until(
+            cfg,
+            std::sync::Arc::new(store),
+            Box::new(super::super::driver::PreloadedFetcher),
+            async {
+                let _ = stop_rx.await;
+            },
+        ))
+    });
+    (stop_tx, daemon)
+}
+
+#[test]
+fn the_daemon_takes_a_retained_announcement_to_a_signed_committed_status() {
+    let port = free_port();
+    start_broker(port);
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world();
+    let (cfg, data_dir) = device_config(tmp.path(), port, &w);
 
     let store = MemStore::new();
     let payload = noise(200_000, 42);
@@ -113,21 +145,7 @@ root = "{slots}"
     .to_string();
     let ann_bytes = codec::encode(&ann).unwrap();
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(mqtt::run_until(
-            cfg,
-            std::sync::Arc::new(store),
-            Box::new(super::super::driver::PreloadedFetcher),
-            async {
-                let _ = stop_rx.await;
-            },
-        ))
-    });
+    let (stop_tx, daemon) = spawn_daemon(cfg, store);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last: Option<Status> = None;
