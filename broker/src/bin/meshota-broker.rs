@@ -1,0 +1,2 @@
+//! `meshota-broker`.
+fn main() {}
