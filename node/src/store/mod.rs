@@ -9,8 +9,22 @@
 //! manifest chunks the store holds ([`Store::held`]), so there is no
 //! metadata write on the hot path and nothing to get out of step after a
 //! crash.
+//!
+//! Garbage collection keeps the chunks of the manifests named as roots.
+//! A download in progress must have its manifest among the roots while it
+//! runs, or a concurrent [`Store::gc`] may remove its fresh chunks.
+
+use std::collections::HashSet;
 
 use meshota_protocol::{Bitfield, ChunkId, Encoding, Manifest, ManifestId};
+
+mod mem;
+mod sled;
+#[cfg(test)]
+mod tests;
+
+pub use self::mem::MemStore;
+pub use self::sled::SledStore;
 
 /// A chunk as stored and as sent between peers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +47,18 @@ pub enum StoreError {
         path: String,
         /// The sled error.
         #[source]
-        source: sled::Error,
+        source: ::sled::Error,
+    },
+    /// The sled database could not be opened.
+    #[error("cannot open sled store at {path}: {source}; {hint}")]
+    Open {
+        /// Database directory.
+        path: String,
+        /// What to do about it.
+        hint: &'static str,
+        /// The sled error.
+        #[source]
+        source: ::sled::Error,
     },
     /// A record on disk is not in the expected format.
     #[error("corrupt store record for {key}: {reason}")]
@@ -134,4 +159,32 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(bits)
     }
+}
+
+/// The chunks garbage collection must keep, or `None` when a root's
+/// manifest is not held: its chunks are unknown, so nothing may go.
+///
+/// A root manifest that does not decode is an error rather than `None`,
+/// because keeping everything forever would hide the corruption.
+fn reachable(
+    roots: &[ManifestId],
+    mut get_manifest: impl FnMut(&ManifestId) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<Option<HashSet<ChunkId>>, StoreError> {
+    let mut keep = HashSet::new();
+    for root in roots {
+        let Some(bytes) = get_manifest(root)? else {
+            tracing::warn!(manifest = %root, "gc root manifest is not held; keeping every chunk");
+            return Ok(None);
+        };
+        let corrupt = |reason: String| StoreError::Corrupt {
+            key: format!("manifest {root}"),
+            reason,
+        };
+        let (id, manifest) = Manifest::decode(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        if id != *root {
+            return Err(corrupt(format!("bytes hash to {id}")));
+        }
+        keep.extend(manifest.chunks.iter().map(|c| c.id));
+    }
+    Ok(Some(keep))
 }
