@@ -1,5 +1,44 @@
 //! # meshota-broker
 //!
+//! The server side and the operator CLI `meshota`.
+//!
 //! # Layout
 //!
-//! The server side and the operator CLI `meshota`.
+//! - [`server`]: [`server::Server::spawn`] starts the broker deployment
+//!   (embedded MQTT broker, control plane, HTTP API and origin) under one
+//!   supervisor; address accessors; `shutdown`.
+//! - [`config`]: the TOML/flag configuration and the secrets created in
+//!   the data directory at first start.
+//! - [`mqtt`]: the embedded rumqttd behind our own listeners
+//!   ([`mqtt::embedded`]) and the control plane's rumqttc client that
+//!   ingests telemetry and owns retained announcements ([`mqtt::control`]).
+//! - [`auth`]: MQTT admission: signed device tokens, enrolment, the
+//!   control-plane login.
+//! - [`registry`]: devices, events, counters, releases and announcements
+//!   in sled.
+//! - [`ingest`]: verification of device reports (signature, topic,
+//!   replay counter) before they touch the registry.
+//! - [`origin`]: bundle verification on upload into the chunk store.
+//! - [`http`]: the axum JSON API, origin endpoints and `/metrics`.
+//! - [`client`]: the operator's HTTP client, used by the `meshota` CLI.
+//! - [`operator`]: the `release`, `devices` and `fleet` subcommands of
+//!   `meshota` as clap types that return what to print.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod http;
+pub mod ingest;
+pub mod mqtt;
+pub mod operator;
+pub mod origin;
+pub mod registry;
+pub mod server;
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
