@@ -415,4 +415,45 @@ mod tests {
         assert!(parse_mqtt_url("http://x").is_err());
         assert!(parse_mqtt_url("mqtt://:12").is_err());
     }
+
+    struct SignalOnDrop(Option<oneshot::Sender<()>>);
+    impl Drop for SignalOnDrop {
+        fn drop(&mut self) {
+            if let Some(tx) = self.0.take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn when_one_task_dies_the_supervisor_stops_the_others_and_reports_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(dir.path()).unwrap());
+        let mut tasks = JoinSet::new();
+        let (dropped_tx, dropped_rx) = oneshot::channel();
+        tasks.spawn(async move {
+            let _guard = SignalOnDrop(Some(dropped_tx));
+            std::future::pending::<()>().await;
+            Ok(())
+        });
+        tasks.spawn(async { Err("boom".to_string()) });
+        let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
+        let (http_done_tx, http_done_rx) = oneshot::channel();
+        let http = tokio::spawn(async move {
+            let _ = http_stop_rx.await;
+            let _ = http_done_tx.send(());
+            Ok(())
+        });
+        let (_stop, stop_rx) = oneshot::channel();
+        let r = supervise(tasks, http, http_stop_tx, stop_rx, registry).await;
+        assert!(
+            matches!(r, Err(ServerError::TaskDied(ref why)) if why == "boom"),
+            "{r:?}"
+        );
+        assert!(dropped_rx.await.is_ok(), "the healthy task was not stopped");
+        assert!(
+            http_done_rx.await.is_ok(),
+            "the HTTP server was not stopped"
+        );
+    }
 }

@@ -492,3 +492,116 @@ async fn a_rogue_clients_overwrite_of_a_retained_announcement_is_corrected() {
     }
     server.shutdown().await.unwrap();
 }
+
+async fn v5_connect(addr: std::net::SocketAddr, id: &str, password: &str) -> Result<(), String> {
+    use rumqttc::v5::{mqttbytes::v5::Packet, AsyncClient, Event, MqttOptions};
+    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
+    opts.set_credentials(id, password);
+    let (_c, mut el) = AsyncClient::new(opts, 8);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return match ack.code {
+                        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success => Ok(()),
+                        code => Err(format!("{code:?}")),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "timed out".to_string())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mqtt5_listener_admits_enrolled_devices_and_refuses_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.mqtt5_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = spawn(cfg).await;
+    let v5 = server.mqtt5_addr().unwrap();
+    assert_ne!(v5.port(), 0);
+    assert!(server.listening_line().contains(&format!("mqtt5={v5}")));
+    let key = SecretKey::from_seed([1; 32]);
+    let token = || DeviceToken::issue(&dev("d5"), &key, meshota_broker::now(), 60).unwrap();
+    assert!(v5_connect(v5, "d5", &token()).await.is_err());
+    server.registry().accept(&dev("d5")).unwrap();
+    v5_connect(v5, "d5", &token())
+        .await
+        .expect("enrolled device over MQTT 5");
+    assert!(v5_connect(v5, "d5", "garbage").await.is_err());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_external_broker_the_control_plane_ingests_through_it() {
+    // Deployment A embeds the broker; deployment B uses A's broker as an
+    // external one, logging in with A's control credentials.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg_a = config(&dir.path().join("a"));
+    cfg_a.auto_accept = true;
+    let a = spawn(cfg_a).await;
+    let mqtt = a.mqtt_addr().unwrap();
+    let mut cfg_b = config(&dir.path().join("b"));
+    cfg_b.mqtt_url = Some(format!(
+        "mqtt://{}:{}@{mqtt}",
+        meshota_broker::config::CONTROL_USER,
+        a.control_password()
+    ));
+    let b = spawn(cfg_b).await;
+    assert_eq!(b.mqtt_addr(), None);
+    assert!(b.listening_line().contains("mqtt=external"));
+    let key = SecretKey::from_seed([1; 32]);
+    let (c, el) = device_connect(mqtt, "d1", &key).await.unwrap();
+    let _d = drive(el);
+    // B has its own registry: it learns d1's key only when enrolled there.
+    b.registry()
+        .admit(&dev("d1"), key.public(), true, meshota_broker::now())
+        .unwrap();
+    eventually("B connected", || {
+        b.control()
+            .stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
+    c.publish(
+        status_topic("d1"),
+        QoS::AtLeastOnce,
+        true,
+        report("d1", 3, ReportBody::Status(status(true)), &key),
+    )
+    .await
+    .unwrap();
+    eventually("B ingested", || {
+        b.registry()
+            .device(&dev("d1"))
+            .unwrap()
+            .filter(|d| d.last_counter == 3)
+    })
+    .await;
+    // The JSON API filters and summarises what was ingested.
+    let client = http(&b, true);
+    let (lab, other, fleet) = blocking(move || {
+        let q = |site: &str| meshota_broker::client::DeviceQuery {
+            site: Some(site.into()),
+            ..Default::default()
+        };
+        (
+            client.devices(&q("lab")).unwrap(),
+            client.devices(&q("elsewhere")).unwrap(),
+            client.fleet().unwrap(),
+        )
+    })
+    .await;
+    assert_eq!(lab.len(), 1);
+    assert!(other.is_empty());
+    assert_eq!(fleet["online"], 1);
+    assert_eq!(fleet["by_version"]["1.0.0"], 1);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
