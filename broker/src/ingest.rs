@@ -161,6 +161,10 @@ fn check_and_apply(
             if report.counter > rec.last_counter {
                 // A fresh offline status (a clean shutdown report) is
                 // applied in full below.
+            } else if !rec.online {
+                // Already offline: typically the retained will redelivered
+                // when the control plane resubscribes. Nothing to change.
+                return Ok(Outcome::Stale);
             } else {
                 rec.online = false;
                 rec.last_seen = Some(now);

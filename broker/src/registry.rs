@@ -24,6 +24,11 @@ use serde::{Deserialize, Serialize};
 /// Events kept per device; older ones are dropped first.
 pub const EVENTS_PER_DEVICE: usize = 200;
 
+/// Most pending (unaccepted) devices recorded. Past it, logins by unknown
+/// keys are refused without a record, so a flood of made-up device ids
+/// cannot fill the disk.
+pub const MAX_PENDING: u64 = 10_000;
+
 /// Why the registry failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -128,9 +133,13 @@ pub struct ReleaseRecord {
     pub published_at: u64,
 }
 
-/// The registry. Cheap to share behind an `Arc`.
-#[derive(Debug, Clone)]
+/// The registry. Share it behind an `Arc`.
+#[derive(Debug)]
 pub struct Registry {
+    /// Pending devices, counted once at open and kept in step by
+    /// [`Registry::admit`] and [`Registry::accept`] (the only writers of
+    /// admission), so the cap costs no scan per login.
+    pending: std::sync::Mutex<u64>,
     db: sled::Db,
     devices: sled::Tree,
     events: sled::Tree,
@@ -168,8 +177,17 @@ impl Registry {
     /// [`RegistryError::Sled`], for example when another process holds it.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
         let db = sled::open(dir)?;
+        let devices = db.open_tree("devices")?;
+        let mut pending = 0;
+        for kv in devices.iter() {
+            let (k, v) = kv?;
+            if parse::<DeviceRecord>(&k, &v)?.admission == Admission::Pending {
+                pending += 1;
+            }
+        }
         Ok(Self {
-            devices: db.open_tree("devices")?,
+            pending: std::sync::Mutex::new(pending),
+            devices,
             events: db.open_tree("events")?,
             counters: db.open_tree("counters")?,
             releases: db.open_tree("releases")?,
@@ -196,7 +214,8 @@ impl Registry {
         self.devices.get(key)?.map(|v| parse(key, &v)).transpose()
     }
 
-    /// Writes one device record (not flushed).
+    /// Writes one device record (not flushed). Telemetry fields only:
+    /// admission changes go through [`Self::admit`] and [`Self::accept`].
     ///
     /// # Errors
     /// [`RegistryError`].
@@ -225,9 +244,13 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::UnknownDevice`] when it never tried to log in.
     pub fn accept(&self, id: &DeviceId) -> Result<DeviceRecord, RegistryError> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let mut rec = self
             .device(id)?
             .ok_or_else(|| RegistryError::UnknownDevice(id.to_string()))?;
+        if rec.admission == Admission::Pending {
+            *pending = pending.saturating_sub(1);
+        }
         rec.admission = Admission::Accepted;
         self.put_device(&rec)?;
         self.flush()?;
@@ -240,6 +263,7 @@ impl Registry {
     ///
     /// A device already accepted with another key is refused and its
     /// record kept: re-keying needs an operator, not a first-come login.
+    /// Past [`MAX_PENDING`] pending devices, a new one is refused unrecorded.
     ///
     /// # Errors
     /// [`RegistryError`].
@@ -250,7 +274,14 @@ impl Registry {
         auto_accept: bool,
         now: u64,
     ) -> Result<Admission, RegistryError> {
+        // Held across read-modify-write so concurrent logins of one device
+        // cannot interleave, and the pending count stays exact.
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         let existing = self.device(id)?;
+        if existing.is_none() && !auto_accept && *pending >= MAX_PENDING {
+            return Ok(Admission::Pending);
+        }
+        let was_pending = existing.is_some();
         let rec = match existing {
             Some(rec) if rec.admission == Admission::Accepted => {
                 return Ok(if rec.public_key == key {
@@ -284,6 +315,11 @@ impl Registry {
         let mut rec = rec;
         if auto_accept {
             rec.admission = Admission::Accepted;
+        }
+        match (was_pending, rec.admission) {
+            (false, Admission::Pending) => *pending += 1,
+            (true, Admission::Accepted) => *pending = pending.saturating_sub(1),
+            _ => {}
         }
         self.put_device(&rec)?;
         self.flush()?;

@@ -116,6 +116,19 @@ fn open_with_retry<T, E: std::fmt::Display>(
     }
 }
 
+/// Removes bundles a previous run was receiving when it stopped: an
+/// interrupted upload is never resumed, only retried.
+fn clear_uploads(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if let Err(err) = std::fs::remove_file(e.path()) {
+            tracing::warn!(file = %e.path().display(), error = %err, "cannot remove a stale upload");
+        }
+    }
+}
+
 /// Host, port and optional username and password of a broker.
 type BrokerAddr = (String, u16, Option<(String, String)>);
 
@@ -156,6 +169,7 @@ impl Server {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d).map_err(io(format!("create {}", d.display())))?;
         }
+        clear_uploads(&dir.join("uploads"));
         let now = crate::now();
         let trust = config.load_trust(now)?.map(Arc::new);
         // Loaded (and so checked) now, so a bad key fails at start; the
