@@ -46,6 +46,23 @@ pub enum ClientError {
     },
 }
 
+impl crate::cli::Hint for ClientError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            ClientError::Status { status: 401, .. } => Some(format!(
+                "pass --token or set {ENV_TOKEN} to the operator-token file in the broker's data directory"
+            )),
+            ClientError::Status { status: 422, .. } => Some(
+                "check the bundle with `meshota bundle verify --trust TRUST BUNDLE` against the trust root the broker was started with".into(),
+            ),
+            ClientError::Transport(_) => Some(format!(
+                "is meshota-broker running? pass --server or set {ENV_SERVER} (e.g. http://127.0.0.1:8080)"
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// A client for one server.
 #[derive(Debug, Clone)]
 pub struct Client {

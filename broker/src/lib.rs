@@ -1,14 +1,20 @@
 //! # meshota-broker
 //!
-//! The server side and the operator CLI `meshota`.
+//! The server side of meshota and the operator CLI `meshota`.
 //!
 //! # Layout
 //!
+//! - [`cli`]: pieces every operator command shares: key directories and
+//!   trust files ([`cli::keys`]), crash-safe output files
+//!   ([`cli::atomic`]), the clock, and fix hints for errors.
+//! - [`bundle_tool`]: `meshota bundle create | inspect | verify | extract`.
+//!   Creation is two streaming passes (chunk and hash, then compress on
+//!   every core), so memory stays bounded whatever the payload size.
 //! - [`server`]: [`server::Server::spawn`] starts the broker deployment
-//!   (embedded MQTT broker, control plane, HTTP API and origin) under one
-//!   supervisor; address accessors; `shutdown`.
-//! - [`config`]: the TOML/flag configuration and the secrets created in
-//!   the data directory at first start.
+//!   `meshota-broker` (embedded MQTT broker, control plane, HTTP API and
+//!   origin) under one supervisor; address accessors; `shutdown`.
+//! - [`config`]: the deployment's TOML/flag configuration and the secrets
+//!   created in the data directory at first start.
 //! - [`mqtt`]: the embedded rumqttd behind our own listeners
 //!   ([`mqtt::embedded`]) and the control plane's rumqttc client that
 //!   ingests telemetry and owns retained announcements ([`mqtt::control`]).
@@ -20,12 +26,17 @@
 //!   replay counter) before they touch the registry.
 //! - [`origin`]: bundle verification on upload into the chunk store.
 //! - [`http`]: the axum JSON API, origin endpoints and `/metrics`.
-//! - [`client`]: the operator's HTTP client, used by the `meshota` CLI.
-//! - [`operator`]: the `release`, `devices` and `fleet` subcommands of
-//!   `meshota` as clap types that return what to print.
+//! - [`client`]: the operator's HTTP client for that API.
+//! - [`operator`]: `meshota release | devices | fleet` as clap types that
+//!   return what to print.
+//!
+//! The binaries (`src/bin/meshota.rs`, `src/bin/meshota-broker.rs`) only
+//! parse arguments and call into these modules.
 #![warn(missing_docs)]
 
 pub mod auth;
+pub mod bundle_tool;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod http;
