@@ -83,6 +83,8 @@ pub struct Config {
     pub mqtt_url: Option<String>,
     /// HTTP API and origin listener (port 0 picks one).
     pub http_listen: SocketAddr,
+    /// Serve HTTPS with this certificate and key instead of plain HTTP.
+    pub http_tls: Option<TlsFiles>,
     /// libp2p listen addresses for the origin seeder (stored; the seeder
     /// is wired in by the node crate's p2p module).
     pub p2p_listen: Vec<String>,
@@ -112,6 +114,7 @@ impl Default for Config {
             mqtt_tls: None,
             mqtt_url: None,
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            http_tls: None,
             p2p_listen: Vec::new(),
             auto_accept: false,
             open_metrics: false,

@@ -77,6 +77,7 @@ pub struct Server {
     mqtt: Option<SocketAddr>,
     mqtt5: Option<SocketAddr>,
     http: SocketAddr,
+    https: bool,
     p2p_listen: Vec<String>,
     operator_token: String,
     control_password: String,
@@ -250,14 +251,26 @@ impl Server {
             .map_err(io("read the HTTP listener address"))?;
         let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
         let app = crate::http::router(state);
-        let http_task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stop_rx.await;
-                })
-                .await
-                .map_err(|e| format!("HTTP server: {e}"))
-        });
+        let http_task = match &config.http_tls {
+            Some(files) => {
+                let acceptor = crate::http::tls::acceptor(files)?;
+                tokio::spawn(crate::http::tls::serve(
+                    listener,
+                    acceptor,
+                    app,
+                    http_stop_rx,
+                ))
+            }
+            None => tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = http_stop_rx.await;
+                    })
+                    .await
+                    .map_err(|e| format!("HTTP server: {e}"))
+            }),
+        };
+        let https = config.http_tls.is_some();
 
         let (stop_tx, stop_rx) = oneshot::channel();
         let sup_registry = registry.clone();
@@ -272,6 +285,7 @@ impl Server {
             mqtt,
             mqtt5,
             http,
+            https,
             p2p_listen: config.p2p_listen.clone(),
             operator_token,
             control_password,
@@ -294,6 +308,11 @@ impl Server {
     /// The HTTP API and origin address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+    /// The API's base URL (`http://…` or `https://…`).
+    pub fn http_url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.http)
     }
     /// The configured libp2p listen addresses (for the seeder).
     pub fn p2p_listen(&self) -> &[String] {
@@ -321,8 +340,9 @@ impl Server {
     }
 
     /// The machine-readable start line:
-    /// `meshota-broker listening mqtt=ADDR mqtt5=ADDR http=ADDR`
-    /// (`mqtt=external` with an external broker; `mqtt5` only if enabled).
+    /// `meshota-broker listening mqtt=ADDR mqtt5=ADDR http=ADDR tls=1`
+    /// (`mqtt=external` with an external broker; `mqtt5` only if enabled;
+    /// `tls=1` only when the API is HTTPS).
     pub fn listening_line(&self) -> String {
         let mut s = String::from("meshota-broker listening");
         match self.mqtt {
@@ -333,6 +353,9 @@ impl Server {
             s.push_str(&format!(" mqtt5={a}"));
         }
         s.push_str(&format!(" http={}", self.http));
+        if self.https {
+            s.push_str(" tls=1");
+        }
         s
     }
 

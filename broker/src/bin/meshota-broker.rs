@@ -48,6 +48,12 @@ struct Args {
     /// HTTP listen address (port 0: any).
     #[arg(long)]
     http_listen: Option<SocketAddr>,
+    /// PEM certificate chain: serve the API over HTTPS (with --http-tls-key).
+    #[arg(long, requires = "http_tls_key")]
+    http_tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS (with --http-tls-cert).
+    #[arg(long, requires = "http_tls_cert")]
+    http_tls_key: Option<PathBuf>,
     /// libp2p listen address of the origin seeder (repeatable).
     #[arg(long)]
     p2p_listen: Vec<String>,
@@ -93,6 +99,9 @@ fn config(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.http_listen {
         c.http_listen = v;
+    }
+    if let (Some(cert), Some(key)) = (args.http_tls_cert, args.http_tls_key) {
+        c.http_tls = Some(TlsFiles { cert, key });
     }
     if !args.p2p_listen.is_empty() {
         c.p2p_listen = args.p2p_listen;

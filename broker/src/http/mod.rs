@@ -17,10 +17,14 @@
 //! `operator-token` in the data directory; "read" and "metrics" need it too
 //! unless `open_reads` / `open_metrics` is set. Every error is JSON
 //! `{"error": "...", "code": "..."}` with a fitting status.
+//!
+//! Plain HTTP by default; HTTPS when `http_tls` gives a certificate and
+//! key ([`tls`]).
 
 mod api;
 mod metrics;
 mod origin;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
