@@ -11,6 +11,9 @@ use meshota_protocol::TrustRoot;
 
 use crate::registry::{Registry, RegistryError, ReleaseRecord};
 
+/// Serialises the end of publications (see [`publish_bundle`]).
+static PUBLISH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Why a bundle was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -84,6 +87,9 @@ pub fn publish_bundle(
         }
     }
     store.put_manifest(&manifest_id, &manifest_bytes)?;
+    // Root-set and release-list updates are read-modify-write: two
+    // uploads finishing together must not drop each other's root.
+    let _serial = PUBLISH.lock().unwrap_or_else(|p| p.into_inner());
     let mut roots = store.roots()?;
     if !roots.contains(&manifest_id) {
         roots.push(manifest_id);

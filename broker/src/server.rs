@@ -83,6 +83,7 @@ pub struct Server {
     control_password: String,
     control: ControlHandle,
     registry: Arc<Registry>,
+    store: Arc<dyn Store>,
     stats: Arc<HttpStats>,
     stop: Option<oneshot::Sender<()>>,
     supervisor: Option<JoinHandle<Result<(), ServerError>>>,
@@ -232,7 +233,7 @@ impl Server {
         let stats = Arc::new(HttpStats::default());
         let state = AppState {
             registry: registry.clone(),
-            store,
+            store: store.clone(),
             trust,
             operator_token: operator_token.as_str().into(),
             open_reads: config.open_reads,
@@ -291,6 +292,7 @@ impl Server {
             control_password,
             control,
             registry,
+            store,
             stats,
             stop: Some(stop_tx),
             supervisor: Some(supervisor),
@@ -333,6 +335,10 @@ impl Server {
     /// The registry.
     pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
+    }
+    /// The origin's chunk and manifest store, for the libp2p seeder.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
     /// HTTP counters; the p2p seeder adds its served bytes here.
     pub fn stats(&self) -> &Arc<HttpStats> {

@@ -141,8 +141,10 @@ pub async fn start(
             // Above our own cap, so rumqttd's limit is never the one hit.
             max_connections: settings.max_connections + 16,
             max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            // Per-filter in-memory commit log: our messages are small and
+            // consumed at once, so keep it far below rumqttd's 100 MiB x 10.
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 4,
             ..Default::default()
         },
         ..Default::default()
