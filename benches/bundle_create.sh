@@ -61,7 +61,9 @@ echo "input: $input $(stat -c %s "$input") bytes sha256 $(sha256sum "$input" | c
 keys="$work/keys"
 [[ -f $keys/release.key ]] || "$bin" keys init --dir "$keys" >/dev/null
 
-# Runs a command under GNU time; prints "wall_seconds max_rss_kib".
+# Runs a command under GNU time; prints "wall_seconds max_rss_kib
+# cpu_seconds" (cpu = user + system, which is less sensitive than wall
+# time to other load on a shared machine).
 measure() {
     local log="$work/time.log"
     /usr/bin/time -v "$@" >/dev/null 2>"$log" || {
@@ -75,7 +77,9 @@ measure() {
             wall = s
         }
         /Maximum resident set size/ { rss = $2 }
-        END { printf "%.2f %d\n", wall, rss }' "$log"
+        /User time \(seconds\)/ { cpu += $2 }
+        /System time \(seconds\)/ { cpu += $2 }
+        END { printf "%.2f %d %.2f\n", wall, rss, cpu }' "$log"
 }
 
 meshota_run() {
@@ -93,24 +97,31 @@ summary=()
 for tool in meshota_run meshota_1t casync_run; do
     "$tool" >/dev/null # warm-up: page cache, allocator, store directory
     for ((i = 1; i <= runs; i++)); do
-        read -r wall rss < <("$tool")
-        echo "$tool run $i: wall ${wall}s max_rss ${rss} KiB"
-        summary+=("$tool $wall $rss")
+        read -r wall rss cpu < <("$tool")
+        echo "$tool run $i: wall ${wall}s cpu ${cpu}s max_rss ${rss} KiB"
+        summary+=("$tool $wall $rss $cpu")
     done
 done
 
 echo
-echo "| tool | runs | median wall (s) | max RSS (MiB, worst run) | output size (bytes) |"
-echo "| --- | --- | --- | --- | --- |"
+echo "| tool | runs | median wall (s) | median cpu user+sys (s) | max RSS (MiB, worst run) | output size (bytes) |"
+echo "| --- | --- | --- | --- | --- | --- |"
 out_size_meshota=$(stat -c %s "$work/out.mota")
 out_size_casync=$(du -sb "$work/store" | cut -f1)
 for tool in meshota_run meshota_1t casync_run; do
-    printf '%s\n' "${summary[@]}" | awk -v t="$tool" '$1 == t { print $2, $3 }' |
-        sort -n | awk -v t="$tool" -v n="$runs" \
-            -v m="$out_size_meshota" -v c="$out_size_casync" '
-        { w[NR] = $1; if ($2 > r) r = $2 }
+    printf '%s\n' "${summary[@]}" | awk -v t="$tool" '$1 == t { print $2, $3, $4 }' |
+        awk -v t="$tool" -v n="$runs" -v m="$out_size_meshota" -v c="$out_size_casync" '
+        function median(a, k,    i, j, x) {
+            for (i = 2; i <= k; i++) {
+                x = a[i]
+                for (j = i - 1; j >= 1 && a[j] > x; j--) a[j + 1] = a[j]
+                a[j + 1] = x
+            }
+            return a[int((k + 1) / 2)]
+        }
+        { w[NR] = $1; u[NR] = $3; if ($2 > r) r = $2 }
         END {
             size = (t == "casync_run") ? c " (store dir)" : m
-            printf "| %s | %d | %.2f | %.1f | %s |\n", t, n, w[int((NR + 1) / 2)], r / 1024, size
+            printf "| %s | %d | %.2f | %.2f | %.1f | %s |\n", t, n, median(w, NR), median(u, NR), r / 1024, size
         }'
 done
