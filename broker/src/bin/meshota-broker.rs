@@ -145,6 +145,14 @@ async fn main() -> anyhow::Result<()> {
         .context("starting meshota-broker")?;
     // Humans read stderr; tests and scripts parse this one stdout line.
     println!("{}", server.listening_line());
+    match server.mqtt_addr() {
+        Some(a) => tracing::info!("embedded MQTT 3.1.1 broker on {a}"),
+        None => tracing::info!("using the external MQTT broker"),
+    }
+    if let Some(a) = server.mqtt5_addr() {
+        tracing::info!("embedded MQTT 5 broker on {a}");
+    }
+    tracing::info!("HTTP API and origin on {}", server.http_url());
     eprintln!(
         "operator token in {}",
         data_dir
