@@ -99,6 +99,13 @@ pub const REJECTED_PREFIX: &str = "reports.rejected.";
 /// `retained` is the MQTT retain flag as delivered: a retained status is
 /// redelivered every time the control plane (re)subscribes.
 ///
+/// Not flushed: the caller group-commits (the control loop flushes at
+/// most [`crate::mqtt::control::FLUSH_EVERY`] after a change), because a
+/// sled flush per report would cap ingest at a few hundred reports per
+/// second. Reads see the change at once; a crash can lose the last
+/// fraction of a second of telemetry, and with it the replay protection
+/// of just those reports.
+///
 /// # Errors
 /// Only [`RegistryError`]: a bad message is an `Ok(Outcome::Rejected)`.
 pub fn ingest(
@@ -169,7 +176,6 @@ fn check_and_apply(
                 rec.online = false;
                 rec.last_seen = Some(now);
                 reg.put_device(&rec)?;
-                reg.flush()?;
                 return Ok(Outcome::Offline(device));
             }
         }
@@ -212,9 +218,6 @@ fn check_and_apply(
         }
     }
     reg.put_device(&rec)?;
-    // The counter is the replay defence: it must be durable before the
-    // next message is judged against it.
-    reg.flush()?;
     Ok(Outcome::Accepted {
         device,
         counter: report.counter,

@@ -12,8 +12,10 @@
 //!
 //! JSON rather than the protocol codec: these records never leave the
 //! control plane, and an operator can read them with any sled tool.
-//! Every change that an API caller or a device is told about is flushed
-//! before it is acknowledged (sled otherwise syncs only every 500 ms).
+//! Admission, acceptance, releases and announcements are flushed before
+//! they are acknowledged (sled otherwise syncs only every 500 ms);
+//! telemetry is group-committed by the control loop (see
+//! [`crate::ingest::ingest`]).
 
 use std::path::Path;
 

@@ -22,6 +22,9 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use crate::ingest::{self, Outcome};
 use crate::registry::{Registry, RegistryError};
 
+/// Longest time an ingested report stays unflushed (group commit).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
 /// Where and how the control plane connects.
 #[derive(Debug, Clone)]
 pub struct ControlSettings {
@@ -145,7 +148,16 @@ pub async fn run(
     // this task drains, so publishes run as side tasks; they are aborted
     // with this one (the set is dropped).
     let mut side = tokio::task::JoinSet::new();
+    let dirty = Arc::new(AtomicBool::new(false));
+    let mut flusher = tokio::task::JoinSet::new();
+    flusher.spawn(flush_when_dirty(handle.registry.clone(), dirty.clone()));
     loop {
+        if let Some(done) = flusher.try_join_next() {
+            return Err(match done {
+                Ok(Err(e)) => format!("registry flush failed: {e}"),
+                _ => "registry flusher stopped".to_string(),
+            });
+        }
         while side.try_join_next().is_some() {}
         let event = match eventloop.poll().await {
             Ok(ev) => {
@@ -174,8 +186,25 @@ pub async fn run(
                 on_publish(&handle, &mut side, &p.topic, p.payload.to_vec(), p.retain)
                     .await
                     .map_err(|e| e.to_string())?;
+                dirty.store(true, Ordering::Release);
             }
             _ => {}
+        }
+    }
+}
+
+/// Flushes the registry at most [`FLUSH_EVERY`] after it was dirtied.
+async fn flush_when_dirty(registry: Arc<Registry>, dirty: Arc<AtomicBool>) -> Result<(), String> {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if dirty.swap(false, Ordering::AcqRel) {
+            let reg = registry.clone();
+            tokio::task::spawn_blocking(move || reg.flush())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
         }
     }
 }
