@@ -272,7 +272,7 @@ async fn publish_fixture_bundle(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_of_the_broker_keeps_the_registry_and_the_releases() {
+async fn a_restart_of_the_broker_keeps_the_registry_the_releases_and_the_retained_announcements() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let trust = write_trust(dir.path(), &keys());
@@ -286,6 +286,17 @@ async fn a_restart_of_the_broker_keeps_the_registry_and_the_releases() {
         .is_err());
     server.registry().accept(&dev("d1")).unwrap();
     let token = server.operator_token().to_string();
+    let topic = Topic::Announce {
+        fleet: fleet(),
+        compatible: meshota_protocol::Compatible::new("rpi4").unwrap(),
+        channel: meshota_protocol::Channel::new("stable").unwrap(),
+    }
+    .to_string();
+    server
+        .control()
+        .announce(&Topic::parse(&topic).unwrap(), b"announcement v1".to_vec())
+        .await
+        .unwrap();
     server.shutdown().await.unwrap();
 
     let server = spawn(cfg).await;
@@ -295,6 +306,16 @@ async fn a_restart_of_the_broker_keeps_the_registry_and_the_releases() {
     device_connect(server.mqtt_addr().unwrap(), "d1", &key)
         .await
         .expect("still enrolled after restart");
+    // The new embedded broker starts empty; the control plane re-publishes
+    // the stored announcement as retained.
+    expect_retained(
+        server.mqtt_addr().unwrap(),
+        "d1",
+        &key,
+        &topic,
+        b"announcement v1",
+    )
+    .await;
     let client = http(&server, true);
     let first = m.chunks[0].id;
     let (releases, (code, _)) = blocking(move || {
@@ -466,30 +487,7 @@ async fn a_rogue_clients_overwrite_of_a_retained_announcement_is_corrected() {
 
     // A newcomer subscribing now gets ours as the retained message.
     let key = SecretKey::from_seed([6; 32]);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (c, mut el) = device_connect(mqtt, "viewer", &key).await.unwrap();
-        c.subscribe(topic.to_string(), QoS::AtLeastOnce)
-            .await
-            .unwrap();
-        let got = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-            loop {
-                if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = el.poll().await {
-                    return p.payload.to_vec();
-                }
-            }
-        })
-        .await;
-        if got.as_deref() == Ok(ours.as_slice()) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "retained announcement not restored: {got:?}"
-        );
-        let _ = c.disconnect().await;
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    expect_retained(mqtt, "viewer", &key, &topic.to_string(), &ours).await;
     server.shutdown().await.unwrap();
 }
 

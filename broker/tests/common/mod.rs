@@ -200,3 +200,36 @@ pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until a fresh subscriber (device `id`) gets `want` as the
+/// retained message on `topic`; panics after [`WAIT`].
+pub async fn expect_retained(
+    addr: SocketAddr,
+    id: &str,
+    key: &SecretKey,
+    topic: &str,
+    want: &[u8],
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (c, mut el) = device_connect(addr, id, key).await.unwrap();
+        c.subscribe(topic, rumqttc::QoS::AtLeastOnce).await.unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                if let Ok(Event::Incoming(Packet::Publish(p))) = el.poll().await {
+                    return p.payload.to_vec();
+                }
+            }
+        })
+        .await;
+        if got.as_deref() == Ok(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retained message on {topic} is {got:?}, not the expected one"
+        );
+        drop(el);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
