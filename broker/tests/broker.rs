@@ -427,6 +427,18 @@ async fn an_unauthenticated_write_is_refused_with_401_and_a_tampered_bundle_with
             other => panic!("expected 422, got {other:?}"),
         }
         assert!(op.releases().unwrap().is_empty());
+        // Accepting a device that never tried to log in is a clear 404.
+        match op.accept_device("nobody") {
+            Err(ClientError::Status {
+                status: 404,
+                message,
+            }) => {
+                assert!(message.contains("nobody"), "{message}")
+            }
+            other => panic!("expected 404, got {other:?}"),
+        }
+        assert_eq!(op.get_raw("/v1/devices/nobody").unwrap().0, 404);
+        assert_eq!(op.get_raw("/v1/no-such-endpoint").unwrap().0, 404);
         // Health is open.
         assert_eq!(anon.get_raw("/v1/health").unwrap().0, 200);
     })
