@@ -254,6 +254,10 @@ async fn forged_replayed_and_unenrolled_telemetry_is_rejected_and_the_registry_i
         text.contains("meshota_reports_rejected_total{reason=\"forged\"} 1"),
         "{text}"
     );
+    assert!(
+        !text.contains("meshota_telemetry_messages_per_second 0.000"),
+        "{text}"
+    );
     server.shutdown().await.unwrap();
 }
 

@@ -3,7 +3,8 @@
 //! Counters kept in memory (`telemetry_messages`, origin bytes) restart
 //! from zero with the process, which Prometheus' `rate()` handles; report
 //! counters come from the registry and survive restarts. The telemetry
-//! message rate is `rate(meshota_telemetry_messages_total[1m])`.
+//! message rate is `meshota_telemetry_messages_per_second` (last minute),
+//! or `rate(meshota_telemetry_messages_total[1m])` on the Prometheus side.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -96,6 +97,12 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
     line(format!(
         "meshota_telemetry_messages_total {}",
         s.control.telemetry_messages.load(Ordering::Relaxed)
+    ));
+    line("# HELP meshota_telemetry_messages_per_second Telemetry messages per second over the last minute.".into());
+    line("# TYPE meshota_telemetry_messages_per_second gauge".into());
+    line(format!(
+        "meshota_telemetry_messages_per_second {:.3}",
+        s.control.message_rate(crate::now())
     ));
     line("# HELP meshota_announcements_reasserted_total Retained announcements re-published after an overwrite.".into());
     line("# TYPE meshota_announcements_reasserted_total counter".into());

@@ -55,7 +55,7 @@ pub enum ControlError {
 }
 
 /// Counters the control loop keeps for `/metrics`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ControlStats {
     /// Telemetry messages received (accepted or not).
     pub telemetry_messages: AtomicU64,
@@ -63,6 +63,43 @@ pub struct ControlStats {
     pub reasserted: AtomicU64,
     /// Whether the client is connected right now.
     pub connected: AtomicBool,
+    /// Per-second message counts over the last minute, for the rate.
+    window: std::sync::Mutex<[(u64, u64); 60]>,
+}
+
+impl Default for ControlStats {
+    fn default() -> Self {
+        Self {
+            telemetry_messages: AtomicU64::new(0),
+            reasserted: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            window: std::sync::Mutex::new([(u64::MAX, 0); 60]),
+        }
+    }
+}
+
+impl ControlStats {
+    /// Counts one telemetry message received at `now` (seconds).
+    pub fn count_message(&self, now: u64) {
+        self.telemetry_messages.fetch_add(1, Ordering::Relaxed);
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut w[(now % 60) as usize];
+        if slot.0 != now {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+    }
+
+    /// Telemetry messages per second, averaged over the 60 s before `now`.
+    pub fn message_rate(&self, now: u64) -> f64 {
+        let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let recent: u64 = w
+            .iter()
+            .filter(|(sec, _)| *sec <= now && now - *sec < 60)
+            .map(|(_, n)| n)
+            .sum();
+        recent as f64 / 60.0
+    }
 }
 
 /// A handle to publish through the control plane.
@@ -267,10 +304,7 @@ async fn on_publish(
         }
         return Ok(());
     }
-    handle
-        .stats
-        .telemetry_messages
-        .fetch_add(1, Ordering::Relaxed);
+    handle.stats.count_message(crate::now());
     let t = topic.to_string();
     let outcome = tokio::task::spawn_blocking(move || {
         ingest::ingest(&reg, &t, &payload, retain, crate::now())
