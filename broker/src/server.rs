@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshota_node::store::{SledStore, Store, StoreError};
+use meshota_protocol::{SecretKey, TrustRoot};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::{JoinHandle, JoinSet};
@@ -84,6 +85,8 @@ pub struct Server {
     control: ControlHandle,
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
+    trust: Option<Arc<TrustRoot>>,
+    rollout_key: Option<Arc<SecretKey>>,
     stats: Arc<HttpStats>,
     stop: Option<oneshot::Sender<()>>,
     supervisor: Option<JoinHandle<Result<(), ServerError>>>,
@@ -175,8 +178,8 @@ impl Server {
         let now = crate::now();
         let trust = config.load_trust(now)?.map(Arc::new);
         // Loaded (and so checked) now, so a bad key fails at start; the
-        // rollout planner takes it from here.
-        let _rollout_key = config.load_rollout_key()?;
+        // rollout planner takes it from [`Server::rollout_key`].
+        let rollout_key = config.load_rollout_key()?.map(Arc::new);
         let control_password = load_or_create_secret(&dir, CONTROL_PASSWORD_FILE)?;
         let operator_token = load_or_create_secret(&dir, OPERATOR_TOKEN_FILE)?;
         let registry = Arc::new(open_with_retry(|| Registry::open(&dir.join("registry")))?);
@@ -234,7 +237,7 @@ impl Server {
         let state = AppState {
             registry: registry.clone(),
             store: store.clone(),
-            trust,
+            trust: trust.clone(),
             operator_token: operator_token.as_str().into(),
             open_reads: config.open_reads,
             open_metrics: config.open_metrics,
@@ -293,6 +296,8 @@ impl Server {
             control,
             registry,
             store,
+            trust,
+            rollout_key,
             stats,
             stop: Some(stop_tx),
             supervisor: Some(supervisor),
@@ -339,6 +344,14 @@ impl Server {
     /// The origin's chunk and manifest store, for the libp2p seeder.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+    /// The trust root releases are verified against, if configured.
+    pub fn trust(&self) -> Option<&Arc<TrustRoot>> {
+        self.trust.as_ref()
+    }
+    /// The online rollout-role key, if configured (for the planner).
+    pub fn rollout_key(&self) -> Option<&Arc<SecretKey>> {
+        self.rollout_key.as_ref()
     }
     /// HTTP counters; the p2p seeder adds its served bytes here.
     pub fn stats(&self) -> &Arc<HttpStats> {
