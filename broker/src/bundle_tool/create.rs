@@ -300,8 +300,7 @@ fn write_chunks<W: Write + Send>(
             })
             .collect();
         drop(done_tx);
-        let write =
-            s.spawn(move || write_in_order(done_rx, pool_tx, writer, manifest, progress, out_path));
+        let write = s.spawn(move || write_in_order(done_rx, pool_tx, writer, progress, out_path));
         let read = read_chunks(payload, manifest, &pool_rx, job_tx);
         let write = joined(write.join(), "writer");
         for w in workers {
@@ -399,7 +398,6 @@ fn write_in_order<W: Write>(
     done: Receiver<Result<Done, BundleToolError>>,
     pool: SyncSender<Vec<u8>>,
     writer: &mut BundleWriter<W>,
-    manifest: &Manifest,
     progress: &ProgressBar,
     out_path: &Path,
 ) -> Result<(), BundleToolError> {
@@ -424,7 +422,6 @@ fn write_in_order<W: Write>(
     }
     // Fewer records than chunks only happens when the reader stopped with
     // an error of its own, which the caller reports.
-    let _ = manifest;
     Ok(())
 }
 
