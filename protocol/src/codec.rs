@@ -49,6 +49,8 @@ pub enum Kind {
     PeerResponse,
     /// A device's persisted agent state (node-local).
     LocalState,
+    /// A device login token ([`crate::auth::DeviceToken`]).
+    DeviceToken,
 }
 
 impl Kind {
@@ -68,6 +70,7 @@ impl Kind {
             Kind::PeerRequest => 11,
             Kind::PeerResponse => 12,
             Kind::LocalState => 13,
+            Kind::DeviceToken => 14,
         }
     }
 
@@ -91,6 +94,8 @@ impl Kind {
             Kind::PeerRequest => 4 * KIB,
             Kind::PeerResponse => crate::MAX_CHUNK_LEN as usize + 64 * KIB,
             Kind::LocalState => MIB,
+            // A device id (at most 128 bytes), a key and two times.
+            Kind::DeviceToken => 512,
         }
     }
 }

@@ -26,8 +26,10 @@
 //! - [`topics`]: every MQTT topic, built and parsed in one place.
 //! - [`peer`]: messages of the `/meshota/chunks/1` peer protocol.
 //! - [`bundle`]: the bundle file format, written and read as a stream.
+//! - [`auth`]: short-lived device login tokens (the MQTT password).
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod bundle;
 pub mod chunking;
 pub mod codec;
@@ -43,6 +45,7 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{AuthError, DeviceToken};
 pub use chunking::{ChunkerParams, Encoding, MAX_CHUNK_LEN};
 pub use codec::{CodecError, Kind, Message};
 pub use ids::{

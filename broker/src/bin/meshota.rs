@@ -15,6 +15,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use meshota_broker::bundle_tool::{check, create, inspect, BundleToolError};
 use meshota_broker::cli::keys::{self, KeysError, RoleSpec};
 use meshota_broker::cli::{unix_now, Hint};
+use meshota_broker::client::ClientError;
+use meshota_broker::operator::{DevicesCmd, FleetCmd, ReleaseCmd};
 use meshota_protocol::InstallKind;
 
 /// meshota: over-the-air updates for embedded Linux fleets.
@@ -35,6 +37,15 @@ enum Command {
     /// Build, inspect, verify and extract signed bundle files.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Publish and list releases on a broker deployment.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+    /// List devices and accept pending ones.
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// Fleet summary.
+    #[command(subcommand)]
+    Fleet(FleetCmd),
 }
 
 #[derive(Subcommand)]
@@ -194,7 +205,8 @@ fn main() -> ExitCode {
             let hint = e
                 .downcast_ref::<BundleToolError>()
                 .and_then(Hint::hint)
-                .or_else(|| e.downcast_ref::<KeysError>().and_then(Hint::hint));
+                .or_else(|| e.downcast_ref::<KeysError>().and_then(Hint::hint))
+                .or_else(|| e.downcast_ref::<ClientError>().and_then(Hint::hint));
             if let Some(hint) = hint {
                 eprintln!("hint: {hint}");
             }
@@ -228,6 +240,18 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bundle(BundleCommand::Inspect(a)) => bundle_inspect(a),
         Command::Bundle(BundleCommand::Verify(a)) => bundle_verify(a),
         Command::Bundle(BundleCommand::Extract(a)) => bundle_extract(a),
+        Command::Release(c) => {
+            print!("{}", c.run()?);
+            Ok(())
+        }
+        Command::Devices(c) => {
+            print!("{}", c.run()?);
+            Ok(())
+        }
+        Command::Fleet(c) => {
+            print!("{}", c.run()?);
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,139 @@
+//! `/metrics` in the Prometheus text format.
+//!
+//! Counters kept in memory (`telemetry_messages`, origin bytes) restart
+//! from zero with the process, which Prometheus' `rate()` handles; report
+//! counters come from the registry and survive restarts. The telemetry
+//! message rate is `meshota_telemetry_messages_per_second` (last minute),
+//! or `rate(meshota_telemetry_messages_total[1m])` on the Prometheus side.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::api::summarize;
+use super::{blocking, ApiError, AppState};
+use crate::ingest::{Rejection, ACCEPTED, REJECTED_PREFIX};
+use crate::registry::RegistryError;
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub(super) async fn metrics(State(s): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let reg = s.registry.clone();
+    let (devices, counters, releases) = blocking(move || {
+        let read = || {
+            let d = reg.devices()?;
+            let c: BTreeMap<String, u64> = reg.counters()?.into_iter().collect();
+            let r = reg.releases()?.len() as u64;
+            Ok::<_, RegistryError>((d, c, r))
+        };
+        read().map_err(ApiError::internal)
+    })
+    .await?;
+    let fleet = summarize(&devices, releases);
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line("# HELP meshota_devices Devices by admission.".into());
+    line("# TYPE meshota_devices gauge".into());
+    line(format!(
+        "meshota_devices{{admission=\"accepted\"}} {}",
+        fleet.accepted
+    ));
+    line(format!(
+        "meshota_devices{{admission=\"pending\"}} {}",
+        fleet.pending
+    ));
+    line("# HELP meshota_devices_online Devices whose last status said online.".into());
+    line("# TYPE meshota_devices_online gauge".into());
+    line(format!("meshota_devices_online {}", fleet.online));
+    line("# HELP meshota_devices_by_state Accepted devices by update state.".into());
+    line("# TYPE meshota_devices_by_state gauge".into());
+    for (k, v) in &fleet.by_state {
+        line(format!(
+            "meshota_devices_by_state{{state=\"{}\"}} {v}",
+            esc(k)
+        ));
+    }
+    line("# HELP meshota_devices_by_version Accepted devices by installed version.".into());
+    line("# TYPE meshota_devices_by_version gauge".into());
+    for (k, v) in &fleet.by_version {
+        line(format!(
+            "meshota_devices_by_version{{version=\"{}\"}} {v}",
+            esc(k)
+        ));
+    }
+    line("# HELP meshota_releases Releases published on this origin.".into());
+    line("# TYPE meshota_releases gauge".into());
+    line(format!("meshota_releases {releases}"));
+    line("# HELP meshota_reports_accepted_total Device reports accepted.".into());
+    line("# TYPE meshota_reports_accepted_total counter".into());
+    line(format!(
+        "meshota_reports_accepted_total {}",
+        counters.get(ACCEPTED).copied().unwrap_or(0)
+    ));
+    line("# HELP meshota_reports_rejected_total Device reports rejected, by reason.".into());
+    line("# TYPE meshota_reports_rejected_total counter".into());
+    for r in Rejection::ALL {
+        let n = counters
+            .get(&format!("{REJECTED_PREFIX}{}", r.as_str()))
+            .copied()
+            .unwrap_or(0);
+        line(format!(
+            "meshota_reports_rejected_total{{reason=\"{}\"}} {n}",
+            r.as_str()
+        ));
+    }
+    line("# HELP meshota_telemetry_messages_total Telemetry messages received since start.".into());
+    line("# TYPE meshota_telemetry_messages_total counter".into());
+    line(format!(
+        "meshota_telemetry_messages_total {}",
+        s.control.telemetry_messages.load(Ordering::Relaxed)
+    ));
+    line("# HELP meshota_telemetry_messages_per_second Telemetry messages per second over the last minute.".into());
+    line("# TYPE meshota_telemetry_messages_per_second gauge".into());
+    line(format!(
+        "meshota_telemetry_messages_per_second {:.3}",
+        s.control.message_rate(crate::now())
+    ));
+    line("# HELP meshota_announcements_reasserted_total Retained announcements re-published after an overwrite.".into());
+    line("# TYPE meshota_announcements_reasserted_total counter".into());
+    line(format!(
+        "meshota_announcements_reasserted_total {}",
+        s.control.reasserted.load(Ordering::Relaxed)
+    ));
+    line("# HELP meshota_origin_bytes_total Bytes served by the origin, by transport.".into());
+    line("# TYPE meshota_origin_bytes_total counter".into());
+    line(format!(
+        "meshota_origin_bytes_total{{transport=\"http\"}} {}",
+        s.stats.origin_http_bytes.load(Ordering::Relaxed)
+    ));
+    line(format!(
+        "meshota_origin_bytes_total{{transport=\"p2p\"}} {}",
+        s.stats.origin_p2p_bytes.load(Ordering::Relaxed)
+    ));
+    line(
+        "# HELP meshota_mqtt_connected Whether the control plane is connected to the broker."
+            .into(),
+    );
+    line("# TYPE meshota_mqtt_connected gauge".into());
+    line(format!(
+        "meshota_mqtt_connected {}",
+        u8::from(s.control.connected.load(Ordering::Relaxed))
+    ));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        out,
+    ))
+}

@@ -1,0 +1,318 @@
+//! The control plane's MQTT client (rumqttc), used against the embedded
+//! broker and an external one alike.
+//!
+//! It subscribes to every device status and events topic and feeds them to
+//! [`crate::ingest`], and it owns the retained announcements: each one is
+//! stored in the registry before it is published, re-published after every
+//! (re)connect (rumqttd keeps retained messages in memory only), and
+//! re-asserted whenever another client overwrites it (we subscribe to the
+//! announce topics and compare bytes). A retained message on an announce
+//! topic we do not own is cleared. This assumes one control plane per
+//! fleet: two with different announcements would keep overwriting each
+//! other.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshota_protocol::topics::{filters, Topic};
+use meshota_protocol::FleetId;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
+use crate::ingest::{self, Outcome};
+use crate::registry::{Registry, RegistryError};
+
+/// Longest time an ingested report stays unflushed (group commit).
+pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
+
+/// Where and how the control plane connects.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Username and password, if the broker wants them.
+    pub credentials: Option<(String, String)>,
+    /// MQTT client id.
+    pub client_id: String,
+    /// The fleet whose topics to follow.
+    pub fleet: FleetId,
+}
+
+/// Why an announcement could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The topic is not an announce topic.
+    #[error("{0} is not an announce topic")]
+    NotAnnounce(String),
+    /// Storing it failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The client's request queue is closed (the control plane stopped).
+    #[error("MQTT client stopped: {0}")]
+    Client(String),
+}
+
+/// Counters the control loop keeps for `/metrics`.
+#[derive(Debug)]
+pub struct ControlStats {
+    /// Telemetry messages received (accepted or not).
+    pub telemetry_messages: AtomicU64,
+    /// Announcements re-asserted after someone overwrote them.
+    pub reasserted: AtomicU64,
+    /// Whether the client is connected right now.
+    pub connected: AtomicBool,
+    /// Per-second message counts over the last minute, for the rate.
+    window: std::sync::Mutex<[(u64, u64); 60]>,
+}
+
+impl Default for ControlStats {
+    fn default() -> Self {
+        Self {
+            telemetry_messages: AtomicU64::new(0),
+            reasserted: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            window: std::sync::Mutex::new([(u64::MAX, 0); 60]),
+        }
+    }
+}
+
+impl ControlStats {
+    /// Counts one telemetry message received at `now` (seconds).
+    pub fn count_message(&self, now: u64) {
+        self.telemetry_messages.fetch_add(1, Ordering::Relaxed);
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut w[(now % 60) as usize];
+        if slot.0 != now {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+    }
+
+    /// Telemetry messages per second, averaged over the 60 s before `now`.
+    pub fn message_rate(&self, now: u64) -> f64 {
+        let w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let recent: u64 = w
+            .iter()
+            .filter(|(sec, _)| *sec <= now && now - *sec < 60)
+            .map(|(_, n)| n)
+            .sum();
+        recent as f64 / 60.0
+    }
+}
+
+/// A handle to publish through the control plane.
+#[derive(Clone)]
+pub struct ControlHandle {
+    client: AsyncClient,
+    registry: Arc<Registry>,
+    stats: Arc<ControlStats>,
+}
+
+impl std::fmt::Debug for ControlHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlHandle").finish_non_exhaustive()
+    }
+}
+
+impl ControlHandle {
+    /// Stores `payload` as the owned retained message of an announce
+    /// topic, then publishes it retained. Stored first, so that a crash in
+    /// between still re-publishes it on the next start.
+    ///
+    /// # Errors
+    /// [`ControlError`].
+    pub async fn announce(&self, topic: &Topic, payload: Vec<u8>) -> Result<(), ControlError> {
+        if !matches!(topic, Topic::Announce { .. }) {
+            return Err(ControlError::NotAnnounce(topic.to_string()));
+        }
+        let t = topic.to_string();
+        let reg = self.registry.clone();
+        let p = payload.clone();
+        let t2 = t.clone();
+        tokio::task::spawn_blocking(move || reg.put_announcement(&t2, &p))
+            .await
+            .map_err(|e| ControlError::Client(e.to_string()))??;
+        self.client
+            .publish(t, QoS::AtLeastOnce, true, payload)
+            .await
+            .map_err(|e| ControlError::Client(e.to_string()))
+    }
+
+    /// The loop's counters.
+    pub fn stats(&self) -> &Arc<ControlStats> {
+        &self.stats
+    }
+}
+
+/// Creates the client; run the returned loop with [`run`].
+pub fn connect(settings: &ControlSettings, registry: Arc<Registry>) -> (ControlHandle, EventLoop) {
+    let mut opts = MqttOptions::new(&settings.client_id, &settings.host, settings.port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(
+        crate::mqtt::embedded::MAX_PACKET,
+        crate::mqtt::embedded::MAX_PACKET,
+    );
+    // Subscriptions are renewed on every ConnAck, so no session state is
+    // needed on the broker (rumqttd would lose it on restart anyway).
+    opts.set_clean_session(true);
+    if let Some((u, p)) = &settings.credentials {
+        opts.set_credentials(u, p);
+    }
+    let (client, eventloop) = AsyncClient::new(opts, 256);
+    let handle = ControlHandle {
+        client,
+        registry,
+        stats: Arc::new(ControlStats::default()),
+    };
+    (handle, eventloop)
+}
+
+/// Drives the client until the task is aborted. Connection errors are
+/// retried with a capped backoff; this only returns on a registry failure,
+/// which the supervisor treats as fatal.
+///
+/// # Errors
+/// A description of the registry failure.
+pub async fn run(
+    handle: ControlHandle,
+    mut eventloop: EventLoop,
+    fleet: FleetId,
+) -> Result<(), String> {
+    let mut backoff = Duration::from_millis(100);
+    // Publishing from this task could wait on the request queue that only
+    // this task drains, so publishes run as side tasks; they are aborted
+    // with this one (the set is dropped).
+    let mut side = tokio::task::JoinSet::new();
+    let dirty = Arc::new(AtomicBool::new(false));
+    let mut flusher = tokio::task::JoinSet::new();
+    flusher.spawn(flush_when_dirty(handle.registry.clone(), dirty.clone()));
+    loop {
+        if let Some(done) = flusher.try_join_next() {
+            return Err(match done {
+                Ok(Err(e)) => format!("registry flush failed: {e}"),
+                _ => "registry flusher stopped".to_string(),
+            });
+        }
+        while side.try_join_next().is_some() {}
+        let event = match eventloop.poll().await {
+            Ok(ev) => {
+                backoff = Duration::from_millis(100);
+                ev
+            }
+            Err(e) => {
+                handle.stats.connected.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "control plane MQTT connection failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                handle.stats.connected.store(true, Ordering::Relaxed);
+                let (h, f) = (handle.clone(), fleet.clone());
+                side.spawn(async move {
+                    if let Err(e) = on_connect(&h, &f).await {
+                        tracing::error!(error = %e, "control plane could not (re)subscribe");
+                    }
+                });
+            }
+            Event::Incoming(Packet::Publish(p)) => {
+                on_publish(&handle, &mut side, &p.topic, p.payload.to_vec(), p.retain)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                dirty.store(true, Ordering::Release);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Flushes the registry at most [`FLUSH_EVERY`] after it was dirtied.
+async fn flush_when_dirty(registry: Arc<Registry>, dirty: Arc<AtomicBool>) -> Result<(), String> {
+    let mut tick = tokio::time::interval(FLUSH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if dirty.swap(false, Ordering::AcqRel) {
+            let reg = registry.clone();
+            tokio::task::spawn_blocking(move || reg.flush())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+async fn on_connect(handle: &ControlHandle, fleet: &FleetId) -> Result<(), ControlError> {
+    let client = &handle.client;
+    let sub = |f: String| async move {
+        client
+            .subscribe(f, QoS::AtLeastOnce)
+            .await
+            .map_err(|e| ControlError::Client(e.to_string()))
+    };
+    sub(filters::all_status(fleet)).await?;
+    sub(filters::all_events(fleet)).await?;
+    sub(filters::all_announce(fleet)).await?;
+    let reg = handle.registry.clone();
+    let owned = tokio::task::spawn_blocking(move || reg.announcements())
+        .await
+        .map_err(|e| ControlError::Client(e.to_string()))??;
+    for (topic, payload) in owned {
+        client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .map_err(|e| ControlError::Client(e.to_string()))?;
+    }
+    Ok(())
+}
+
+async fn on_publish(
+    handle: &ControlHandle,
+    side: &mut tokio::task::JoinSet<()>,
+    topic: &str,
+    payload: Vec<u8>,
+    retain: bool,
+) -> Result<(), ControlError> {
+    let reg = handle.registry.clone();
+    if let Ok(Topic::Announce { .. }) = Topic::parse(topic) {
+        let t = topic.to_string();
+        let owned = tokio::task::spawn_blocking(move || reg.announcement(&t))
+            .await
+            .map_err(|e| ControlError::Client(e.to_string()))??;
+        let correction = match owned {
+            Some(ours) if ours != payload => Some(ours),
+            None if !payload.is_empty() => Some(Vec::new()),
+            _ => None,
+        };
+        if let Some(fix) = correction {
+            tracing::warn!(
+                topic,
+                "announce topic overwritten by another client; re-asserting"
+            );
+            handle.stats.reasserted.fetch_add(1, Ordering::Relaxed);
+            let client = handle.client.clone();
+            let t = topic.to_string();
+            side.spawn(async move {
+                if let Err(e) = client.publish(t, QoS::AtLeastOnce, true, fix).await {
+                    tracing::error!(error = %e, "could not re-assert an announcement");
+                }
+            });
+        }
+        return Ok(());
+    }
+    handle.stats.count_message(crate::now());
+    let t = topic.to_string();
+    let outcome = tokio::task::spawn_blocking(move || {
+        ingest::ingest(&reg, &t, &payload, retain, crate::now())
+    })
+    .await
+    .map_err(|e| ControlError::Client(e.to_string()))??;
+    if let Outcome::Rejected(why) = outcome {
+        tracing::info!(topic, reason = why.as_str(), "device report rejected");
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! MQTT: the embedded broker and the control plane's client.
+
+pub mod control;
+pub mod embedded;
