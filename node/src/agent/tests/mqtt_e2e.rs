@@ -10,6 +10,7 @@ use meshota_protocol::{
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
 
 use super::super::mqtt;
+use super::super::outbox::Outbox;
 use super::*;
 use crate::config::Config;
 use crate::store::MemStore;
@@ -213,4 +214,77 @@ fn the_daemon_takes_a_retained_announcement_to_a_signed_committed_status() {
         std::fs::read(tmp.path().join("slots/current/payload")).unwrap(),
         payload
     );
+}
+
+#[test]
+fn reports_made_while_the_broker_is_down_are_kept_and_delivered_after_it_returns() {
+    let port = free_port();
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world();
+    let (cfg, data_dir) = device_config(tmp.path(), port, &w);
+
+    // First run with no broker: the boot status can only be queued.
+    let (stop_tx, daemon) = spawn_daemon(cfg.clone(), MemStore::new());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let queued = loop {
+        let pending = Outbox::open(&data_dir.join("outbox"))
+            .and_then(|o| o.pending())
+            .unwrap_or_default();
+        if !pending.is_empty() {
+            break pending;
+        }
+        assert!(Instant::now() < deadline, "nothing was queued offline");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = stop_tx.send(());
+    daemon.join().unwrap().unwrap();
+    let key_file = std::fs::read_to_string(data_dir.join("device.key")).unwrap();
+    let (_, key) = SecretKey::from_file(&key_file).unwrap();
+    let queued_counters: Vec<u64> = queued
+        .iter()
+        .map(|q| {
+            let signed: SignedReport = codec::decode(&q.bytes).unwrap();
+            signed.verify(&key.public()).unwrap().counter
+        })
+        .collect();
+
+    // The broker comes back; an operator listens; the device restarts.
+    start_broker(port);
+    let mut o = MqttOptions::new("operator", "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 64);
+    let fleet = meshota_protocol::FleetId::new("fleet").unwrap();
+    let device = DeviceId::new("dev-1").unwrap();
+    let status_topic = Topic::Status { fleet, device }.to_string();
+    client
+        .subscribe(status_topic.clone(), QoS::AtLeastOnce)
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut subscribed = false;
+    while !subscribed && Instant::now() < deadline {
+        subscribed = matches!(
+            conn.recv_timeout(Duration::from_millis(200)),
+            Ok(Ok(MqttEvent::Incoming(Packet::SubAck(_))))
+        );
+    }
+    assert!(subscribed, "operator could not subscribe");
+    let (stop_tx, daemon) = spawn_daemon(cfg, MemStore::new());
+    let mut delivered = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !queued_counters.iter().all(|c| delivered.contains(c)) {
+        if let Ok(Ok(MqttEvent::Incoming(Packet::Publish(p)))) =
+            conn.recv_timeout(Duration::from_millis(200))
+        {
+            let signed: SignedReport = codec::decode(&p.payload).unwrap();
+            delivered.push(signed.verify(&key.public()).unwrap().counter);
+        }
+    }
+    let _ = stop_tx.send(());
+    daemon.join().unwrap().unwrap();
+    for c in &queued_counters {
+        assert!(
+            delivered.contains(c),
+            "report {c} queued offline never arrived: {delivered:?}"
+        );
+    }
 }
