@@ -110,7 +110,7 @@ impl Agent {
             slot: self.state.slot.clone(),
             state: self.state.phase,
             target: self.state.target(),
-            peer_id: None,
+            peer_id: self.cfg.peer_id.clone(),
             site: self.cfg.site.clone(),
             tags: self.cfg.tags.clone(),
             online: true,

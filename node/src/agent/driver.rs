@@ -32,6 +32,11 @@ pub trait Fetcher: Send {
 
     /// Stops a fetch started earlier (a no-op for a blocking fetcher).
     fn cancel(&mut self, _release: &ReleaseId) {}
+
+    /// The peer id this fetcher is known by on the mesh, if any.
+    fn peer_id(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What to fetch.
@@ -224,7 +229,12 @@ impl LocalDriver {
     ///
     /// # Errors
     /// [`DriverError`] when the state file cannot be read or written.
-    pub fn start(cfg: AgentConfig, mut parts: DriverParts, now: u64) -> Result<Self, DriverError> {
+    pub fn start(
+        mut cfg: AgentConfig,
+        mut parts: DriverParts,
+        now: u64,
+    ) -> Result<Self, DriverError> {
+        cfg.peer_id = cfg.peer_id.or_else(|| parts.fetcher.peer_id());
         let state_file = StateFile::new(&parts.data_dir)?;
         let (state, corrupt) = state_file.load_or_recover()?;
         let mut agent = Agent::new(cfg, state);

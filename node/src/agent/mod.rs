@@ -93,6 +93,9 @@ pub struct AgentConfig {
     pub fetch_backoff_max: u64,
     /// Minimum seconds between progress events.
     pub progress_interval: u64,
+    /// This device's libp2p peer id, reported in its status so the
+    /// registry can map devices onto the mesh.
+    pub peer_id: Option<String>,
 }
 
 impl AgentConfig {
@@ -124,6 +127,7 @@ impl AgentConfig {
             fetch_backoff_min: 10,
             fetch_backoff_max: 600,
             progress_interval: 5,
+            peer_id: None,
         }
     }
 }

@@ -32,6 +32,10 @@ impl P2pFetcher {
 }
 
 impl Fetcher for P2pFetcher {
+    fn peer_id(&self) -> Option<String> {
+        Some(self.node.peer_id().to_string())
+    }
+
     fn fetch(
         &mut self,
         req: FetchRequest<'_>,

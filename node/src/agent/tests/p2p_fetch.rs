@@ -62,6 +62,11 @@ fn an_announced_release_is_fetched_from_the_origin_over_libp2p_and_committed() {
         "the dir backend switches live, without a reboot: {outcome:?}"
     );
     assert_eq!(d.agent.phase(), UpdateState::Committed);
+    assert_eq!(
+        d.agent.status().peer_id,
+        Some(device.peer_id().to_string()),
+        "the status names the device's peer id"
+    );
     assert_eq!(rig.active_payload().unwrap(), payload);
     let from_origin = rig.reports.take_events().iter().any(|e| {
         matches!(e, Event::Progress { bytes, total, .. } if bytes.origin > 0 && *total == m.payload_size)
