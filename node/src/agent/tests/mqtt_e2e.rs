@@ -1,6 +1,7 @@
-//! The MQTT driver end to end: an in-process rumqttd broker, the daemon
-//! with the `dir` backend, a retained announcement, and signed reports
-//! read back off the broker until the device reports `committed`.
+//! The MQTT driver end to end: an in-process rumqttd broker, a seed-only
+//! origin on libp2p, the daemon with the `dir` backend, a retained
+//! announcement, and signed reports read back off the broker until the
+//! device reports `committed`.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,8 @@ use super::super::mqtt;
 use super::super::outbox::Outbox;
 use super::*;
 use crate::config::Config;
-use crate::store::MemStore;
+use crate::p2p::{Node, P2pConfig, P2pFetcher};
+use crate::store::{MemStore, Store};
 
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -88,10 +90,15 @@ root = "{slots}"
     (cfg, data_dir)
 }
 
+fn preloaded() -> Box<dyn super::super::driver::Fetcher> {
+    Box::new(super::super::driver::PreloadedFetcher)
+}
+
 /// Runs the daemon on its own thread until the returned sender fires.
 fn spawn_daemon(
     cfg: Config,
     store: MemStore,
+    fetcher: Box<dyn super::super::driver::Fetcher>,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<Result<(), mqtt::DaemonError>>,
@@ -105,7 +112,7 @@ fn spawn_daemon(
         rt.block_on(mqtt::run_until(
             cfg,
             std::sync::Arc::new(store),
-            Box::new(super::super::driver::PreloadedFetcher),
+            fetcher,
             async {
                 let _ = stop_rx.await;
             },
@@ -122,10 +129,52 @@ fn the_daemon_takes_a_retained_announcement_to_a_signed_committed_status() {
     let w = world();
     let (cfg, data_dir) = device_config(tmp.path(), port, &w);
 
-    let store = MemStore::new();
+    // The release lives on a seed-only origin; the device starts empty and
+    // fetches it over libp2p on loopback.
+    let nodes = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let origin_store = MemStore::new();
     let payload = noise(200_000, 42);
-    let m = put_payload(&store, &payload, v(1), meshota_protocol::InstallKind::Image);
-    let ann = w.announce(&m, 1, 1, Action::InstallAndActivate);
+    let m = put_payload(
+        &origin_store,
+        &payload,
+        v(1),
+        meshota_protocol::InstallKind::Image,
+    );
+    origin_store.set_roots(&[m.id().unwrap()]).unwrap();
+    let keypair = libp2p::identity::Keypair::generate_ed25519;
+    let origin = nodes
+        .block_on(async {
+            Node::spawn(
+                P2pConfig::loopback().origin(),
+                std::sync::Arc::new(origin_store),
+                keypair(),
+            )
+        })
+        .unwrap();
+    let seeder = nodes.block_on(origin.listen_addrs()).unwrap()[0]
+        .clone()
+        .with(libp2p::multiaddr::Protocol::P2p(origin.peer_id()));
+    let store = MemStore::new();
+    let device_node = nodes
+        .block_on(async {
+            Node::spawn(
+                P2pConfig::loopback(),
+                std::sync::Arc::new(store.clone()),
+                keypair(),
+            )
+        })
+        .unwrap();
+    let fetcher = Box::new(P2pFetcher::new(
+        device_node,
+        nodes.handle().clone(),
+        Some(Duration::from_secs(60)),
+    ));
+    let mut ann = w.announce(&m, 1, 1, Action::InstallAndActivate);
+    ann.bootstrap = vec![seeder.to_string()];
 
     // The operator side: publish the announcement retained, watch the device.
     let mut o = MqttOptions::new("operator", "127.0.0.1", port);
@@ -146,7 +195,7 @@ fn the_daemon_takes_a_retained_announcement_to_a_signed_committed_status() {
     .to_string();
     let ann_bytes = codec::encode(&ann).unwrap();
 
-    let (stop_tx, daemon) = spawn_daemon(cfg, store);
+    let (stop_tx, daemon) = spawn_daemon(cfg, store, fetcher);
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last: Option<Status> = None;
@@ -210,6 +259,10 @@ fn the_daemon_takes_a_retained_announcement_to_a_signed_committed_status() {
     assert_eq!(last.state, UpdateState::Committed, "{seen:?}");
     assert_eq!(last.version, Some(v(1)));
     assert!(last.online);
+    assert!(
+        last.peer_id.is_some(),
+        "the status names the device's peer id"
+    );
     assert_eq!(
         std::fs::read(tmp.path().join("slots/current/payload")).unwrap(),
         payload
@@ -224,7 +277,7 @@ fn reports_made_while_the_broker_is_down_are_kept_and_delivered_after_it_returns
     let (cfg, data_dir) = device_config(tmp.path(), port, &w);
 
     // First run with no broker: the boot status can only be queued.
-    let (stop_tx, daemon) = spawn_daemon(cfg.clone(), MemStore::new());
+    let (stop_tx, daemon) = spawn_daemon(cfg.clone(), MemStore::new(), preloaded());
     let deadline = Instant::now() + Duration::from_secs(30);
     let queued = loop {
         let pending = Outbox::open(&data_dir.join("outbox"))
@@ -268,7 +321,7 @@ fn reports_made_while_the_broker_is_down_are_kept_and_delivered_after_it_returns
         );
     }
     assert!(subscribed, "operator could not subscribe");
-    let (stop_tx, daemon) = spawn_daemon(cfg, MemStore::new());
+    let (stop_tx, daemon) = spawn_daemon(cfg, MemStore::new(), preloaded());
     let mut delivered = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline && !queued_counters.iter().all(|c| delivered.contains(c)) {
