@@ -238,7 +238,27 @@ fn jitter(base: Duration) -> Duration {
     base + base.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
-fn options(cfg: &Config, will: Vec<u8>, status_topic: &str) -> Result<MqttOptions, DaemonError> {
+/// How often the device re-publishes its status when nothing changes.
+const STATUS_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Seconds a device token stays valid. Short, because a captured token can
+/// be replayed until it expires; a fresh one is signed for every connect.
+const TOKEN_TTL: u64 = 3600;
+
+/// The MQTT password when `mqtt.username` is not configured: a short-lived
+/// token signed by the device key, which `meshota-broker` checks against
+/// the enrolled public key (username = device id). No shared secret.
+fn device_token(device: &DeviceId, key: &SecretKey, now: u64) -> Result<String, DaemonError> {
+    meshota_protocol::auth::DeviceToken::issue(device, key, now, TOKEN_TTL)
+        .map_err(|e| DaemonError::Url(format!("signing the device token: {e}")))
+}
+
+fn options(
+    cfg: &Config,
+    will: Vec<u8>,
+    status_topic: &str,
+    token: &str,
+) -> Result<MqttOptions, DaemonError> {
     let (tls, host, port) = parse_url(&cfg.mqtt.url)?;
     let mut o = MqttOptions::new(cfg.device.id.clone(), host, port);
     o.set_clean_session(false)
@@ -254,6 +274,8 @@ fn options(cfg: &Config, will: Vec<u8>, status_topic: &str) -> Result<MqttOption
             None => String::new(),
         };
         o.set_credentials(user.clone(), password);
+    } else {
+        o.set_credentials(cfg.device.id.clone(), token);
     }
     if tls {
         let ca = match &cfg.mqtt.ca {
@@ -368,7 +390,9 @@ pub async fn run_until(
         .collect();
     let mut last_status = status.clone();
     let (will, mut will_counter) = signer.will(status, now)?;
-    let (client, mut eventloop) = AsyncClient::new(options(&cfg, will, &status_topic)?, 256);
+    let token = device_token(&signer.device, &signer.key, now)?;
+    let (client, mut eventloop) =
+        AsyncClient::new(options(&cfg, will, &status_topic, &token)?, 256);
     let mut resign_floor: Option<u64> = None;
 
     let (in_tx, in_rx) = std_mpsc::channel();
@@ -393,9 +417,22 @@ pub async fn run_until(
         }
     }
     let mut backoff = Duration::from_secs(1);
+    // A status at an interval, not only on changes, so the registry can
+    // tell a quiet device from a dead one even when the will is lost.
+    let mut heartbeat = tokio::time::interval_at(
+        tokio::time::Instant::now() + STATUS_INTERVAL,
+        STATUS_INTERVAL,
+    );
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            _ = heartbeat.tick() => {
+                let q = signer.sign(ReportBody::Status(last_status.clone()), clock.now())?;
+                let (t, retain) = topic_of(q.kind);
+                if client.publish(t, QoS::AtLeastOnce, retain, q.bytes).await.is_ok() {
+                    unassigned.push_back((q.seq, q.kind));
+                }
+            }
             msg = rep_rx.recv() => {
                 let body = match msg {
                     None => break,
@@ -481,6 +518,10 @@ pub async fn run_until(
                         true,
                     ));
                     will_counter = counter;
+                    if cfg.mqtt.username.is_none() {
+                        let token = device_token(&signer.device, &signer.key, clock.now())?;
+                        eventloop.mqtt_options.set_credentials(cfg.device.id.clone(), token);
+                    }
                     let wait = jitter(backoff);
                     tracing::warn!("mqtt: {e}; reconnecting in {wait:?}");
                     tokio::time::sleep(wait).await;
