@@ -2,6 +2,8 @@
 //! logs in with a token signed by its own key, is admitted, and its
 //! signed status lands in the registry. Then a device the operator has
 //! not accepted stays out.
+// Test scaffolding outside #[test] functions may unwrap, as in `common`.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 
