@@ -27,6 +27,7 @@
 //! - [`ingest`]: verification of device reports (signature, topic,
 //!   replay counter) before they touch the registry.
 //! - [`origin`]: bundle verification on upload into the chunk store.
+//! - [`seeder`]: the libp2p origin seeder over that store (seed-only).
 //! - [`http`]: the axum JSON API, origin endpoints and `/metrics`.
 //! - [`client`]: the operator's HTTP client for that API.
 //! - [`operator`]: `meshota release | devices | fleet` as clap types that
@@ -48,6 +49,7 @@ pub mod operator;
 pub mod origin;
 pub mod registry;
 pub mod rollout;
+pub mod seeder;
 pub mod server;
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -48,6 +48,9 @@ pub enum ServerError {
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// The libp2p origin seeder could not start.
+    #[error(transparent)]
+    Seeder(#[from] crate::seeder::SeederError),
     /// The origin store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -88,6 +91,7 @@ pub struct Server {
     trust: Option<Arc<TrustRoot>>,
     rollout_key: Option<Arc<SecretKey>>,
     stats: Arc<HttpStats>,
+    seeder: Option<crate::seeder::Seeder>,
     stop: Option<oneshot::Sender<()>>,
     supervisor: Option<JoinHandle<Result<(), ServerError>>>,
 }
@@ -187,6 +191,24 @@ impl Server {
             Arc::new(open_with_retry(|| SledStore::open(dir.join("origin")))?);
 
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
+        let seeder = if config.p2p_listen.is_empty() {
+            None
+        } else {
+            let published: Vec<_> = registry
+                .releases()?
+                .into_iter()
+                .map(|r| r.manifest_id)
+                .collect();
+            Some(
+                crate::seeder::Seeder::start(
+                    &config.p2p_listen,
+                    store.clone(),
+                    &dir.join("p2p.key"),
+                    &published,
+                )
+                .await?,
+            )
+        };
 
         let (mqtt, mqtt5, control_settings) = match &config.mqtt_url {
             Some(url) => {
@@ -246,7 +268,11 @@ impl Server {
             control: control.stats().clone(),
             control_handle: Some(control.clone()),
             stats: stats.clone(),
+            seeder: seeder.clone(),
         };
+        if let Some(seeder) = &seeder {
+            tasks.spawn(seeder.clone().report_into(stats.clone()));
+        }
         let listener = TcpListener::bind(config.http_listen)
             .await
             .map_err(io(format!("listen on {}", config.http_listen)))?;
@@ -291,6 +317,7 @@ impl Server {
             http,
             https,
             p2p_listen: config.p2p_listen.clone(),
+            seeder,
             operator_token,
             control_password,
             control,
@@ -324,6 +351,11 @@ impl Server {
     /// The configured libp2p listen addresses (for the seeder).
     pub fn p2p_listen(&self) -> &[String] {
         &self.p2p_listen
+    }
+
+    /// The libp2p origin seeder, when `--p2p-listen` was given.
+    pub fn seeder(&self) -> Option<&crate::seeder::Seeder> {
+        self.seeder.as_ref()
     }
     /// The operator's HTTP bearer token.
     pub fn operator_token(&self) -> &str {
@@ -405,6 +437,9 @@ impl Server {
             let _ = stop.send(());
         }
         let result = self.wait().await;
+        if let Some(seeder) = &self.seeder {
+            seeder.shutdown().await;
+        }
         self.registry.flush()?;
         result
     }

@@ -88,6 +88,9 @@ pub(super) async fn publish_release(
         })
     })
     .await?;
+    if let Some(seeder) = &s.seeder {
+        seeder.provide(rec.manifest_id).await;
+    }
     tracing::info!(release = %rec.id, name = rec.name, version = %rec.version, "release published");
     Ok((StatusCode::CREATED, Json(rec)))
 }

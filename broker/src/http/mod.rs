@@ -77,6 +77,8 @@ pub struct AppState {
     pub control_handle: Option<ControlHandle>,
     /// HTTP counters.
     pub stats: Arc<HttpStats>,
+    /// The libp2p origin seeder, which provides each new release.
+    pub seeder: Option<crate::seeder::Seeder>,
 }
 
 /// An error answer: a status, a stable code and a message.
