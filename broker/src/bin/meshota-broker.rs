@@ -145,6 +145,11 @@ async fn main() -> anyhow::Result<()> {
         .context("starting meshota-broker")?;
     // Humans read stderr; tests and scripts parse this one stdout line.
     println!("{}", server.listening_line());
+    if let Some(seeder) = server.seeder() {
+        for addr in seeder.addrs().await {
+            tracing::info!("origin seeder (libp2p) on {addr}");
+        }
+    }
     match server.mqtt_addr() {
         Some(a) => tracing::info!("embedded MQTT 3.1.1 broker on {a}"),
         None => tracing::info!("using the external MQTT broker"),
