@@ -165,10 +165,11 @@ fn check_and_apply(
     }
     match (&report.body, is_status) {
         (ReportBody::Status(s), true) if !s.online => {
-            if report.counter > rec.last_counter {
-                // A fresh offline status (a clean shutdown report) is
-                // applied in full below.
-            } else if !rec.online {
+            // Whatever its counter: devices reserve their will's counter
+            // above the reports of the session, so letting a will move
+            // `last_counter` would turn every later report of that session
+            // into a "replay" once the broker publishes it.
+            if !rec.online {
                 // Already offline: typically the retained will redelivered
                 // when the control plane resubscribes. Nothing to change.
                 return Ok(Outcome::Stale);
