@@ -99,6 +99,13 @@ pub struct Config {
     pub max_connections: usize,
     /// Largest bundle `POST /v1/releases` accepts, in bytes.
     pub max_bundle_bytes: u64,
+    /// The HTTP origin's base URL as devices reach it (behind a proxy or a
+    /// CDN), carried in announcements; default: the HTTP listener.
+    pub public_url: Option<String>,
+    /// libp2p multiaddrs (with `/p2p/<peer id>`) devices should dial for
+    /// the origin seeder, carried in announcements; default: the seeder's
+    /// own listen addresses.
+    pub p2p_announce: Vec<String>,
 }
 
 impl Default for Config {
@@ -121,6 +128,8 @@ impl Default for Config {
             open_reads: false,
             max_connections: 10_000,
             max_bundle_bytes: 8 << 30,
+            public_url: None,
+            p2p_announce: Vec::new(),
         }
     }
 }

@@ -24,6 +24,7 @@
 mod api;
 mod metrics;
 mod origin;
+mod rollouts;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub stats: Arc<HttpStats>,
     /// The libp2p origin seeder, which provides each new release.
     pub seeder: Option<crate::seeder::Seeder>,
+    /// The rollout service.
+    pub rollouts: crate::rollouts::Rollouts,
 }
 
 /// An error answer: a status, a stable code and a message.
@@ -179,12 +182,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices", get(api::list_devices))
         .route("/v1/devices/{id}", get(api::get_device))
         .route("/v1/fleet", get(api::fleet))
+        .route("/v1/rollouts", get(rollouts::list))
+        .route("/v1/rollouts/{id}", get(rollouts::get))
         .route_layer(guard(Access::Read));
     let writes = Router::new()
         .route("/v1/releases", post(api::publish_release))
         .route("/v1/devices/{id}/accept", post(api::accept_device))
         .route_layer(guard(Access::Operator))
         .layer(DefaultBodyLimit::disable());
+    // Small JSON bodies: axum's default body limit applies.
+    let rollout_writes = Router::new()
+        .route("/v1/rollouts", post(rollouts::create))
+        .route("/v1/rollouts/{id}/{command}", post(rollouts::command))
+        .route_layer(guard(Access::Operator));
     let metrics = Router::new()
         .route("/metrics", get(metrics::metrics))
         .route_layer(guard(Access::Metrics));
@@ -195,6 +205,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(reads)
         .merge(writes)
+        .merge(rollout_writes)
         .merge(metrics)
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such endpoint") })

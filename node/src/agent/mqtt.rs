@@ -586,6 +586,8 @@ mod tests {
             site: SiteId::new("s").unwrap(),
             tags: vec![],
             online: true,
+            groups: vec![],
+            compatible: None,
         }
     }
 
