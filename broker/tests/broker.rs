@@ -507,29 +507,6 @@ async fn a_rogue_clients_overwrite_of_a_retained_announcement_is_corrected() {
     server.shutdown().await.unwrap();
 }
 
-async fn v5_connect(addr: std::net::SocketAddr, id: &str, password: &str) -> Result<(), String> {
-    use rumqttc::v5::{mqttbytes::v5::Packet, AsyncClient, Event, MqttOptions};
-    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    opts.set_credentials(id, password);
-    let (_c, mut el) = AsyncClient::new(opts, 8);
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    return match ack.code {
-                        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success => Ok(()),
-                        code => Err(format!("{code:?}")),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await
-    .map_err(|_| "timed out".to_string())?
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mqtt5_listener_admits_enrolled_devices_and_refuses_others() {
     let dir = tempfile::tempdir().unwrap();
@@ -541,12 +518,12 @@ async fn the_mqtt5_listener_admits_enrolled_devices_and_refuses_others() {
     assert!(server.listening_line().contains(&format!("mqtt5={v5}")));
     let key = SecretKey::from_seed([1; 32]);
     let token = || DeviceToken::issue(&dev("d5"), &key, meshota_broker::now(), 60).unwrap();
-    assert!(v5_connect(v5, "d5", &token()).await.is_err());
+    assert!(v5_connect(v5, "d5", "d5", &token()).await.is_err());
     server.registry().accept(&dev("d5")).unwrap();
-    v5_connect(v5, "d5", &token())
+    v5_connect(v5, "d5", "d5", &token())
         .await
         .expect("enrolled device over MQTT 5");
-    assert!(v5_connect(v5, "d5", "garbage").await.is_err());
+    assert!(v5_connect(v5, "d5", "d5", "garbage").await.is_err());
     server.shutdown().await.unwrap();
 }
 

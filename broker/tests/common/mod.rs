@@ -170,6 +170,36 @@ pub async fn mqtt_connect(
     r.map(|()| (client, eventloop))
 }
 
+/// Logs in over MQTT 5; `Ok` on a successful CONNACK, `Err` with the
+/// reason code or connection error.
+pub async fn v5_connect(
+    addr: SocketAddr,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<(), String> {
+    use rumqttc::v5::{mqttbytes::v5::Packet, AsyncClient, Event, MqttOptions};
+    let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    opts.set_credentials(username, password);
+    let (_c, mut el) = AsyncClient::new(opts, 8);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return match ack.code {
+                        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success => Ok(()),
+                        code => Err(format!("{code:?}")),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "timed out".to_string())?
+}
+
 /// Connects as device `id` with a fresh token signed by `key`.
 pub async fn device_connect(
     addr: SocketAddr,
