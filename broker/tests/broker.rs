@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use meshota_broker::client::ClientError;
-use meshota_broker::ingest::REJECTED_PREFIX;
 use meshota_broker::registry::Admission;
 use meshota_protocol::topics::Topic;
 use meshota_protocol::{
@@ -57,16 +56,6 @@ fn report(device: &str, counter: u64, body: ReportBody, key: &SecretKey) -> Vec<
         body,
     };
     codec::encode(&SignedReport::sign(&r, key).unwrap()).unwrap()
-}
-
-fn rejected(server: &meshota_broker::server::Server, reason: &str) -> u64 {
-    server
-        .registry()
-        .counters()
-        .unwrap()
-        .into_iter()
-        .find(|(k, _)| k == &format!("{REJECTED_PREFIX}{reason}"))
-        .map_or(0, |(_, v)| v)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -315,15 +315,6 @@ async fn connections_beyond_the_limit_are_closed_and_service_returns_when_they_g
     server.shutdown().await.unwrap();
 }
 
-/// Finds a program on `PATH`.
-fn on_path(name: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_sub_and_mosquitto_pub_work_against_the_embedded_broker() {
     // Missing tools fail the test rather than skip it, so no run (CI or

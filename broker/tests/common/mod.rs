@@ -19,6 +19,9 @@ use meshota_protocol::{
 };
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet};
 
+mod agent;
+pub use agent::*;
+
 /// Generous bound on anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -262,4 +265,25 @@ pub async fn expect_retained(
         drop(el);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Finds a program on `PATH`.
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// How many reports the server has rejected for `reason`.
+pub fn rejected(server: &Server, reason: &str) -> u64 {
+    let name = format!("{}{reason}", meshota_broker::ingest::REJECTED_PREFIX);
+    server
+        .registry()
+        .counters()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == &name)
+        .map_or(0, |(_, v)| v)
 }

@@ -1,0 +1,301 @@
+//! The control plane and real device agents against a real Mosquitto,
+//! configured with the shipped ACL (`dist/mosquitto/acl`).
+//!
+//! Authentication choice for the test: Mosquitto cannot verify meshota's
+//! signed device tokens, so it runs with `allow_anonymous true` and no
+//! password file. It then accepts any username and password, and the ACL
+//! confines each client by the username it *claims* (`%u`). That is the
+//! weakest setting an operator could pick, and so the one where the two
+//! remaining defences must hold: Mosquitto's ACL refuses a device
+//! publishing on another device's topic, and where a broker does deliver
+//! such a message (here: a client with control-plane rights), ingest
+//! rejects it by its signature. Production settings are in
+//! `dist/mosquitto/mosquitto.conf`.
+// Test scaffolding outside #[test] functions may unwrap, as in `common`.
+#![allow(clippy::unwrap_used, clippy::panic)]
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use meshota_protocol::topics::Topic;
+use meshota_protocol::{
+    codec, FleetId, Report, ReportBody, SecretKey, SignedReport, SiteId, Status, UpdateState,
+};
+use rumqttc::{Event, Packet, QoS};
+
+/// The control plane's username in the shipped ACL.
+const CONTROL: &str = "meshota-control";
+
+/// A Mosquitto process, killed when dropped.
+struct Mosquitto {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Mosquitto {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// The shipped ACL, for fleet `default` instead of the example's `acme`.
+fn test_acl() -> String {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/mosquitto/acl");
+    let acl = std::fs::read_to_string(&shipped).unwrap();
+    assert!(acl.contains("meshota/v1/acme/"), "the shipped ACL changed");
+    acl.replace("meshota/v1/acme/", "meshota/v1/default/")
+}
+
+/// Starts Mosquitto on a free loopback port. Mosquitto cannot listen on
+/// port 0, so we pick a port by binding and releasing it, and try again
+/// with another if Mosquitto loses the race for it.
+fn start_mosquitto(dir: &Path) -> Mosquitto {
+    let Some(bin) = on_path("mosquitto").or_else(|| {
+        let sbin = PathBuf::from("/usr/sbin/mosquitto");
+        sbin.is_file().then_some(sbin)
+    }) else {
+        panic!("`mosquitto` is not installed: apt-get install -y mosquitto mosquitto-clients");
+    };
+    // Run as root, Mosquitto drops to the `mosquitto` user, which must be
+    // able to read the config and ACL (no secrets in them).
+    set_mode(dir, 0o755);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, test_acl()).unwrap();
+    set_mode(&acl, 0o644);
+    for attempt in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "per_listener_settings false\n\
+                 listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 acl_file {acl}\n\
+                 max_packet_size 327680\n\
+                 persistence false\n\
+                 log_dest stderr\n\
+                 log_type all\n",
+                acl = acl.display()
+            ),
+        )
+        .unwrap();
+        set_mode(&conf, 0o644);
+        let log = dir.join(format!("mosquitto-{attempt}.log"));
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut m = Mosquitto { child, addr, log };
+        // Up to 5 s for it to listen, or to exit (the port was taken).
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return m;
+            }
+            if m.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("mosquitto did not start on {port}: {}", m.log());
+    }
+    panic!("mosquitto did not start in 5 attempts");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn status_topic(device: &str) -> String {
+    Topic::Status {
+        fleet: FleetId::new("default").unwrap(),
+        device: dev(device),
+    }
+    .to_string()
+}
+
+/// A status for `claimed`, signed by `key` (another device's), with a
+/// version no device runs, so it would show if it landed.
+fn forged_status(claimed: &str, key: &SecretKey) -> Vec<u8> {
+    let report = Report {
+        device: dev(claimed),
+        counter: u64::MAX / 2,
+        time: meshota_broker::now(),
+        body: ReportBody::Status(Status {
+            version: Some(meshota_protocol::semver::Version::new(9, 9, 9)),
+            release: None,
+            slot: Some("b".into()),
+            state: UpdateState::Committed,
+            target: None,
+            peer_id: None,
+            site: SiteId::new("site-1").unwrap(),
+            tags: vec![],
+            online: true,
+        }),
+    };
+    codec::encode(&SignedReport::sign(&report, key).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_report_through_mosquitto_and_a_device_cannot_speak_for_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mosq = start_mosquitto(tmp.path());
+    let trust = write_trust(tmp.path(), &keys());
+    let mut cfg = config(&tmp.path().join("broker"));
+    cfg.trust = Some(trust.clone());
+    cfg.mqtt_url = Some(format!("mqtt://{CONTROL}:unused@{}", mosq.addr));
+    let server = spawn(cfg).await;
+
+    // With an external broker the registry learns no keys from logins:
+    // enrol each device's key (created as the agent would) directly.
+    let ids = ["dev-1", "dev-2", "dev-3"];
+    let mut device_keys = Vec::new();
+    for id in ids {
+        let data = device_data_dir(tmp.path(), id);
+        let (key, _) = meshota_node::config::ensure_device_key(&data).unwrap();
+        server
+            .registry()
+            .admit(&dev(id), key.public(), true, meshota_broker::now())
+            .unwrap();
+        device_keys.push(key);
+    }
+    let devices: Vec<_> = ids
+        .iter()
+        .map(|id| start_device(tmp.path(), id, mosq.addr, &trust))
+        .collect();
+    for id in ids {
+        eventually(
+            &format!("{id}'s status in the registry via Mosquitto"),
+            || {
+                server
+                    .registry()
+                    .device(&dev(id))
+                    .ok()
+                    .flatten()
+                    .filter(|r| r.state == Some(UpdateState::Idle) && r.online)
+            },
+        )
+        .await;
+    }
+
+    // A watcher with the control plane's rights sees everything on both
+    // topics the rogue will publish to.
+    let (watch, mut watch_el) = mqtt_connect(mosq.addr, "watcher", CONTROL, "x")
+        .await
+        .unwrap();
+    watch
+        .subscribe("meshota/v1/default/devices/+/status", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    watch
+        .subscribe("meshota/v1/default/devices/dev-1/events", QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let mut acked = 0;
+    tokio::time::timeout(WAIT, async {
+        while acked < 2 {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = watch_el.poll().await {
+                acked += 1;
+            }
+        }
+    })
+    .await
+    .expect("the watcher's subscriptions are acknowledged");
+
+    // dev-1's key (or anyone logged in as dev-1) publishes dev-2's status,
+    // then a marker on its own events topic. Mosquitto keeps one client's
+    // messages in order, so once the watcher has the marker, the forged
+    // status would already have arrived had Mosquitto let it through.
+    let forged = forged_status("dev-2", &device_keys[0]);
+    let (rogue, rogue_el) = mqtt_connect(mosq.addr, "rogue", "dev-1", "any")
+        .await
+        .unwrap();
+    let _rogue_loop = drive(rogue_el);
+    let marker = b"marker: not a report".to_vec();
+    rogue
+        .publish(
+            status_topic("dev-2"),
+            QoS::AtLeastOnce,
+            false,
+            forged.clone(),
+        )
+        .await
+        .unwrap();
+    rogue
+        .publish(
+            "meshota/v1/default/devices/dev-1/events",
+            QoS::AtLeastOnce,
+            false,
+            marker.clone(),
+        )
+        .await
+        .unwrap();
+    let saw_forged = tokio::time::timeout(WAIT, async {
+        let mut saw_forged = false;
+        loop {
+            if let Ok(Event::Incoming(Packet::Publish(p))) = watch_el.poll().await {
+                saw_forged |= p.payload.as_ref() == forged.as_slice();
+                if p.payload.as_ref() == marker.as_slice() {
+                    return saw_forged;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the rogue's marker on its own topic arrives");
+    assert!(!saw_forged, "Mosquitto delivered dev-2's status from dev-1");
+    eventually("Mosquitto to log the denial", || {
+        mosq.log()
+            .contains("Denied PUBLISH from rogue")
+            .then_some(())
+    })
+    .await;
+
+    // Where a broker lets it through (here: a client with the control
+    // plane's rights), ingest refuses it by signature.
+    let forged_before = rejected(&server, "forged");
+    watch
+        .publish(status_topic("dev-2"), QoS::AtLeastOnce, false, forged)
+        .await
+        .unwrap();
+    let _watch_loop = drive(watch_el);
+    eventually("ingest to reject the forged status", || {
+        (rejected(&server, "forged") > forged_before).then_some(())
+    })
+    .await;
+    let dev2 = server.registry().device(&dev("dev-2")).unwrap().unwrap();
+    assert_ne!(
+        dev2.version,
+        Some(meshota_protocol::semver::Version::new(9, 9, 9)),
+        "the forged status reached the registry"
+    );
+    assert_ne!(dev2.last_counter, u64::MAX / 2);
+
+    for (stop, daemon) in devices {
+        let _ = stop.send(());
+        blocking(move || daemon.join()).await.unwrap().unwrap();
+    }
+    server.shutdown().await.unwrap();
+}
