@@ -20,6 +20,8 @@ use meshota_protocol::{
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet};
 
 mod agent;
+// Not every test binary runs agents (as with `dead_code` above).
+#[allow(unused_imports)]
 pub use agent::*;
 
 /// Generous bound on anything a test waits for.
