@@ -59,56 +59,54 @@ fn test_acl() -> String {
     acl.replace("meshota/v1/acme/", "meshota/v1/default/")
 }
 
-/// Starts Mosquitto on a free loopback port. Mosquitto cannot listen on
-/// port 0, so we pick a port by binding and releasing it, and try again
-/// with another if Mosquitto loses the race for it.
-fn start_mosquitto(dir: &Path) -> Mosquitto {
-    let Some(bin) = on_path("mosquitto").or_else(|| {
-        let sbin = PathBuf::from("/usr/sbin/mosquitto");
+fn mosquitto_tool(name: &str) -> PathBuf {
+    let Some(bin) = on_path(name).or_else(|| {
+        let sbin = Path::new("/usr/sbin").join(name);
         sbin.is_file().then_some(sbin)
     }) else {
-        panic!("`mosquitto` is not installed: apt-get install -y mosquitto mosquitto-clients");
+        panic!("`{name}` is not installed: apt-get install -y mosquitto mosquitto-clients");
     };
-    // Run as root, Mosquitto drops to the `mosquitto` user, which must be
-    // able to read the config and ACL (no secrets in them).
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Writes `name` into `dir`, readable by Mosquitto: run as root, it drops
+/// to the `mosquitto` user (test files only, no real secrets).
+fn write_readable(dir: &Path, name: &str, text: &str) -> PathBuf {
     set_mode(dir, 0o755);
-    let acl = dir.join("acl");
-    std::fs::write(&acl, test_acl()).unwrap();
-    set_mode(&acl, 0o644);
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    set_mode(&path, 0o644);
+    path
+}
+
+/// Starts Mosquitto with the config `conf(port)` makes, whose plaintext
+/// listener must be `127.0.0.1:port`. Mosquitto cannot listen on port 0,
+/// so we pick a port by binding and releasing it, and try again with
+/// another if Mosquitto loses the race for it.
+fn start_mosquitto(dir: &Path, conf: impl Fn(u16) -> String) -> Mosquitto {
+    let bin = mosquitto_tool("mosquitto");
     for attempt in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "per_listener_settings false\n\
-                 listener {port} 127.0.0.1\n\
-                 allow_anonymous true\n\
-                 acl_file {acl}\n\
-                 max_packet_size 327680\n\
-                 persistence false\n\
-                 log_dest stderr\n\
-                 log_type all\n",
-                acl = acl.display()
-            ),
-        )
-        .unwrap();
-        set_mode(&conf, 0o644);
+        let port = free_port();
+        let path = write_readable(dir, "mosquitto.conf", &conf(port));
         let log = dir.join(format!("mosquitto-{attempt}.log"));
         let child = Command::new(&bin)
             .arg("-c")
-            .arg(&conf)
+            .arg(&path)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut m = Mosquitto { child, addr, log };
-        // Up to 5 s for it to listen, or to exit (the port was taken).
+        // Up to 5 s for it to listen, or to exit (a port was taken).
         for _ in 0..100 {
             if std::net::TcpStream::connect(addr).is_ok() {
                 return m;
@@ -121,6 +119,25 @@ fn start_mosquitto(dir: &Path) -> Mosquitto {
         eprintln!("mosquitto did not start on {port}: {}", m.log());
     }
     panic!("mosquitto did not start in 5 attempts");
+}
+
+/// Mosquitto with the shipped ACL and, for authentication, none: every
+/// client is let in under the username it claims (see the module doc).
+fn start_open_mosquitto(dir: &Path) -> Mosquitto {
+    let acl = write_readable(dir, "acl", &test_acl());
+    start_mosquitto(dir, |port| {
+        format!(
+            "per_listener_settings false\n\
+             listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             acl_file {acl}\n\
+             max_packet_size 327680\n\
+             persistence false\n\
+             log_dest stderr\n\
+             log_type all\n",
+            acl = acl.display()
+        )
+    })
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -161,7 +178,7 @@ fn forged_status(claimed: &str, key: &SecretKey) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_report_through_mosquitto_and_a_device_cannot_speak_for_another() {
     let tmp = tempfile::tempdir().unwrap();
-    let mosq = start_mosquitto(tmp.path());
+    let mosq = start_open_mosquitto(tmp.path());
     let trust = write_trust(tmp.path(), &keys());
     let mut cfg = config(&tmp.path().join("broker"));
     cfg.trust = Some(trust.clone());
@@ -297,5 +314,141 @@ async fn devices_report_through_mosquitto_and_a_device_cannot_speak_for_another(
         let _ = stop.send(());
         blocking(move || daemon.join()).await.unwrap().unwrap();
     }
+    server.shutdown().await.unwrap();
+}
+
+/// The shipped `mosquitto.conf`, adapted only where a test must: file
+/// paths, ports (loopback, free), no persistence file, log to stderr.
+fn shipped_conf(dir: &Path, tls_port: u16, port: u16) -> String {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/mosquitto/mosquitto.conf");
+    let mut conf = std::fs::read_to_string(shipped).unwrap();
+    let d = dir.display();
+    for (from, to) in [
+        (
+            "/etc/mosquitto/ca_certificates/meshota-ca.pem".to_string(),
+            format!("{d}/cert.pem"),
+        ),
+        (
+            "/etc/mosquitto/certs/broker.crt.pem".into(),
+            format!("{d}/cert.pem"),
+        ),
+        (
+            "/etc/mosquitto/certs/broker.key.pem".into(),
+            format!("{d}/key.pem"),
+        ),
+        (
+            "/etc/mosquitto/meshota.passwd".into(),
+            format!("{d}/passwd"),
+        ),
+        ("/etc/mosquitto/meshota.acl".into(), format!("{d}/acl")),
+        (
+            "\nlistener 8883\n".into(),
+            format!("\nlistener {tls_port} 127.0.0.1\n"),
+        ),
+        (
+            "\nlistener 1883 127.0.0.1\n".into(),
+            format!("\nlistener {port} 127.0.0.1\n"),
+        ),
+        (
+            "\npersistence true\n".into(),
+            "\npersistence false\n".into(),
+        ),
+    ] {
+        assert!(
+            conf.contains(&from),
+            "the shipped mosquitto.conf lost {from:?}"
+        );
+        conf = conf.replace(&from, &to);
+    }
+    conf + "log_dest stderr\nlog_type all\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_mosquitto_config_admits_only_its_password_file_users() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    write_readable(dir, "cert.pem", &ck.cert.pem());
+    write_readable(dir, "key.pem", &ck.key_pair.serialize_pem());
+    write_readable(dir, "acl", &test_acl());
+    let passwd = write_readable(dir, "passwd", "");
+    for (user, pw) in [(CONTROL, "control-pw"), ("dev-1", "dev-1-pw")] {
+        let out = Command::new(mosquitto_tool("mosquitto_passwd"))
+            .arg("-b")
+            .arg(&passwd)
+            .args([user, pw])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    set_mode(&passwd, 0o644);
+    let mosq = start_mosquitto(dir, |port| shipped_conf(dir, free_port(), port));
+
+    let trust = write_trust(dir, &keys());
+    let mut cfg = config(&dir.join("broker"));
+    cfg.trust = Some(trust);
+    cfg.mqtt_url = Some(format!("mqtt://{CONTROL}:control-pw@{}", mosq.addr));
+    let server = spawn(cfg).await;
+    eventually("the control plane logged in to Mosquitto", || {
+        server
+            .control()
+            .stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
+
+    // A device with its password-file entry (node.toml: [mqtt] username +
+    // password_file) gets in and its signed status reaches the registry.
+    let key = SecretKey::from_seed([41; 32]);
+    server
+        .registry()
+        .admit(&dev("dev-1"), key.public(), true, meshota_broker::now())
+        .unwrap();
+    let (c, el) = mqtt_connect(mosq.addr, "dev-1", "dev-1", "dev-1-pw")
+        .await
+        .unwrap();
+    let _loop = drive(el);
+    let report = Report {
+        device: dev("dev-1"),
+        counter: 7,
+        time: meshota_broker::now(),
+        body: ReportBody::Status(Status {
+            version: Some(meshota_protocol::semver::Version::new(1, 0, 0)),
+            release: None,
+            slot: Some("a".into()),
+            state: UpdateState::Idle,
+            target: None,
+            peer_id: None,
+            site: SiteId::new("site-1").unwrap(),
+            tags: vec![],
+            online: true,
+        }),
+    };
+    let signed = codec::encode(&SignedReport::sign(&report, &key).unwrap()).unwrap();
+    c.publish(status_topic("dev-1"), QoS::AtLeastOnce, true, signed)
+        .await
+        .unwrap();
+    eventually("dev-1's status in the registry", || {
+        server
+            .registry()
+            .device(&dev("dev-1"))
+            .unwrap()
+            .filter(|r| r.last_counter == 7)
+    })
+    .await;
+
+    // Wrong passwords and unlisted users (a device token, say) are refused.
+    assert!(mqtt_connect(mosq.addr, "dev-1", "dev-1", "wrong")
+        .await
+        .is_err());
+    assert!(mqtt_connect(mosq.addr, "dev-2", "dev-2", "token")
+        .await
+        .is_err());
     server.shutdown().await.unwrap();
 }
