@@ -8,55 +8,8 @@ use common::*;
 use meshota_broker::client::ClientError;
 use meshota_broker::registry::Admission;
 use meshota_protocol::topics::Topic;
-use meshota_protocol::{
-    codec, ChunkId, DeviceToken, Event, FleetId, Manifest, Report, ReportBody, SecretKey,
-    SignedReport, SiteId, Status, UpdateState,
-};
+use meshota_protocol::{ChunkId, DeviceToken, Event, Manifest, ReportBody, SecretKey};
 use rumqttc::QoS;
-
-fn fleet() -> FleetId {
-    FleetId::new("default").unwrap()
-}
-
-fn status_topic(d: &str) -> String {
-    Topic::Status {
-        fleet: fleet(),
-        device: dev(d),
-    }
-    .to_string()
-}
-
-fn events_topic(d: &str) -> String {
-    Topic::Events {
-        fleet: fleet(),
-        device: dev(d),
-    }
-    .to_string()
-}
-
-fn status(online: bool) -> Status {
-    Status {
-        version: Some(meshota_protocol::semver::Version::new(1, 0, 0)),
-        release: None,
-        slot: Some("a".into()),
-        state: UpdateState::Idle,
-        target: None,
-        peer_id: None,
-        site: SiteId::new("lab").unwrap(),
-        tags: vec![],
-        online,
-    }
-}
-
-fn report(device: &str, counter: u64, body: ReportBody, key: &SecretKey) -> Vec<u8> {
-    let r = Report {
-        device: dev(device),
-        counter,
-        time: 1,
-        body,
-    };
-    codec::encode(&SignedReport::sign(&r, key).unwrap()).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_authenticate_with_signed_tokens_and_unknown_keys_wait_as_pending() {

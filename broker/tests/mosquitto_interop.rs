@@ -22,10 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use meshota_protocol::topics::Topic;
-use meshota_protocol::{
-    codec, FleetId, Report, ReportBody, SecretKey, SignedReport, SiteId, Status, UpdateState,
-};
+use meshota_protocol::{ReportBody, SecretKey, UpdateState};
 use rumqttc::{Event, Packet, QoS};
 
 /// The control plane's username in the shipped ACL.
@@ -145,34 +142,12 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-fn status_topic(device: &str) -> String {
-    Topic::Status {
-        fleet: FleetId::new("default").unwrap(),
-        device: dev(device),
-    }
-    .to_string()
-}
-
 /// A status for `claimed`, signed by `key` (another device's), with a
 /// version no device runs, so it would show if it landed.
 fn forged_status(claimed: &str, key: &SecretKey) -> Vec<u8> {
-    let report = Report {
-        device: dev(claimed),
-        counter: u64::MAX / 2,
-        time: meshota_broker::now(),
-        body: ReportBody::Status(Status {
-            version: Some(meshota_protocol::semver::Version::new(9, 9, 9)),
-            release: None,
-            slot: Some("b".into()),
-            state: UpdateState::Committed,
-            target: None,
-            peer_id: None,
-            site: SiteId::new("site-1").unwrap(),
-            tags: vec![],
-            online: true,
-        }),
-    };
-    codec::encode(&SignedReport::sign(&report, key).unwrap()).unwrap()
+    let mut st = status(true);
+    st.version = Some(meshota_protocol::semver::Version::new(9, 9, 9));
+    report(claimed, u64::MAX / 2, ReportBody::Status(st), key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -414,23 +389,7 @@ async fn the_shipped_mosquitto_config_admits_only_its_password_file_users() {
         .await
         .unwrap();
     let _loop = drive(el);
-    let report = Report {
-        device: dev("dev-1"),
-        counter: 7,
-        time: meshota_broker::now(),
-        body: ReportBody::Status(Status {
-            version: Some(meshota_protocol::semver::Version::new(1, 0, 0)),
-            release: None,
-            slot: Some("a".into()),
-            state: UpdateState::Idle,
-            target: None,
-            peer_id: None,
-            site: SiteId::new("site-1").unwrap(),
-            tags: vec![],
-            online: true,
-        }),
-    };
-    let signed = codec::encode(&SignedReport::sign(&report, &key).unwrap()).unwrap();
+    let signed = report("dev-1", 7, ReportBody::Status(status(true)), &key);
     c.publish(status_topic("dev-1"), QoS::AtLeastOnce, true, signed)
         .await
         .unwrap();

@@ -289,3 +289,58 @@ pub fn rejected(server: &Server, reason: &str) -> u64 {
         .find(|(k, _)| k == &name)
         .map_or(0, |(_, v)| v)
 }
+
+/// The fleet test servers serve.
+pub fn fleet() -> meshota_protocol::FleetId {
+    meshota_protocol::FleetId::new("default").unwrap()
+}
+
+/// Device `d`'s status topic.
+pub fn status_topic(d: &str) -> String {
+    meshota_protocol::topics::Topic::Status {
+        fleet: fleet(),
+        device: dev(d),
+    }
+    .to_string()
+}
+
+/// Device `d`'s events topic.
+pub fn events_topic(d: &str) -> String {
+    meshota_protocol::topics::Topic::Events {
+        fleet: fleet(),
+        device: dev(d),
+    }
+    .to_string()
+}
+
+/// An idle v1.0.0 status at site `lab`.
+pub fn status(online: bool) -> meshota_protocol::Status {
+    meshota_protocol::Status {
+        version: Some(meshota_protocol::semver::Version::new(1, 0, 0)),
+        release: None,
+        slot: Some("a".into()),
+        state: meshota_protocol::UpdateState::Idle,
+        target: None,
+        peer_id: None,
+        site: meshota_protocol::SiteId::new("lab").unwrap(),
+        tags: vec![],
+        online,
+    }
+}
+
+/// `body` as device `device`'s report number `counter`, signed by `key`,
+/// encoded for the wire.
+pub fn report(
+    device: &str,
+    counter: u64,
+    body: meshota_protocol::ReportBody,
+    key: &SecretKey,
+) -> Vec<u8> {
+    let r = meshota_protocol::Report {
+        device: dev(device),
+        counter,
+        time: 1,
+        body,
+    };
+    codec::encode(&meshota_protocol::SignedReport::sign(&r, key).unwrap()).unwrap()
+}
