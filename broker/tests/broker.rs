@@ -63,15 +63,7 @@ async fn forged_replayed_and_unenrolled_telemetry_is_rejected_and_the_registry_i
     let (c, el) = device_connect(mqtt, "d1", &key).await.unwrap();
     let _drive = drive(el);
     let reg = server.registry().clone();
-    eventually("control plane connected", || {
-        server
-            .control()
-            .stats()
-            .connected
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(())
-    })
-    .await;
+    control_connected(&server).await;
 
     let body = ReportBody::Status(status(true));
     c.publish(
@@ -405,15 +397,7 @@ async fn a_rogue_clients_overwrite_of_a_retained_announcement_is_corrected() {
         channel: meshota_protocol::Channel::new("stable").unwrap(),
     };
     let ours = b"the signed announcement".to_vec();
-    eventually("control plane connected", || {
-        server
-            .control()
-            .stats()
-            .connected
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(())
-    })
-    .await;
+    control_connected(&server).await;
     server
         .control()
         .announce(&topic, ours.clone())

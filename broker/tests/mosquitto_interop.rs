@@ -368,15 +368,7 @@ async fn the_shipped_mosquitto_config_admits_only_its_password_file_users() {
     cfg.trust = Some(trust);
     cfg.mqtt_url = Some(format!("mqtt://{CONTROL}:control-pw@{}", mosq.addr));
     let server = spawn(cfg).await;
-    eventually("the control plane logged in to Mosquitto", || {
-        server
-            .control()
-            .stats()
-            .connected
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(())
-    })
-    .await;
+    control_connected(&server).await;
 
     // A device with its password-file entry (node.toml: [mqtt] username +
     // password_file) gets in and its signed status reaches the registry.

@@ -344,3 +344,16 @@ pub fn report(
     };
     codec::encode(&meshota_protocol::SignedReport::sign(&r, key).unwrap()).unwrap()
 }
+
+/// Waits until the server's control plane is connected to its broker.
+pub async fn control_connected(server: &Server) {
+    eventually("the control plane connected to its broker", || {
+        server
+            .control()
+            .stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
+}
