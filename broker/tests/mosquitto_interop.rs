@@ -354,11 +354,7 @@ async fn the_shipped_mosquitto_config_admits_only_its_password_file_users() {
             .args([user, pw])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded("mosquitto_passwd", out);
     }
     set_mode(&passwd, 0o644);
     let mosq = start_mosquitto(dir, |port| shipped_conf(dir, free_port(), port));

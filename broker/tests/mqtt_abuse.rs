@@ -347,19 +347,13 @@ async fn mosquitto_sub_and_mosquitto_pub_work_against_the_embedded_broker() {
         ])
         .output()
         .unwrap();
-    assert!(
-        published.status.success(),
-        "mosquitto_pub failed: {}",
-        String::from_utf8_lossy(&published.stderr)
-    );
+    succeeded("mosquitto_pub", published);
     // `-C 1` exits after one message, `-W` bounds the wait in seconds.
     let mut sub = common_args(&sub_bin, "mosq-sub");
     sub.args(["-t", "meshota/v1/default/#", "-C", "1", "-W", "10", "-v"]);
-    let got = blocking(move || sub.output().unwrap()).await;
-    assert!(
-        got.status.success(),
-        "mosquitto_sub failed: {}",
-        String::from_utf8_lossy(&got.stderr)
+    let got = succeeded(
+        "mosquitto_sub",
+        blocking(move || sub.output().unwrap()).await,
     );
     assert_eq!(
         String::from_utf8_lossy(&got.stdout).trim(),

@@ -357,3 +357,15 @@ pub async fn control_connected(server: &Server) {
     })
     .await;
 }
+
+/// `out`, after checking that `what` exited successfully (its stderr in
+/// the failure message).
+pub fn succeeded(what: &str, out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
