@@ -22,7 +22,17 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use meshota_protocol::{ReportBody, SecretKey, UpdateState};
+use meshota_broker::origin::publish_bundle;
+use meshota_broker::registry::{DeviceRecord, Registry};
+use meshota_broker::server::Server;
+use meshota_node::store::MemStore;
+use meshota_protocol::bundle::BundleReader;
+use meshota_protocol::release::FULL_SHARE;
+use meshota_protocol::topics::Topic;
+use meshota_protocol::{
+    codec, Action, Announcement, Channel, Compatible, ReportBody, RolloutGate, SecretKey, Signed,
+    UpdateState,
+};
 use rumqttc::{Event, Packet, QoS};
 
 /// The control plane's username in the shipped ACL.
@@ -142,6 +152,46 @@ fn set_mode(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// With an external broker the registry learns no keys from logins:
+/// creates each agent's device key where `start_device` will find it and
+/// enrols it directly, as an operator's provisioning would.
+fn enrol_agents(server: &Server, dir: &Path, ids: &[&str]) -> Vec<SecretKey> {
+    ids.iter()
+        .map(|id| {
+            let data = device_data_dir(dir, id);
+            let (key, _) = meshota_node::config::ensure_device_key(&data).unwrap();
+            server
+                .registry()
+                .admit(&dev(id), key.public(), true, meshota_broker::now())
+                .unwrap();
+            key
+        })
+        .collect()
+}
+
+/// Waits for device `id`'s record to say committed; on timeout, fails
+/// with its record and event history (what the device reported).
+async fn committed(server: &Server, id: &str) -> DeviceRecord {
+    let reg = server.registry();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rec = reg.device(&dev(id)).unwrap();
+        if let Some(r) = rec
+            .as_ref()
+            .filter(|r| r.state == Some(UpdateState::Committed))
+        {
+            return r.clone();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{id} did not commit: {rec:?}\nevents: {:?}",
+                reg.events(&dev(id)).unwrap()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A status for `claimed`, signed by `key` (another device's), with a
 /// version no device runs, so it would show if it landed.
 fn forged_status(claimed: &str, key: &SecretKey) -> Vec<u8> {
@@ -160,19 +210,8 @@ async fn devices_report_through_mosquitto_and_a_device_cannot_speak_for_another(
     cfg.mqtt_url = Some(format!("mqtt://{CONTROL}:unused@{}", mosq.addr));
     let server = spawn(cfg).await;
 
-    // With an external broker the registry learns no keys from logins:
-    // enrol each device's key (created as the agent would) directly.
     let ids = ["dev-1", "dev-2", "dev-3"];
-    let mut device_keys = Vec::new();
-    for id in ids {
-        let data = device_data_dir(tmp.path(), id);
-        let (key, _) = meshota_node::config::ensure_device_key(&data).unwrap();
-        server
-            .registry()
-            .admit(&dev(id), key.public(), true, meshota_broker::now())
-            .unwrap();
-        device_keys.push(key);
-    }
+    let device_keys = enrol_agents(&server, tmp.path(), &ids);
     let devices: Vec<_> = ids
         .iter()
         .map(|id| start_device(tmp.path(), id, mosq.addr, &trust))
@@ -397,5 +436,94 @@ async fn the_shipped_mosquitto_config_admits_only_its_password_file_users() {
     assert!(mqtt_connect(mosq.addr, "dev-2", "dev-2", "token")
         .await
         .is_err());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_agents_take_an_announced_release_through_mosquitto_to_committed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mosq = start_open_mosquitto(dir);
+    let k = keys();
+    let trust = write_trust(dir, &k);
+    let mut cfg = config(&dir.join("broker"));
+    cfg.trust = Some(trust.clone());
+    cfg.mqtt_url = Some(format!("mqtt://{CONTROL}:unused@{}", mosq.addr));
+    let server = spawn(cfg).await;
+    control_connected(&server).await;
+    let ids = ["dev-1", "dev-2", "dev-3"];
+    enrol_agents(&server, dir, &ids);
+
+    // The release, and each device's store preloaded with its chunks
+    // (this test is about the MQTT path; libp2p has its own tests).
+    let data = payload(300_000, 11);
+    let (_, bundle_bytes) = bundle(&k, &data, &k.release);
+    let bundle_path = dir.join("release.mota");
+    std::fs::write(&bundle_path, &bundle_bytes).unwrap();
+    let root = server.trust().unwrap().clone();
+    let scratch = Registry::open(&dir.join("scratch")).unwrap();
+    let stores: Vec<MemStore> = ids
+        .iter()
+        .map(|_| {
+            let store = MemStore::new();
+            publish_bundle(&bundle_path, &root, &store, &scratch, meshota_broker::now()).unwrap();
+            store
+        })
+        .collect();
+    let reader = BundleReader::open(&bundle_bytes[..]).unwrap();
+    let release = reader.signed_release().clone();
+    let release_id = reader.release_id();
+
+    let devices: Vec<_> = ids
+        .iter()
+        .zip(stores)
+        .map(|(id, store)| start_device_with(dir, id, mosq.addr, &trust, store))
+        .collect();
+
+    // The whole fleet, at once, as a rollout's last wave would open it.
+    let now = meshota_broker::now();
+    let gate = RolloutGate {
+        release_id,
+        share_bp: FULL_SHARE,
+        groups: vec![],
+        action: Action::InstallAndActivate,
+        not_before: 0,
+        expires_at: now + 3600,
+        sequence: 1,
+    };
+    let announcement = Announcement {
+        release,
+        gate: Signed::sign(&gate, &[&k.rollout]).unwrap(),
+        bootstrap: vec![],
+        http_origin: None,
+    };
+    let topic = Topic::Announce {
+        fleet: fleet(),
+        compatible: Compatible::new("rpi4").unwrap(),
+        channel: Channel::new("stable").unwrap(),
+    };
+    server
+        .control()
+        .announce(&topic, codec::encode(&announcement).unwrap())
+        .await
+        .unwrap();
+
+    for id in ids {
+        let rec = committed(&server, id).await;
+        assert_eq!(rec.release, Some(release_id));
+        assert_eq!(
+            rec.version,
+            Some(meshota_protocol::semver::Version::new(1, 2, 3))
+        );
+        let active = device_slots(dir, id).join("current").join("payload");
+        assert!(
+            std::fs::read(&active).unwrap() == data,
+            "{id}'s active slot is not byte-identical to the payload"
+        );
+    }
+    for (stop, daemon) in devices {
+        let _ = stop.send(());
+        blocking(move || daemon.join()).await.unwrap().unwrap();
+    }
     server.shutdown().await.unwrap();
 }

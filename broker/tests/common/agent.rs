@@ -14,12 +14,33 @@ pub fn device_data_dir(dir: &Path, id: &str) -> PathBuf {
 }
 
 /// Runs `meshota-node`'s daemon for device `id` against `mqtt` on its own
-/// thread; it stops when the returned sender is dropped or fires.
+/// thread, with an empty chunk store; it stops when the returned sender is
+/// dropped or fires.
 pub fn start_device(
     dir: &Path,
     id: &str,
     mqtt: SocketAddr,
     trust: &Path,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    std::thread::JoinHandle<Result<(), mqtt::DaemonError>>,
+) {
+    start_device_with(dir, id, mqtt, trust, MemStore::new())
+}
+
+/// The device's `dir` backend slot root, as `start_device` configures it.
+pub fn device_slots(dir: &Path, id: &str) -> PathBuf {
+    dir.join(id).join("slots")
+}
+
+/// As [`start_device`], with `store` as its chunk store (preloaded chunks
+/// make the agent's `PreloadedFetcher` succeed without any network).
+pub fn start_device_with(
+    dir: &Path,
+    id: &str,
+    mqtt: SocketAddr,
+    trust: &Path,
+    store: MemStore,
 ) -> (
     tokio::sync::oneshot::Sender<()>,
     std::thread::JoinHandle<Result<(), mqtt::DaemonError>>,
@@ -41,7 +62,7 @@ root = "{slots}"
 "#,
         data = device_data_dir(dir, id).display(),
         trust = trust.display(),
-        slots = dir.join(id).join("slots").display(),
+        slots = device_slots(dir, id).display(),
     ))
     .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -52,7 +73,7 @@ root = "{slots}"
             .unwrap();
         rt.block_on(mqtt::run_until(
             cfg,
-            Arc::new(MemStore::new()),
+            Arc::new(store),
             Box::new(PreloadedFetcher),
             async {
                 let _ = stop_rx.await;
