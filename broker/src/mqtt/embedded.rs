@@ -9,6 +9,9 @@
 //! terminated by rumqttd). That also gives us:
 //! - a connection cap enforced before rumqttd's `max_connections`, which
 //!   panics in some versions;
+//! - a guard on what clients send (see [`crate::mqtt::guard`]), in
+//!   plaintext only: packets only a server may send crash rumqttd's MQTT 5
+//!   decoder;
 //! - a real shutdown: dropping the forwarders closes every client
 //!   connection, and the [`crate::auth::Authenticator`] refuses every
 //!   login once the control plane is gone, so the leftover rumqttd thread
@@ -25,6 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::Authenticator;
 use crate::config::TlsFiles;
+use crate::mqtt::guard;
 
 /// Largest MQTT packet, either way: an announcement (256 KiB of body) and
 /// its topic fit; a device report (32 KiB) fits many times over.
@@ -191,9 +195,11 @@ pub async fn start(
         },
     };
     let permits = Arc::new(Semaphore::new(settings.max_connections));
-    tasks.spawn(forward(v4_public, v4_internal, permits.clone()));
+    // Under TLS we forward ciphertext and cannot look at packets.
+    let guard = settings.tls.is_none();
+    tasks.spawn(forward(v4_public, v4_internal, permits.clone(), guard));
     if let (Some(l), Some(internal)) = (v5_public, v5_internal) {
-        tasks.spawn(forward(l, internal, permits));
+        tasks.spawn(forward(l, internal, permits, guard));
     }
     Ok(addrs)
 }
@@ -210,13 +216,15 @@ async fn wait_until_listening(addr: SocketAddr) -> Result<(), EmbeddedError> {
     )))
 }
 
-/// Accepts on `public` and pipes each connection to rumqttd at `internal`.
-/// Connections live in this task's own `JoinSet`, so they all close when
-/// the task is aborted at shutdown.
+/// Accepts on `public` and pipes each connection to rumqttd at `internal`,
+/// through the packet guard when `guard` is set. Connections live in this
+/// task's own `JoinSet`, so they all close when the task is aborted at
+/// shutdown.
 async fn forward(
     public: TcpListener,
     internal: SocketAddr,
     permits: Arc<Semaphore>,
+    guard: bool,
 ) -> Result<(), String> {
     let mut conns = JoinSet::new();
     loop {
@@ -244,7 +252,23 @@ async fn forward(
                     };
                     let _ = client.set_nodelay(true);
                     let _ = upstream.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    if !guard {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        return;
+                    }
+                    let (client_rx, mut client_tx) = client.split();
+                    let (mut upstream_rx, upstream_tx) = upstream.split();
+                    // Whichever way ends first ends the connection: a
+                    // stopped guard closes both sockets, so rumqttd sees
+                    // an ordinary disconnect.
+                    tokio::select! {
+                        r = guard::copy_guarded(client_rx, upstream_tx) => {
+                            if let Err(e) = r {
+                                tracing::info!(%peer, error = %e, "MQTT client dropped");
+                            }
+                        }
+                        _ = tokio::io::copy(&mut upstream_rx, &mut client_tx) => {}
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
