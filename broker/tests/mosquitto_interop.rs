@@ -27,12 +27,7 @@ use meshota_broker::registry::{DeviceRecord, Registry};
 use meshota_broker::server::Server;
 use meshota_node::store::MemStore;
 use meshota_protocol::bundle::BundleReader;
-use meshota_protocol::release::FULL_SHARE;
-use meshota_protocol::topics::Topic;
-use meshota_protocol::{
-    codec, Action, Announcement, Channel, Compatible, ReportBody, RolloutGate, SecretKey, Signed,
-    UpdateState,
-};
+use meshota_protocol::{ReportBody, SecretKey, UpdateState};
 use rumqttc::{Event, Packet, QoS};
 
 /// The control plane's username in the shipped ACL.
@@ -440,7 +435,7 @@ async fn the_shipped_mosquitto_config_admits_only_its_password_file_users() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_agents_take_an_announced_release_through_mosquitto_to_committed() {
+async fn a_staged_rollout_through_mosquitto_takes_three_agents_to_committed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mosq = start_open_mosquitto(dir);
@@ -448,6 +443,9 @@ async fn three_agents_take_an_announced_release_through_mosquitto_to_committed()
     let trust = write_trust(dir, &k);
     let mut cfg = config(&dir.join("broker"));
     cfg.trust = Some(trust.clone());
+    let rollout_key = dir.join("rollout.key");
+    std::fs::write(&rollout_key, k.rollout.to_file("rollout")).unwrap();
+    cfg.rollout_key = Some(rollout_key);
     cfg.mqtt_url = Some(format!("mqtt://{CONTROL}:unused@{}", mosq.addr));
     let server = spawn(cfg).await;
     control_connected(&server).await;
@@ -480,32 +478,30 @@ async fn three_agents_take_an_announced_release_through_mosquitto_to_committed()
         .map(|(id, store)| start_device_with(dir, id, mosq.addr, &trust, store))
         .collect();
 
-    // The whole fleet, at once, as a rollout's last wave would open it.
-    let now = meshota_broker::now();
-    let gate = RolloutGate {
-        release_id,
-        share_bp: FULL_SHARE,
-        groups: vec![],
-        action: Action::InstallAndActivate,
-        not_before: 0,
-        expires_at: now + 3600,
-        sequence: 1,
-    };
-    let announcement = Announcement {
-        release,
-        gate: Signed::sign(&gate, &[&k.rollout]).unwrap(),
-        bootstrap: vec![],
-        http_origin: None,
-    };
-    let topic = Topic::Announce {
-        fleet: fleet(),
-        compatible: Compatible::new("rpi4").unwrap(),
-        channel: Channel::new("stable").unwrap(),
-    };
-    server
-        .control()
-        .announce(&topic, codec::encode(&announcement).unwrap())
-        .await
+    // A real staged rollout through the external broker: the control
+    // plane's driver signs each wave's gate and publishes it on Mosquitto.
+    let client = http(&server, true);
+    let published = blocking(move || client.publish_release(&bundle_path).unwrap()).await;
+    assert_eq!(published.id, release_id);
+    let _ = release;
+    let created = server
+        .rollouts()
+        .create(
+            meshota_broker::rollouts::CreateRollout {
+                release: release_id,
+                waves: Some(vec![34, 100]),
+                groups: vec![],
+                success_threshold: None,
+                error_threshold: None,
+                soak_secs: Some(0),
+                action: None,
+                not_before: None,
+                max_parallel: None,
+                gate_lifetime_secs: None,
+                report_timeout_secs: None,
+            },
+            meshota_broker::now(),
+        )
         .unwrap();
 
     for id in ids {
@@ -520,6 +516,36 @@ async fn three_agents_take_an_announced_release_through_mosquitto_to_committed()
             std::fs::read(&active).unwrap() == data,
             "{id}'s active slot is not byte-identical to the payload"
         );
+    }
+    let id = created.status.rollout.to_string();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = server.rollouts().get(&id, meshota_broker::now()).unwrap();
+        if v.status.state == meshota_broker::rollout::RolloutState::Completed {
+            assert_eq!(v.status.waves.len(), 2);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout did not complete:\n{}",
+            v.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let id = created.status.rollout.to_string();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let v = server.rollouts().get(&id, meshota_broker::now()).unwrap();
+        if v.status.state == meshota_broker::rollout::RolloutState::Completed {
+            assert_eq!(v.status.waves.len(), 2);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout did not complete:\n{}",
+            v.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     for (stop, daemon) in devices {
         let _ = stop.send(());
