@@ -86,7 +86,7 @@ impl ProgressView {
                 self.bar.inc(1);
                 // Formatting a message per device would dominate a 100k
                 // run; every 256th is plenty for a bar redrawn at 20 Hz.
-                if self.bar.position() % 256 == 0 {
+                if self.bar.position().is_multiple_of(256) {
                     self.bar.set_message(format!("t = {at_s:.1} s"));
                 }
             }

@@ -29,7 +29,7 @@ const TOKEN_TTL: u64 = 3600;
 /// are load-test identities, not secrets.
 pub fn device_key(seed: u64, index: u32) -> SecretKey {
     let mut bytes = [0u8; 32];
-    let mut z = seed ^ (u64::from(index) << 32) ^ 0x6D65_7368_6F74_61;
+    let mut z = seed ^ (u64::from(index) << 32) ^ 0x006D_6573_686F_7461;
     for chunk in bytes.chunks_mut(8) {
         z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut x = z;

@@ -365,7 +365,9 @@ pub async fn run(
     // Devices stop at the deadline; each gets a bounded moment to send its
     // DISCONNECT, then the monitor gets the drain time for stragglers.
     if let Ok(mut set) = pacer.await {
-        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        // A device that could not even build its reports (a bad name)
+        // fails the run; one still stuck after 5 s is aborted.
+        tokio::time::timeout(Duration::from_secs(5), async {
             while let Some(r) = set.join_next().await {
                 if let Ok(Err(e)) = r {
                     return Err(e);
