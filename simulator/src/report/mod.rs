@@ -344,6 +344,8 @@ fn bytes_chart(b: &BytesBySource) -> String {
             &label,
         );
         let cx = left + (right - left) * (slot * i as f64 + slot / 2.0);
+        let top = p.y(*v as f64 / MIB);
+        p.text(cx, top - 4.0, "c", &format!("{:.1} MiB", *v as f64 / MIB));
         p.text(cx, bottom + 16.0, "c", name);
         p.text(cx, bottom + 30.0, "c", &format!("{share:.0}%"));
     }
@@ -380,8 +382,10 @@ fn site_chart(sites: &[u64], bundle: u64) -> String {
     }
     p.text((left + right) / 2.0, bottom + 36.0, "c", "site");
     let b = bundle as f64 / MIB;
-    p.hline(b, COLOURS[2], "1× bundle");
-    p.hline(b * 1.2, COLOURS[3], "1.2× bundle");
+    p.hline(b, COLOURS[2]);
+    p.hline(b * 1.2, COLOURS[3]);
+    p.legend(0, COLOURS[2], &format!("1× bundle ({b:.1} MiB)"));
+    p.legend(1, COLOURS[3], "1.2× bundle (the goal's cap)");
     p.finish()
 }
 

@@ -64,7 +64,7 @@ const W: f64 = 640.0;
 const H: f64 = 300.0;
 const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
-const TOP: f64 = 28.0;
+const TOP: f64 = 34.0;
 const BOTTOM: f64 = 44.0;
 
 /// Series colours, readable on white and in grey print.
@@ -194,16 +194,13 @@ impl Plot {
         );
     }
 
-    /// A horizontal reference line at data `y`, labelled at the right.
-    pub fn hline(&mut self, y: f64, colour: &str, label: &str) {
+    /// A horizontal reference line at data `y` (name it in a legend).
+    pub fn hline(&mut self, y: f64, colour: &str) {
         let py = self.y(y);
         let _ = write!(
             self.out,
-            r#"<line x1="{LEFT}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="{colour}" stroke-dasharray="4 3"/><text x="{}" y="{:.1}" class="r" fill="{colour}">{}</text>"#,
+            r#"<line x1="{LEFT}" y1="{py:.1}" x2="{}" y2="{py:.1}" stroke="{colour}" stroke-width="2" stroke-dasharray="6 3"/>"#,
             W - RIGHT,
-            W - RIGHT - 2.0,
-            py - 3.0,
-            esc(label)
         );
     }
 
@@ -230,10 +227,11 @@ impl Plot {
         );
     }
 
-    /// A legend entry, stacked under the title at the right.
-    pub fn legend(&mut self, row: usize, colour: &str, text: &str) {
-        let py = TOP + 4.0 + 14.0 * row as f64;
-        let px = W - RIGHT - 190.0;
+    /// A legend entry in the title row, right-aligned in slots of 185
+    /// px (entry 0 rightmost), above the plot so it hides no data.
+    pub fn legend(&mut self, slot: usize, colour: &str, text: &str) {
+        let py = 9.0;
+        let px = W - RIGHT - 185.0 * (slot as f64 + 1.0);
         let _ = write!(
             self.out,
             r#"<rect x="{px}" y="{py}" width="10" height="10" fill="{colour}"/>"#
