@@ -31,11 +31,8 @@ pub fn device_key(seed: u64, index: u32) -> SecretKey {
     let mut bytes = [0u8; 32];
     let mut z = seed ^ (u64::from(index) << 32) ^ 0x006D_6573_686F_7461;
     for chunk in bytes.chunks_mut(8) {
-        z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut x = z;
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        chunk.copy_from_slice(&(x ^ (x >> 31)).to_le_bytes()[..chunk.len()]);
+        z = super::mix(z);
+        chunk.copy_from_slice(&z.to_le_bytes()[..chunk.len()]);
     }
     SecretKey::from_seed(bytes)
 }

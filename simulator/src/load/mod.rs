@@ -319,9 +319,8 @@ pub async fn run(
         .to_string(),
         stats: Stats::default(),
     });
-    let mon = monitor::connect(&shared).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let monitor = tokio::spawn(monitor::run(shared.clone(), mon, stop_rx));
+    let monitor = monitor::spawn(shared.clone(), stop_rx).await?;
     let start = Instant::now();
     let deadline = start + cfg.duration;
     let mut devices = JoinSet::new();

@@ -4,6 +4,10 @@
 //!
 //! Statuses of other runs (a broker keeps the last one per device,
 //! retained) carry another run tag and are not counted.
+//!
+//! The monitor runs on its own thread and runtime ([`spawn`]): sharing
+//! the devices' runtime, it would wait its turn behind thousands of
+//! device tasks and measure its own queueing instead of the broker's.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use std::sync::Arc;
 use meshota_protocol::topics::filters;
 use meshota_protocol::{codec, DeviceId, ReportBody, SignedReport, Topic};
 use rumqttc::{AsyncClient, Event as MqttEvent, EventLoop, Packet, QoS};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::{LoadError, Shared};
@@ -59,6 +63,52 @@ pub async fn connect(shared: &Shared) -> Result<(AsyncClient, EventLoop), LoadEr
     match acked {
         Ok(r) => r.map(|()| (client, el)),
         Err(_) => Err(fail("no answer in time".into())),
+    }
+}
+
+/// The monitor running on its own thread: its latencies arrive on the
+/// receiver once `stop` turns true.
+pub type Running = oneshot::Receiver<Vec<u32>>;
+
+/// Starts the monitor on its own thread and current-thread runtime and
+/// returns once it is subscribed.
+///
+/// # Errors
+/// [`LoadError::Monitor`] when it cannot connect or subscribe, or the
+/// thread or runtime cannot start.
+pub async fn spawn(shared: Arc<Shared>, stop: watch::Receiver<bool>) -> Result<Running, LoadError> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("load-monitor".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(LoadError::Runtime(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match connect(&shared).await {
+                    Ok(conn) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let _ = done_tx.send(run(shared, conn, stop).await);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })
+        .map_err(LoadError::Runtime)?;
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(done_rx),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(LoadError::Monitor("the monitor thread ended".into())),
     }
 }
 

@@ -171,9 +171,10 @@ pub fn finish_run(
     Ok(())
 }
 
-/// Summary fields in reading order; any field not named here follows,
-/// so a field added to [`Summary`] is never left out.
-const ORDER: [&str; 14] = [
+/// The summary fields issue 7 requires, in reading order. [`rows`] shows
+/// these first and then any other field, so a field added to [`Summary`]
+/// is never left out.
+pub const ORDER: [&str; 14] = [
     "ok",
     "devices",
     "committed",

@@ -5,23 +5,6 @@ use super::*;
 use crate::scenario::Scenario;
 use meshota_protocol::ByteSplit;
 
-const FIELDS: [&str; 14] = [
-    "devices",
-    "committed",
-    "rolled_back",
-    "failed",
-    "bundle_bytes",
-    "origin_bytes",
-    "max_site_wan_bytes",
-    "time_to_50_s",
-    "time_to_90_s",
-    "time_to_100_s",
-    "bound_s",
-    "baseline_time_to_100_s",
-    "baseline_origin_bytes",
-    "ok",
-];
-
 fn outcome(devices: u32) -> Outcome {
     Outcome {
         commit_times_s: (0..devices).map(|i| 10.0 + f64::from(i)).collect(),
@@ -56,7 +39,7 @@ fn the_json_parses_back_with_every_summary_field_and_the_chart_series() {
     write_with_baseline(dir.path(), &summary, &run, Some(&base)).unwrap();
     let text = std::fs::read_to_string(dir.path().join("report.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    for f in FIELDS {
+    for f in ORDER {
         assert!(v["summary"].get(f).is_some(), "summary lacks {f}");
     }
     assert_eq!(v["summary"]["devices"], 30);
@@ -80,7 +63,7 @@ fn the_html_has_an_svg_per_chart_and_no_url_reference() {
     assert_eq!(html.matches("</svg>").count(), 4);
     assert!(!html.to_lowercase().contains("http"), "a URL in the page");
     assert!(!html.contains("<script"));
-    for f in FIELDS {
+    for f in ORDER {
         assert!(html.contains(&format!("<td>{f}</td>")), "table lacks {f}");
     }
 }
@@ -120,7 +103,7 @@ fn the_terminal_summary_names_every_field_once() {
     let s = scenario(3);
     let summary = Summary::new(&s, &outcome(3), None);
     let text = summary_text(&summary).unwrap();
-    for f in FIELDS {
+    for f in ORDER {
         assert_eq!(
             text.lines()
                 .filter(|l| l.split_whitespace().next() == Some(f))
