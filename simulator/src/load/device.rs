@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshota_protocol::{
-    codec, ByteSplit, DeviceId, DeviceToken, Event, ReleaseId, Report, ReportBody, SecretKey,
-    SignedReport, SiteId, Status, Topic, UpdateState,
+    codec, ByteSplit, DeviceId, DeviceToken, Event, FleetId, ReleaseId, Report, ReportBody,
+    SecretKey, SignedReport, SiteId, Status, Topic, UpdateState,
 };
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::time::Instant;
@@ -75,9 +75,31 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// The reports of `device` in `fleet`, signed with `key`.
+    pub fn new(device: DeviceId, key: SecretKey, fleet: &FleetId, site: SiteId) -> Self {
+        Self {
+            // Counters continue above any earlier run's (one report a
+            // millisecond would be needed to catch up), so the control
+            // plane takes every report instead of dropping it as a replay.
+            counter: super::unix_now() * 1000,
+            site,
+            release: ReleaseId::digest(b"meshota-load"),
+            status_topic: Topic::Status {
+                fleet: fleet.clone(),
+                device: device.clone(),
+            }
+            .to_string(),
+            events_topic: Topic::Events {
+                fleet: fleet.clone(),
+                device: device.clone(),
+            }
+            .to_string(),
+            device,
+            key,
+        }
+    }
+
     fn sign(&mut self, body: ReportBody) -> Result<Vec<u8>, LoadError> {
-        // Counters continue above any earlier run's, so the control plane
-        // takes every report instead of dropping them as replays.
         self.counter += 1;
         let report = Report {
             device: self.device.clone(),
@@ -128,23 +150,8 @@ pub async fn run(shared: Arc<Shared>, index: u32, deadline: Instant) -> Result<(
     let id = DeviceId::new(format!("{}-{index}", shared.prefix))?;
     let key = device_key(shared.seed, index);
     let fleet = shared.fleet.clone();
-    let mut rep = Reporter {
-        device: id.clone(),
-        key: device_key(shared.seed, index),
-        counter: super::unix_now() * 1000,
-        site: SiteId::new(format!("site-{}", index % 20))?,
-        release: ReleaseId::digest(b"meshota-load"),
-        status_topic: Topic::Status {
-            fleet: fleet.clone(),
-            device: id.clone(),
-        }
-        .to_string(),
-        events_topic: Topic::Events {
-            fleet: fleet.clone(),
-            device: id.clone(),
-        }
-        .to_string(),
-    };
+    let site = SiteId::new(format!("site-{}", index % 20))?;
+    let mut rep = Reporter::new(id.clone(), device_key(shared.seed, index), &fleet, site);
     let subscriptions = [shared.announce_topic.clone(), {
         Topic::Cmd {
             fleet,

@@ -177,30 +177,17 @@ fn sent_micros(payload: &[u8], tag: &str) -> Option<u128> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::load::device::device_key;
+    use crate::load::device::{device_key, Reporter};
 
     #[test]
     fn only_statuses_of_this_run_yield_a_send_time() {
-        let key = device_key(1, 1);
-        let mk = |tag: &str| {
-            let report = meshota_protocol::Report {
-                device: DeviceId::new("d").unwrap(),
-                counter: 1,
-                time: 0,
-                body: ReportBody::Status(meshota_protocol::Status {
-                    version: None,
-                    release: None,
-                    slot: None,
-                    state: meshota_protocol::UpdateState::Idle,
-                    target: None,
-                    peer_id: None,
-                    site: meshota_protocol::SiteId::new("s").unwrap(),
-                    tags: vec!["load".into(), tag.into()],
-                    online: true,
-                }),
-            };
-            codec::encode(&SignedReport::sign(&report, &key).unwrap()).unwrap()
-        };
+        let mut rep = Reporter::new(
+            DeviceId::new("d").unwrap(),
+            device_key(1, 1),
+            &meshota_protocol::FleetId::new("f").unwrap(),
+            meshota_protocol::SiteId::new("s").unwrap(),
+        );
+        let mut mk = |tag: &str| rep.status(tag.to_string()).unwrap();
         assert_eq!(sent_micros(&mk("load:7:1234"), "load:7:"), Some(1234));
         assert_eq!(sent_micros(&mk("load:6:1234"), "load:7:"), None);
         assert_eq!(sent_micros(b"not cbor", "load:7:"), None);
