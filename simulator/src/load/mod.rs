@@ -229,8 +229,8 @@ pub struct LoadResult {
     pub delivered: u64,
     /// Messages received by the devices on announce and cmd topics.
     pub announcements: u64,
-    /// Published per second once every device was connected (the whole
-    /// run if they never all were).
+    /// Published per second once every device was connected (over the
+    /// whole run if that left less than a quarter of it).
     pub publish_per_s: f64,
     /// Delivered to the monitor per second, same window.
     pub deliver_per_s: f64,
@@ -360,7 +360,7 @@ pub async fn run(
         });
     }
     let end = Instant::now();
-    let (sent_end, _) = shared.stats.messages();
+    let at_end = shared.stats.messages();
     // Devices stop at the deadline; each gets a bounded moment to send its
     // DISCONNECT, then the monitor gets the drain time for stragglers.
     if let Ok(mut set) = pacer.await {
@@ -387,7 +387,7 @@ pub async fn run(
         &shared,
         lat,
         steady,
-        (start, end, sent_end, delivered_end),
+        (start, end, at_end, delivered_end),
     ))
 }
 
@@ -396,7 +396,7 @@ fn result(
     shared: &Shared,
     lat: Vec<u32>,
     steady: Option<(Instant, u64, u64)>,
-    (start, end, sent_end, delivered_end): (Instant, Instant, u64, u64),
+    (start, end, (sent_end, got_end), delivered_end): (Instant, Instant, (u64, u64), u64),
 ) -> LoadResult {
     let st = &shared.stats;
     let mut lat: Vec<u64> = lat.into_iter().map(u64::from).collect();
@@ -410,7 +410,12 @@ fn result(
     conn_lat.sort_unstable();
     let last_connect_s = connects.iter().map(|c| c.1).max().unwrap_or(0) as f64 / 1e6;
     let connected = st.connected.load(Ordering::Relaxed);
-    let (from, sent0, got0) = steady.unwrap_or((start, 0, 0));
+    // Rates over the steady state, once every device was connected; over
+    // the whole run when that came too late to leave a quarter of it.
+    let whole = end.saturating_duration_since(start);
+    let (from, sent0, got0) = steady
+        .filter(|(t, _, _)| end.saturating_duration_since(*t) * 4 >= whole)
+        .unwrap_or((start, 0, 0));
     let window = end.saturating_duration_since(from).as_secs_f64();
     let per_s = |n: u64| if window > 0.0 { n as f64 / window } else { 0.0 };
     LoadResult {
@@ -431,8 +436,9 @@ fn result(
         delivered: delivered_end,
         announcements: st.announcements.load(Ordering::Relaxed),
         publish_per_s: per_s(sent_end.saturating_sub(sent0)),
-        // Deliveries after `end` are the drain of messages sent before it.
-        deliver_per_s: per_s(delivered_end.saturating_sub(got0)),
+        // Same window as publishing; the drain after `end` only adds to
+        // the `delivered` count.
+        deliver_per_s: per_s(got_end.saturating_sub(got0)),
         latency_ms_p50: quantile_ms(&lat, 0.5),
         latency_ms_p99: quantile_ms(&lat, 0.99),
         latency_ms_max: lat.last().map(|v| *v as f64 / 1000.0),
