@@ -122,6 +122,8 @@ impl Reporter {
             site: self.site.clone(),
             tags: vec!["load".into(), tag],
             online: true,
+            groups: vec![],
+            compatible: None,
         };
         self.sign(ReportBody::Status(status))
     }
