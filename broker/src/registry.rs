@@ -95,8 +95,14 @@ pub struct DeviceRecord {
     pub tags: Vec<String>,
     /// libp2p peer id.
     pub peer_id: Option<String>,
-    /// Highest report counter accepted; anything not above it is a replay.
+    /// Highest status counter accepted; a status not above it is a replay.
     pub last_counter: u64,
+    /// Highest event counter accepted; an event not above it is a replay.
+    /// Kept apart from statuses because the two travel on different
+    /// topics, and MQTT orders messages per topic only: a device's event
+    /// can arrive after its later status.
+    #[serde(default)]
+    pub last_event_counter: u64,
     /// Rollout groups, from its status.
     #[serde(default)]
     pub groups: Vec<Group>,
@@ -340,6 +346,7 @@ impl Registry {
                 tags: Vec::new(),
                 peer_id: None,
                 last_counter: 0,
+                last_event_counter: 0,
                 groups: Vec::new(),
                 compatible: None,
             },
