@@ -52,6 +52,9 @@ pub enum RegistryError {
     /// No such device.
     #[error("no device {0:?} in the registry")]
     UnknownDevice(String),
+    /// Enrolment with a key other than the one already accepted.
+    #[error("device {0:?} is already enrolled with another key; remove it first to re-key")]
+    KeyConflict(String),
 }
 
 /// Whether a device may connect.
@@ -291,6 +294,30 @@ impl Registry {
         self.put_device(&rec)?;
         self.flush()?;
         Ok(rec)
+    }
+
+    /// Enrols device `id` with `key` on an operator's word, accepted at
+    /// once: how devices join when an external broker does admission, or
+    /// ahead of their first login. Flushes.
+    ///
+    /// # Errors
+    /// [`RegistryError::KeyConflict`] when `id` is accepted with another
+    /// key (a re-key is not an enrolment).
+    pub fn enroll(
+        &self,
+        id: &DeviceId,
+        key: PublicKey,
+        now: u64,
+    ) -> Result<DeviceRecord, RegistryError> {
+        if let Some(rec) = self.device(id)? {
+            if rec.admission == Admission::Accepted && rec.public_key != key {
+                return Err(RegistryError::KeyConflict(id.to_string()));
+            }
+        }
+        self.admit(id, key, true, now)?;
+        self.flush()?;
+        self.device(id)?
+            .ok_or_else(|| RegistryError::UnknownDevice(id.to_string()))
     }
 
     /// Decides a login by device `id` proving key `key`: accepted if that

@@ -522,3 +522,45 @@ async fn with_an_external_broker_the_control_plane_ingests_through_it() {
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_enrols_a_device_by_its_key_before_it_ever_logs_in_and_cannot_rekey_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(config(dir.path())).await;
+    let key = SecretKey::from_seed([41; 32]);
+    let other = SecretKey::from_seed([42; 32]);
+    let client = http(&server, true);
+    let public = key.public().to_string();
+    let rec = blocking(move || client.enroll_device("gw-7", &public).unwrap()).await;
+    assert_eq!(rec.admission, meshota_broker::registry::Admission::Accepted);
+    device_connect(server.mqtt_addr().unwrap(), "gw-7", &key)
+        .await
+        .expect("an enrolled device logs in at once");
+    let client = http(&server, true);
+    let public = other.public().to_string();
+    let err = blocking(move || client.enroll_device("gw-7", &public).unwrap_err()).await;
+    assert!(
+        matches!(
+            err,
+            meshota_broker::client::ClientError::Status { status: 409, .. }
+        ),
+        "{err}"
+    );
+    assert!(
+        device_connect(server.mqtt_addr().unwrap(), "gw-7", &other)
+            .await
+            .is_err(),
+        "the other key is not enrolled"
+    );
+    let client = http(&server, false);
+    let public = other.public().to_string();
+    let err = blocking(move || client.enroll_device("gw-8", &public).unwrap_err()).await;
+    assert!(
+        matches!(
+            err,
+            meshota_broker::client::ClientError::Status { status: 401, .. }
+        ),
+        "{err}"
+    );
+    server.shutdown().await.unwrap();
+}
