@@ -194,7 +194,10 @@ pub async fn start(
             _ => None,
         },
     };
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let permits = Arc::new(Semaphore::new(connection_budget(
+        settings.max_connections,
+        open_files_limit(),
+    )));
     // Under TLS we forward ciphertext and cannot look at packets.
     let guard = settings.tls.is_none();
     tasks.spawn(forward(v4_public, v4_internal, permits.clone(), guard));
@@ -202,6 +205,38 @@ pub async fn start(
         tasks.spawn(forward(l, internal, permits, guard));
     }
     Ok(addrs)
+}
+
+/// Descriptors kept for everything but client connections: sled, the
+/// HTTP API, the libp2p seeder, logs.
+const RESERVED_FDS: u64 = 512;
+
+/// How many client connections fit in the process's open-files limit.
+/// Each costs three descriptors (our socket to the client, ours to
+/// rumqttd, rumqttd's own), and when rumqttd runs out its accept loop
+/// spins on `EMFILE` instead of backing off, so we stop short of it.
+fn connection_budget(wanted: usize, nofile: Option<u64>) -> usize {
+    let Some(limit) = nofile else {
+        return wanted;
+    };
+    let fits = usize::try_from(limit.saturating_sub(RESERVED_FDS) / 3).unwrap_or(usize::MAX);
+    if fits < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            open_files_limit = limit,
+            "only {fits} MQTT connections fit in the open-files limit (3 descriptors each); \
+             raise it (systemd LimitNOFILE=, ulimit -n) to allow {wanted}"
+        );
+    }
+    wanted.min(fits.max(1))
+}
+
+/// The soft open-files limit, from `/proc/self/limits` (Linux); `None`
+/// elsewhere or when unlimited.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 async fn wait_until_listening(addr: SocketAddr) -> Result<(), EmbeddedError> {
@@ -273,5 +308,19 @@ async fn forward(
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_three_descriptors_per_client_in_the_open_files_limit() {
+        assert_eq!(connection_budget(10_000, Some(20_000)), 6_496);
+        assert_eq!(connection_budget(100, Some(20_000)), 100);
+        assert_eq!(connection_budget(100, None), 100);
+        assert_eq!(connection_budget(100, Some(10)), 1);
+        assert!(open_files_limit().is_some_and(|n| n > 0));
     }
 }
