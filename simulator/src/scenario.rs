@@ -31,7 +31,9 @@ pub struct Scenario {
     pub lan_latency_ms: u64,
     /// One-way latency across sites and to the origin, milliseconds.
     pub wan_latency_ms: u64,
-    /// Same-site neighbours each device knows (a mesh, not everyone).
+    /// Same-site neighbours each device knows from the start (ring
+    /// neighbours), and again as many site providers it finds by mDNS
+    /// when it starts fetching (a bounded mesh, not the whole site).
     pub lan_peers: u32,
     /// Other-site peers each device knows.
     pub wan_peers: u32,

@@ -145,13 +145,13 @@ struct Device {
 }
 
 /// A step of the install backend the model answers after a while.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy)]
 enum Step {
     Install,
     Health,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy)]
 enum Ev {
     /// The scheduler's timer.
     Wake(u32),
@@ -196,6 +196,35 @@ enum Ev {
     },
 }
 
+/// A queued event, ordered by time and then by when it was queued (so
+/// equal times replay in a fixed order); the event itself never takes
+/// part in the comparison, which keeps the heap's sift cheap.
+struct Queued {
+    at: Micros,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
 /// Runs a scenario in virtual time. With `p2p` off every device fetches
 /// from the origin alone: the baseline of Mender, hawkBit or RAUC over
 /// HTTP. `on_wave(k, t)` is called when the planner starts wave `k` at
@@ -224,10 +253,12 @@ struct Sim<'a> {
     /// Devices that have started fetching (or finished): what a Kademlia
     /// provider lookup would return.
     providers: Vec<u32>,
+    /// The same, per site: what mDNS finds on the site's LAN.
+    site_providers: Vec<Vec<u32>>,
     rng: Rng,
     site_up: Vec<Link>,
     site_down: Vec<Link>,
-    queue: BinaryHeap<Reverse<(Micros, u64, Ev)>>,
+    queue: BinaryHeap<Reverse<Queued>>,
     seq: u64,
     base: Instant,
     ctl: control::Control,
@@ -284,6 +315,7 @@ impl<'a> Sim<'a> {
                 Duration::ZERO
             }),
             providers: Vec::new(),
+            site_providers: vec![Vec::new(); s.sites as usize],
             rng: Rng::new(s.seed ^ 0xD15C_0FE7),
             site_up: vec![Link::new(s.site_wan_bps); s.sites as usize],
             site_down: vec![Link::new(s.site_wan_bps); s.sites as usize],
@@ -308,7 +340,11 @@ impl<'a> Sim<'a> {
 
     fn push(&mut self, t: Micros, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((t, self.seq, ev)));
+        self.queue.push(Reverse(Queued {
+            at: t,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn latency(&self, a: u32, b: u32) -> Micros {
@@ -322,7 +358,7 @@ impl<'a> Sim<'a> {
 
     fn run(mut self, on_wave: &mut dyn FnMut(usize, f64)) -> Outcome {
         self.push(0, Ev::PlannerWake);
-        while let Some(Reverse((now, _, ev))) = self.queue.pop() {
+        while let Some(Reverse(Queued { at: now, ev, .. })) = self.queue.pop() {
             if now > MAX_VIRTUAL {
                 break;
             }

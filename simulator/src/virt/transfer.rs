@@ -58,8 +58,7 @@ impl Sim<'_> {
     pub(super) fn start_fetch(&mut self, d: u32, now: Micros) {
         let t = self.at(now);
         if self.p2p && !self.devices[d as usize].started {
-            self.discover(d);
-            self.providers.push(d);
+            self.discover(d, now);
         }
         let cfg = self.sched_config(d);
         let mut s = Scheduler::new(&self.manifest, &self.devices[d as usize].held, cfg, t);
@@ -97,17 +96,35 @@ impl Sim<'_> {
         }
     }
 
-    /// Adds providers of the manifest to `d`'s neighbours, as a Kademlia
-    /// lookup would: a few random devices that are fetching or done.
-    fn discover(&mut self, d: u32) {
+    /// Adds providers of the manifest to `d`'s neighbours, as a real node
+    /// finds them: a few random fleet-wide providers from a Kademlia
+    /// lookup, and up to `lan_peers` providers of its own site from
+    /// mDNS. mDNS is mutual, so those site providers learn of `d` too;
+    /// without that, a device would not know the site members it should
+    /// leave a WAN pull to, and every site would pull each chunk many
+    /// times.
+    fn discover(&mut self, d: u32, now: Micros) {
         let n = self.providers.len() as u64;
-        if n < 2 {
-            return;
+        if n >= 2 {
+            for _ in 0..self.s.wan_peers * 2 {
+                let pick = self.providers[self.rng.below(n) as usize];
+                self.topo.link(d, pick);
+            }
         }
-        for _ in 0..self.s.wan_peers * 2 {
-            let pick = self.providers[self.rng.below(n) as usize];
+        let site = self.devices[d as usize].site as usize;
+        let local = self.site_providers[site].len() as u64;
+        let t = self.at(now);
+        for _ in 0..self.s.lan_peers.min(local as u32) {
+            let pick = self.site_providers[site][self.rng.below(local) as usize];
             self.topo.link(d, pick);
+            if self.topo.link(pick, d) {
+                if let Some(s) = self.devices[pick as usize].sched.as_mut() {
+                    s.handle_peer_found(d, PeerClass::SameSite, t);
+                }
+            }
         }
+        self.providers.push(d);
+        self.site_providers[site].push(d);
     }
 
     pub(super) fn rediscover(&mut self, dst: u32, peer: u32, now: Micros) {
