@@ -5,8 +5,8 @@ use std::collections::VecDeque;
 use meshota_protocol::release::eligible;
 use meshota_protocol::verify::verify_announcement_checked;
 use meshota_protocol::{
-    codec, Action, Announcement, CheckedSignatures, DeviceContext, Event, ReleaseId, ReportBody, Status, UpdateState,
-    VerifyError,
+    codec, Action, Announcement, CheckedSignatures, DeviceContext, Event, ReleaseId, ReportBody,
+    Status, UpdateState, VerifyError,
 };
 
 use super::state::{AgentState, Held};

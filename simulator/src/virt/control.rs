@@ -11,16 +11,14 @@
 //! would prove nothing more and cost about 85 µs a device and gate. The agents and the planner use
 //! seconds since the epoch; virtual time starts at [`EPOCH`].
 
-use meshota_broker::rollout::{
-    DeviceInfo, DeviceReport, Planner, PlannerOutput, RolloutSpec,
-};
+use meshota_broker::rollout::{DeviceInfo, DeviceReport, Planner, PlannerOutput, RolloutSpec};
 use meshota_node::agent::{Agent, AgentAction, AgentConfig, AgentState};
 use meshota_node::install::{Activation, SlotStatus};
 use meshota_protocol::semver::Version;
 use meshota_protocol::verify::check_announcement_signatures;
 use meshota_protocol::{
-    Announcement, Channel, Compatible, DeviceId, FleetId, Release, ReleaseId, ReportBody,
-    RoleKeys, RolloutGate, RolloutId, SecretKey, Signed, SiteId, TrustRoot, UpdateState,
+    Announcement, Channel, Compatible, DeviceId, FleetId, Release, ReleaseId, ReportBody, RoleKeys,
+    RolloutGate, RolloutId, SecretKey, Signed, SiteId, TrustRoot, UpdateState,
 };
 
 use super::net::Micros;

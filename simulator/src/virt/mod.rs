@@ -184,16 +184,10 @@ enum Ev {
         busy: bool,
     },
     /// A `Have` answer (a full bitfield) reaches `dst`.
-    Have {
-        dst: u32,
-        src: u32,
-    },
+    Have { dst: u32, src: u32 },
     /// A dropped peer is found again after its cool-off, as a real node
     /// would on its next discovery round.
-    Rediscover {
-        dst: u32,
-        peer: u32,
-    },
+    Rediscover { dst: u32, peer: u32 },
 }
 
 /// A queued event, ordered by time and then by when it was queued (so

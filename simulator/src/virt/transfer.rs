@@ -17,9 +17,7 @@
 
 use std::time::Duration;
 
-use meshota_node::sched::{
-    Action, Failure, PeerClass, SchedEvent, Scheduler, SchedulerConfig,
-};
+use meshota_node::sched::{Action, Failure, PeerClass, SchedEvent, Scheduler, SchedulerConfig};
 
 use super::net::{reserve, Micros};
 use super::{Ev, Sim, ORIGIN};
@@ -320,7 +318,11 @@ impl Sim<'_> {
             let a = dst as usize;
             let mut down = self.devices[a].down;
             let end = reserve(
-                &mut [&mut self.origin_up, &mut self.site_down[dst_site], &mut down],
+                &mut [
+                    &mut self.origin_up,
+                    &mut self.site_down[dst_site],
+                    &mut down,
+                ],
                 len,
                 now + lat,
             );

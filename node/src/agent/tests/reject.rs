@@ -283,9 +283,15 @@ fn a_signature_proof_for_other_documents_is_ignored_and_a_tampered_gate_still_re
     // covers the good gate only, so the bad one is checked and refused.
     let release = good.release.clone();
     let stranger = SecretKey::from_seed([9; 32]);
-    let gate = Signed::sign(&w.gate(&release, 12, Action::InstallAndActivate), &[&stranger])
-        .unwrap();
-    let forged = Announcement { gate, ..good.clone() };
+    let gate = Signed::sign(
+        &w.gate(&release, 12, Action::InstallAndActivate),
+        &[&stranger],
+    )
+    .unwrap();
+    let forged = Announcement {
+        gate,
+        ..good.clone()
+    };
     a.handle_announcement_checked(forged, Some(&proof), NOW);
     assert_refused(&mut a, &before, "E_UNKNOWN_KEY");
     // The proven announcement itself is taken, exactly as without a proof.
