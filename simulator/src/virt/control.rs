@@ -190,7 +190,11 @@ impl Sim<'_> {
                 PlannerOutput::Rollback { .. } => {}
             }
         }
-        if let Some(w) = self.planner.poll_timeout() {
+        // Once the rollout completed or halted, the planner only re-signs
+        // its gate every half lifetime, forever; nothing the run measures
+        // depends on that, so the run ends when the devices settle.
+        let settled = self.out.completed || self.out.halted;
+        if let Some(w) = self.planner.poll_timeout().filter(|_| !settled) {
             let w = micros(w).max(now + 1);
             if self.planner_wake.is_none_or(|cur| w < cur || cur <= now) {
                 self.planner_wake = Some(w);
