@@ -59,4 +59,4 @@ pub use semver;
 pub use telemetry::{ByteSplit, Event, Report, ReportBody, SignedReport, Status, UpdateState};
 pub use topics::Topic;
 pub use trust::{PublicKey, Role, RoleKeys, SecretKey, Signed, TrustRoot};
-pub use verify::{DeviceContext, VerifiedAnnouncement, VerifyError};
+pub use verify::{CheckedSignatures, DeviceContext, VerifiedAnnouncement, VerifyError};

@@ -205,7 +205,16 @@ pub fn verify_release(
 ) -> Result<(ReleaseId, Release), VerifyError> {
     ctx.root.check_expiry(ctx.now)?;
     let release = signed.verify(Role::Release, &ctx.root.release)?;
-    let id = signed.id();
+    release_checks(signed.id(), release, ctx)
+}
+
+/// Everything about a release after its signatures: freshness, class,
+/// downgrade and replay.
+fn release_checks(
+    id: ReleaseId,
+    release: Release,
+    ctx: &DeviceContext<'_>,
+) -> Result<(ReleaseId, Release), VerifyError> {
     if ctx.now >= release.expires_at {
         return Err(VerifyError::Expired {
             document: DocKind::Release,
@@ -240,6 +249,54 @@ pub fn verify_release(
     Ok((id, release))
 }
 
+/// Proof that an announcement's two signed documents passed the
+/// signature checks of a trust root's `release` and `rollout` roles.
+///
+/// Signatures are the only part of [`verify_announcement`] that is the
+/// same for every device holding the same root, and the only costly
+/// part. A fleet simulator that hands one announcement to 100,000
+/// devices checks them once with [`check_announcement_signatures`] and
+/// passes the proof to [`verify_announcement_checked`], which still runs
+/// every device-specific check. A proof can only be made by checking, and
+/// it is used only for the exact documents and keys it was made for.
+#[derive(Debug, Clone)]
+pub struct CheckedSignatures {
+    release: Signed<Release>,
+    gate: Signed<RolloutGate>,
+    release_keys: crate::trust::RoleKeys,
+    rollout_keys: crate::trust::RoleKeys,
+    release_doc: Release,
+    gate_doc: RolloutGate,
+}
+
+impl CheckedSignatures {
+    fn covers(&self, ann: &Announcement, root: &TrustRoot) -> bool {
+        self.release == ann.release
+            && self.gate == ann.gate
+            && self.release_keys == root.release
+            && self.rollout_keys == root.rollout
+    }
+}
+
+/// Checks only the signatures of an announcement against `root`'s
+/// `release` and `rollout` roles; see [`CheckedSignatures`].
+///
+/// # Errors
+/// The signature or decode error, as a [`VerifyError`].
+pub fn check_announcement_signatures(
+    ann: &Announcement,
+    root: &TrustRoot,
+) -> Result<CheckedSignatures, VerifyError> {
+    Ok(CheckedSignatures {
+        release_doc: ann.release.verify(Role::Release, &root.release)?,
+        gate_doc: ann.gate.verify(Role::Rollout, &root.rollout)?,
+        release: ann.release.clone(),
+        gate: ann.gate.clone(),
+        release_keys: root.release.clone(),
+        rollout_keys: root.rollout.clone(),
+    })
+}
+
 /// Verifies a whole announcement: the release, then the gate and its
 /// binding to the release.
 ///
@@ -249,8 +306,32 @@ pub fn verify_announcement(
     ann: &Announcement,
     ctx: &DeviceContext<'_>,
 ) -> Result<VerifiedAnnouncement, VerifyError> {
-    let (release_id, release) = verify_release(&ann.release, ctx)?;
-    let gate = ann.gate.verify(Role::Rollout, &ctx.root.rollout)?;
+    verify_announcement_checked(ann, None, ctx)
+}
+
+/// [`verify_announcement`], skipping the signature checks that `checked`
+/// proves were passed for these exact documents under the device's own
+/// keys. A proof for other documents or keys is ignored and the
+/// signatures are checked as usual, so the result never depends on it.
+///
+/// # Errors
+/// The first failing check, as a [`VerifyError`].
+pub fn verify_announcement_checked(
+    ann: &Announcement,
+    checked: Option<&CheckedSignatures>,
+    ctx: &DeviceContext<'_>,
+) -> Result<VerifiedAnnouncement, VerifyError> {
+    let checked = checked.filter(|c| c.covers(ann, ctx.root));
+    ctx.root.check_expiry(ctx.now)?;
+    let release = match checked {
+        Some(c) => c.release_doc.clone(),
+        None => ann.release.verify(Role::Release, &ctx.root.release)?,
+    };
+    let (release_id, release) = release_checks(ann.release.id(), release, ctx)?;
+    let gate = match checked {
+        Some(c) => c.gate_doc.clone(),
+        None => ann.gate.verify(Role::Rollout, &ctx.root.rollout)?,
+    };
     if gate.release_id != release_id {
         return Err(VerifyError::GateMismatch {
             gate_release: gate.release_id,

@@ -6,8 +6,9 @@
 //!
 //! - [`scenario`]: what to simulate (fleet, sites, link rates, waves,
 //!   faults, seed), from flags or TOML, and the Kumar–Ross lower bound.
-//! - [`virt`]: virtual-time mode. A discrete-event network model around
-//!   the production chunk scheduler, fast enough for 100,000 devices.
+//! - [`virt`]: virtual-time mode. A discrete-event model of the network
+//!   and the broker around the production cores (device agent, chunk
+//!   scheduler, rollout planner), fast enough for 100,000 devices.
 //! - [`summary`]: the figures every run reports, against the origin-only
 //!   baseline and the theoretical bound.
 //! - [`progress`]: what a run reports while it goes, and the progress bar.

@@ -78,7 +78,8 @@ struct LoadArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Virtual time: the production scheduler over a modelled network.
+    /// Virtual time: the production agent, scheduler and rollout planner
+    /// over a modelled network.
     #[arg(long = "virtual")]
     virtual_time: bool,
     /// Scenario TOML file; flags below override it.
@@ -178,9 +179,20 @@ fn run() -> anyhow::Result<ExitCode> {
             report::finish_run(&summary, &out, base.as_ref(), a.json, a.report.as_deref())?;
             if !a.json {
                 eprintln!(
-                    "wall time {:.2} s for the meshota run ({} events)",
+                    "wall time {:.2} s for the meshota run ({} events, {} pushed chunk \
+                     announcements, {} gates, {} signature checks, planner {})",
                     wall.as_secs_f64(),
-                    out.events
+                    out.events,
+                    out.have_pushes,
+                    out.gates,
+                    out.signature_checks,
+                    if out.completed {
+                        "completed"
+                    } else if out.halted {
+                        "halted"
+                    } else {
+                        "did not finish"
+                    }
                 );
             }
             Ok(if summary.ok {

@@ -31,7 +31,9 @@ pub struct Scenario {
     pub lan_latency_ms: u64,
     /// One-way latency across sites and to the origin, milliseconds.
     pub wan_latency_ms: u64,
-    /// Same-site neighbours each device knows (a mesh, not everyone).
+    /// Same-site neighbours each device knows from the start (ring
+    /// neighbours), and again as many site providers it finds by mDNS
+    /// when it starts fetching (a bounded mesh, not the whole site).
     pub lan_peers: u32,
     /// Other-site peers each device knows.
     pub wan_peers: u32,
@@ -44,8 +46,15 @@ pub struct Scenario {
     pub origin_dedup_s: u64,
     /// Cumulative wave shares in percent, e.g. `[1, 10, 50, 100]`.
     pub waves: Vec<u8>,
-    /// Minimum time a wave holds before the next starts, seconds.
+    /// Minimum time a wave holds before the next starts, seconds (the
+    /// planner's `soak_secs`).
     pub soak_s: u64,
+    /// Percent of a wave that must commit before the next starts (the
+    /// planner's `success_threshold_pct`).
+    pub success_threshold_pct: u8,
+    /// Percent of a wave failing or rolling back that halts the rollout
+    /// (the planner's `error_threshold_pct`).
+    pub error_threshold_pct: u8,
     /// Seconds to write the inactive slot.
     pub install_s: u64,
     /// Seconds for the health check after activation.
@@ -57,7 +66,10 @@ pub struct Scenario {
     /// Seconds a device waits for a chunk's site or fleet home to pull it
     /// before pulling it itself (the scheduler's `site_patience`).
     pub patience_s: u64,
-    /// Milliseconds between `Have` refreshes of a peer.
+    /// Milliseconds between `Have` refreshes of a peer. In virtual time
+    /// peers push each stored chunk instead of being polled, and a device
+    /// acts on pushed news at the latest a quarter of this later (at once
+    /// when it has nothing in flight), as the node re-asks busy peers.
     pub have_refresh_ms: u64,
     /// Milliseconds of the first back-off after a `Busy` answer.
     pub busy_backoff_ms: u64,
@@ -85,6 +97,8 @@ impl Default for Scenario {
             origin_dedup_s: 30,
             waves: vec![10, 50, 100],
             soak_s: 10,
+            success_threshold_pct: 95,
+            error_threshold_pct: 5,
             install_s: 5,
             health_s: 2,
             health_fail_rate: 0.0,
@@ -172,6 +186,14 @@ impl Scenario {
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(field, "must be a share between 0.0 and 1.0");
+            }
+        }
+        for (field, v) in [
+            ("success_threshold_pct", self.success_threshold_pct),
+            ("error_threshold_pct", self.error_threshold_pct),
+        ] {
+            if !(1..=100).contains(&v) {
+                return bad(field, "must be a percent between 1 and 100");
             }
         }
         if self.max_uploads == 0 || self.origin_max_uploads == 0 {

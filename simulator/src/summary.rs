@@ -14,8 +14,12 @@ pub struct Summary {
     pub committed: u32,
     /// Devices that rolled back.
     pub rolled_back: u32,
-    /// Devices that did not finish.
+    /// Devices that started and did not finish.
     pub failed: u32,
+    /// Devices the rollout never reached, because it halted first.
+    pub not_started: u32,
+    /// Whether the planner halted the rollout on its error threshold.
+    pub halted: bool,
     /// Bundle payload size.
     pub bundle_bytes: u64,
     /// Bytes the origin served.
@@ -60,6 +64,8 @@ impl Summary {
             committed,
             rolled_back: run.rolled_back,
             failed: run.failed,
+            not_started: run.not_started,
+            halted: run.halted,
             bundle_bytes: s.bundle_bytes,
             origin_bytes: run.origin_bytes,
             max_site_wan_bytes: run.site_wan_in.iter().copied().max().unwrap_or(0),

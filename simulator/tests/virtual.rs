@@ -1,6 +1,8 @@
-//! Small virtual-time scenarios: the figures are consistent and faults end
-//! as expected.
+//! Small virtual-time scenarios: the figures are consistent, the same
+//! seed replays the same run, and faults end as expected (health failures
+//! roll back and halt the rollout, malicious peers get banned).
 
+use meshota_sim::progress::Progress;
 use meshota_sim::scenario::Scenario;
 use meshota_sim::summary::Summary;
 use meshota_sim::virt;
@@ -22,7 +24,9 @@ fn every_device_commits_and_the_figures_add_up() {
     let out = virt::run(&s, true, &mut |_| {}).unwrap();
     let sum = Summary::new(&s, &out, None);
     assert!(sum.ok, "{sum:?}");
+    assert!(out.completed && !out.halted);
     assert_eq!(sum.committed, s.devices);
+    assert_eq!(sum.not_started + sum.failed + sum.rolled_back, 0);
     // Every byte a device fetched came from somewhere.
     let fetched = out.bytes.same_site + out.bytes.other_peers + out.bytes.origin;
     assert!(fetched >= u64::from(s.devices) * s.bundle_bytes);
@@ -41,6 +45,12 @@ fn every_device_commits_and_the_figures_add_up() {
         "faster than the theoretical bound: {t} < {}",
         sum.bound_s
     );
+    assert!(sum.time_to_50_s <= sum.time_to_90_s && sum.time_to_90_s <= sum.time_to_100_s);
+    // Every device heard every gate.
+    assert_eq!(
+        out.announcements_delivered,
+        u64::from(out.gates) * u64::from(s.devices)
+    );
 }
 
 #[test]
@@ -48,31 +58,78 @@ fn the_origin_only_baseline_serves_one_copy_per_device() {
     let s = small();
     let out = virt::run(&s, false, &mut |_| {}).unwrap();
     assert_eq!(out.failed, 0);
+    assert_eq!(out.commit_times_s.len() as u32, s.devices);
     assert_eq!(out.origin_bytes, u64::from(s.devices) * s.bundle_bytes);
     assert_eq!(out.bytes.same_site + out.bytes.other_peers, 0);
 }
 
 #[test]
-fn health_failures_roll_back_and_malicious_peers_get_banned() {
+fn the_same_seed_replays_the_same_run_and_another_seed_does_not() {
+    let s = Scenario {
+        waves: vec![10, 50, 100],
+        malicious_rate: 0.1,
+        ..small()
+    };
+    let json = |s: &Scenario| serde_json::to_string(&virt::run(s, true, &mut |_| {}).unwrap());
+    let a = json(&s).unwrap();
+    assert_eq!(a, json(&s).unwrap());
+    let other = Scenario { seed: 2, ..s };
+    assert_ne!(a, json(&other).unwrap());
+}
+
+#[test]
+fn malicious_peers_get_banned_and_everyone_still_commits() {
+    let s = Scenario {
+        malicious_rate: 0.15,
+        ..small()
+    };
+    let out = virt::run(&s, true, &mut |_| {}).unwrap();
+    let sum = Summary::new(&s, &out, None);
+    assert!(out.bans > 0, "no malicious peer was banned");
+    assert!(sum.ok, "{sum:?}");
+    assert_eq!(sum.committed, s.devices);
+}
+
+#[test]
+fn health_failures_roll_back_and_halt_the_rollout_before_later_waves() {
+    let s = Scenario {
+        devices: 60,
+        waves: vec![20, 100],
+        health_fail_rate: 0.3,
+        error_threshold_pct: 5,
+        ..small()
+    };
+    let mut starts = Vec::new();
+    let out = virt::run(&s, true, &mut |p| {
+        if let Progress::WaveStarted { wave, .. } = p {
+            starts.push(wave);
+        }
+    })
+    .unwrap();
+    let sum = Summary::new(&s, &out, None);
+    assert!(out.halted && !out.completed, "{sum:?}");
+    assert_eq!(starts, vec![0], "the second wave must never start");
+    assert!(out.rolled_back > 0);
+    // Only the first wave (about 20 % of the fleet) ever downloaded.
+    let reached = s.devices - out.not_started;
+    assert!(reached > 0 && reached <= s.devices / 2, "{sum:?}");
+    assert_eq!(
+        out.commit_times_s.len() as u32 + out.rolled_back + out.failed,
+        reached
+    );
+    assert!(!sum.ok);
+}
+
+#[test]
+fn a_single_wave_with_health_failures_ends_committed_or_rolled_back() {
     let s = Scenario {
         health_fail_rate: 0.2,
-        malicious_rate: 0.1,
         ..small()
     };
     let out = virt::run(&s, true, &mut |_| {}).unwrap();
     assert!(out.rolled_back > 0);
     assert_eq!(out.commit_times_s.len() as u32 + out.rolled_back, s.devices);
-    assert!(out.bans > 0, "no malicious peer was banned");
-    assert_eq!(out.failed, 0);
-}
-
-#[test]
-fn the_same_seed_replays_the_same_run() {
-    let s = small();
-    let a = virt::run(&s, true, &mut |_| {}).unwrap();
-    let b = virt::run(&s, true, &mut |_| {}).unwrap();
-    assert_eq!(a.commit_times_s, b.commit_times_s);
-    assert_eq!(a.origin_bytes, b.origin_bytes);
+    assert_eq!(out.failed + out.not_started, 0);
 }
 
 #[test]
@@ -84,7 +141,7 @@ fn waves_start_in_order_after_their_soak() {
     };
     let mut starts = Vec::new();
     let out = virt::run(&s, true, &mut |p| {
-        if let meshota_sim::progress::Progress::WaveStarted { wave, at_s, .. } = p {
+        if let Progress::WaveStarted { wave, at_s, .. } = p {
             starts.push((wave, at_s));
         }
     })
@@ -93,10 +150,16 @@ fn waves_start_in_order_after_their_soak() {
         starts.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
         vec![0, 1, 2]
     );
+    // The planner counts whole seconds, so a soak ends 30 s after the
+    // second its wave started in.
     for pair in starts.windows(2) {
-        assert!(pair[1].1 >= pair[0].1 + 30.0, "{starts:?}");
+        assert!(pair[1].1 >= pair[0].1.floor() + 30.0, "{starts:?}");
     }
+    assert_eq!(out.waves.len(), 3);
+    assert!(out.completed);
     assert_eq!(out.failed, 0);
+    // Nobody commits before the first gate reaches the fleet.
+    assert!(out.commit_times_s[0] > out.waves[0].0);
 }
 
 #[test]

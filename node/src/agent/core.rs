@@ -3,10 +3,10 @@
 use std::collections::VecDeque;
 
 use meshota_protocol::release::eligible;
-use meshota_protocol::verify::verify_announcement;
+use meshota_protocol::verify::verify_announcement_checked;
 use meshota_protocol::{
-    codec, Action, Announcement, DeviceContext, Event, ReleaseId, ReportBody, Status, UpdateState,
-    VerifyError,
+    codec, Action, Announcement, CheckedSignatures, DeviceContext, Event, ReleaseId, ReportBody,
+    Status, UpdateState, VerifyError,
 };
 
 use super::state::{AgentState, Held};
@@ -202,6 +202,22 @@ impl Agent {
     /// [`VerifyError::code`] and change nothing; duplicates of the held
     /// one are ignored; one for the installed release is a no-op.
     pub fn handle_announcement(&mut self, ann: Announcement, now: u64) {
+        self.handle_announcement_checked(ann, None, now);
+    }
+
+    /// [`Agent::handle_announcement`] with a proof that the signatures
+    /// were already checked ([`check_announcement_signatures`]), for a
+    /// driver handing one announcement to many devices, as the fleet
+    /// simulator does. Every device-specific check still runs; a proof for
+    /// other documents or another trust root is ignored.
+    ///
+    /// [`check_announcement_signatures`]: meshota_protocol::verify::check_announcement_signatures
+    pub fn handle_announcement_checked(
+        &mut self,
+        ann: Announcement,
+        checked: Option<&CheckedSignatures>,
+        now: u64,
+    ) {
         let dup = |h: &Option<Held>| h.as_ref().is_some_and(|h| h.same_documents(&ann));
         if dup(&self.state.held) || dup(&self.state.next) {
             // The unsigned hints (seeders, origin) may have moved: keep the newest.
@@ -229,7 +245,7 @@ impl Agent {
                 last_gate_sequence: self.state.last_gate_sequence,
                 now,
             };
-            verify_announcement(&ann, &ctx)
+            verify_announcement_checked(&ann, checked, &ctx)
         };
         let v = match verified {
             Ok(v) => v,

@@ -213,6 +213,9 @@ pub struct Scheduler<P> {
     banned: BTreeSet<P>,
     cooloff: BTreeMap<P, Instant>,
     used: BTreeSet<P>,
+    /// Reused buffer of the peers ready for a request, so polling does
+    /// not allocate.
+    ready: Vec<P>,
     me: Option<u64>,
     actions: VecDeque<Action<P>>,
     events: VecDeque<SchedEvent<P>>,
@@ -263,6 +266,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             banned: BTreeSet::new(),
             cooloff: BTreeMap::new(),
             used: BTreeSet::new(),
+            ready: Vec::new(),
             me: None,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -341,11 +345,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         };
         if let Some(p) = self.peers.get_mut(&peer) {
             let mut count = 0;
+            let mut useful = 0;
             for (u, c) in self.chunks.iter().enumerate() {
                 let has = have.get(c.pos);
                 count += usize::from(has);
+                useful += u32::from(has && self.missing_at[u] != u32::MAX);
                 p.set_has(u, has);
             }
+            p.useful = useful;
             if count > p.held_count {
                 p.last_gain = now;
             }
@@ -356,6 +363,35 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             p.timeouts_in_row = 0;
         }
         self.recount_peer(&peer, None, true);
+    }
+
+    /// `peer` announced that it now holds the chunk at manifest position
+    /// `index`: the incremental form of [`Self::handle_peer_have`], for
+    /// drivers that push availability (a BitTorrent-style `HAVE`) instead
+    /// of re-asking for whole bitfields. It costs O(1) where a bitfield
+    /// costs O(chunks). An index outside the manifest is a protocol
+    /// violation and bans the peer, as a bitfield of the wrong length does.
+    pub fn handle_peer_has(&mut self, peer: P, index: usize, now: Instant) {
+        self.now_hint = now;
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(&u) = self.pos_to_unique.get(index) else {
+            self.ban(peer, "announced a chunk outside the manifest".into());
+            return;
+        };
+        if !p.set_has(u as usize, true) {
+            return;
+        }
+        if self.missing_at[u as usize] != u32::MAX {
+            p.useful += 1;
+        }
+        p.held_count += 1;
+        p.last_gain = now;
+        if p.class != PeerClass::Origin {
+            let same_site = p.class == PeerClass::SameSite;
+            self.chunks[u as usize].adjust(same_site, true);
+        }
     }
 
     /// A peer went away (disconnected, or does not serve this manifest).
@@ -511,31 +547,38 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         let after = self.now_hint;
         let mut best: Option<Instant> = None;
-        let mut consider = |t: Instant| {
+        let consider = |best: &mut Option<Instant>, t: Instant| {
             if t > after && best.is_none_or(|b| t < b) {
-                best = Some(t);
+                *best = Some(t);
             }
         };
         for &u in &self.in_flight {
             for (_, d) in &self.chunks[u as usize].in_flight {
-                consider(*d);
+                consider(&mut best, *d);
             }
         }
         for p in self.peers.values() {
             match p.have_pending {
-                Some(d) => consider(d),
-                None if self.wants_refresh(p) => consider(p.have_due),
+                Some(d) => consider(&mut best, d),
+                // `wants_refresh` scans the missing chunks, so ask it only
+                // when the refresh would be the earliest deadline so far.
+                None if p.have_due > after
+                    && best.is_none_or(|b| p.have_due < b)
+                    && self.wants_refresh(p) =>
+                {
+                    consider(&mut best, p.have_due);
+                }
                 None => {}
             }
-            consider(p.busy_until);
+            consider(&mut best, p.busy_until);
         }
         for &u in &self.missing {
             if let Some(since) = self.chunks[u as usize].deferred_since {
-                consider(since + self.cfg.site_patience);
+                consider(&mut best, since + self.cfg.site_patience);
             }
         }
         if !self.stalled_reported {
-            consider(self.last_progress + self.cfg.stall_timeout);
+            consider(&mut best, self.last_progress + self.cfg.stall_timeout);
         }
         best
     }
@@ -584,6 +627,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.missing_at[moved as usize] = at;
         self.missing.pop();
         self.missing_at[u as usize] = u32::MAX;
+        for p in self.peers.values_mut() {
+            if p.has(u as usize) {
+                p.useful = p.useful.saturating_sub(1);
+            }
+        }
     }
 
     fn apply_failure(&mut self, peer: P, u: Option<u32>, failure: Failure, now: Instant) {
@@ -591,8 +639,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             Failure::NotFound => {
                 if let Some(u) = u {
                     self.recount_peer(&peer, None, false);
+                    let missing = self.missing_at[u as usize] != u32::MAX;
                     if let Some(p) = self.peers.get_mut(&peer) {
-                        p.set_has(u as usize, false);
+                        if p.set_has(u as usize, false) && missing {
+                            p.useful = p.useful.saturating_sub(1);
+                        }
                     }
                     self.recount_peer(&peer, None, true);
                 }

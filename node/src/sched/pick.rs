@@ -21,7 +21,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Worth re-asking: unknown yet, or lacking something we miss (it may
     /// have it by now; the origin may have stopped withholding it).
     pub(super) fn wants_refresh(&self, p: &PeerState) -> bool {
-        !p.known || self.missing.iter().any(|&u| !p.has(u as usize))
+        !p.known || (p.useful as usize) < self.missing.len()
     }
 
     pub(super) fn due_have_query(&mut self, now: Instant) -> Option<P> {
@@ -38,24 +38,36 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     pub(super) fn next_request(&mut self, now: Instant) -> Option<Action<P>> {
+        let mut ready = std::mem::take(&mut self.ready);
         for class in [PeerClass::SameSite, PeerClass::OtherSite, PeerClass::Origin] {
-            let ready: Vec<P> = self
-                .peers
-                .iter()
-                .filter(|(_, p)| {
-                    p.class == class
-                        && p.known
-                        && p.busy_until <= now
-                        && p.in_flight < p.window(self.cfg.window_per_peer, self.cfg.origin_window)
-                })
-                .map(|(k, _)| *k)
-                .collect();
-            for peer in ready {
+            ready.clear();
+            ready.extend(
+                self.peers
+                    .iter()
+                    .filter(|(_, p)| {
+                        p.class == class
+                            && p.known
+                            // A peer with nothing we miss has nothing to pick.
+                            && p.useful > 0
+                            && p.busy_until <= now
+                            && p.in_flight
+                                < p.window(self.cfg.window_per_peer, self.cfg.origin_window)
+                    })
+                    .map(|(k, _)| *k),
+            );
+            let mut found = None;
+            for &peer in &ready {
                 if let Some(u) = self.pick_for(&peer, class, now) {
-                    return Some(self.start_request(peer, u, now));
+                    found = Some((peer, u));
+                    break;
                 }
             }
+            if let Some((peer, u)) = found {
+                self.ready = ready;
+                return Some(self.start_request(peer, u, now));
+            }
         }
+        self.ready = ready;
         if self.missing.len() <= self.cfg.endgame_chunks {
             return self.endgame(now);
         }
@@ -85,6 +97,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let mut best: Option<(u32, (u32, u64))> = None;
         let mut deferred = Vec::new();
         for &u in &self.missing {
+            // Every class needs the peer to hold the chunk; testing its
+            // bit first skips the chunk's state (a cache miss) for most.
+            if !p.has(u as usize) {
+                continue;
+            }
             let c = &self.chunks[u as usize];
             if !c.in_flight.is_empty() {
                 continue;

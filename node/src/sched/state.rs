@@ -83,6 +83,10 @@ pub(super) struct PeerState {
     /// a rendezvous home that keeps gaining chunks is worth waiting for.
     pub held_count: usize,
     pub last_gain: Instant,
+    /// How many of the chunks we still miss it holds: zero means it has
+    /// nothing for us, below our missing count means it may gain some.
+    /// Kept up to date so neither needs a scan of the missing chunks.
+    pub useful: u32,
 }
 
 /// Below this much busy time a rate estimate is noise.
@@ -107,6 +111,7 @@ impl PeerState {
             busy_since: None,
             held_count: 0,
             last_gain: now,
+            useful: 0,
         }
     }
 
@@ -116,14 +121,18 @@ impl PeerState {
             .is_some_and(|w| w & (1 << (u % 64)) != 0)
     }
 
-    pub fn set_has(&mut self, u: usize, v: bool) {
-        if let Some(w) = self.have.get_mut(u / 64) {
-            if v {
-                *w |= 1 << (u % 64);
-            } else {
-                *w &= !(1 << (u % 64));
-            }
+    /// Sets or clears chunk `u`; returns whether the bit changed.
+    pub fn set_has(&mut self, u: usize, v: bool) -> bool {
+        let Some(w) = self.have.get_mut(u / 64) else {
+            return false;
+        };
+        let before = *w;
+        if v {
+            *w |= 1 << (u % 64);
+        } else {
+            *w &= !(1 << (u % 64));
         }
+        *w != before
     }
 
     pub fn begin_request(&mut self, now: Instant) {

@@ -493,3 +493,32 @@ fn poll_timeout_never_names_a_time_already_past() {
         assert!(t > t1);
     }
 }
+
+#[test]
+fn a_pushed_chunk_counts_like_the_same_bit_in_a_bitfield() {
+    let m = manifest(8);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut pushed = Scheduler::new(&m, &Bitfield::new(n), cfg(5), t0);
+    let mut polled = Scheduler::new(&m, &Bitfield::new(n), cfg(5), t0);
+    add_peer(&mut pushed, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
+    add_peer(&mut polled, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
+    drain(&mut pushed, t0);
+    drain(&mut polled, t0);
+    let mut have = Bitfield::new(n);
+    for i in [2, 5] {
+        pushed.handle_peer_has(1, i, t0);
+        have.set(i);
+    }
+    pushed.handle_peer_has(1, 5, t0);
+    polled.handle_peer_have(1, &have, t0);
+    assert_eq!(
+        requests(&drain(&mut pushed, t0)),
+        requests(&drain(&mut polled, t0))
+    );
+    pushed.handle_peer_has(1, n + 1, t0);
+    assert!(matches!(
+        pushed.poll_event(),
+        Some(SchedEvent::Banned { peer: 1, .. })
+    ));
+}

@@ -1,36 +1,79 @@
-//! Virtual-time mode: a discrete-event model of the network around the
-//! production chunk scheduler.
+//! Virtual-time mode: a discrete-event model of the network and the
+//! broker around the production sans-IO cores.
 //!
-//! Every device runs the real [`Scheduler`] from `meshota-node`; only the
-//! network is modelled ([`net`]). Time jumps from event to event, so a
-//! fleet of 100,000 devices runs in seconds and the same seed replays the
-//! same run exactly.
+//! What runs is production code: every device is a real
+//! [`meshota_node::agent::Agent`] (announcement verification, the update
+//! state machine) with a real [`meshota_node::sched::Scheduler`] for its
+//! download; the broker side is the real rollout
+//! [`meshota_broker::rollout::Planner`], whose gates are really signed and
+//! then verified by every device, and the origin's real
+//! [`meshota_node::sched::OriginDedup`]. What is modelled: the network
+//! ([`net`]: FIFO links), MQTT delivery (a fixed WAN latency), and the
+//! time install and health take (the agent decides what happens; the
+//! model only says when the backend answers, and whether health passes).
+//! Time jumps from event to event and every choice comes from the seed,
+//! so the same scenario replays the same run exactly.
 //!
-//! Not yet driven here (they land with their issues): the agent's
-//! announcement handling and install state machine, and the broker's
-//! rollout planner. Until then waves follow a fixed plan (each wave
-//! starts when the previous one finished and its soak elapsed) and
-//! install and health take fixed times.
+//! # Model choices that keep 100,000 devices cheap
+//!
+//! - **Bounded neighbour sets** ([`fleet`]): a device knows a few dozen
+//!   peers, never the whole fleet or site.
+//! - **Pushed availability** ([`transfer`]): a device tells the devices
+//!   that know it about each chunk it stores
+//!   ([`Scheduler::handle_peer_has`](meshota_node::sched::Scheduler::handle_peer_has)),
+//!   instead of every device re-asking every neighbour for its bitfield
+//!   each second. Only the first `Have` per peer and the origin's (which
+//!   withholds chunks for a while) are still queried. A device acts on
+//!   pushed news at once when idle, otherwise within a quarter of
+//!   `have_refresh_ms`.
+//! - **Batched fan-out, one signature check per announcement**
+//!   ([`control`]): one event delivers a gate to every device (as the
+//!   MQTT broker's retained publish does). Its signatures are checked
+//!   once for real and every agent runs its device-specific checks on
+//!   that proof.
 
+mod control;
+pub mod fleet;
 pub mod net;
+mod transfer;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
-use meshota_node::sched::{
-    Action, Failure, OriginDedup, PeerClass, SchedEvent, Scheduler, SchedulerConfig,
-};
-use meshota_protocol::{Bitfield, ByteSplit, ChunkId, ChunkRef, Manifest};
+use meshota_broker::rollout::Planner;
+use meshota_node::agent::Agent;
+use meshota_node::sched::{OriginDedup, Scheduler};
+use meshota_protocol::{Announcement, Bitfield, ByteSplit, DeviceId, Manifest};
 use serde::Serialize;
 
 use crate::progress::Progress;
 use crate::scenario::Scenario;
-use net::{reserve, Link, Micros, UploadSlots};
+use fleet::{Rng, Topology};
+use net::{Link, Micros, UploadSlots};
 
+/// The origin's peer key.
 const ORIGIN: u32 = u32::MAX;
 /// Give up on a run that has not finished after this much virtual time.
 const MAX_VIRTUAL: Micros = 7 * 24 * 3600 * 1_000_000;
+
+/// Why a run could not be set up. Only the synthetic release can fail,
+/// and it does not; kept typed rather than panicking.
+#[derive(Debug, thiserror::Error)]
+pub enum VirtError {
+    /// An id of the synthetic release was invalid.
+    #[error("synthetic release: {0}")]
+    Id(#[from] meshota_protocol::IdError),
+    /// The synthetic manifest could not be encoded.
+    #[error("synthetic manifest: {0}")]
+    Manifest(#[from] meshota_protocol::manifest::ManifestError),
+    /// A document could not be encoded for signing.
+    #[error("signing: {0}")]
+    Codec(#[from] meshota_protocol::CodecError),
+    /// The planner refused the scenario's waves or thresholds.
+    #[error("rollout spec: {0}")]
+    Plan(#[from] meshota_broker::rollout::PlanError),
+}
 
 /// What happened, for the summary and the report.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -39,16 +82,26 @@ pub struct Outcome {
     pub commit_times_s: Vec<f64>,
     /// Devices that rolled back after a failed health check.
     pub rolled_back: u32,
-    /// Devices that never finished (stalled downloads).
+    /// Devices that started and never ended committed or rolled back
+    /// (stalled downloads, failed updates).
     pub failed: u32,
+    /// Devices the rollout never reached (it halted first).
+    pub not_started: u32,
     /// Bytes served by the origin.
     pub origin_bytes: u64,
     /// Bytes entering each site over its WAN link.
     pub site_wan_in: Vec<u64>,
     /// Bytes by source, over all devices.
     pub bytes: ByteSplit,
-    /// Start and end of each wave, seconds.
+    /// Start and end of each wave as the planner saw them, seconds: from
+    /// its `WaveStarted` to the next one (or `Completed`, or the halt).
     pub waves: Vec<(f64, f64)>,
+    /// Whether the planner completed the rollout.
+    pub completed: bool,
+    /// Whether the planner halted it (error threshold reached).
+    pub halted: bool,
+    /// Gates the planner issued (each signed once, delivered to all).
+    pub gates: u32,
     /// Peers banned for bad data, over all devices.
     pub bans: u64,
     /// Peers dropped for slowness, over all devices.
@@ -57,23 +110,34 @@ pub struct Outcome {
     pub retries: u64,
     /// Events processed (a cost measure of the run itself).
     pub events: u64,
+    /// Chunk announcements pushed to neighbours' schedulers.
+    pub have_pushes: u64,
+    /// Announcements handed to device agents; each agent verified it
+    /// (expiry, replay, class, gate binding, eligibility).
+    pub announcements_delivered: u64,
+    /// ed25519 signature checks actually run: two per distinct
+    /// announcement, shared by every device (see [`control`]).
+    pub signature_checks: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Waiting,
-    Fetching,
-    Installing,
-    Done,
-}
-
+/// One simulated device: its agent, its download, its links.
 struct Device {
     site: u32,
-    peers: Vec<u32>,
+    id: DeviceId,
+    agent: Agent,
+    /// Report counter, as the device's MQTT session keeps it.
+    counter: u64,
     held: Bitfield,
     sched: Option<Scheduler<u32>>,
+    /// Pending scheduler wake-up (stale `Wake` events are ignored).
     wake: Option<Micros>,
-    phase: Phase,
+    /// Pending agent wake-up.
+    agent_wake: Option<Micros>,
+    /// A `Poke` is queued: pushed news will be acted on then.
+    poke: bool,
+    /// Requests this device has outstanding.
+    inflight: u32,
+    started: bool,
     malicious: bool,
     health_fails: bool,
     up: Link,
@@ -81,9 +145,33 @@ struct Device {
     uploads: UploadSlots,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// A step of the install backend the model answers after a while.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Install,
+    Health,
+}
+
+#[derive(Debug, Clone, Copy)]
 enum Ev {
+    /// The scheduler's timer.
     Wake(u32),
+    /// The agent's timer.
+    AgentWake(u32),
+    /// The planner's timer.
+    PlannerWake,
+    /// Act on pushed availability.
+    Poke(u32),
+    /// Announcement `k` reaches every device (MQTT fan-out, retained).
+    Broadcast(u32),
+    /// A device's report reaches the planner.
+    Report {
+        dev: u32,
+        counter: u64,
+        state: meshota_protocol::UpdateState,
+    },
+    /// The install backend finished a step.
+    StepDone(u32, Step),
     Arrive {
         dst: u32,
         src: u32,
@@ -96,18 +184,40 @@ enum Ev {
         index: u32,
         busy: bool,
     },
-    Have {
-        dst: u32,
-        src: u32,
-    },
-    Installed(u32),
-    WaveStart(u32),
+    /// A `Have` answer (a full bitfield) reaches `dst`.
+    Have { dst: u32, src: u32 },
     /// A dropped peer is found again after its cool-off, as a real node
     /// would on its next discovery round.
-    Rediscover {
-        dst: u32,
-        peer: u32,
-    },
+    Rediscover { dst: u32, peer: u32 },
+}
+
+/// A queued event, ordered by time and then by when it was queued (so
+/// equal times replay in a fixed order); the event itself never takes
+/// part in the comparison, which keeps the heap's sift cheap.
+struct Queued {
+    at: Micros,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Queued {}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
 }
 
 /// Runs a scenario in virtual time. With `p2p` off every device fetches
@@ -116,50 +226,14 @@ enum Ev {
 /// that finishes (committed or rolled back), in virtual seconds.
 ///
 /// # Errors
-/// [`meshota_protocol::IdError`] only if the synthetic manifest's names
-/// were invalid, which they are not; kept typed rather than panicking.
+/// [`VirtError`] only if the synthetic release could not be built or the
+/// scenario's waves are refused by the planner.
 pub fn run(
     s: &Scenario,
     p2p: bool,
     progress: &mut dyn FnMut(Progress),
-) -> Result<Outcome, meshota_protocol::IdError> {
-    Ok(Sim::new(s, p2p, manifest(s)?).run(progress))
-}
-
-/// A synthetic manifest: the scheduler only needs ids and lengths.
-fn manifest(s: &Scenario) -> Result<Manifest, meshota_protocol::IdError> {
-    let avg = s.chunk_avg;
-    let mut chunks = Vec::new();
-    let mut left = s.bundle_bytes;
-    while left > 0 {
-        let len = left.min(u64::from(avg)) as u32;
-        let id = ChunkId::digest(&(chunks.len() as u64).to_le_bytes());
-        chunks.push(ChunkRef { id, len });
-        left -= u64::from(len);
-    }
-    Ok(Manifest {
-        name: "sim".into(),
-        version: meshota_protocol::semver::Version::new(1, 0, 0),
-        compatible: meshota_protocol::Compatible::new("sim")?,
-        payload_size: s.bundle_bytes,
-        payload_hash: meshota_protocol::PayloadHash::digest(b"sim"),
-        chunker: meshota_protocol::ChunkerParams {
-            min: avg / 4,
-            avg,
-            max: avg.saturating_mul(4),
-        },
-        chunks,
-        kind: meshota_protocol::InstallKind::Image,
-        created_at: 0,
-        meta: Default::default(),
-    })
-}
-
-/// The SplitMix64 finaliser, for the simulator's seeded choices.
-fn meshota_mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+) -> Result<Outcome, VirtError> {
+    Ok(Sim::new(s, p2p)?.run(progress))
 }
 
 struct Sim<'a> {
@@ -167,102 +241,66 @@ struct Sim<'a> {
     p2p: bool,
     manifest: Manifest,
     devices: Vec<Device>,
+    topo: Topology,
     origin_up: Link,
     origin_slots: UploadSlots,
     origin_dedup: OriginDedup,
     /// Devices that have started fetching (or finished): what a Kademlia
     /// provider lookup would return.
     providers: Vec<u32>,
-    rng: u64,
+    /// The same, per site: what mDNS finds on the site's LAN.
+    site_providers: Vec<Vec<u32>>,
+    rng: Rng,
     site_up: Vec<Link>,
     site_down: Vec<Link>,
-    queue: BinaryHeap<Reverse<(Micros, u64, Ev)>>,
+    queue: BinaryHeap<Reverse<Queued>>,
     seq: u64,
     base: Instant,
-    /// Device indices per wave, in bucket order.
-    waves: Vec<Vec<u32>>,
-    wave_left: Vec<usize>,
+    ctl: control::Control,
+    planner: Planner,
+    planner_wake: Option<Micros>,
+    /// Every announcement published, in order.
+    announcements: Vec<Announcement>,
     out: Outcome,
 }
 
 impl<'a> Sim<'a> {
-    fn new(s: &'a Scenario, p2p: bool, manifest: Manifest) -> Self {
-        let mut rng = s.seed ^ 0x5EED;
-        let mut next = || {
-            rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            meshota_mix(rng)
-        };
+    fn new(s: &'a Scenario, p2p: bool) -> Result<Self, VirtError> {
+        let manifest = fleet::manifest(s)?;
+        let mut rng = Rng::new(s.seed ^ 0x5EED);
+        let topo = Topology::build(s, p2p, &mut rng);
+        let ctl = control::Control::new(s, &manifest)?;
         let n = manifest.chunks.len();
-        let per_site: Vec<Vec<u32>> = (0..s.sites)
-            .map(|site| (0..s.devices).filter(|d| s.site_of(*d) == site).collect())
-            .collect();
-        let unit = |x: &mut dyn FnMut() -> u64| (x() >> 11) as f64 / (1u64 << 53) as f64;
-        let devices: Vec<Device> = (0..s.devices)
-            .map(|d| {
-                let site = s.site_of(d);
-                let mut peers = Vec::new();
-                if p2p {
-                    let members = &per_site[site as usize];
-                    let pos = members.iter().position(|m| *m == d).unwrap_or(0);
-                    let k = (s.lan_peers as usize).min(members.len().saturating_sub(1));
-                    for off in 1..=k {
-                        // Ring neighbours, alternating sides, so every member
-                        // of a site is reachable in a few hops.
-                        let step = off.div_ceil(2);
-                        let j = if off % 2 == 1 {
-                            (pos + step) % members.len()
-                        } else {
-                            (pos + members.len() - step % members.len()) % members.len()
-                        };
-                        if members[j] != d && !peers.contains(&members[j]) {
-                            peers.push(members[j]);
-                        }
-                    }
-                    if s.sites > 1 {
-                        for _ in 0..s.wan_peers {
-                            let o = (next() % u64::from(s.devices)) as u32;
-                            if s.site_of(o) != site && !peers.contains(&o) {
-                                peers.push(o);
-                            }
-                        }
-                    }
-                }
-                Device {
-                    site,
-                    peers,
-                    held: Bitfield::new(n),
-                    sched: None,
-                    wake: None,
-                    phase: Phase::Waiting,
-                    malicious: unit(&mut next) < s.malicious_rate,
-                    health_fails: unit(&mut next) < s.health_fail_rate,
-                    up: Link::new(s.device_up_bps),
-                    down: Link::new(s.device_down_bps),
-                    uploads: UploadSlots::default(),
-                }
-            })
-            .collect();
-        // Waves: devices in a seeded random order, cumulative shares.
-        let mut order: Vec<(u64, u32)> = (0..s.devices).map(|d| (next(), d)).collect();
-        order.sort_unstable();
-        let mut waves = Vec::new();
-        let mut taken = 0usize;
-        for pct in &s.waves {
-            let upto = (s.devices as usize * usize::from(*pct)).div_ceil(100);
-            waves.push(
-                order[taken..upto]
-                    .iter()
-                    .map(|(_, d)| *d)
-                    .collect::<Vec<_>>(),
-            );
-            taken = upto;
+        let mut devices = Vec::with_capacity(s.devices as usize);
+        for d in 0..s.devices {
+            let site = s.site_of(d);
+            let (id, agent) = ctl.agent(d, site)?;
+            devices.push(Device {
+                site,
+                id,
+                agent,
+                counter: 0,
+                held: Bitfield::new(n),
+                sched: None,
+                wake: None,
+                agent_wake: None,
+                poke: false,
+                inflight: 0,
+                started: false,
+                malicious: rng.unit() < s.malicious_rate,
+                health_fails: rng.unit() < s.health_fail_rate,
+                up: Link::new(s.device_up_bps),
+                down: Link::new(s.device_down_bps),
+                uploads: UploadSlots::default(),
+            });
         }
-        let wave_left = waves.iter().map(Vec::len).collect();
-        Self {
+        let planner = ctl.planner(s, devices.iter().map(|d| d.id.clone()))?;
+        Ok(Self {
             s,
             p2p,
             manifest,
             devices,
+            topo,
             origin_up: Link::new(s.origin_up_bps),
             origin_slots: UploadSlots::default(),
             // The baseline is a plain HTTP origin: it serves every request.
@@ -272,28 +310,36 @@ impl<'a> Sim<'a> {
                 Duration::ZERO
             }),
             providers: Vec::new(),
-            rng: s.seed ^ 0xD15C_0FE7,
+            site_providers: vec![Vec::new(); s.sites as usize],
+            rng: Rng::new(s.seed ^ 0xD15C_0FE7),
             site_up: vec![Link::new(s.site_wan_bps); s.sites as usize],
             site_down: vec![Link::new(s.site_wan_bps); s.sites as usize],
             queue: BinaryHeap::new(),
             seq: 0,
             base: Instant::now(),
-            waves,
-            wave_left,
+            ctl,
+            planner,
+            planner_wake: None,
+            announcements: Vec::new(),
             out: Outcome {
                 site_wan_in: vec![0; s.sites as usize],
                 ..Outcome::default()
             },
-        }
+        })
     }
 
+    /// `t` as the schedulers' monotonic clock.
     fn at(&self, t: Micros) -> Instant {
         self.base + Duration::from_micros(t)
     }
 
     fn push(&mut self, t: Micros, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Reverse((t, self.seq, ev)));
+        self.queue.push(Reverse(Queued {
+            at: t,
+            seq: self.seq,
+            ev,
+        }));
     }
 
     fn latency(&self, a: u32, b: u32) -> Micros {
@@ -305,31 +351,49 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn sched_config(&self, d: u32) -> SchedulerConfig {
-        let chunk_time = u64::from(self.s.chunk_avg) * 1_000_000 / self.s.device_up_bps.max(1);
-        SchedulerConfig {
-            have_refresh: Duration::from_millis(self.s.have_refresh_ms),
-            request_timeout: Duration::from_micros(
-                (chunk_time * u64::from(self.s.max_uploads) * 8).max(30_000_000),
-            ),
-            min_rate_bps: 1024,
-            site_patience: Duration::from_secs(self.s.patience_s),
-            busy_backoff: Duration::from_millis(self.s.busy_backoff_ms),
-            stall_timeout: Duration::from_secs(3600),
-            seed: self.s.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),
-            ..SchedulerConfig::default()
-        }
-    }
-
     fn run(mut self, progress: &mut dyn FnMut(Progress)) -> Outcome {
-        self.push(0, Ev::WaveStart(0));
-        while let Some(Reverse((now, _, ev))) = self.queue.pop() {
+        self.push(0, Ev::PlannerWake);
+        let mut finished = 0;
+        while let Some(Reverse(Queued { at: now, ev, .. })) = self.queue.pop() {
             if now > MAX_VIRTUAL {
                 break;
             }
+            let done = self.out.commit_times_s.len() + self.out.rolled_back as usize;
+            for _ in finished..done {
+                progress(Progress::DeviceFinished {
+                    at_s: now as f64 / 1e6,
+                });
+            }
+            finished = finished.max(done);
             self.out.events += 1;
             match ev {
-                Ev::WaveStart(w) => self.start_wave(w as usize, now, progress),
+                Ev::PlannerWake => {
+                    if self.planner_wake.is_none_or(|w| w == now) {
+                        self.planner_wake = None;
+                        let t = control::secs(now);
+                        self.planner.handle_timeout(t);
+                        self.drain_planner(now, progress);
+                    }
+                }
+                Ev::Broadcast(k) => self.broadcast(k as usize, now),
+                Ev::Report {
+                    dev,
+                    counter,
+                    state,
+                } => {
+                    self.report(dev, counter, state, now);
+                    self.drain_planner(now, progress);
+                }
+                Ev::AgentWake(d) => {
+                    if self.devices[d as usize].agent_wake == Some(now) {
+                        self.devices[d as usize].agent_wake = None;
+                        self.devices[d as usize]
+                            .agent
+                            .handle_timeout(control::secs(now));
+                        self.step_agent(d, now);
+                    }
+                }
+                Ev::StepDone(d, step) => self.step_done(d, step, now),
                 Ev::Wake(d) => {
                     if self.devices[d as usize].wake == Some(now) {
                         self.devices[d as usize].wake = None;
@@ -339,6 +403,10 @@ impl<'a> Sim<'a> {
                         }
                         self.drive(d, now);
                     }
+                }
+                Ev::Poke(d) => {
+                    self.devices[d as usize].poke = false;
+                    self.drive(d, now);
                 }
                 Ev::Have { dst, src } => self.have(dst, src, now),
                 Ev::Arrive {
@@ -352,338 +420,31 @@ impl<'a> Sim<'a> {
                     src,
                     index,
                     busy,
-                } => {
-                    let t = self.at(now);
-                    let failure = if busy {
-                        Failure::Busy
-                    } else {
-                        Failure::NotFound
-                    };
-                    if let Some(s) = self.devices[dst as usize].sched.as_mut() {
-                        s.handle_chunk_failed(src, index as usize, failure, t);
-                    }
-                    self.drive(dst, now);
-                }
-                Ev::Installed(d) => self.installed(d, now, progress),
-                Ev::Rediscover { dst, peer } => {
-                    let t = self.at(now);
-                    let class = if peer == ORIGIN {
-                        PeerClass::Origin
-                    } else if self.s.site_of(peer) == self.devices[dst as usize].site {
-                        PeerClass::SameSite
-                    } else {
-                        PeerClass::OtherSite
-                    };
-                    if let Some(s) = self.devices[dst as usize].sched.as_mut() {
-                        s.handle_peer_found(peer, class, t);
-                    }
-                    self.drive(dst, now);
-                }
+                } => self.refused(dst, src, index, busy, now),
+                Ev::Rediscover { dst, peer } => self.rediscover(dst, peer, now),
             }
         }
-        self.out.failed = self
-            .devices
-            .iter()
-            .filter(|d| d.phase != Phase::Done)
-            .count() as u32;
+        self.finish()
+    }
+
+    /// Closes the books: per-device end states into the outcome.
+    fn finish(mut self) -> Outcome {
+        use meshota_protocol::UpdateState as U;
+        let (mut failed, mut not_started) = (0, 0);
+        for d in &self.devices {
+            match d.agent.phase() {
+                U::Committed | U::RolledBack => {}
+                _ if !d.started => not_started += 1,
+                _ => failed += 1,
+            }
+        }
+        self.out.failed = failed;
+        self.out.not_started = not_started;
+        self.out.announcements_delivered = self.ctl.delivered;
+        self.out.signature_checks = self.ctl.signature_checks;
         self.out
             .commit_times_s
             .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         self.out
-    }
-
-    fn start_wave(&mut self, w: usize, now: Micros, progress: &mut dyn FnMut(Progress)) {
-        let Some(members) = self.waves.get(w).cloned() else {
-            return;
-        };
-        self.out.waves.push((now as f64 / 1e6, now as f64 / 1e6));
-        progress(Progress::WaveStarted {
-            wave: w,
-            at_s: now as f64 / 1e6,
-            devices: members.len(),
-        });
-        if members.is_empty() {
-            self.finish_wave(w, now, progress);
-            return;
-        }
-        let t = self.at(now);
-        if self.p2p {
-            self.providers.extend(members.iter().copied());
-        }
-        for d in members {
-            if self.p2p {
-                self.discover(d);
-            }
-            let cfg = self.sched_config(d);
-            let dev = &mut self.devices[d as usize];
-            dev.phase = Phase::Fetching;
-            let mut s = Scheduler::new(&self.manifest, &dev.held, cfg, t);
-            if self.p2p {
-                s.set_local_peer(d);
-            }
-            s.handle_peer_found(ORIGIN, PeerClass::Origin, t);
-            for &p in &dev.peers {
-                let class = if self.s.site_of(p) == dev.site {
-                    PeerClass::SameSite
-                } else {
-                    PeerClass::OtherSite
-                };
-                s.handle_peer_found(p, class, t);
-            }
-            dev.sched = Some(s);
-            self.drive(d, now);
-        }
-    }
-
-    /// Adds providers of the manifest to `d`'s peers, as a Kademlia
-    /// lookup would: a few random devices that are fetching or done.
-    fn discover(&mut self, d: u32) {
-        let n = self.providers.len() as u64;
-        if n < 2 {
-            return;
-        }
-        for _ in 0..self.s.wan_peers * 2 {
-            self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let pick = self.providers[(meshota_mix(self.rng) % n) as usize];
-            let dev = &mut self.devices[d as usize];
-            if pick != d && !dev.peers.contains(&pick) {
-                dev.peers.push(pick);
-            }
-        }
-    }
-
-    fn finish_wave(&mut self, w: usize, now: Micros, progress: &mut dyn FnMut(Progress)) {
-        if let Some(rec) = self.out.waves.get_mut(w) {
-            rec.1 = now as f64 / 1e6;
-        }
-        progress(Progress::WaveFinished {
-            wave: w,
-            at_s: now as f64 / 1e6,
-        });
-        if w + 1 < self.waves.len() {
-            let started = self.out.waves.get(w).map_or(0.0, |r| r.0);
-            let soak_end = (started * 1e6) as Micros + self.s.soak_s * 1_000_000;
-            self.push(now.max(soak_end), Ev::WaveStart(w as u32 + 1));
-        }
-    }
-
-    fn have(&mut self, dst: u32, src: u32, now: Micros) {
-        let t = self.at(now);
-        let (bits, fetching) = if src == ORIGIN {
-            (self.origin_dedup.advertise(&self.manifest, t), false)
-        } else {
-            let p = &self.devices[src as usize];
-            (p.held.clone(), p.phase == Phase::Fetching)
-        };
-        if let Some(s) = self.devices[dst as usize].sched.as_mut() {
-            s.handle_peer_have(src, &bits, t);
-            s.handle_peer_fetching(src, fetching);
-        }
-        self.drive(dst, now);
-    }
-
-    fn arrive(&mut self, dst: u32, src: u32, index: u32, corrupt: bool, now: Micros) {
-        let t = self.at(now);
-        let len = u64::from(self.manifest.chunks[index as usize].len);
-        let site = self.devices[dst as usize].site;
-        if src == ORIGIN {
-            self.out.origin_bytes += len;
-        }
-        if src == ORIGIN || self.devices[src as usize].site != site {
-            self.out.site_wan_in[site as usize] += len;
-        }
-        let dev = &mut self.devices[dst as usize];
-        if let Some(s) = dev.sched.as_mut() {
-            if corrupt {
-                s.handle_chunk_failed(
-                    src,
-                    index as usize,
-                    Failure::Misbehaved("chunk failed BLAKE3 verification".into()),
-                    t,
-                );
-            } else {
-                dev.held.set(index as usize);
-                s.handle_chunk_arrived(src, index as usize, len, t);
-            }
-        }
-        self.drive(dst, now);
-    }
-
-    fn installed(&mut self, d: u32, now: Micros, progress: &mut dyn FnMut(Progress)) {
-        let dev = &mut self.devices[d as usize];
-        dev.phase = Phase::Done;
-        if dev.health_fails {
-            self.out.rolled_back += 1;
-        } else {
-            self.out.commit_times_s.push(now as f64 / 1e6);
-        }
-        progress(Progress::DeviceFinished {
-            at_s: now as f64 / 1e6,
-        });
-        self.device_finished(d, now, progress);
-    }
-
-    fn device_finished(&mut self, d: u32, now: Micros, progress: &mut dyn FnMut(Progress)) {
-        if let Some(w) = self.waves.iter().position(|m| m.contains(&d)) {
-            self.wave_left[w] = self.wave_left[w].saturating_sub(1);
-            if self.wave_left[w] == 0 {
-                self.finish_wave(w, now, progress);
-            }
-        }
-    }
-
-    /// Executes everything device `d`'s scheduler wants now.
-    fn drive(&mut self, d: u32, now: Micros) {
-        let t = self.at(now);
-        let mut actions = Vec::new();
-        let mut complete = false;
-        let mut dropped = Vec::new();
-        {
-            let Some(s) = self.devices[d as usize].sched.as_mut() else {
-                return;
-            };
-            while let Some(a) = s.poll_action(t) {
-                actions.push(a);
-            }
-            while let Some(e) = s.poll_event() {
-                match e {
-                    SchedEvent::Complete => complete = true,
-                    SchedEvent::Dropped { peer, .. } => dropped.push(peer),
-                    SchedEvent::Banned { .. } => {}
-                    SchedEvent::Stalled => {}
-                }
-            }
-        }
-        let cooloff = SchedulerConfig::default().drop_cooloff.as_micros() as Micros;
-        for peer in dropped {
-            self.push(now + cooloff + 1, Ev::Rediscover { dst: d, peer });
-        }
-        for a in actions {
-            match a {
-                Action::QueryHave { peer } => {
-                    let rtt = 2 * self.latency(d, peer);
-                    self.push(now + rtt, Ev::Have { dst: d, src: peer });
-                }
-                Action::Request { peer, index, .. } => self.request(d, peer, index as u32, now),
-                Action::Cancel { .. } => {}
-            }
-        }
-        if complete {
-            let dev = &mut self.devices[d as usize];
-            if let Some(s) = dev.sched.take() {
-                let st = s.stats();
-                self.out.bytes.same_site += st.bytes.same_site;
-                self.out.bytes.other_peers += st.bytes.other_peers;
-                self.out.bytes.origin += st.bytes.origin;
-                self.out.bytes.local += st.bytes.local;
-                self.out.bans += st.bans;
-                self.out.drops += st.drops;
-                self.out.retries += st.retries;
-            }
-            dev.phase = Phase::Installing;
-            dev.wake = None;
-            let done = now + (self.s.install_s + self.s.health_s) * 1_000_000;
-            self.push(done, Ev::Installed(d));
-            return;
-        }
-        let next = self.devices[d as usize]
-            .sched
-            .as_ref()
-            .and_then(|s| s.poll_timeout())
-            .map(|i| i.saturating_duration_since(self.base).as_micros() as Micros);
-        if let Some(w) = next {
-            let dev = &mut self.devices[d as usize];
-            if dev.wake.is_none_or(|cur| w < cur || cur <= now) {
-                dev.wake = Some(w);
-                self.push(w, Ev::Wake(d));
-            }
-        }
-    }
-
-    fn request(&mut self, dst: u32, src: u32, index: u32, now: Micros) {
-        let len = u64::from(self.manifest.chunks[index as usize].len);
-        let lat = self.latency(dst, src);
-        let dst_site = self.devices[dst as usize].site as usize;
-        if src == ORIGIN {
-            let busy = !self.origin_slots.try_take(now, self.s.origin_max_uploads);
-            let id = self.manifest.chunks[index as usize].id;
-            if busy || !self.origin_dedup.admit(&id, self.at(now)) {
-                self.push(
-                    now + 2 * lat,
-                    Ev::Refused {
-                        dst,
-                        src,
-                        index,
-                        busy,
-                    },
-                );
-                return;
-            }
-            let (a, b) = (dst as usize, dst_site);
-            let mut down = self.devices[a].down;
-            let end = reserve(
-                &mut [&mut self.origin_up, &mut self.site_down[b], &mut down],
-                len,
-                now + lat,
-            );
-            self.devices[a].down = down;
-            self.origin_slots.hold(end);
-            self.push(
-                end + lat,
-                Ev::Arrive {
-                    dst,
-                    src,
-                    index,
-                    corrupt: false,
-                },
-            );
-            return;
-        }
-        let (si, di) = (src as usize, dst as usize);
-        let has = self.devices[si].held.get(index as usize);
-        let free = has && self.devices[si].uploads.try_take(now, self.s.max_uploads);
-        if !free {
-            self.push(
-                now + 2 * lat,
-                Ev::Refused {
-                    dst,
-                    src,
-                    index,
-                    busy: has,
-                },
-            );
-            return;
-        }
-        let src_site = self.devices[si].site as usize;
-        let mut up = self.devices[si].up;
-        let mut down = self.devices[di].down;
-        let end = if src_site == dst_site {
-            reserve(&mut [&mut up, &mut down], len, now + lat)
-        } else {
-            let (su, sd) = (src_site, dst_site);
-            let mut wan_up = self.site_up[su];
-            let mut wan_down = self.site_down[sd];
-            let end = reserve(
-                &mut [&mut up, &mut wan_up, &mut wan_down, &mut down],
-                len,
-                now + lat,
-            );
-            self.site_up[su] = wan_up;
-            self.site_down[sd] = wan_down;
-            end
-        };
-        self.devices[si].up = up;
-        self.devices[di].down = down;
-        self.devices[si].uploads.hold(end);
-        let corrupt = self.devices[si].malicious;
-        self.push(
-            end + lat,
-            Ev::Arrive {
-                dst,
-                src,
-                index,
-                corrupt,
-            },
-        );
     }
 }

@@ -10,20 +10,8 @@ fn holding() -> (World, Agent, Manifest) {
     let w = world();
     let rig = Rig::new();
     let (_, m2) = rig.payload(2);
-    let mut a = Agent::new(agent_config(&w), Default::default());
-    a.handle_boot(
-        SlotStatus {
-            active_slot: Some("a".into()),
-            active_release: Some(meshota_protocol::ReleaseId::digest(b"v1.1")),
-            active_version: Some(v(1)),
-            trial: false,
-        },
-        NOW,
-    );
-    a.handle_announcement(w.announce(&m2, 10, 10, Action::Download), NOW);
-    a.handle_fetch_done(Ok(()), NOW);
+    let a = a_copy(&w, &m2);
     assert_eq!(a.phase(), UpdateState::Downloaded);
-    drain(&mut a);
     (w, a, m2)
 }
 
@@ -280,4 +268,54 @@ fn an_operator_rollback_after_commit_returns_to_the_previous_release() {
     // And it stays there after a restart.
     let d = settle(&rig, rig.start(NOW + 2), NOW + 2);
     assert_eq!(d.agent.state().installed_version, Some(v(1)));
+}
+
+#[test]
+fn a_signature_proof_for_other_documents_is_ignored_and_a_tampered_gate_still_refused() {
+    use meshota_protocol::verify::check_announcement_signatures;
+    let (w, mut a, m2) = holding();
+    let before = a.state().clone();
+    let rig = Rig::new();
+    let (_, m3) = rig.payload(3);
+    let good = w.announce(&m3, 11, 11, Action::InstallAndActivate);
+    let proof = check_announcement_signatures(&good, &w.root).unwrap();
+    // The same release under a gate signed by an unknown key: the proof
+    // covers the good gate only, so the bad one is checked and refused.
+    let release = good.release.clone();
+    let stranger = SecretKey::from_seed([9; 32]);
+    let gate = Signed::sign(
+        &w.gate(&release, 12, Action::InstallAndActivate),
+        &[&stranger],
+    )
+    .unwrap();
+    let forged = Announcement {
+        gate,
+        ..good.clone()
+    };
+    a.handle_announcement_checked(forged, Some(&proof), NOW);
+    assert_refused(&mut a, &before, "E_UNKNOWN_KEY");
+    // The proven announcement itself is taken, exactly as without a proof.
+    let mut plain = a_copy(&w, &m2);
+    a.handle_announcement_checked(good.clone(), Some(&proof), NOW);
+    plain.handle_announcement(good, NOW);
+    assert_eq!(a.state().held, plain.state().held);
+    assert_eq!(drain(&mut a), drain(&mut plain));
+}
+
+/// An agent on v1.1 holding `m2` downloaded, as in [`holding`].
+fn a_copy(w: &World, m2: &Manifest) -> Agent {
+    let mut a = Agent::new(agent_config(w), Default::default());
+    a.handle_boot(
+        SlotStatus {
+            active_slot: Some("a".into()),
+            active_release: Some(meshota_protocol::ReleaseId::digest(b"v1.1")),
+            active_version: Some(v(1)),
+            trial: false,
+        },
+        NOW,
+    );
+    a.handle_announcement(w.announce(m2, 10, 10, Action::Download), NOW);
+    a.handle_fetch_done(Ok(()), NOW);
+    drain(&mut a);
+    a
 }

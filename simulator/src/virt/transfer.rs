@@ -1,0 +1,382 @@
+//! The data plane of a virtual run: each device's real chunk scheduler,
+//! driven over the link model, with availability pushed to neighbours.
+//!
+//! A real node re-asks each neighbour for its bitfield every
+//! `have_refresh`; modelled literally that is O(devices × neighbours)
+//! events per second and dominated every large run. Here a device asks
+//! each neighbour once, when it finds it, and from then on hears about
+//! every chunk the neighbour stores through
+//! [`Scheduler::handle_peer_has`]. That is at least as fresh as polling,
+//! and a device acts on such news within a quarter of `have_refresh`
+//! (at once when it has nothing in flight), as the node re-asks busy
+//! peers at that cadence. The origin is still polled as on a device,
+//! because it withholds chunks for a while ([`OriginDedup`]) and only a
+//! poll notices they are back.
+//!
+//! [`OriginDedup`]: meshota_node::sched::OriginDedup
+
+use std::time::Duration;
+
+use meshota_node::sched::{Action, Failure, PeerClass, SchedEvent, Scheduler, SchedulerConfig};
+
+use super::net::{reserve, Micros};
+use super::{Ev, Sim, ORIGIN};
+
+impl Sim<'_> {
+    fn sched_config(&self, d: u32) -> SchedulerConfig {
+        let chunk_time = u64::from(self.s.chunk_avg) * 1_000_000 / self.s.device_up_bps.max(1);
+        SchedulerConfig {
+            // Neighbours push their news, so their bitfields are asked for
+            // once; see the module docs. The origin keeps its refresh.
+            have_refresh: Duration::from_secs(24 * 3600),
+            request_timeout: Duration::from_micros(
+                (chunk_time * u64::from(self.s.max_uploads) * 8).max(30_000_000),
+            ),
+            min_rate_bps: 1024,
+            site_patience: Duration::from_secs(self.s.patience_s),
+            busy_backoff: Duration::from_millis(self.s.busy_backoff_ms),
+            stall_timeout: Duration::from_secs(3600),
+            seed: self.s.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),
+            ..SchedulerConfig::default()
+        }
+    }
+
+    fn class_of(&self, d: u32, peer: u32) -> PeerClass {
+        if peer == ORIGIN {
+            PeerClass::Origin
+        } else if self.devices[peer as usize].site == self.devices[d as usize].site {
+            PeerClass::SameSite
+        } else {
+            PeerClass::OtherSite
+        }
+    }
+
+    /// The agent asked for the release: start (or restart) the download
+    /// from what the store already holds.
+    pub(super) fn start_fetch(&mut self, d: u32, now: Micros) {
+        let t = self.at(now);
+        if self.p2p && !self.devices[d as usize].started {
+            self.discover(d, now);
+        }
+        let cfg = self.sched_config(d);
+        let mut s = Scheduler::new(&self.manifest, &self.devices[d as usize].held, cfg, t);
+        if self.p2p {
+            s.set_local_peer(d);
+        }
+        s.handle_peer_found(ORIGIN, PeerClass::Origin, t);
+        for i in 0..self.topo.peers[d as usize].len() {
+            let p = self.topo.peers[d as usize][i];
+            s.handle_peer_found(p, self.class_of(d, p), t);
+        }
+        let dev = &mut self.devices[d as usize];
+        dev.started = true;
+        dev.sched = Some(s);
+        // Neighbours that already know us learn we are fetching now.
+        self.tell_fetching(d, true);
+        self.drive(d, now);
+    }
+
+    /// The agent cancelled the download.
+    pub(super) fn stop_fetch(&mut self, d: u32) {
+        let dev = &mut self.devices[d as usize];
+        if dev.sched.take().is_some() {
+            dev.wake = None;
+            self.tell_fetching(d, false);
+        }
+    }
+
+    fn tell_fetching(&mut self, d: u32, fetching: bool) {
+        for i in 0..self.topo.subs[d as usize].len() {
+            let sub = self.topo.subs[d as usize][i];
+            if let Some(s) = self.devices[sub as usize].sched.as_mut() {
+                s.handle_peer_fetching(d, fetching);
+            }
+        }
+    }
+
+    /// Adds providers of the manifest to `d`'s neighbours, as a real node
+    /// finds them: a few random fleet-wide providers from a Kademlia
+    /// lookup, and up to `lan_peers` providers of its own site from
+    /// mDNS. mDNS is mutual, so those site providers learn of `d` too;
+    /// without that, a device would not know the site members it should
+    /// leave a WAN pull to, and every site would pull each chunk many
+    /// times.
+    fn discover(&mut self, d: u32, now: Micros) {
+        let n = self.providers.len() as u64;
+        if n >= 2 {
+            for _ in 0..self.s.wan_peers * 2 {
+                let pick = self.providers[self.rng.below(n) as usize];
+                self.topo.link(d, pick);
+            }
+        }
+        let site = self.devices[d as usize].site as usize;
+        let local = self.site_providers[site].len() as u64;
+        let t = self.at(now);
+        for _ in 0..self.s.lan_peers.min(local as u32) {
+            let pick = self.site_providers[site][self.rng.below(local) as usize];
+            self.topo.link(d, pick);
+            if self.topo.link(pick, d) {
+                if let Some(s) = self.devices[pick as usize].sched.as_mut() {
+                    s.handle_peer_found(d, PeerClass::SameSite, t);
+                }
+            }
+        }
+        self.providers.push(d);
+        self.site_providers[site].push(d);
+    }
+
+    pub(super) fn rediscover(&mut self, dst: u32, peer: u32, now: Micros) {
+        let t = self.at(now);
+        let class = self.class_of(dst, peer);
+        if let Some(s) = self.devices[dst as usize].sched.as_mut() {
+            s.handle_peer_found(peer, class, t);
+        }
+        self.drive(dst, now);
+    }
+
+    /// A `Have` answer: the full bitfield as it is now.
+    pub(super) fn have(&mut self, dst: u32, src: u32, now: Micros) {
+        let t = self.at(now);
+        let (bits, fetching) = if src == ORIGIN {
+            (self.origin_dedup.advertise(&self.manifest, t), false)
+        } else {
+            let p = &self.devices[src as usize];
+            (p.held.clone(), p.sched.is_some())
+        };
+        if let Some(s) = self.devices[dst as usize].sched.as_mut() {
+            s.handle_peer_have(src, &bits, t);
+            s.handle_peer_fetching(src, fetching);
+        }
+        self.drive(dst, now);
+    }
+
+    pub(super) fn refused(&mut self, dst: u32, src: u32, index: u32, busy: bool, now: Micros) {
+        let t = self.at(now);
+        let failure = if busy {
+            Failure::Busy
+        } else {
+            Failure::NotFound
+        };
+        let dev = &mut self.devices[dst as usize];
+        dev.inflight = dev.inflight.saturating_sub(1);
+        if let Some(s) = dev.sched.as_mut() {
+            s.handle_chunk_failed(src, index as usize, failure, t);
+        }
+        self.drive(dst, now);
+    }
+
+    pub(super) fn arrive(&mut self, dst: u32, src: u32, index: u32, corrupt: bool, now: Micros) {
+        let t = self.at(now);
+        let len = u64::from(self.manifest.chunks[index as usize].len);
+        let site = self.devices[dst as usize].site;
+        if src == ORIGIN {
+            self.out.origin_bytes += len;
+        }
+        if src == ORIGIN || self.devices[src as usize].site != site {
+            self.out.site_wan_in[site as usize] += len;
+        }
+        let dev = &mut self.devices[dst as usize];
+        dev.inflight = dev.inflight.saturating_sub(1);
+        let mut stored = false;
+        if let Some(s) = dev.sched.as_mut() {
+            if corrupt {
+                s.handle_chunk_failed(
+                    src,
+                    index as usize,
+                    Failure::Misbehaved("chunk failed BLAKE3 verification".into()),
+                    t,
+                );
+            } else {
+                stored = !dev.held.get(index as usize);
+                dev.held.set(index as usize);
+                s.handle_chunk_arrived(src, index as usize, len, t);
+            }
+        }
+        if stored {
+            self.announce_chunk(dst, index, now);
+        }
+        self.drive(dst, now);
+    }
+
+    /// `d` stored chunk `index`: every fetching device that knows `d`
+    /// hears of it, and acts on it soon (see the module docs).
+    fn announce_chunk(&mut self, d: u32, index: u32, now: Micros) {
+        let t = self.at(now);
+        let busy_delay = self.s.have_refresh_ms * 1000 / 4;
+        for i in 0..self.topo.subs[d as usize].len() {
+            let sub = self.topo.subs[d as usize][i];
+            let dev = &mut self.devices[sub as usize];
+            let Some(s) = dev.sched.as_mut() else {
+                continue;
+            };
+            s.handle_peer_has(d, index as usize, t);
+            self.out.have_pushes += 1;
+            if !dev.poke {
+                dev.poke = true;
+                let lat = self.latency(d, sub);
+                let delay = if self.devices[sub as usize].inflight == 0 {
+                    lat
+                } else {
+                    lat.max(busy_delay)
+                };
+                self.push(now + delay, Ev::Poke(sub));
+            }
+        }
+    }
+
+    /// Executes everything device `d`'s scheduler wants now.
+    pub(super) fn drive(&mut self, d: u32, now: Micros) {
+        let t = self.at(now);
+        let mut actions = Vec::new();
+        let mut complete = false;
+        let mut stalled = false;
+        let mut dropped = Vec::new();
+        {
+            let Some(s) = self.devices[d as usize].sched.as_mut() else {
+                return;
+            };
+            while let Some(a) = s.poll_action(t) {
+                actions.push(a);
+            }
+            while let Some(e) = s.poll_event() {
+                match e {
+                    SchedEvent::Complete => complete = true,
+                    SchedEvent::Dropped { peer, .. } => dropped.push(peer),
+                    SchedEvent::Banned { .. } => {}
+                    SchedEvent::Stalled => stalled = true,
+                }
+            }
+        }
+        let cooloff = SchedulerConfig::default().drop_cooloff.as_micros() as Micros;
+        for peer in dropped {
+            self.push(now + cooloff + 1, Ev::Rediscover { dst: d, peer });
+        }
+        for a in actions {
+            match a {
+                Action::QueryHave { peer } => {
+                    let rtt = 2 * self.latency(d, peer);
+                    self.push(now + rtt, Ev::Have { dst: d, src: peer });
+                }
+                Action::Request { peer, index, .. } => self.request(d, peer, index as u32, now),
+                Action::Cancel { .. } => {}
+            }
+        }
+        if complete || stalled {
+            let dev = &mut self.devices[d as usize];
+            if let Some(s) = dev.sched.take() {
+                let st = s.stats();
+                self.out.bytes.same_site += st.bytes.same_site;
+                self.out.bytes.other_peers += st.bytes.other_peers;
+                self.out.bytes.origin += st.bytes.origin;
+                self.out.bytes.local += st.bytes.local;
+                self.out.bans += st.bans;
+                self.out.drops += st.drops;
+                self.out.retries += st.retries;
+            }
+            dev.wake = None;
+            self.tell_fetching(d, false);
+            let result = if complete {
+                Ok(())
+            } else {
+                Err("no chunk arrived for the stall timeout".to_string())
+            };
+            self.fetch_done(d, result, now);
+            return;
+        }
+        let next = self.devices[d as usize]
+            .sched
+            .as_ref()
+            .and_then(|s| s.poll_timeout())
+            .map(|i| i.saturating_duration_since(self.base).as_micros() as Micros);
+        if let Some(w) = next {
+            let dev = &mut self.devices[d as usize];
+            if dev.wake.is_none_or(|cur| w < cur || cur <= now) {
+                dev.wake = Some(w);
+                self.push(w, Ev::Wake(d));
+            }
+        }
+    }
+
+    fn request(&mut self, dst: u32, src: u32, index: u32, now: Micros) {
+        self.devices[dst as usize].inflight += 1;
+        let len = u64::from(self.manifest.chunks[index as usize].len);
+        let lat = self.latency(dst, src);
+        let dst_site = self.devices[dst as usize].site as usize;
+        if src == ORIGIN {
+            let busy = !self.origin_slots.try_take(now, self.s.origin_max_uploads);
+            let id = self.manifest.chunks[index as usize].id;
+            if busy || !self.origin_dedup.admit(&id, self.at(now)) {
+                let ev = Ev::Refused {
+                    dst,
+                    src,
+                    index,
+                    busy,
+                };
+                self.push(now + 2 * lat, ev);
+                return;
+            }
+            let a = dst as usize;
+            let mut down = self.devices[a].down;
+            let end = reserve(
+                &mut [
+                    &mut self.origin_up,
+                    &mut self.site_down[dst_site],
+                    &mut down,
+                ],
+                len,
+                now + lat,
+            );
+            self.devices[a].down = down;
+            self.origin_slots.hold(end);
+            let ev = Ev::Arrive {
+                dst,
+                src,
+                index,
+                corrupt: false,
+            };
+            self.push(end + lat, ev);
+            return;
+        }
+        let (si, di) = (src as usize, dst as usize);
+        let has = self.devices[si].held.get(index as usize);
+        let free = has && self.devices[si].uploads.try_take(now, self.s.max_uploads);
+        if !free {
+            let ev = Ev::Refused {
+                dst,
+                src,
+                index,
+                busy: has,
+            };
+            self.push(now + 2 * lat, ev);
+            return;
+        }
+        let src_site = self.devices[si].site as usize;
+        let mut up = self.devices[si].up;
+        let mut down = self.devices[di].down;
+        let end = if src_site == dst_site {
+            reserve(&mut [&mut up, &mut down], len, now + lat)
+        } else {
+            let mut wan_up = self.site_up[src_site];
+            let mut wan_down = self.site_down[dst_site];
+            let end = reserve(
+                &mut [&mut up, &mut wan_up, &mut wan_down, &mut down],
+                len,
+                now + lat,
+            );
+            self.site_up[src_site] = wan_up;
+            self.site_down[dst_site] = wan_down;
+            end
+        };
+        self.devices[si].up = up;
+        self.devices[di].down = down;
+        self.devices[si].uploads.hold(end);
+        let corrupt = self.devices[si].malicious;
+        let ev = Ev::Arrive {
+            dst,
+            src,
+            index,
+            corrupt,
+        };
+        self.push(end + lat, ev);
+    }
+}
