@@ -46,6 +46,9 @@ pub enum ClientError {
     /// The answer is not the expected JSON.
     #[error("unexpected answer: {0}")]
     Decode(String),
+    /// A command-line value is invalid (nothing was sent).
+    #[error("{0}")]
+    Usage(String),
     /// A local file could not be read.
     #[error("{path}: {source}")]
     File {
@@ -251,6 +254,49 @@ impl Client {
     /// [`ClientError`].
     pub fn fleet(&self) -> Result<Value, ClientError> {
         Self::answer(self.request("GET", "/v1/fleet").call())
+    }
+
+    /// Creates a rollout.
+    ///
+    /// # Errors
+    /// [`ClientError`]; an invalid spec is a `Status { status: 422, .. }`,
+    /// a live rollout on the same topic a `409`.
+    pub fn create_rollout(
+        &self,
+        req: &crate::rollouts::CreateRollout,
+    ) -> Result<crate::rollouts::RolloutView, ClientError> {
+        Self::answer(self.request("POST", "/v1/rollouts").send_json(req))
+    }
+
+    /// Every rollout, newest first.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn rollouts(&self) -> Result<Vec<crate::rollouts::RolloutView>, ClientError> {
+        Self::answer(self.request("GET", "/v1/rollouts").call())
+    }
+
+    /// One rollout, by id or unique prefix.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub fn rollout(&self, id: &str) -> Result<crate::rollouts::RolloutView, ClientError> {
+        Self::answer(self.request("GET", &format!("/v1/rollouts/{id}")).call())
+    }
+
+    /// Sends `pause`, `resume`, `abort` or `rollback`.
+    ///
+    /// # Errors
+    /// [`ClientError`]; a command the state does not allow is a `409`.
+    pub fn rollout_command(
+        &self,
+        id: &str,
+        command: &str,
+    ) -> Result<crate::rollouts::RolloutView, ClientError> {
+        Self::answer(
+            self.request("POST", &format!("/v1/rollouts/{id}/{command}"))
+                .call(),
+        )
     }
 
     /// Raw GET of a path, for tools and tests: status and body bytes.

@@ -107,6 +107,13 @@ pub struct Config {
     pub http_header_timeout_ms: u64,
     /// Milliseconds an upload may pause between two pieces of its body.
     pub http_body_timeout_ms: u64,
+    /// The HTTP origin's base URL as devices reach it (behind a proxy or a
+    /// CDN), carried in announcements; default: the HTTP listener.
+    pub public_url: Option<String>,
+    /// libp2p multiaddrs (with `/p2p/<peer id>`) devices should dial for
+    /// the origin seeder, carried in announcements; default: the seeder's
+    /// own listen addresses.
+    pub p2p_announce: Vec<String>,
 }
 
 impl Default for Config {
@@ -132,6 +139,8 @@ impl Default for Config {
             max_request_bytes: 1 << 20,
             http_header_timeout_ms: 10_000,
             http_body_timeout_ms: 30_000,
+            public_url: None,
+            p2p_announce: Vec::new(),
         }
     }
 }

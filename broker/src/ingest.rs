@@ -79,6 +79,8 @@ pub enum Outcome {
         device: DeviceId,
         /// Its counter.
         counter: u64,
+        /// What it said (the rollout driver counts it).
+        body: Box<ReportBody>,
     },
     /// A last will: only `online = false` was applied.
     Offline(DeviceId),
@@ -191,6 +193,7 @@ fn check_and_apply(
     }
     rec.last_counter = report.counter;
     rec.last_seen = Some(now);
+    let body = report.body.clone();
     match report.body {
         ReportBody::Status(s) => {
             rec.online = s.online;
@@ -202,6 +205,10 @@ fn check_and_apply(
             rec.peer_id = s.peer_id;
             rec.site = Some(s.site);
             rec.tags = s.tags;
+            rec.groups = s.groups;
+            if s.compatible.is_some() {
+                rec.compatible = s.compatible;
+            }
         }
         ReportBody::Event(event) => {
             if let meshota_protocol::Event::StateChanged { to, .. } = &event {
@@ -222,5 +229,6 @@ fn check_and_apply(
     Ok(Outcome::Accepted {
         device,
         counter: report.counter,
+        body: Box::new(body),
     })
 }

@@ -12,6 +12,9 @@
 //!   every core), so memory stays bounded whatever the payload size.
 //! - [`rollout`]: the sans-IO staged-rollout planner: waves, thresholds,
 //!   soak, halt, pause/resume/abort, gate re-signing, status, snapshots.
+//! - [`rollouts`]: the rollout driver around those planners: creation,
+//!   feeding reports, persistence, signing gates and rollback commands,
+//!   publishing them.
 //! - [`server`]: [`server::Server::spawn`] starts the broker deployment
 //!   `meshota-broker` (embedded MQTT broker, control plane, HTTP API and
 //!   origin) under one supervisor; address accessors; `shutdown`.
@@ -49,6 +52,7 @@ pub mod operator;
 pub mod origin;
 pub mod registry;
 pub mod rollout;
+pub mod rollouts;
 pub mod seeder;
 pub mod server;
 

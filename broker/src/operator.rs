@@ -1,11 +1,16 @@
 //! The operator subcommands of `meshota` that talk to a broker deployment
-//! (`release publish|list`, `devices list|accept`, `fleet status`), as
+//! (`release publish|list`, `devices list|accept`, `fleet status`,
+//! `rollout create|list|status|pause|resume|abort|rollback`), as
 //! clap types the binary embeds. Each returns the text to print, so the
 //! binary only prints it; tables by default, JSON with `--json`.
+
+mod rollout;
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+
+pub use rollout::RolloutCmd;
 
 use crate::client::{devices_table, releases_table, Client, ClientError, DeviceQuery};
 

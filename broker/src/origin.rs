@@ -73,6 +73,8 @@ pub fn publish_bundle(
     let manifest_id = reader.manifest_id();
     let manifest_bytes = reader.manifest_bytes().to_vec();
     let id = reader.release_id();
+    let signed_release = meshota_protocol::codec::encode(reader.signed_release())
+        .map_err(|e| BundleError::Io(std::io::Error::other(e)))?;
     let chunks = reader.manifest().unique_chunks().len() as u64;
     while let Some(c) = reader.next_chunk()? {
         if !store.has_chunk(&c.chunk.id)? {
@@ -95,6 +97,7 @@ pub fn publish_bundle(
         roots.push(manifest_id);
         store.set_roots(&roots)?;
     }
+    registry.put_signed_release(&id, &signed_release)?;
     if let Some(existing) = registry.releases()?.into_iter().find(|r| r.id == id) {
         return Ok(existing);
     }

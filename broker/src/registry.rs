@@ -9,6 +9,8 @@
 //! | `counters`      | counter name                | u64 big-endian        |
 //! | `releases`      | release id (hex)            | [`ReleaseRecord`]     |
 //! | `announcements` | MQTT topic                  | raw retained payload  |
+//! | `signed`        | release id (hex)            | codec `Signed<Release>` |
+//! | `rollouts`      | rollout id (hex)            | [`RolloutRecord`]     |
 //!
 //! JSON rather than the protocol codec: these records never leave the
 //! control plane, and an operator can read them with any sled tool.
@@ -19,7 +21,9 @@
 
 use std::path::Path;
 
-use meshota_protocol::{DeviceId, PublicKey, ReleaseId, SiteId, UpdateState};
+use meshota_protocol::{
+    Compatible, DeviceId, Group, PublicKey, ReleaseId, RolloutId, SiteId, UpdateState,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -93,6 +97,12 @@ pub struct DeviceRecord {
     pub peer_id: Option<String>,
     /// Highest report counter accepted; anything not above it is a replay.
     pub last_counter: u64,
+    /// Rollout groups, from its status.
+    #[serde(default)]
+    pub groups: Vec<Group>,
+    /// Device class, from its status (absent until the first status).
+    #[serde(default)]
+    pub compatible: Option<Compatible>,
 }
 
 /// One accepted event.
@@ -148,6 +158,21 @@ pub struct Registry {
     counters: sled::Tree,
     releases: sled::Tree,
     announcements: sled::Tree,
+    signed: sled::Tree,
+    rollouts: sled::Tree,
+}
+
+/// A rollout as the driver persists it: the planner's snapshot plus what
+/// the driver itself must remember.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// The rollout.
+    pub id: RolloutId,
+    /// [`crate::rollout::Planner::snapshot`] bytes.
+    pub snapshot: Vec<u8>,
+    /// A later rollout on the same announce topic took over: this one
+    /// publishes nothing more and is kept for its status only.
+    pub retired: bool,
 }
 
 fn corrupt(key: &[u8], e: impl std::fmt::Display) -> RegistryError {
@@ -194,6 +219,8 @@ impl Registry {
             counters: db.open_tree("counters")?,
             releases: db.open_tree("releases")?,
             announcements: db.open_tree("announcements")?,
+            signed: db.open_tree("signed")?,
+            rollouts: db.open_tree("rollouts")?,
             db,
         })
     }
@@ -312,6 +339,8 @@ impl Registry {
                 tags: Vec::new(),
                 peer_id: None,
                 last_counter: 0,
+                groups: Vec::new(),
+                compatible: None,
             },
         };
         let mut rec = rec;
@@ -458,6 +487,78 @@ impl Registry {
             .map(|kv| {
                 let (k, v) = kv?;
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+            })
+            .collect()
+    }
+}
+
+impl Registry {
+    /// Keeps the exact signed release document (codec bytes of a
+    /// `Signed<Release>`), which announcements must carry unchanged.
+    ///
+    /// # Errors
+    /// [`RegistryError`].
+    pub fn put_signed_release(&self, id: &ReleaseId, bytes: &[u8]) -> Result<(), RegistryError> {
+        self.signed.insert(id.to_string().as_bytes(), bytes)?;
+        self.flush()
+    }
+
+    /// The signed release document of `id`, if published here.
+    ///
+    /// # Errors
+    /// [`RegistryError`].
+    pub fn signed_release(&self, id: &ReleaseId) -> Result<Option<Vec<u8>>, RegistryError> {
+        Ok(self
+            .signed
+            .get(id.to_string().as_bytes())?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Stores a rollout (not flushed: the driver flushes once per round,
+    /// before it publishes anything the round decided).
+    ///
+    /// # Errors
+    /// [`RegistryError`].
+    pub fn put_rollout(&self, rec: &RolloutRecord) -> Result<(), RegistryError> {
+        let key = rec.id.to_string();
+        self.rollouts
+            .insert(key.as_bytes(), json(key.as_bytes(), rec)?)?;
+        Ok(())
+    }
+
+    /// Moves a named counter to `max(value + 1, floor)`, flushes, and
+    /// returns the new value: for sequences that must only ever grow.
+    ///
+    /// # Errors
+    /// [`RegistryError`].
+    pub fn advance(&self, name: &str, floor: u64) -> Result<u64, RegistryError> {
+        let next = |old: Option<&[u8]>| -> u64 {
+            let cur = old
+                .and_then(|v| <[u8; 8]>::try_from(v).ok())
+                .map_or(0, u64::from_be_bytes);
+            cur.saturating_add(1).max(floor)
+        };
+        self.counters
+            .update_and_fetch(name, |old| Some(next(old).to_be_bytes().to_vec()))?;
+        let v = self
+            .counters
+            .get(name)?
+            .and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+            .map_or(0, u64::from_be_bytes);
+        self.flush()?;
+        Ok(v)
+    }
+
+    /// Every rollout, in id order.
+    ///
+    /// # Errors
+    /// [`RegistryError`].
+    pub fn rollouts(&self) -> Result<Vec<RolloutRecord>, RegistryError> {
+        self.rollouts
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                parse(&k, &v)
             })
             .collect()
     }

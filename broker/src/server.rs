@@ -51,6 +51,9 @@ pub enum ServerError {
     /// The libp2p origin seeder could not start.
     #[error(transparent)]
     Seeder(#[from] crate::seeder::SeederError),
+    /// Stored rollouts could not be restored.
+    #[error(transparent)]
+    Rollouts(#[from] crate::rollouts::RolloutsError),
     /// The origin store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -90,6 +93,7 @@ pub struct Server {
     store: Arc<dyn Store>,
     trust: Option<Arc<TrustRoot>>,
     rollout_key: Option<Arc<SecretKey>>,
+    rollouts: crate::rollouts::Rollouts,
     stats: Arc<HttpStats>,
     seeder: Option<crate::seeder::Seeder>,
     stop: Option<oneshot::Sender<()>>,
@@ -255,6 +259,12 @@ impl Server {
             config.fleet.clone(),
         ));
 
+        let rollouts = crate::rollouts::Rollouts::open(
+            registry.clone(),
+            config.fleet.clone(),
+            rollout_key.is_some(),
+            now,
+        )?;
         let stats = Arc::new(HttpStats::default());
         let state = AppState {
             registry: registry.clone(),
@@ -271,6 +281,7 @@ impl Server {
             control_handle: Some(control.clone()),
             stats: stats.clone(),
             seeder: seeder.clone(),
+            rollouts: rollouts.clone(),
         };
         if let Some(seeder) = &seeder {
             tasks.spawn(seeder.clone().report_into(stats.clone()));
@@ -281,6 +292,41 @@ impl Server {
         let http = listener
             .local_addr()
             .map_err(io("read the HTTP listener address"))?;
+        if let Some(key) = &rollout_key {
+            let mut bootstrap = config.p2p_announce.clone();
+            if let (Some(seeder), true) = (&seeder, bootstrap.is_empty()) {
+                bootstrap = seeder
+                    .addrs()
+                    .await
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+            }
+            let scheme = if config.http_tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let hints = crate::rollouts::Hints {
+                bootstrap,
+                http_origin: Some(
+                    config
+                        .public_url
+                        .clone()
+                        .unwrap_or_else(|| format!("{scheme}://{http}")),
+                ),
+            };
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            control.feed_reports(tx);
+            tasks.spawn(crate::rollouts::run(
+                rollouts.clone(),
+                control.clone(),
+                registry.clone(),
+                key.clone(),
+                hints,
+                rx,
+            ));
+        }
         let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
         let app = crate::http::router(state);
         let tls = match &config.http_tls {
@@ -322,6 +368,7 @@ impl Server {
             store,
             trust,
             rollout_key,
+            rollouts,
             stats,
             stop: Some(stop_tx),
             supervisor: Some(supervisor),
@@ -339,6 +386,10 @@ impl Server {
     /// The HTTP API and origin address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
+    }
+    /// The rollout service (what `/v1/rollouts` drives).
+    pub fn rollouts(&self) -> &crate::rollouts::Rollouts {
+        &self.rollouts
     }
     /// The API's base URL (`http://…` or `https://…`).
     pub fn http_url(&self) -> String {

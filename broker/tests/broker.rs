@@ -46,6 +46,8 @@ fn status(online: bool) -> Status {
         site: SiteId::new("lab").unwrap(),
         tags: vec![],
         online,
+        groups: vec![],
+        compatible: None,
     }
 }
 

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{self, CodecError, Kind, Message};
-use crate::ids::{DeviceId, ReleaseId, SiteId};
+use crate::ids::{Compatible, DeviceId, Group, ReleaseId, SiteId};
 use crate::trust::{PublicKey, SecretKey};
 
 /// Where a device is in an update. Shared by the node's install state
@@ -67,10 +67,18 @@ pub struct Status {
     pub peer_id: Option<String>,
     /// The device's site.
     pub site: SiteId,
-    /// Free-form tags, including group names.
+    /// Free-form tags.
     pub tags: Vec<String>,
     /// False in the last will: the device went away.
     pub online: bool,
+    /// Rollout groups it belongs to, so the control plane can count a
+    /// group wave (devices still decide eligibility themselves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Group>,
+    /// Its device class, so the control plane knows which rollouts it is
+    /// eligible for. Absent in reports of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible: Option<Compatible>,
 }
 
 /// Bytes of one download, by where they came from.

@@ -16,7 +16,7 @@ use meshota_broker::bundle_tool::{check, create, inspect, BundleToolError};
 use meshota_broker::cli::keys::{self, KeysError, RoleSpec};
 use meshota_broker::cli::{unix_now, Hint};
 use meshota_broker::client::ClientError;
-use meshota_broker::operator::{DevicesCmd, FleetCmd, ReleaseCmd};
+use meshota_broker::operator::{DevicesCmd, FleetCmd, ReleaseCmd, RolloutCmd};
 use meshota_protocol::InstallKind;
 
 /// meshota: over-the-air updates for embedded Linux fleets.
@@ -46,6 +46,9 @@ enum Command {
     /// Fleet summary.
     #[command(subcommand)]
     Fleet(FleetCmd),
+    /// Staged rollouts: create, watch, pause, resume, abort, roll back.
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
 }
 
 #[derive(Subcommand)]
@@ -249,6 +252,10 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Fleet(c) => {
+            print!("{}", c.run()?);
+            Ok(())
+        }
+        Command::Rollout(c) => {
             print!("{}", c.run()?);
             Ok(())
         }

@@ -120,6 +120,56 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
         "meshota_origin_bytes_total{{transport=\"p2p\"}} {}",
         s.stats.origin_p2p_bytes.load(Ordering::Relaxed)
     ));
+    let rollouts = s.rollouts.list(crate::now());
+    line("# HELP meshota_rollouts Rollouts by state.".into());
+    line("# TYPE meshota_rollouts gauge".into());
+    for (state, n) in s.rollouts.states() {
+        line(format!("meshota_rollouts{{state=\"{state}\"}} {n}"));
+    }
+    line(
+        "# HELP meshota_rollout_halted Whether a rollout halted on its own (error threshold)."
+            .into(),
+    );
+    line("# TYPE meshota_rollout_halted gauge".into());
+    line("# HELP meshota_rollout_wave_devices Devices of a live rollout's wave, by phase.".into());
+    line("# TYPE meshota_rollout_wave_devices gauge".into());
+    line("# HELP meshota_rollout_bytes Download bytes of a rollout, by source.".into());
+    line("# TYPE meshota_rollout_bytes gauge".into());
+    for v in rollouts.iter().filter(|v| !v.retired) {
+        let st = &v.status;
+        let id = st.rollout.short();
+        line(format!(
+            "meshota_rollout_halted{{rollout=\"{id}\"}} {}",
+            u8::from(st.state == crate::rollout::RolloutState::Halted)
+        ));
+        for w in &st.waves {
+            let c = &w.counts;
+            for (phase, n) in [
+                ("targeted", c.targeted),
+                ("pending", c.pending),
+                ("downloading", c.downloading),
+                ("installing", c.installing),
+                ("awaiting-health", c.awaiting_health),
+                ("succeeded", c.succeeded),
+                ("failed", c.failed),
+                ("rolled-back", c.rolled_back),
+                ("not-reporting", c.not_reporting),
+            ] {
+                line(format!(
+                    "meshota_rollout_wave_devices{{rollout=\"{id}\",wave=\"{}\",phase=\"{phase}\"}} {n}",
+                    w.index
+                ));
+            }
+        }
+        for (source, n) in [
+            ("peers", st.bytes_from_peers),
+            ("origin", st.bytes_from_origin),
+        ] {
+            line(format!(
+                "meshota_rollout_bytes{{rollout=\"{id}\",source=\"{source}\"}} {n}"
+            ));
+        }
+    }
     line(
         "# HELP meshota_mqtt_connected Whether the control plane is connected to the broker."
             .into(),

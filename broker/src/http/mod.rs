@@ -25,6 +25,7 @@
 mod api;
 mod metrics;
 mod origin;
+mod rollouts;
 pub mod serve;
 pub mod tls;
 
@@ -85,6 +86,8 @@ pub struct AppState {
     pub stats: Arc<HttpStats>,
     /// The libp2p origin seeder, which provides each new release.
     pub seeder: Option<crate::seeder::Seeder>,
+    /// The rollout service.
+    pub rollouts: crate::rollouts::Rollouts,
 }
 
 /// An error answer: a status, a stable code and a message.
@@ -185,6 +188,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/devices", get(api::list_devices))
         .route("/v1/devices/{id}", get(api::get_device))
         .route("/v1/fleet", get(api::fleet))
+        .route("/v1/rollouts", get(rollouts::list))
+        .route("/v1/rollouts/{id}", get(rollouts::get))
         .route_layer(guard(Access::Read));
     // Bundles can be gigabytes: the upload handler streams them to disk
     // and enforces `max_bundle_bytes` itself.
@@ -194,6 +199,11 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::disable());
     let writes = Router::new()
         .route("/v1/devices/{id}/accept", post(api::accept_device))
+        .route_layer(guard(Access::Operator));
+    // Small JSON bodies: the router-wide body limit applies.
+    let rollout_writes = Router::new()
+        .route("/v1/rollouts", post(rollouts::create))
+        .route("/v1/rollouts/{id}/{command}", post(rollouts::command))
         .route_layer(guard(Access::Operator));
     let metrics = Router::new()
         .route("/metrics", get(metrics::metrics))
@@ -207,6 +217,7 @@ pub fn router(state: AppState) -> Router {
         .merge(reads)
         .merge(upload)
         .merge(writes)
+        .merge(rollout_writes)
         .merge(metrics)
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshota_protocol::topics::{filters, Topic};
-use meshota_protocol::FleetId;
+use meshota_protocol::{DeviceId, FleetId, ReportBody};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
 use crate::ingest::{self, Outcome};
@@ -46,6 +46,9 @@ pub enum ControlError {
     /// The topic is not an announce topic.
     #[error("{0} is not an announce topic")]
     NotAnnounce(String),
+    /// The topic is not a device cmd topic.
+    #[error("{0} is not a device cmd topic")]
+    NotCmd(String),
     /// Storing it failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -102,12 +105,24 @@ impl ControlStats {
     }
 }
 
+/// A report the control plane accepted, for the rollout driver.
+#[derive(Debug, Clone)]
+pub struct AcceptedReport {
+    /// The device.
+    pub device: DeviceId,
+    /// Its report counter.
+    pub counter: u64,
+    /// What it said.
+    pub body: ReportBody,
+}
+
 /// A handle to publish through the control plane.
 #[derive(Clone)]
 pub struct ControlHandle {
     client: AsyncClient,
     registry: Arc<Registry>,
     stats: Arc<ControlStats>,
+    feed: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<AcceptedReport>>>,
 }
 
 impl std::fmt::Debug for ControlHandle {
@@ -140,6 +155,29 @@ impl ControlHandle {
             .map_err(|e| ControlError::Client(e.to_string()))
     }
 
+    /// Publishes a signed command on a device's cmd topic (QoS 1, not
+    /// retained: a command is for the device's current session or its
+    /// queued persistent session, not for whoever subscribes later).
+    ///
+    /// # Errors
+    /// [`ControlError::NotCmd`], or [`ControlError::Client`] when the
+    /// client stopped.
+    pub async fn command(&self, topic: &Topic, payload: Vec<u8>) -> Result<(), ControlError> {
+        if !matches!(topic, Topic::Cmd { .. }) {
+            return Err(ControlError::NotCmd(topic.to_string()));
+        }
+        self.client
+            .publish(topic.to_string(), QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| ControlError::Client(e.to_string()))
+    }
+
+    /// Sends every report accepted from now on to `tx` (the rollout
+    /// driver). Only the first call takes effect.
+    pub fn feed_reports(&self, tx: tokio::sync::mpsc::UnboundedSender<AcceptedReport>) {
+        let _ = self.feed.set(tx);
+    }
+
     /// The loop's counters.
     pub fn stats(&self) -> &Arc<ControlStats> {
         &self.stats
@@ -165,6 +203,7 @@ pub fn connect(settings: &ControlSettings, registry: Arc<Registry>) -> (ControlH
         client,
         registry,
         stats: Arc::new(ControlStats::default()),
+        feed: Arc::new(std::sync::OnceLock::new()),
     };
     (handle, eventloop)
 }
@@ -311,8 +350,25 @@ async fn on_publish(
     })
     .await
     .map_err(|e| ControlError::Client(e.to_string()))??;
-    if let Outcome::Rejected(why) = outcome {
-        tracing::info!(topic, reason = why.as_str(), "device report rejected");
+    match outcome {
+        Outcome::Rejected(why) => {
+            tracing::info!(topic, reason = why.as_str(), "device report rejected");
+        }
+        Outcome::Accepted {
+            device,
+            counter,
+            body,
+        } => {
+            if let Some(feed) = handle.feed.get() {
+                // The receiver only goes away when the server stops.
+                let _ = feed.send(AcceptedReport {
+                    device,
+                    counter,
+                    body: *body,
+                });
+            }
+        }
+        Outcome::Offline(_) | Outcome::Stale => {}
     }
     Ok(())
 }

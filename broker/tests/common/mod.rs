@@ -61,9 +61,20 @@ pub fn write_trust(dir: &Path, k: &Keys) -> std::path::PathBuf {
 
 /// A signed bundle of `payload`, small chunks so there are many.
 pub fn bundle(k: &Keys, payload: &[u8], release_key: &SecretKey) -> (Manifest, Vec<u8>) {
+    bundle_version(k, payload, release_key, "1.2.3", 1)
+}
+
+/// As [`bundle`], for release `version` with release `sequence`.
+pub fn bundle_version(
+    k: &Keys,
+    payload: &[u8],
+    release_key: &SecretKey,
+    version: &str,
+    sequence: u64,
+) -> (Manifest, Vec<u8>) {
     let template = ManifestTemplate {
         name: "rootfs".into(),
-        version: meshota_protocol::semver::Version::new(1, 2, 3),
+        version: meshota_protocol::semver::Version::parse(version).unwrap(),
         compatible: Compatible::new("rpi4").unwrap(),
         chunker: ChunkerParams {
             min: 4096,
@@ -83,7 +94,7 @@ pub fn bundle(k: &Keys, payload: &[u8], release_key: &SecretKey) -> (Manifest, V
         compatible: m.compatible.clone(),
         channel: Channel::new("stable").unwrap(),
         payload_size: m.payload_size,
-        sequence: 1,
+        sequence,
         expires_at: meshota_broker::now() + 86_400,
     };
     let header = BundleHeader {

@@ -114,6 +114,8 @@ impl Agent {
             site: self.cfg.site.clone(),
             tags: self.cfg.tags.clone(),
             online: true,
+            groups: self.cfg.groups.clone(),
+            compatible: Some(self.cfg.compatible.clone()),
         }
     }
 

@@ -610,6 +610,8 @@ mod tests {
             site: SiteId::new("s").unwrap(),
             tags: vec![],
             online: true,
+            groups: vec![],
+            compatible: None,
         }
     }
 

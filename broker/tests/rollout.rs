@@ -1,0 +1,268 @@
+//! Staged rollouts end to end: the real broker deployment (embedded MQTT,
+//! control plane, rollout driver, libp2p origin seeder) and real device
+//! agents, each with its own libp2p node fetching from the seeder and its
+//! neighbours, installing into A/B slot directories and health-checking.
+// Test scaffolding outside #[test] functions may unwrap, as in `common`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use meshota_broker::rollout::{PlannerCommand, RolloutState};
+use meshota_broker::rollouts::{CreateRollout, RolloutView};
+use meshota_broker::server::Server;
+use meshota_node::agent::mqtt;
+use meshota_node::p2p::{Node, P2pConfig, P2pFetcher};
+use meshota_node::store::MemStore;
+use meshota_protocol::{ReleaseId, UpdateState};
+
+/// Generous bound for a rollout over a handful of devices.
+const ROLLOUT_WAIT: Duration = Duration::from_secs(90);
+
+struct Device {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs a device agent (`meshota-node`'s daemon and p2p node) for `id` on
+/// its own runtime. Canary devices fail the health check of any 2.x
+/// release, so a bad release is caught in the canary wave.
+fn start_device(dir: &Path, id: &str, server: &Server, trust: &Path, canary: bool) -> Device {
+    let health_script = if canary {
+        r#"! grep -q '^2\.' "$1/release""#
+    } else {
+        "true"
+    };
+    let cfg = meshota_node::config::Config::parse(&format!(
+        r#"
+data_dir = "{data}"
+[device]
+id = "{id}"
+fleet = "default"
+site = "site-1"
+compatible = "rpi4"
+groups = [{groups}]
+[mqtt]
+url = "mqtt://{mqtt}"
+[trust]
+root = "{trust}"
+[install.dir]
+root = "{slots}"
+[health]
+command = "/bin/sh"
+args = ["-c", {script:?}, "sh"]
+timeout_secs = 20
+"#,
+        data = dir.join(id).join("data").display(),
+        trust = trust.display(),
+        slots = dir.join(id).join("slots").display(),
+        mqtt = server.mqtt_addr().unwrap(),
+        groups = if canary { "\"canary\"" } else { "" },
+        script = health_script,
+    ))
+    .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let store = Arc::new(MemStore::new());
+        let node = rt
+            .block_on(async {
+                Node::spawn(
+                    P2pConfig::loopback(),
+                    store.clone(),
+                    libp2p::identity::Keypair::generate_ed25519(),
+                )
+            })
+            .unwrap();
+        let fetcher = P2pFetcher::new(node.clone(), rt.handle().clone(), None);
+        let r = rt.block_on(mqtt::run_until(cfg, store, Box::new(fetcher), async {
+            let _ = stop_rx.await;
+        }));
+        if let Err(e) = r {
+            eprintln!("device agent stopped: {e}");
+        }
+        rt.block_on(node.shutdown());
+    });
+    Device {
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+/// Polls the rollout until `done` holds, for at most [`ROLLOUT_WAIT`].
+async fn wait_rollout(
+    server: &Server,
+    id: &str,
+    what: &str,
+    done: impl Fn(&RolloutView) -> bool,
+) -> RolloutView {
+    let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
+    loop {
+        let v = server.rollouts().get(id, meshota_broker::now()).unwrap();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; rollout is:\n{}",
+            v.status
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn publish(server: &Server, dir: &Path, k: &Keys, version: &str, seq: u64, seed: u64) -> ReleaseId {
+    let data = payload(256 * 1024, seed);
+    let (_, bytes) = bundle_version(k, &data, &k.release, version, seq);
+    let path = dir.join(format!("release-{version}.bundle"));
+    std::fs::write(&path, bytes).unwrap();
+    http(server, true).publish_release(&path).unwrap().id
+}
+
+fn request(release: ReleaseId) -> CreateRollout {
+    CreateRollout {
+        release,
+        waves: None,
+        groups: Vec::new(),
+        success_threshold: None,
+        error_threshold: None,
+        soak_secs: Some(0),
+        action: None,
+        not_before: None,
+        max_parallel: None,
+        gate_lifetime_secs: None,
+        report_timeout_secs: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_wave_rollout_completes_and_a_release_failing_health_on_the_canary_halts_at_the_first_wave(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys();
+    let trust = write_trust(tmp.path(), &k);
+    let rollout_key = tmp.path().join("rollout.key");
+    std::fs::write(&rollout_key, k.rollout.to_file("rollout")).unwrap();
+    let mut cfg = config(&tmp.path().join("broker"));
+    cfg.auto_accept = true;
+    cfg.trust = Some(trust.clone());
+    cfg.rollout_key = Some(rollout_key);
+    cfg.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    let server = spawn(cfg).await;
+
+    let ids: Vec<String> = (0..5).map(|i| format!("dev-{i}")).collect();
+    let _devices: Vec<Device> = ids
+        .iter()
+        .map(|id| start_device(tmp.path(), id, &server, &trust, id == "dev-0"))
+        .collect();
+    let reg = server.registry().clone();
+    eventually("every device's first status", || {
+        let known = reg
+            .devices()
+            .unwrap()
+            .iter()
+            .filter(|d| d.compatible.is_some())
+            .count();
+        (known == ids.len()).then_some(())
+    })
+    .await;
+
+    // Release 1: three waves over the fleet.
+    let (dir, srv) = (tmp.path().to_path_buf(), &server);
+    let v1 = publish(srv, &dir, &k, "1.2.3", 1, 1);
+    let mut req = request(v1);
+    req.waves = Some(vec![20, 60, 100]);
+    let created = server
+        .rollouts()
+        .create(req, meshota_broker::now())
+        .unwrap();
+    let id = created.status.rollout.to_string();
+    let done = wait_rollout(&server, &id, "release 1 to complete", |v| {
+        v.status.state == RolloutState::Completed
+    })
+    .await;
+    assert_eq!(done.status.waves.len(), 3);
+    let succeeded: u32 = done.status.waves.iter().map(|w| w.counts.succeeded).sum();
+    assert_eq!(succeeded as usize, ids.len(), "{}", done.status);
+    assert!(
+        done.status.waves.iter().all(|w| w.counts.targeted > 0),
+        "each wave opened to more devices:\n{}",
+        done.status
+    );
+    for d in reg.devices().unwrap() {
+        assert_eq!(d.state, Some(UpdateState::Committed), "{}", d.id);
+        assert_eq!(d.release, Some(v1), "{}", d.id);
+    }
+    assert!(
+        done.status.bytes_from_peers + done.status.bytes_from_origin > 0,
+        "the rollout counts download bytes"
+    );
+
+    // Release 2 fails its health check on the canary: the canary wave
+    // halts the rollout and nobody else is ever opened to it.
+    let v2 = publish(srv, &dir, &k, "2.0.0", 2, 2);
+    let mut req = request(v2);
+    req.groups = vec![meshota_protocol::Group::new("canary").unwrap()];
+    req.waves = Some(vec![50, 100]);
+    let created = server
+        .rollouts()
+        .create(req, meshota_broker::now())
+        .unwrap();
+    let id2 = created.status.rollout.to_string();
+    let halted = wait_rollout(&server, &id2, "release 2 to halt", |v| {
+        v.status.state == RolloutState::Halted
+    })
+    .await;
+    assert_eq!(halted.status.current_wave, Some(0), "{}", halted.status);
+    assert_eq!(halted.status.share_bp, 0, "no bucket share was opened");
+    assert_eq!(halted.status.waves[0].counts.rolled_back, 1);
+    assert!(halted.status.halt_reason.is_some());
+    // Give any wrongly opened device time to start, then check nobody
+    // outside the canary group went near release 2.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for d in reg.devices().unwrap() {
+        if d.id.as_str() == "dev-0" {
+            assert_eq!(d.release, Some(v1), "the canary rolled back to release 1");
+            continue;
+        }
+        assert_eq!(d.release, Some(v1), "{} stays on release 1", d.id);
+        assert_ne!(d.target, Some(v2), "{} never started release 2", d.id);
+    }
+    let metrics = http(&server, true).get_raw("/metrics").unwrap().1;
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics.contains("meshota_rollouts{state=\"halted\"} 1"),
+        "the halt shows in /metrics"
+    );
+    // An operator who accepts the failure can abort: the gate becomes
+    // `stop`, and the API refuses to resume an aborted rollout.
+    server
+        .rollouts()
+        .command(&id2, PlannerCommand::Abort, meshota_broker::now())
+        .unwrap();
+    assert!(server
+        .rollouts()
+        .command(&id2, PlannerCommand::Resume, meshota_broker::now())
+        .is_err());
+    drop(_devices);
+    server.shutdown().await.unwrap();
+}
