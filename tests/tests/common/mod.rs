@@ -139,6 +139,8 @@ pub struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// Where this run's output starts (a restart appends to the same log).
+    out_from: usize,
 }
 
 impl Proc {
@@ -150,6 +152,7 @@ impl Proc {
                 .open(log.with_extension(ext))
                 .unwrap()
         };
+        let out_from = std::fs::metadata(log.with_extension("out")).map_or(0, |m| m.len() as usize);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(file("out"))
@@ -160,6 +163,7 @@ impl Proc {
             name: name.to_string(),
             child,
             log,
+            out_from,
         }
     }
 
@@ -178,8 +182,10 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// This run's stdout so far.
     pub fn stdout(&self) -> String {
-        std::fs::read_to_string(self.log.with_extension("out")).unwrap_or_default()
+        let all = std::fs::read(self.log.with_extension("out")).unwrap_or_default();
+        String::from_utf8_lossy(all.get(self.out_from..).unwrap_or_default()).into_owned()
     }
 
     /// The last lines of stderr, for failure messages.
@@ -194,8 +200,7 @@ impl Proc {
         let start = Instant::now();
         loop {
             let text = self.stdout();
-            // The last occurrence: a restart appends to the same log.
-            if let Some(l) = text.lines().rev().find(|l| l.starts_with(prefix)) {
+            if let Some(l) = text.lines().find(|l| l.starts_with(prefix)) {
                 return l.to_string();
             }
             if !self.running() || start.elapsed() > limit {
@@ -267,6 +272,24 @@ impl Node {
         std::fs::read_to_string(self.slots.join("current").join("release")).ok()
     }
 
+    /// Where its output goes (`.out`, `.err`), appended across restarts.
+    pub fn log(&self) -> PathBuf {
+        self.data.parent().unwrap().join("node-log")
+    }
+
+    /// Every chunk id it logged as fetched and stored, across all its runs,
+    /// in order (see `meshota::chunk_stored` in `node/src/p2p/fetch`).
+    pub fn chunks_stored(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.log().with_extension("out")).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.contains("meshota::chunk_stored"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| strip_ansi(w).strip_prefix("chunk=").map(String::from))
+            })
+            .collect()
+    }
+
     /// `meshota-node status --json`: the persisted state, without the broker.
     pub fn status(&self) -> Value {
         let mut cmd = Command::new(bin("meshota-node"));
@@ -286,6 +309,11 @@ pub struct Lab {
     pub bundle: PathBuf,
     pub broker: Option<Broker>,
     pub nodes: Vec<Node>,
+    /// `[p2p] max_download_bps` of nodes configured from now on (0: no cap).
+    pub download_bps: u64,
+    /// A `/bin/sh -c` health check for nodes configured from now on (its
+    /// `$1` is the active slot); none by default.
+    pub health_script: Option<String>,
 }
 
 /// Device class every lab bundle and node uses.
@@ -305,13 +333,15 @@ impl Lab {
             dir,
             broker: None,
             nodes: Vec::new(),
+            download_bps: 0,
+            health_script: None,
         };
         lab.cli(&["keys", "init", "--dir", &lab.keys.display().to_string()])
             .success();
         let input = lab.path("payload.bin");
         std::fs::write(&input, &lab.payload).unwrap();
         let bundle = lab.bundle.clone();
-        lab.create_bundle(&input, "1.0.0", &bundle);
+        lab.create_bundle(&input, "1.0.0", 1, &bundle);
         lab
     }
 
@@ -329,12 +359,14 @@ impl Lab {
         run(cmd, CLI_WAIT)
     }
 
-    /// `meshota bundle create` of `payload` as `version`.
-    pub fn create_bundle(&self, payload: &Path, version: &str, out: &Path) {
-        let (p, k, o) = (
+    /// `meshota bundle create` of `payload` as `version`; devices refuse a
+    /// release whose `sequence` is not above the last they accepted.
+    pub fn create_bundle(&self, payload: &Path, version: &str, sequence: u64, out: &Path) {
+        let (p, k, o, seq) = (
             payload.display().to_string(),
             self.keys.display().to_string(),
             out.display().to_string(),
+            sequence.to_string(),
         );
         self.cli(&[
             "bundle",
@@ -354,6 +386,8 @@ impl Lab {
             "16",
             "--threads",
             "1",
+            "--sequence",
+            &seq,
         ])
         .success();
     }
@@ -371,6 +405,52 @@ impl Lab {
             .env("MESHOTA_TOKEN", &b.token)
             .env_remove("MESHOTA_CA_CERT");
         run(cmd, CLI_WAIT)
+    }
+
+    /// `meshota release publish` of the lab's bundle; returns the release id.
+    pub fn publish(&self) -> String {
+        self.publish_file(&self.bundle)
+    }
+
+    /// `meshota release publish BUNDLE`; returns the release id.
+    pub fn publish_file(&self, bundle: &Path) -> String {
+        let out = self
+            .meshota(&[
+                "release",
+                "publish",
+                &bundle.display().to_string(),
+                "--json",
+            ])
+            .success()
+            .json();
+        out["id"].as_str().unwrap().to_string()
+    }
+
+    /// `meshota rollout create --waves 20,100 --soak 0s`; returns its id.
+    pub fn create_rollout(&self, release: &str) -> String {
+        self.create_rollout_in(release, "20,100")
+    }
+
+    /// `meshota rollout create --waves WAVES --soak 0s`; returns its id.
+    pub fn create_rollout_in(&self, release: &str, waves: &str) -> String {
+        let out = self
+            .meshota(&[
+                "rollout",
+                "create",
+                "--release",
+                release,
+                "--waves",
+                waves,
+                "--soak",
+                "0s",
+            ])
+            .success();
+        let id = out.stdout.trim().to_string();
+        assert!(
+            !id.is_empty() && !id.contains(char::is_whitespace),
+            "{id:?}"
+        );
+        id
     }
 
     /// Starts `meshota-broker` on ephemeral ports, or on the ports of the
@@ -474,6 +554,7 @@ root = "{trust}"
 [p2p]
 listen = ["/ip4/127.0.0.1/tcp/0"]
 mdns = false
+max_download_bps = {bps}
 [install]
 backend = "dir"
 [install.dir]
@@ -483,8 +564,14 @@ root = "{slots}"
             mqtt = self.broker().mqtt,
             trust = self.keys.join("trust.cbor").display(),
             slots = slots.display(),
+            bps = self.download_bps,
         );
-        std::fs::write(&config, text).unwrap();
+        let health = self.health_script.as_ref().map_or(String::new(), |script| {
+            format!(
+                "[health]\ncommand = \"/bin/sh\"\nargs = [\"-c\", {script:?}, \"sh\"]\ntimeout_secs = 30\n"
+            )
+        });
+        std::fs::write(&config, text + &health).unwrap();
         Node {
             id: id.to_string(),
             config,
@@ -501,8 +588,9 @@ root = "{slots}"
         let mut cmd = Command::new(bin("meshota-node"));
         cmd.arg("--config")
             .arg(&n.config)
-            .env("RUST_LOG", "info,libp2p=warn");
-        let log = n.data.parent().unwrap().join("node-log");
+            // `meshota::chunk_stored` logs each chunk fetched and stored.
+            .env("RUST_LOG", "info,libp2p=warn,meshota::chunk_stored=debug");
+        let log = n.log();
         n.proc = Some(Proc::spawn(&n.id, cmd, log));
     }
 
@@ -564,6 +652,25 @@ root = "{slots}"
                 .then_some(())
         });
     }
+}
+
+/// `w` without ANSI colour sequences (tracing colours its fields).
+pub fn strip_ansi(w: &str) -> String {
+    let mut out = String::new();
+    let mut chars = w.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // Skip to the end of the CSI sequence.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A minimal HTTP/1.1 GET on loopback: status and body.
