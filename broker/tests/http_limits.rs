@@ -39,10 +39,11 @@ async fn trickle_until_closed<S: AsyncRead + AsyncWrite + Unpin>(mut s: S) {
             return;
         }
         // Reading doubles as the pause between bytes.
-        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) => return,
-            // hyper may answer 408 before closing; keep reading to the end.
-            Ok(Ok(_)) | Err(_) => {}
+        // An answer (hyper may send 408 first) is read past; only the end
+        // of the stream, or an error, means we were cut off.
+        let read = tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await;
+        if let Ok(Ok(0) | Err(_)) = read {
+            return;
         }
     }
 }

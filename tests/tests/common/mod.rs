@@ -596,7 +596,7 @@ root = "{slots}"
 
     /// Configures and starts a node; returns its index.
     pub fn add_node(&mut self, id: &str) -> usize {
-        let site = if self.nodes.len() % 2 == 0 {
+        let site = if self.nodes.len().is_multiple_of(2) {
             "site-a"
         } else {
             "site-b"
