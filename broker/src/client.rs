@@ -66,7 +66,10 @@ impl crate::cli::Hint for ClientError {
             ClientError::Status { status: 401, .. } => Some(format!(
                 "pass --token or set {ENV_TOKEN} to the operator-token file in the broker's data directory"
             )),
-            ClientError::Status { status: 422, .. } => Some(
+            ClientError::Status {
+                status: 422,
+                message,
+            } if message.starts_with("bundle") || message.starts_with("release expired") => Some(
                 "check the bundle with `meshota bundle verify --trust TRUST BUNDLE` against the trust root the broker was started with".into(),
             ),
             ClientError::Tls(_) => Some(format!(

@@ -168,7 +168,8 @@ pub struct Registry {
 pub struct RolloutRecord {
     /// The rollout.
     pub id: RolloutId,
-    /// [`crate::rollout::Planner::snapshot`] bytes.
+    /// [`crate::rollout::Planner::snapshot`] bytes (hex in the JSON).
+    #[serde(with = "hex_bytes")]
     pub snapshot: Vec<u8>,
     /// A later rollout on the same announce topic took over: this one
     /// publishes nothing more and is kept for its status only.
@@ -489,6 +490,21 @@ impl Registry {
                 Ok((String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
             })
             .collect()
+    }
+}
+
+/// Bytes as a hex string: JSON would otherwise spell each byte as a
+/// number, several times the size of a snapshot.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        hex::decode(text).map_err(serde::de::Error::custom)
     }
 }
 

@@ -69,6 +69,7 @@ async fn an_operator_publishes_lists_accepts_and_inspects_the_fleet_with_the_mes
 
     let mut cfg = config(&dir.path().join("data"));
     cfg.trust = Some(keys_dir.join("trust.cbor"));
+    cfg.rollout_key = Some(keys_dir.join("rollout.key"));
     let server = spawn(cfg).await;
     let url = format!("http://{}", server.http_addr());
     let token = server.operator_token().to_string();
@@ -121,10 +122,64 @@ async fn an_operator_publishes_lists_accepts_and_inspects_the_fleet_with_the_mes
         let out = ok(&meshota(&env, &["fleet", "status", "--json"]));
         let fleet: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(fleet["accepted"], 1);
+        rollout_round_trip(&env, list[0]["id"].as_str().unwrap());
     })
     .await;
     device_connect(server.mqtt_addr().unwrap(), "rpi-1", &key)
         .await
         .expect("accepted by the CLI");
     server.shutdown().await.unwrap();
+}
+
+/// `meshota rollout …` against the server: bad input is refused before
+/// anything is sent, then create, conflict, status, pause, resume, list,
+/// abort, and a refused resume after the abort.
+fn rollout_round_trip(env: &[(&str, &str)], release: &str) {
+    let bad = meshota(
+        env,
+        &["rollout", "create", "--release", release, "--waves", "0,50"],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("wave 0% is out of range") && !err.contains("bundle"),
+        "{err}"
+    );
+
+    let create = [
+        "rollout",
+        "create",
+        "--release",
+        release,
+        "--waves",
+        "10,50,100",
+        "--soak",
+        "0s",
+    ];
+    let id = ok(&meshota(env, &create)).trim().to_string();
+    assert_eq!(id.len(), 64, "prints the rollout id: {id}");
+    let again = meshota(env, &create);
+    assert_eq!(again.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("409") && err.contains("abort"), "{err}");
+
+    let out = ok(&meshota(env, &["rollout", "status", &id, "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["release"], release);
+    assert_eq!(v["waves"].as_array().unwrap().len(), 3);
+    let out = ok(&meshota(env, &["rollout", "pause", &id[..12]]));
+    assert!(out.contains("paused"), "{out}");
+    let out = ok(&meshota(env, &["rollout", "resume", &id]));
+    assert!(!out.contains("paused"), "{out}");
+    let out = ok(&meshota(env, &["rollout", "list"]));
+    assert!(
+        out.starts_with("ROLLOUT") && out.contains(&id[..12]),
+        "{out}"
+    );
+    let out = ok(&meshota(env, &["rollout", "abort", &id]));
+    assert!(out.contains("aborted"), "{out}");
+    let refused = meshota(env, &["rollout", "resume", &id]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("cannot resume"), "{err}");
 }

@@ -266,3 +266,122 @@ async fn a_three_wave_rollout_completes_and_a_release_failing_health_on_the_cana
     drop(_devices);
     server.shutdown().await.unwrap();
 }
+
+/// Reads the retained announcement on `topic` as a freshly enrolled device.
+async fn retained_announcement(server: &Server, topic: &str) -> meshota_protocol::Announcement {
+    let key = meshota_protocol::SecretKey::from_seed([77; 32]);
+    let (c, mut el) = device_connect(server.mqtt_addr().unwrap(), "observer", &key)
+        .await
+        .unwrap();
+    c.subscribe(topic, rumqttc::QoS::AtLeastOnce).await.unwrap();
+    let bytes = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = el.poll().await {
+                return p.payload.to_vec();
+            }
+        }
+    })
+    .await
+    .expect("a retained announcement");
+    meshota_protocol::codec::decode(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_resumes_after_a_broker_restart_and_its_gate_is_republished_with_fresh_origin_hints(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys();
+    let trust = write_trust(tmp.path(), &k);
+    let rollout_key = tmp.path().join("rollout.key");
+    std::fs::write(&rollout_key, k.rollout.to_file("rollout")).unwrap();
+    let mut cfg = config(&tmp.path().join("broker"));
+    cfg.auto_accept = true;
+    cfg.trust = Some(trust.clone());
+    cfg.rollout_key = Some(rollout_key);
+    cfg.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    let server = spawn(cfg.clone()).await;
+    let device = start_device(tmp.path(), "dev-0", &server, &trust, false);
+    let reg = server.registry().clone();
+    eventually("the device's first status", || {
+        reg.device(&dev("dev-0"))
+            .unwrap()
+            .and_then(|d| d.compatible)
+    })
+    .await;
+    let v1 = publish(&server, tmp.path(), &k, "1.2.3", 1, 1);
+    let mut req = request(v1);
+    req.waves = Some(vec![50, 100]);
+    // The first wave succeeds, then soaks for an hour: the restart
+    // happens mid-rollout.
+    req.soak_secs = Some(3600);
+    let id = server
+        .rollouts()
+        .create(req, meshota_broker::now())
+        .unwrap()
+        .status
+        .rollout
+        .to_string();
+    let before = wait_rollout(&server, &id, "the first wave to succeed", |v| {
+        v.status.waves[0].counts.succeeded == 1
+    })
+    .await;
+    assert_eq!(before.status.state, RolloutState::Running);
+    let topic = before.topic.clone();
+    let ann = retained_announcement(&server, &topic).await;
+    assert_eq!(
+        Some(ann.gate.decode_unverified().unwrap().sequence),
+        before.status.gate_sequence
+    );
+    drop(device);
+    // The registry's sled lock goes with its last handle.
+    drop(reg);
+    server.shutdown().await.unwrap();
+
+    let server = spawn(cfg).await;
+    let after = server.rollouts().get(&id, meshota_broker::now()).unwrap();
+    assert_eq!(after.status.state, RolloutState::Running);
+    assert_eq!(after.status.current_wave, Some(0));
+    assert_eq!(after.status.gate_sequence, before.status.gate_sequence);
+    assert_eq!(
+        after.status.waves[0].counts.succeeded, 1,
+        "{}",
+        after.status
+    );
+    let seeder: Vec<String> = server
+        .seeder()
+        .unwrap()
+        .addrs()
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ann = retained_announcement(&server, &topic).await;
+        let gate = ann.gate.verify(
+            meshota_protocol::trust::Role::Rollout,
+            &meshota_protocol::RoleKeys {
+                keys: vec![k.rollout.public()],
+                threshold: 1,
+            },
+        );
+        let gate = gate.expect("the republished gate verifies under the rollout key");
+        assert_eq!(Some(gate.sequence), before.status.gate_sequence);
+        assert_eq!(
+            ann.release.decode_unverified().unwrap().version.to_string(),
+            "1.2.3"
+        );
+        if ann.bootstrap == seeder {
+            assert!(ann.bootstrap.iter().all(|a| a.contains("/p2p/")));
+            assert_eq!(ann.http_origin, Some(server.http_url()));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "announcement hints {:?} are not the restarted seeder's {seeder:?}",
+            ann.bootstrap
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    server.shutdown().await.unwrap();
+}

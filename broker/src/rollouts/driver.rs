@@ -146,6 +146,25 @@ impl Inner {
                 }
             }
         }
+        // Publish each live gate again: the same gate and sequence (ed25519
+        // is deterministic), but with this run's hints, since the seeder's
+        // addresses may have changed with the restart.
+        let mut work = Vec::new();
+        for e in inner.entries.values().filter(|e| !e.retired) {
+            if let Some(gate) = e.planner.current_gate() {
+                let release_id = e.planner.spec().release_id;
+                let release = inner
+                    .registry
+                    .signed_release(&release_id)?
+                    .ok_or(RolloutsError::NoSignedRelease(release_id))?;
+                work.push(Work::Gate {
+                    topic: e.topic.clone(),
+                    release,
+                    gate: gate.clone(),
+                });
+            }
+        }
+        inner.work = work;
         inner.dirty = true;
         Ok(inner)
     }
