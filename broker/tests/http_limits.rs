@@ -93,51 +93,40 @@ async fn a_tls_client_that_never_finishes_its_handshake_or_headers_is_disconnect
     server.shutdown().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_upload_that_stalls_mid_body_is_answered_408() {
+/// Sends an upload's head declaring `length` bytes, then `body`, to a
+/// server with a trust root and a `max_bundle_bytes` limit; returns what
+/// the server answered before closing (bounded).
+async fn upload(max_bundle_bytes: u64, length: u64, body: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let k = keys();
     let mut cfg = limited(&dir.path().join("data"));
-    cfg.trust = Some(write_trust(dir.path(), &k));
+    cfg.trust = Some(write_trust(dir.path(), &keys()));
+    cfg.max_bundle_bytes = max_bundle_bytes;
     let server = spawn(cfg).await;
     let mut tcp = tokio::net::TcpStream::connect(server.http_addr())
         .await
         .unwrap();
     let head = format!(
         "POST /v1/releases HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n",
+         Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n\r\n",
         server.operator_token()
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(&[0u8; 10]).await.unwrap();
+    tcp.write_all(body).await.unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(CUT_OFF_WITHIN, tcp.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
+    server.shutdown().await.unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_stalls_mid_body_is_answered_408() {
+    let answer = upload(1 << 20, 100_000, &[0u8; 10]).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body-timeout"), "{answer}");
-    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_declaring_more_than_the_limit_is_refused_before_its_body() {
-    let dir = tempfile::tempdir().unwrap();
-    let k = keys();
-    let mut cfg = limited(&dir.path().join("data"));
-    cfg.trust = Some(write_trust(dir.path(), &k));
-    cfg.max_bundle_bytes = 1000;
-    let server = spawn(cfg).await;
-    let mut tcp = tokio::net::TcpStream::connect(server.http_addr())
-        .await
-        .unwrap();
-    let head = format!(
-        "POST /v1/releases HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
-         Connection: close\r\nContent-Length: 1001\r\n\r\n",
-        server.operator_token()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(CUT_OFF_WITHIN, tcp.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = upload(1000, 1001, &[]).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    server.shutdown().await.unwrap();
 }

@@ -162,6 +162,24 @@ impl Signer {
     }
 }
 
+/// Hands a queued report to rumqttc; once accepted it waits in
+/// `unassigned` for its packet id. On failure it stays in the outbox and
+/// is sent again on the next start.
+async fn send(
+    client: &AsyncClient,
+    (topic, retain): (String, bool),
+    q: Queued,
+    unassigned: &mut VecDeque<(u64, QueuedKind)>,
+) {
+    if client
+        .publish(topic, QoS::AtLeastOnce, retain, q.bytes)
+        .await
+        .is_ok()
+    {
+        unassigned.push_back((q.seq, q.kind));
+    }
+}
+
 /// What the agent thread asks of the MQTT task.
 enum ToMqtt {
     Report(Box<ReportBody>),
@@ -407,14 +425,7 @@ pub async fn run_until(
         QueuedKind::Event => (events_topic.clone(), false),
     };
     for q in signer.outbox.pending()? {
-        let (t, retain) = topic_of(q.kind);
-        if client
-            .publish(t, QoS::AtLeastOnce, retain, q.bytes)
-            .await
-            .is_ok()
-        {
-            unassigned.push_back((q.seq, q.kind));
-        }
+        send(&client, topic_of(q.kind), q, &mut unassigned).await;
     }
     let mut backoff = Duration::from_secs(1);
     // A status at an interval, not only on changes, so the registry can
@@ -438,10 +449,7 @@ pub async fn run_until(
                     () = &mut shutdown => break 'run,
                     _ = heartbeat.tick() => {
                         let q = signer.sign(ReportBody::Status(last_status.clone()), clock.now())?;
-                        let (t, retain) = topic_of(q.kind);
-                        if client.publish(t, QoS::AtLeastOnce, retain, q.bytes).await.is_ok() {
-                            unassigned.push_back((q.seq, q.kind));
-                        }
+                        send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
                     msg = rep_rx.recv() => {
                         let body = match msg {
@@ -461,11 +469,7 @@ pub async fn run_until(
                             last_status = s.clone();
                         }
                         let q = signer.sign(body, clock.now())?;
-                        let (t, retain) = topic_of(q.kind);
-                        // On failure the report stays in the outbox for the next start.
-                        if client.publish(t, QoS::AtLeastOnce, retain, q.bytes).await.is_ok() {
-                            unassigned.push_back((q.seq, q.kind));
-                        }
+                        send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
                     ev = &mut poll => break ev,
                 }
@@ -480,14 +484,7 @@ pub async fn run_until(
                     // The retained status may be the will: say we are back.
                     again.push(signer.sign(ReportBody::Status(last_status.clone()), clock.now())?);
                     for q in again {
-                        let (t, retain) = topic_of(q.kind);
-                        if client
-                            .publish(t, QoS::AtLeastOnce, retain, q.bytes)
-                            .await
-                            .is_ok()
-                        {
-                            unassigned.push_back((q.seq, q.kind));
-                        }
+                        send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
                 }
                 for t in announce.iter().chain(std::iter::once(&cmd_topic)) {
