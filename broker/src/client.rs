@@ -251,6 +251,17 @@ impl Client {
         )
     }
 
+    /// Enrols a device with its public key (accepted at once).
+    ///
+    /// # Errors
+    /// [`ClientError`]; another key already accepted is a `409`.
+    pub fn enroll_device(&self, id: &str, public_key: &str) -> Result<DeviceRecord, ClientError> {
+        Self::answer(
+            self.request("POST", &format!("/v1/devices/{id}/enroll"))
+                .send_json(serde_json::json!({ "public_key": public_key })),
+        )
+    }
+
     /// The fleet summary, as JSON.
     ///
     /// # Errors

@@ -7,8 +7,9 @@
 //! device's enrolled key; the report's own device id equals the topic's
 //! (a device cannot speak for another, even though rumqttd has no ACLs);
 //! the body kind matches the topic; and the counter is above the last
-//! accepted. Anything else is dropped, the registry is left unchanged, and
-//! a counter for the reason is bumped.
+//! accepted on that topic (statuses and events are counted apart, since
+//! MQTT orders messages per topic only). Anything else is dropped, the
+//! registry is left unchanged, and a counter for the reason is bumped.
 //!
 //! **The last will.** A device registers a pre-signed offline [`Status`]
 //! as its MQTT will when it connects, so by the time the broker publishes
@@ -185,13 +186,20 @@ fn check_and_apply(
         (ReportBody::Status(_), true) | (ReportBody::Event(_), false) => {}
         _ => return reject(Rejection::WrongBody),
     }
-    if report.counter <= rec.last_counter {
+    // One counter per topic: the device numbers all its reports in one
+    // sequence, but MQTT keeps order per topic only.
+    let last = if is_status {
+        &mut rec.last_counter
+    } else {
+        &mut rec.last_event_counter
+    };
+    if report.counter <= *last {
         if retained && is_status {
             return Ok(Outcome::Stale);
         }
         return reject(Rejection::Replayed);
     }
-    rec.last_counter = report.counter;
+    *last = report.counter;
     rec.last_seen = Some(now);
     let body = report.body.clone();
     match report.body {
@@ -231,4 +239,75 @@ fn check_and_apply(
         counter: report.counter,
         body: Box::new(body),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshota_protocol::{Report, SecretKey, SignedReport, SiteId, Status, UpdateState};
+
+    fn signed(key: &SecretKey, counter: u64, body: ReportBody) -> Vec<u8> {
+        let r = Report {
+            device: DeviceId::new("d").unwrap(),
+            counter,
+            time: 1,
+            body,
+        };
+        codec::encode(&SignedReport::sign(&r, key).unwrap()).unwrap()
+    }
+
+    fn status() -> ReportBody {
+        ReportBody::Status(Status {
+            version: None,
+            release: None,
+            slot: None,
+            state: UpdateState::Idle,
+            target: None,
+            peer_id: None,
+            site: SiteId::new("s").unwrap(),
+            tags: vec![],
+            online: true,
+            groups: vec![],
+            compatible: None,
+        })
+    }
+
+    fn event() -> ReportBody {
+        ReportBody::Event(meshota_protocol::Event::Error {
+            code: "E_X".into(),
+            message: String::new(),
+            release: None,
+        })
+    }
+
+    #[test]
+    fn an_event_overtaken_by_a_later_status_is_accepted_but_a_replayed_event_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path()).unwrap();
+        let key = SecretKey::from_seed([5; 32]);
+        let d = DeviceId::new("d").unwrap();
+        reg.admit(&d, key.public(), true, 1).unwrap();
+        let (st, ev) = (
+            "meshota/v1/default/devices/d/status",
+            "meshota/v1/default/devices/d/events",
+        );
+        let ok = |o: Outcome| matches!(o, Outcome::Accepted { .. });
+        // The device sent event 1 then status 2; the broker delivered the
+        // status first (different topics).
+        assert!(ok(
+            ingest(&reg, st, &signed(&key, 2, status()), false, 5).unwrap()
+        ));
+        assert!(ok(
+            ingest(&reg, ev, &signed(&key, 1, event()), false, 5).unwrap()
+        ));
+        assert_eq!(
+            ingest(&reg, ev, &signed(&key, 1, event()), false, 5).unwrap(),
+            Outcome::Rejected(Rejection::Replayed)
+        );
+        assert_eq!(
+            ingest(&reg, st, &signed(&key, 2, status()), false, 5).unwrap(),
+            Outcome::Rejected(Rejection::Replayed)
+        );
+        assert_eq!(reg.events(&d).unwrap().len(), 1);
+    }
 }

@@ -89,6 +89,19 @@ pub enum DevicesCmd {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Enrol a device by its public key (printed by `meshota-node` at
+    /// first start), accepted at once. The way in when an external broker
+    /// does admission, or to enrol ahead of the first login.
+    Enroll {
+        /// The device id.
+        id: String,
+        /// Its public key, 64 hex characters.
+        #[arg(long)]
+        key: String,
+        /// Server, token and output format.
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Accept a pending device's key.
     Accept {
         /// The device id.
@@ -171,6 +184,14 @@ impl DevicesCmd {
                     json(&list)
                 } else {
                     Ok(devices_table(&list))
+                }
+            }
+            DevicesCmd::Enroll { id, key, server } => {
+                let rec = server.client().enroll_device(id, key)?;
+                if server.json {
+                    json(&rec)
+                } else {
+                    Ok(format!("enrolled {} (key {})\n", rec.id, rec.public_key))
                 }
             }
             DevicesCmd::Accept { id, server } => {

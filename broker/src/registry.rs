@@ -52,6 +52,9 @@ pub enum RegistryError {
     /// No such device.
     #[error("no device {0:?} in the registry")]
     UnknownDevice(String),
+    /// Enrolment with a key other than the one already accepted.
+    #[error("device {0:?} is already enrolled with another key; remove it first to re-key")]
+    KeyConflict(String),
 }
 
 /// Whether a device may connect.
@@ -95,8 +98,14 @@ pub struct DeviceRecord {
     pub tags: Vec<String>,
     /// libp2p peer id.
     pub peer_id: Option<String>,
-    /// Highest report counter accepted; anything not above it is a replay.
+    /// Highest status counter accepted; a status not above it is a replay.
     pub last_counter: u64,
+    /// Highest event counter accepted; an event not above it is a replay.
+    /// Kept apart from statuses because the two travel on different
+    /// topics, and MQTT orders messages per topic only: a device's event
+    /// can arrive after its later status.
+    #[serde(default)]
+    pub last_event_counter: u64,
     /// Rollout groups, from its status.
     #[serde(default)]
     pub groups: Vec<Group>,
@@ -287,6 +296,30 @@ impl Registry {
         Ok(rec)
     }
 
+    /// Enrols device `id` with `key` on an operator's word, accepted at
+    /// once: how devices join when an external broker does admission, or
+    /// ahead of their first login. Flushes.
+    ///
+    /// # Errors
+    /// [`RegistryError::KeyConflict`] when `id` is accepted with another
+    /// key (a re-key is not an enrolment).
+    pub fn enroll(
+        &self,
+        id: &DeviceId,
+        key: PublicKey,
+        now: u64,
+    ) -> Result<DeviceRecord, RegistryError> {
+        if let Some(rec) = self.device(id)? {
+            if rec.admission == Admission::Accepted && rec.public_key != key {
+                return Err(RegistryError::KeyConflict(id.to_string()));
+            }
+        }
+        self.admit(id, key, true, now)?;
+        self.flush()?;
+        self.device(id)?
+            .ok_or_else(|| RegistryError::UnknownDevice(id.to_string()))
+    }
+
     /// Decides a login by device `id` proving key `key`: accepted if that
     /// key is enrolled; otherwise recorded as pending (or accepted at once
     /// when `auto_accept` and the device has no accepted key yet).
@@ -340,6 +373,7 @@ impl Registry {
                 tags: Vec::new(),
                 peer_id: None,
                 last_counter: 0,
+                last_event_counter: 0,
                 groups: Vec::new(),
                 compatible: None,
             },

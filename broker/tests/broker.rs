@@ -6,70 +6,10 @@ mod common;
 
 use common::*;
 use meshota_broker::client::ClientError;
-use meshota_broker::ingest::REJECTED_PREFIX;
 use meshota_broker::registry::Admission;
 use meshota_protocol::topics::Topic;
-use meshota_protocol::{
-    codec, ChunkId, DeviceToken, Event, FleetId, Manifest, Report, ReportBody, SecretKey,
-    SignedReport, SiteId, Status, UpdateState,
-};
+use meshota_protocol::{ChunkId, DeviceToken, Event, Manifest, ReportBody, SecretKey};
 use rumqttc::QoS;
-
-fn fleet() -> FleetId {
-    FleetId::new("default").unwrap()
-}
-
-fn status_topic(d: &str) -> String {
-    Topic::Status {
-        fleet: fleet(),
-        device: dev(d),
-    }
-    .to_string()
-}
-
-fn events_topic(d: &str) -> String {
-    Topic::Events {
-        fleet: fleet(),
-        device: dev(d),
-    }
-    .to_string()
-}
-
-fn status(online: bool) -> Status {
-    Status {
-        version: Some(meshota_protocol::semver::Version::new(1, 0, 0)),
-        release: None,
-        slot: Some("a".into()),
-        state: UpdateState::Idle,
-        target: None,
-        peer_id: None,
-        site: SiteId::new("lab").unwrap(),
-        tags: vec![],
-        online,
-        groups: vec![],
-        compatible: None,
-    }
-}
-
-fn report(device: &str, counter: u64, body: ReportBody, key: &SecretKey) -> Vec<u8> {
-    let r = Report {
-        device: dev(device),
-        counter,
-        time: 1,
-        body,
-    };
-    codec::encode(&SignedReport::sign(&r, key).unwrap()).unwrap()
-}
-
-fn rejected(server: &meshota_broker::server::Server, reason: &str) -> u64 {
-    server
-        .registry()
-        .counters()
-        .unwrap()
-        .into_iter()
-        .find(|(k, _)| k == &format!("{REJECTED_PREFIX}{reason}"))
-        .map_or(0, |(_, v)| v)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_authenticate_with_signed_tokens_and_unknown_keys_wait_as_pending() {
@@ -123,15 +63,7 @@ async fn forged_replayed_and_unenrolled_telemetry_is_rejected_and_the_registry_i
     let (c, el) = device_connect(mqtt, "d1", &key).await.unwrap();
     let _drive = drive(el);
     let reg = server.registry().clone();
-    eventually("control plane connected", || {
-        server
-            .control()
-            .stats()
-            .connected
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(())
-    })
-    .await;
+    control_connected(&server).await;
 
     let body = ReportBody::Status(status(true));
     c.publish(
@@ -465,15 +397,7 @@ async fn a_rogue_clients_overwrite_of_a_retained_announcement_is_corrected() {
         channel: meshota_protocol::Channel::new("stable").unwrap(),
     };
     let ours = b"the signed announcement".to_vec();
-    eventually("control plane connected", || {
-        server
-            .control()
-            .stats()
-            .connected
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .then_some(())
-    })
-    .await;
+    control_connected(&server).await;
     server
         .control()
         .announce(&topic, ours.clone())
@@ -509,29 +433,6 @@ async fn a_rogue_clients_overwrite_of_a_retained_announcement_is_corrected() {
     server.shutdown().await.unwrap();
 }
 
-async fn v5_connect(addr: std::net::SocketAddr, id: &str, password: &str) -> Result<(), String> {
-    use rumqttc::v5::{mqttbytes::v5::Packet, AsyncClient, Event, MqttOptions};
-    let mut opts = MqttOptions::new(id, addr.ip().to_string(), addr.port());
-    opts.set_credentials(id, password);
-    let (_c, mut el) = AsyncClient::new(opts, 8);
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    return match ack.code {
-                        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success => Ok(()),
-                        code => Err(format!("{code:?}")),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    })
-    .await
-    .map_err(|_| "timed out".to_string())?
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mqtt5_listener_admits_enrolled_devices_and_refuses_others() {
     let dir = tempfile::tempdir().unwrap();
@@ -543,12 +444,12 @@ async fn the_mqtt5_listener_admits_enrolled_devices_and_refuses_others() {
     assert!(server.listening_line().contains(&format!("mqtt5={v5}")));
     let key = SecretKey::from_seed([1; 32]);
     let token = || DeviceToken::issue(&dev("d5"), &key, meshota_broker::now(), 60).unwrap();
-    assert!(v5_connect(v5, "d5", &token()).await.is_err());
+    assert!(v5_connect(v5, "d5", "d5", &token()).await.is_err());
     server.registry().accept(&dev("d5")).unwrap();
-    v5_connect(v5, "d5", &token())
+    v5_connect(v5, "d5", "d5", &token())
         .await
         .expect("enrolled device over MQTT 5");
-    assert!(v5_connect(v5, "d5", "garbage").await.is_err());
+    assert!(v5_connect(v5, "d5", "d5", "garbage").await.is_err());
     server.shutdown().await.unwrap();
 }
 
@@ -620,4 +521,46 @@ async fn with_an_external_broker_the_control_plane_ingests_through_it() {
     assert_eq!(fleet["by_version"]["1.0.0"], 1);
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_enrols_a_device_by_its_key_before_it_ever_logs_in_and_cannot_rekey_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = spawn(config(dir.path())).await;
+    let key = SecretKey::from_seed([41; 32]);
+    let other = SecretKey::from_seed([42; 32]);
+    let client = http(&server, true);
+    let public = key.public().to_string();
+    let rec = blocking(move || client.enroll_device("gw-7", &public).unwrap()).await;
+    assert_eq!(rec.admission, meshota_broker::registry::Admission::Accepted);
+    device_connect(server.mqtt_addr().unwrap(), "gw-7", &key)
+        .await
+        .expect("an enrolled device logs in at once");
+    let client = http(&server, true);
+    let public = other.public().to_string();
+    let err = blocking(move || client.enroll_device("gw-7", &public).unwrap_err()).await;
+    assert!(
+        matches!(
+            err,
+            meshota_broker::client::ClientError::Status { status: 409, .. }
+        ),
+        "{err}"
+    );
+    assert!(
+        device_connect(server.mqtt_addr().unwrap(), "gw-7", &other)
+            .await
+            .is_err(),
+        "the other key is not enrolled"
+    );
+    let client = http(&server, false);
+    let public = other.public().to_string();
+    let err = blocking(move || client.enroll_device("gw-8", &public).unwrap_err()).await;
+    assert!(
+        matches!(
+            err,
+            meshota_broker::client::ClientError::Status { status: 401, .. }
+        ),
+        "{err}"
+    );
+    server.shutdown().await.unwrap();
 }

@@ -7,63 +7,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::*;
 use meshota_broker::registry::Admission;
-use meshota_node::agent::driver::PreloadedFetcher;
-use meshota_node::agent::mqtt;
-use meshota_node::store::MemStore;
 use meshota_protocol::UpdateState;
-
-/// Runs `meshota-node`'s daemon for device `id` against `mqtt` on its own
-/// thread; it stops when the returned sender is dropped or fires.
-fn start_device(
-    dir: &std::path::Path,
-    id: &str,
-    mqtt: std::net::SocketAddr,
-    trust: &std::path::Path,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    std::thread::JoinHandle<Result<(), mqtt::DaemonError>>,
-) {
-    let cfg = meshota_node::config::Config::parse(&format!(
-        r#"
-data_dir = "{data}"
-[device]
-id = "{id}"
-fleet = "default"
-site = "site-1"
-compatible = "rpi4"
-[mqtt]
-url = "mqtt://{mqtt}"
-[trust]
-root = "{trust}"
-[install.dir]
-root = "{slots}"
-"#,
-        data = dir.join(id).join("data").display(),
-        trust = trust.display(),
-        slots = dir.join(id).join("slots").display(),
-    ))
-    .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(mqtt::run_until(
-            cfg,
-            Arc::new(MemStore::new()),
-            Box::new(PreloadedFetcher),
-            async {
-                let _ = stop_rx.await;
-            },
-        ))
-    });
-    (stop_tx, daemon)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_agent_logs_in_with_its_key_and_its_signed_status_reaches_the_registry() {

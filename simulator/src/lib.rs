@@ -10,11 +10,19 @@
 //!   the production chunk scheduler, fast enough for 100,000 devices.
 //! - [`summary`]: the figures every run reports, against the origin-only
 //!   baseline and the theoretical bound.
+//! - [`progress`]: what a run reports while it goes, and the progress bar.
+//! - [`report`]: `--report DIR`: `report.json` and a self-contained
+//!   `report.html` with SVG charts.
+//! - [`load`]: `meshota-sim load`, MQTT-only virtual devices against a
+//!   broker, for connect rate, throughput and delivery latency.
 //!
 //! Live mode (real broker, real node agents over a shaped libp2p
 //! transport) and `meshota-sim demo` land with issue 7.
 #![warn(missing_docs)]
 
+pub mod load;
+pub mod progress;
+pub mod report;
 pub mod scenario;
 pub mod summary;
 pub mod virt;

@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use meshota_sim::load::{Auth, LoadConfig};
+use meshota_sim::progress::ProgressView;
+use meshota_sim::report;
 use meshota_sim::scenario::Scenario;
 use meshota_sim::summary::Summary;
 
@@ -25,6 +28,52 @@ enum Cmd {
     Run(RunArgs),
     /// The README's demo (not implemented yet: needs live mode, issue 7).
     Demo,
+    /// Load a broker with MQTT-only virtual devices; report connect rate,
+    /// throughput and publish-to-delivery latency.
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Broker, `mqtt://host[:port]`.
+    #[arg(long)]
+    mqtt_url: String,
+    /// Virtual devices.
+    #[arg(long, default_value_t = 1000)]
+    devices: u32,
+    /// Connects started per second (0: all at once).
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Whole run, from the first connect: `60s`, `2m`, `500ms`.
+    #[arg(long, default_value = "60s", value_parser = meshota_sim::load::parse_duration)]
+    duration: std::time::Duration,
+    /// Interval between a device's statuses.
+    #[arg(long, default_value = "1s", value_parser = meshota_sim::load::parse_duration)]
+    status_every: std::time::Duration,
+    /// Interval between a device's events (`0s`: none).
+    #[arg(long, default_value = "5s", value_parser = meshota_sim::load::parse_duration)]
+    event_every: std::time::Duration,
+    /// Fleet name in the topics (the broker's control plane ingests its own).
+    #[arg(long, default_value = "default")]
+    fleet: String,
+    /// Device ids are `<prefix>-<n>`.
+    #[arg(long, default_value = "load")]
+    prefix: String,
+    /// Same username for every client instead of device tokens.
+    #[arg(long, requires = "password")]
+    username: Option<String>,
+    /// Password for `--username`.
+    #[arg(long, requires = "username")]
+    password: Option<String>,
+    /// No credentials at all instead of device tokens.
+    #[arg(long, conflicts_with = "username")]
+    anonymous: bool,
+    /// Seed of the device keys (the same seed reuses accepted keys).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -56,6 +105,9 @@ struct RunArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Write report.json and report.html into this directory.
+    #[arg(long)]
+    report: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +129,7 @@ fn run() -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::from(2))
         }
+        Cmd::Load(a) => load(a),
         Cmd::Run(a) => {
             if !a.virtual_time {
                 anyhow::bail!(
@@ -109,23 +162,21 @@ fn run() -> anyhow::Result<ExitCode> {
             }
             s.validate()?;
             let started = std::time::Instant::now();
-            let quiet = a.json;
-            let out = meshota_sim::virt::run(&s, true, |w, t| {
-                if !quiet {
-                    eprintln!("wave {} starts at {t:.1} s (virtual)", w + 1);
-                }
-            })?;
+            let mut view = ProgressView::new(u64::from(s.devices), a.json, "meshota");
+            let out = meshota_sim::virt::run(&s, true, &mut |p| view.on(p))?;
+            view.finish();
             let wall = started.elapsed();
             let base = if a.no_baseline {
                 None
             } else {
-                Some(meshota_sim::virt::run(&s, false, |_, _| {})?)
+                let mut view = ProgressView::new(u64::from(s.devices), a.json, "baseline");
+                let b = meshota_sim::virt::run(&s, false, &mut |p| view.on(p))?;
+                view.finish();
+                Some(b)
             };
             let summary = Summary::new(&s, &out, base.as_ref());
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+            report::finish_run(&summary, &out, base.as_ref(), a.json, a.report.as_deref())?;
+            if !a.json {
                 eprintln!(
                     "wall time {:.2} s for the meshota run ({} events)",
                     wall.as_secs_f64(),
@@ -139,4 +190,39 @@ fn run() -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
+    let mut cfg = LoadConfig::new(&a.mqtt_url, a.devices)?;
+    cfg.rate = a.rate;
+    cfg.duration = a.duration;
+    cfg.status_every = a.status_every;
+    cfg.event_every = (!a.event_every.is_zero()).then_some(a.event_every);
+    cfg.fleet = meshota_protocol::FleetId::new(&a.fleet).context("--fleet")?;
+    cfg.prefix = a.prefix;
+    cfg.seed = a.seed;
+    cfg.auth = match (a.username, a.password, a.anonymous) {
+        (Some(username), Some(password), _) => Auth::Password { username, password },
+        (_, _, true) => Auth::Anonymous,
+        _ => Auth::Token,
+    };
+    let bar = meshota_sim::progress::load_bar(u64::from(a.devices), a.json);
+    let result = meshota_sim::load::run_blocking(&cfg, &mut |p| {
+        bar.set_position(p.connected);
+        bar.set_message(format!(
+            "{:.0} s  sent {}  delivered {}",
+            p.elapsed_s, p.sent, p.delivered
+        ));
+    })?;
+    bar.finish_and_clear();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", result.table());
+    }
+    Ok(if result.connected == u64::from(result.devices) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -19,7 +19,7 @@ fn small() -> Scenario {
 #[test]
 fn every_device_commits_and_the_figures_add_up() {
     let s = small();
-    let out = virt::run(&s, true, |_, _| {}).unwrap();
+    let out = virt::run(&s, true, &mut |_| {}).unwrap();
     let sum = Summary::new(&s, &out, None);
     assert!(sum.ok, "{sum:?}");
     assert_eq!(sum.committed, s.devices);
@@ -46,7 +46,7 @@ fn every_device_commits_and_the_figures_add_up() {
 #[test]
 fn the_origin_only_baseline_serves_one_copy_per_device() {
     let s = small();
-    let out = virt::run(&s, false, |_, _| {}).unwrap();
+    let out = virt::run(&s, false, &mut |_| {}).unwrap();
     assert_eq!(out.failed, 0);
     assert_eq!(out.origin_bytes, u64::from(s.devices) * s.bundle_bytes);
     assert_eq!(out.bytes.same_site + out.bytes.other_peers, 0);
@@ -59,7 +59,7 @@ fn health_failures_roll_back_and_malicious_peers_get_banned() {
         malicious_rate: 0.1,
         ..small()
     };
-    let out = virt::run(&s, true, |_, _| {}).unwrap();
+    let out = virt::run(&s, true, &mut |_| {}).unwrap();
     assert!(out.rolled_back > 0);
     assert_eq!(out.commit_times_s.len() as u32 + out.rolled_back, s.devices);
     assert!(out.bans > 0, "no malicious peer was banned");
@@ -69,8 +69,8 @@ fn health_failures_roll_back_and_malicious_peers_get_banned() {
 #[test]
 fn the_same_seed_replays_the_same_run() {
     let s = small();
-    let a = virt::run(&s, true, |_, _| {}).unwrap();
-    let b = virt::run(&s, true, |_, _| {}).unwrap();
+    let a = virt::run(&s, true, &mut |_| {}).unwrap();
+    let b = virt::run(&s, true, &mut |_| {}).unwrap();
     assert_eq!(a.commit_times_s, b.commit_times_s);
     assert_eq!(a.origin_bytes, b.origin_bytes);
 }
@@ -83,7 +83,12 @@ fn waves_start_in_order_after_their_soak() {
         ..small()
     };
     let mut starts = Vec::new();
-    let out = virt::run(&s, true, |w, t| starts.push((w, t))).unwrap();
+    let out = virt::run(&s, true, &mut |p| {
+        if let meshota_sim::progress::Progress::WaveStarted { wave, at_s, .. } = p {
+            starts.push((wave, at_s));
+        }
+    })
+    .unwrap();
     assert_eq!(
         starts.iter().map(|(w, _)| *w).collect::<Vec<_>>(),
         vec![0, 1, 2]
@@ -100,7 +105,7 @@ fn the_default_scenario_baseline_serves_one_copy_per_device() {
         waves: vec![100],
         ..Scenario::default()
     };
-    let out = virt::run(&s, false, |_, _| {}).unwrap();
+    let out = virt::run(&s, false, &mut |_| {}).unwrap();
     assert_eq!(out.failed, 0);
     assert_eq!(out.origin_bytes, u64::from(s.devices) * s.bundle_bytes);
 }

@@ -211,6 +211,41 @@ pub(super) async fn accept_device(
     Ok(Json(rec))
 }
 
+/// Body of `POST /v1/devices/{id}/enroll`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Enroll {
+    /// The device's public key, 64 hex characters (printed by
+    /// `meshota-node` at first start).
+    public_key: String,
+}
+
+pub(super) async fn enroll_device(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<Enroll>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<DeviceRecord>, ApiError> {
+    let id = device_id(&id)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let key: meshota_protocol::PublicKey = body.public_key.trim().parse().map_err(|e| {
+        ApiError::bad_request(format!(
+            "public_key: {e}; expected the 64 hex characters meshota-node prints at first start"
+        ))
+    })?;
+    let reg = s.registry.clone();
+    let rec = blocking(move || {
+        reg.enroll(&id, key, crate::now()).map_err(|e| match e {
+            RegistryError::KeyConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "key-conflict", e.to_string())
+            }
+            e => registry_error(e),
+        })
+    })
+    .await?;
+    tracing::info!(device = %rec.id, key = %rec.public_key, "device enrolled");
+    Ok(Json(rec))
+}
+
 /// `GET /v1/fleet`.
 #[derive(Debug, Serialize, Deserialize, Default)]
 pub struct FleetSummary {

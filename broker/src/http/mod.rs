@@ -204,6 +204,7 @@ pub fn router(state: AppState) -> Router {
     let rollout_writes = Router::new()
         .route("/v1/rollouts", post(rollouts::create))
         .route("/v1/rollouts/{id}/{command}", post(rollouts::command))
+        .route("/v1/devices/{id}/enroll", post(api::enroll_device))
         .route_layer(guard(Access::Operator));
     let metrics = Router::new()
         .route("/metrics", get(metrics::metrics))

@@ -351,6 +351,11 @@ async fn on_publish(
     .await
     .map_err(|e| ControlError::Client(e.to_string()))??;
     match outcome {
+        // An unenrolled fleet behind an external broker would log every
+        // report; the metrics count them either way.
+        Outcome::Rejected(ingest::Rejection::Unenrolled) => {
+            tracing::debug!(topic, "report from an unenrolled device rejected");
+        }
         Outcome::Rejected(why) => {
             tracing::info!(topic, reason = why.as_str(), "device report rejected");
         }

@@ -9,6 +9,9 @@
 //! terminated by rumqttd). That also gives us:
 //! - a connection cap enforced before rumqttd's `max_connections`, which
 //!   panics in some versions;
+//! - a guard on what clients send (see [`crate::mqtt::guard`]), in
+//!   plaintext only: packets only a server may send crash rumqttd's MQTT 5
+//!   decoder;
 //! - a real shutdown: dropping the forwarders closes every client
 //!   connection, and the [`crate::auth::Authenticator`] refuses every
 //!   login once the control plane is gone, so the leftover rumqttd thread
@@ -25,6 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::auth::Authenticator;
 use crate::config::TlsFiles;
+use crate::mqtt::guard;
 
 /// Largest MQTT packet, either way: an announcement (256 KiB of body) and
 /// its topic fit; a device report (32 KiB) fits many times over.
@@ -190,12 +194,49 @@ pub async fn start(
             _ => None,
         },
     };
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
-    tasks.spawn(forward(v4_public, v4_internal, permits.clone()));
+    let permits = Arc::new(Semaphore::new(connection_budget(
+        settings.max_connections,
+        open_files_limit(),
+    )));
+    // Under TLS we forward ciphertext and cannot look at packets.
+    let guard = settings.tls.is_none();
+    tasks.spawn(forward(v4_public, v4_internal, permits.clone(), guard));
     if let (Some(l), Some(internal)) = (v5_public, v5_internal) {
-        tasks.spawn(forward(l, internal, permits));
+        tasks.spawn(forward(l, internal, permits, guard));
     }
     Ok(addrs)
+}
+
+/// Descriptors kept for everything but client connections: sled, the
+/// HTTP API, the libp2p seeder, logs.
+const RESERVED_FDS: u64 = 512;
+
+/// How many client connections fit in the process's open-files limit.
+/// Each costs three descriptors (our socket to the client, ours to
+/// rumqttd, rumqttd's own), and when rumqttd runs out its accept loop
+/// spins on `EMFILE` instead of backing off, so we stop short of it.
+fn connection_budget(wanted: usize, nofile: Option<u64>) -> usize {
+    let Some(limit) = nofile else {
+        return wanted;
+    };
+    let fits = usize::try_from(limit.saturating_sub(RESERVED_FDS) / 3).unwrap_or(usize::MAX);
+    if fits < wanted {
+        tracing::warn!(
+            max_connections = wanted,
+            open_files_limit = limit,
+            "only {fits} MQTT connections fit in the open-files limit (3 descriptors each); \
+             raise it (systemd LimitNOFILE=, ulimit -n) to allow {wanted}"
+        );
+    }
+    wanted.min(fits.max(1))
+}
+
+/// The soft open-files limit, from `/proc/self/limits` (Linux); `None`
+/// elsewhere or when unlimited.
+fn open_files_limit() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
 }
 
 async fn wait_until_listening(addr: SocketAddr) -> Result<(), EmbeddedError> {
@@ -210,13 +251,15 @@ async fn wait_until_listening(addr: SocketAddr) -> Result<(), EmbeddedError> {
     )))
 }
 
-/// Accepts on `public` and pipes each connection to rumqttd at `internal`.
-/// Connections live in this task's own `JoinSet`, so they all close when
-/// the task is aborted at shutdown.
+/// Accepts on `public` and pipes each connection to rumqttd at `internal`,
+/// through the packet guard when `guard` is set. Connections live in this
+/// task's own `JoinSet`, so they all close when the task is aborted at
+/// shutdown.
 async fn forward(
     public: TcpListener,
     internal: SocketAddr,
     permits: Arc<Semaphore>,
+    guard: bool,
 ) -> Result<(), String> {
     let mut conns = JoinSet::new();
     loop {
@@ -244,10 +287,40 @@ async fn forward(
                     };
                     let _ = client.set_nodelay(true);
                     let _ = upstream.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    if !guard {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        return;
+                    }
+                    let (client_rx, mut client_tx) = client.split();
+                    let (mut upstream_rx, upstream_tx) = upstream.split();
+                    // Whichever way ends first ends the connection: a
+                    // stopped guard closes both sockets, so rumqttd sees
+                    // an ordinary disconnect.
+                    tokio::select! {
+                        r = guard::copy_guarded(client_rx, upstream_tx) => {
+                            if let Err(e) = r {
+                                tracing::info!(%peer, error = %e, "MQTT client dropped");
+                            }
+                        }
+                        _ = tokio::io::copy(&mut upstream_rx, &mut client_tx) => {}
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_three_descriptors_per_client_in_the_open_files_limit() {
+        assert_eq!(connection_budget(10_000, Some(20_000)), 6_496);
+        assert_eq!(connection_budget(100, Some(20_000)), 100);
+        assert_eq!(connection_budget(100, None), 100);
+        assert_eq!(connection_budget(100, Some(10)), 1);
+        assert!(open_files_limit().is_some_and(|n| n > 0));
     }
 }

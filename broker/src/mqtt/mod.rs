@@ -2,3 +2,4 @@
 
 pub mod control;
 pub mod embedded;
+pub mod guard;

@@ -19,6 +19,11 @@ use meshota_protocol::{
 };
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet};
 
+mod agent;
+// Not every test binary runs agents (as with `dead_code` above).
+#[allow(unused_imports)]
+pub use agent::*;
+
 /// Generous bound on anything a test waits for.
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -181,6 +186,36 @@ pub async fn mqtt_connect(
     r.map(|()| (client, eventloop))
 }
 
+/// Logs in over MQTT 5; `Ok` on a successful CONNACK, `Err` with the
+/// reason code or connection error.
+pub async fn v5_connect(
+    addr: SocketAddr,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<(), String> {
+    use rumqttc::v5::{mqttbytes::v5::Packet, AsyncClient, Event, MqttOptions};
+    let mut opts = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    opts.set_credentials(username, password);
+    let (_c, mut el) = AsyncClient::new(opts, 8);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    return match ack.code {
+                        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success => Ok(()),
+                        code => Err(format!("{code:?}")),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .map_err(|_| "timed out".to_string())?
+}
+
 /// Connects as device `id` with a fresh token signed by `key`.
 pub async fn device_connect(
     addr: SocketAddr,
@@ -243,4 +278,107 @@ pub async fn expect_retained(
         drop(el);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Finds a program on `PATH`.
+pub fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// How many reports the server has rejected for `reason`.
+pub fn rejected(server: &Server, reason: &str) -> u64 {
+    let name = format!("{}{reason}", meshota_broker::ingest::REJECTED_PREFIX);
+    server
+        .registry()
+        .counters()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == &name)
+        .map_or(0, |(_, v)| v)
+}
+
+/// The fleet test servers serve.
+pub fn fleet() -> meshota_protocol::FleetId {
+    meshota_protocol::FleetId::new("default").unwrap()
+}
+
+/// Device `d`'s status topic.
+pub fn status_topic(d: &str) -> String {
+    meshota_protocol::topics::Topic::Status {
+        fleet: fleet(),
+        device: dev(d),
+    }
+    .to_string()
+}
+
+/// Device `d`'s events topic.
+pub fn events_topic(d: &str) -> String {
+    meshota_protocol::topics::Topic::Events {
+        fleet: fleet(),
+        device: dev(d),
+    }
+    .to_string()
+}
+
+/// An idle v1.0.0 status at site `lab`.
+pub fn status(online: bool) -> meshota_protocol::Status {
+    meshota_protocol::Status {
+        version: Some(meshota_protocol::semver::Version::new(1, 0, 0)),
+        release: None,
+        slot: Some("a".into()),
+        state: meshota_protocol::UpdateState::Idle,
+        target: None,
+        peer_id: None,
+        site: meshota_protocol::SiteId::new("lab").unwrap(),
+        tags: vec![],
+        online,
+        groups: vec![],
+        compatible: None,
+    }
+}
+
+/// `body` as device `device`'s report number `counter`, signed by `key`,
+/// encoded for the wire.
+pub fn report(
+    device: &str,
+    counter: u64,
+    body: meshota_protocol::ReportBody,
+    key: &SecretKey,
+) -> Vec<u8> {
+    let r = meshota_protocol::Report {
+        device: dev(device),
+        counter,
+        time: 1,
+        body,
+    };
+    codec::encode(&meshota_protocol::SignedReport::sign(&r, key).unwrap()).unwrap()
+}
+
+/// Waits until the server's control plane is connected to its broker.
+pub async fn control_connected(server: &Server) {
+    eventually("the control plane connected to its broker", || {
+        server
+            .control()
+            .stats()
+            .connected
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then_some(())
+    })
+    .await;
+}
+
+/// `out`, after checking that `what` exited successfully (its stderr in
+/// the failure message).
+pub fn succeeded(what: &str, out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }

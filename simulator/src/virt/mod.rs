@@ -24,6 +24,7 @@ use meshota_node::sched::{
 use meshota_protocol::{Bitfield, ByteSplit, ChunkId, ChunkRef, Manifest};
 use serde::Serialize;
 
+use crate::progress::Progress;
 use crate::scenario::Scenario;
 use net::{reserve, Link, Micros, UploadSlots};
 
@@ -111,7 +112,8 @@ enum Ev {
 
 /// Runs a scenario in virtual time. With `p2p` off every device fetches
 /// from the origin alone: the baseline of Mender, hawkBit or RAUC over
-/// HTTP.
+/// HTTP. `progress` hears of every wave start and end and every device
+/// that finishes (committed or rolled back), in virtual seconds.
 ///
 /// # Errors
 /// [`meshota_protocol::IdError`] only if the synthetic manifest's names
@@ -119,9 +121,9 @@ enum Ev {
 pub fn run(
     s: &Scenario,
     p2p: bool,
-    mut on_wave: impl FnMut(usize, f64),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome, meshota_protocol::IdError> {
-    Ok(Sim::new(s, p2p, manifest(s)?).run(&mut on_wave))
+    Ok(Sim::new(s, p2p, manifest(s)?).run(progress))
 }
 
 /// A synthetic manifest: the scheduler only needs ids and lengths.
@@ -319,7 +321,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn run(mut self, on_wave: &mut dyn FnMut(usize, f64)) -> Outcome {
+    fn run(mut self, progress: &mut dyn FnMut(Progress)) -> Outcome {
         self.push(0, Ev::WaveStart(0));
         while let Some(Reverse((now, _, ev))) = self.queue.pop() {
             if now > MAX_VIRTUAL {
@@ -327,7 +329,7 @@ impl<'a> Sim<'a> {
             }
             self.out.events += 1;
             match ev {
-                Ev::WaveStart(w) => self.start_wave(w as usize, now, on_wave),
+                Ev::WaveStart(w) => self.start_wave(w as usize, now, progress),
                 Ev::Wake(d) => {
                     if self.devices[d as usize].wake == Some(now) {
                         self.devices[d as usize].wake = None;
@@ -362,7 +364,7 @@ impl<'a> Sim<'a> {
                     }
                     self.drive(dst, now);
                 }
-                Ev::Installed(d) => self.installed(d, now, on_wave),
+                Ev::Installed(d) => self.installed(d, now, progress),
                 Ev::Rediscover { dst, peer } => {
                     let t = self.at(now);
                     let class = if peer == ORIGIN {
@@ -390,14 +392,18 @@ impl<'a> Sim<'a> {
         self.out
     }
 
-    fn start_wave(&mut self, w: usize, now: Micros, on_wave: &mut dyn FnMut(usize, f64)) {
+    fn start_wave(&mut self, w: usize, now: Micros, progress: &mut dyn FnMut(Progress)) {
         let Some(members) = self.waves.get(w).cloned() else {
             return;
         };
         self.out.waves.push((now as f64 / 1e6, now as f64 / 1e6));
-        on_wave(w, now as f64 / 1e6);
+        progress(Progress::WaveStarted {
+            wave: w,
+            at_s: now as f64 / 1e6,
+            devices: members.len(),
+        });
         if members.is_empty() {
-            self.finish_wave(w, now, on_wave);
+            self.finish_wave(w, now, progress);
             return;
         }
         let t = self.at(now);
@@ -446,10 +452,14 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn finish_wave(&mut self, w: usize, now: Micros, _on_wave: &mut dyn FnMut(usize, f64)) {
+    fn finish_wave(&mut self, w: usize, now: Micros, progress: &mut dyn FnMut(Progress)) {
         if let Some(rec) = self.out.waves.get_mut(w) {
             rec.1 = now as f64 / 1e6;
         }
+        progress(Progress::WaveFinished {
+            wave: w,
+            at_s: now as f64 / 1e6,
+        });
         if w + 1 < self.waves.len() {
             let started = self.out.waves.get(w).map_or(0.0, |r| r.0);
             let soak_end = (started * 1e6) as Micros + self.s.soak_s * 1_000_000;
@@ -499,7 +509,7 @@ impl<'a> Sim<'a> {
         self.drive(dst, now);
     }
 
-    fn installed(&mut self, d: u32, now: Micros, on_wave: &mut dyn FnMut(usize, f64)) {
+    fn installed(&mut self, d: u32, now: Micros, progress: &mut dyn FnMut(Progress)) {
         let dev = &mut self.devices[d as usize];
         dev.phase = Phase::Done;
         if dev.health_fails {
@@ -507,14 +517,17 @@ impl<'a> Sim<'a> {
         } else {
             self.out.commit_times_s.push(now as f64 / 1e6);
         }
-        self.device_finished(d, now, on_wave);
+        progress(Progress::DeviceFinished {
+            at_s: now as f64 / 1e6,
+        });
+        self.device_finished(d, now, progress);
     }
 
-    fn device_finished(&mut self, d: u32, now: Micros, on_wave: &mut dyn FnMut(usize, f64)) {
+    fn device_finished(&mut self, d: u32, now: Micros, progress: &mut dyn FnMut(Progress)) {
         if let Some(w) = self.waves.iter().position(|m| m.contains(&d)) {
             self.wave_left[w] = self.wave_left[w].saturating_sub(1);
             if self.wave_left[w] == 0 {
-                self.finish_wave(w, now, on_wave);
+                self.finish_wave(w, now, progress);
             }
         }
     }
