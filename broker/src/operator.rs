@@ -187,7 +187,7 @@ impl DevicesCmd {
                 }
             }
             DevicesCmd::Enroll { id, key, server } => {
-                let rec = server.client().enroll_device(id, key)?;
+                let rec = server.client()?.enroll_device(id, key)?;
                 if server.json {
                     json(&rec)
                 } else {
