@@ -2,9 +2,14 @@
 //! `meshota release …`, `meshota devices …` and `meshota fleet status`
 //! subcommands call. Blocking (ureq): a CLI has nothing else to do.
 //!
-//! Plain `http://` only for now (ureq is built without TLS).
+//! `http://` and `https://`: a self-signed server certificate is trusted
+//! with [`Client::with_ca_cert`] (`--ca-cert` / `MESHOTA_CA_CERT`),
+//! anything else against the system's roots ([`tls`]).
+
+mod tls;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -17,6 +22,8 @@ use crate::registry::{DeviceRecord, ReleaseRecord};
 pub const ENV_SERVER: &str = "MESHOTA_SERVER";
 /// Environment variable holding the operator token.
 pub const ENV_TOKEN: &str = "MESHOTA_TOKEN";
+/// Environment variable naming a PEM CA certificate to trust for HTTPS.
+pub const ENV_CA_CERT: &str = "MESHOTA_CA_CERT";
 
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +39,10 @@ pub enum ClientError {
     /// The server could not be reached.
     #[error("cannot reach the server: {0}")]
     Transport(String),
+    /// The TLS handshake failed (most often: an untrusted certificate), or
+    /// the CA file is unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The answer is not the expected JSON.
     #[error("unexpected answer: {0}")]
     Decode(String),
@@ -61,6 +72,9 @@ impl crate::cli::Hint for ClientError {
             } if message.starts_with("bundle") || message.starts_with("release expired") => Some(
                 "check the bundle with `meshota bundle verify --trust TRUST BUNDLE` against the trust root the broker was started with".into(),
             ),
+            ClientError::Tls(_) => Some(format!(
+                "if the server uses a self-signed certificate, pass --ca-cert FILE or set {ENV_CA_CERT} to its PEM certificate (or its CA's)"
+            )),
             ClientError::Transport(_) => Some(format!(
                 "is meshota-broker running? pass --server or set {ENV_SERVER} (e.g. http://127.0.0.1:8080)"
             )),
@@ -91,16 +105,45 @@ pub struct DeviceQuery {
 }
 
 impl Client {
-    /// A client for `base` (for example `http://127.0.0.1:8080`).
+    /// A client for `base` (for example `http://127.0.0.1:8080`); an
+    /// `https://` server must have a certificate the system trusts.
     pub fn new(base: &str, token: Option<String>) -> Self {
-        let agent = ureq::AgentBuilder::new()
+        // Without a CA file nothing can fail: unreadable system roots
+        // surface as an untrusted certificate at the handshake.
+        let connector = tls::Connector::new(None).ok();
+        Self::build(base, token, connector)
+    }
+
+    /// As [`Client::new`], trusting the PEM certificates in `ca` (for
+    /// example the server's own self-signed certificate) instead of the
+    /// system's roots.
+    ///
+    /// # Errors
+    /// [`ClientError::File`] or [`ClientError::Tls`] when `ca` is
+    /// unreadable or holds no certificate.
+    pub fn with_ca_cert(base: &str, token: Option<String>, ca: &Path) -> Result<Self, ClientError> {
+        let connector = tls::Connector::new(Some(ca))?;
+        Ok(Self::build(base, token, Some(connector)))
+    }
+
+    fn build(base: &str, token: Option<String>, tls: Option<tls::Connector>) -> Self {
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(10))
-            .timeout_read(Duration::from_secs(300))
-            .build();
+            .timeout_read(Duration::from_secs(300));
+        if let Some(tls) = tls {
+            agent = agent.tls_connector(Arc::new(tls));
+        }
         Self {
             base: base.trim_end_matches('/').to_string(),
             token,
-            agent,
+            agent: agent.build(),
+        }
+    }
+
+    fn transport(e: &ureq::Error) -> ClientError {
+        match tls::handshake_failure(e) {
+            Some(msg) => ClientError::Tls(msg),
+            None => ClientError::Transport(e.to_string()),
         }
     }
 
@@ -127,7 +170,7 @@ impl Client {
                     .unwrap_or(body);
                 Err(ClientError::Status { status, message })
             }
-            Err(e) => Err(ClientError::Transport(e.to_string())),
+            Err(e) => Err(Self::transport(&e)),
         }
     }
 
@@ -278,7 +321,7 @@ impl Client {
         let resp = match self.request("GET", path).call() {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(ClientError::Transport(e.to_string())),
+            Err(e) => return Err(Self::transport(&e)),
         };
         let status = resp.status();
         let mut body = Vec::new();

@@ -99,6 +99,14 @@ pub struct Config {
     pub max_connections: usize,
     /// Largest bundle `POST /v1/releases` accepts, in bytes.
     pub max_bundle_bytes: u64,
+    /// Largest request body of every other endpoint, in bytes.
+    pub max_request_bytes: usize,
+    /// Milliseconds an HTTP client has to complete the TLS handshake and
+    /// to send each request's headers; idle keep-alive connections are
+    /// closed after the same time.
+    pub http_header_timeout_ms: u64,
+    /// Milliseconds an upload may pause between two pieces of its body.
+    pub http_body_timeout_ms: u64,
     /// The HTTP origin's base URL as devices reach it (behind a proxy or a
     /// CDN), carried in announcements; default: the HTTP listener.
     pub public_url: Option<String>,
@@ -128,6 +136,9 @@ impl Default for Config {
             open_reads: false,
             max_connections: 10_000,
             max_bundle_bytes: 8 << 30,
+            max_request_bytes: 1 << 20,
+            http_header_timeout_ms: 10_000,
+            http_body_timeout_ms: 30_000,
             public_url: None,
             p2p_announce: Vec::new(),
         }

@@ -23,14 +23,25 @@ pub struct ServerArgs {
     /// Operator bearer token (the `operator-token` file in the data dir).
     #[arg(long, env = crate::client::ENV_TOKEN, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM certificate to trust for an `https://` server (its self-signed
+    /// certificate or its CA); without it, the system's roots.
+    #[arg(long, env = crate::client::ENV_CA_CERT)]
+    pub ca_cert: Option<PathBuf>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }
 
 impl ServerArgs {
-    fn client(&self) -> Client {
-        Client::new(&self.server, self.token.clone())
+    /// The client these arguments describe.
+    ///
+    /// # Errors
+    /// [`ClientError`] when the CA file is unusable.
+    pub fn client(&self) -> Result<Client, ClientError> {
+        match &self.ca_cert {
+            Some(ca) => Client::with_ca_cert(&self.server, self.token.clone(), ca),
+            None => Ok(Client::new(&self.server, self.token.clone())),
+        }
     }
 }
 
@@ -120,7 +131,7 @@ impl ReleaseCmd {
     pub fn run(&self) -> Result<String, ClientError> {
         match self {
             ReleaseCmd::Publish { bundle, server } => {
-                let rec = server.client().publish_release(bundle)?;
+                let rec = server.client()?.publish_release(bundle)?;
                 if server.json {
                     json(&rec)
                 } else {
@@ -137,7 +148,7 @@ impl ReleaseCmd {
                 }
             }
             ReleaseCmd::List { server } => {
-                let list = server.client().releases()?;
+                let list = server.client()?.releases()?;
                 if server.json {
                     json(&list)
                 } else {
@@ -168,7 +179,7 @@ impl DevicesCmd {
                     site: site.clone(),
                     admission: admission.clone(),
                 };
-                let list = server.client().devices(&q)?;
+                let list = server.client()?.devices(&q)?;
                 if server.json {
                     json(&list)
                 } else {
@@ -176,7 +187,7 @@ impl DevicesCmd {
                 }
             }
             DevicesCmd::Enroll { id, key, server } => {
-                let rec = server.client().enroll_device(id, key)?;
+                let rec = server.client()?.enroll_device(id, key)?;
                 if server.json {
                     json(&rec)
                 } else {
@@ -184,7 +195,7 @@ impl DevicesCmd {
                 }
             }
             DevicesCmd::Accept { id, server } => {
-                let rec = server.client().accept_device(id)?;
+                let rec = server.client()?.accept_device(id)?;
                 if server.json {
                     json(&rec)
                 } else {
@@ -202,7 +213,7 @@ impl FleetCmd {
     /// [`ClientError`], with the server's message.
     pub fn run(&self) -> Result<String, ClientError> {
         let FleetCmd::Status { server } = self;
-        let v = server.client().fleet()?;
+        let v = server.client()?.fleet()?;
         if server.json {
             return json(&v);
         }

@@ -275,6 +275,8 @@ impl Server {
             open_metrics: config.open_metrics,
             upload_dir: dir.join("uploads"),
             max_bundle_bytes: config.max_bundle_bytes,
+            body_timeout: Duration::from_millis(config.http_body_timeout_ms),
+            max_request_bytes: config.max_request_bytes,
             control: control.stats().clone(),
             control_handle: Some(control.clone()),
             stats: stats.clone(),
@@ -327,25 +329,20 @@ impl Server {
         }
         let (http_stop_tx, http_stop_rx) = oneshot::channel::<()>();
         let app = crate::http::router(state);
-        let http_task = match &config.http_tls {
-            Some(files) => {
-                let acceptor = crate::http::tls::acceptor(files)?;
-                tokio::spawn(crate::http::tls::serve(
-                    listener,
-                    acceptor,
-                    app,
-                    http_stop_rx,
-                ))
-            }
-            None => tokio::spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = http_stop_rx.await;
-                    })
-                    .await
-                    .map_err(|e| format!("HTTP server: {e}"))
-            }),
+        let tls = match &config.http_tls {
+            Some(files) => Some(crate::http::tls::acceptor(files)?),
+            None => None,
         };
+        let limits = crate::http::serve::Limits {
+            header_timeout: Duration::from_millis(config.http_header_timeout_ms),
+        };
+        let http_task = tokio::spawn(crate::http::serve::serve(
+            listener,
+            tls,
+            app,
+            limits,
+            http_stop_rx,
+        ));
         let https = config.http_tls.is_some();
 
         let (stop_tx, stop_rx) = oneshot::channel();

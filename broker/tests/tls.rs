@@ -96,3 +96,72 @@ async fn the_api_serves_https_and_mqtt_accepts_tls_when_given_a_certificate() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     server.shutdown().await.unwrap();
 }
+
+/// Runs the `meshota` binary with `args`: exit success, stdout, stderr.
+fn meshota(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshota"))
+        .args(args)
+        .env_remove(meshota_broker::client::ENV_CA_CERT)
+        .env_remove(meshota_broker::client::ENV_SERVER)
+        .env_remove(meshota_broker::client::ENV_TOKEN)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_talks_https_when_given_the_servers_certificate_and_says_why_not_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (files, _ck) = certificate(dir.path());
+    let cert = files.cert.display().to_string();
+    let mut cfg = config(&dir.path().join("data"));
+    cfg.http_tls = Some(files);
+    let server = spawn(cfg).await;
+    // The certificate names `localhost`, not the IP address.
+    let url = format!("https://localhost:{}", server.http_addr().port());
+    let token = server.operator_token().to_string();
+
+    let (u, t, c) = (url.clone(), token.clone(), cert.clone());
+    let (ok, out, err) = blocking(move || {
+        meshota(&[
+            "release",
+            "list",
+            "--json",
+            "--server",
+            &u,
+            "--token",
+            &t,
+            "--ca-cert",
+            &c,
+        ])
+    })
+    .await;
+    assert!(ok, "stdout: {out}\nstderr: {err}");
+    assert_eq!(out.trim(), "[]");
+
+    let (u, t) = (url.clone(), token.clone());
+    let (ok, _, err) =
+        blocking(move || meshota(&["release", "list", "--server", &u, "--token", &t])).await;
+    assert!(!ok);
+    assert!(err.contains("TLS handshake with localhost failed"), "{err}");
+    assert!(err.contains("--ca-cert"), "{err}");
+
+    // The library client, as other tools use it.
+    let client = meshota_broker::client::Client::with_ca_cert(
+        &url,
+        Some(token),
+        std::path::Path::new(&cert),
+    )
+    .unwrap();
+    let fleet = blocking(move || client.fleet()).await.unwrap();
+    assert_eq!(fleet["devices"], 0);
+    // A CA file that holds no certificate is refused up front.
+    let err = meshota_broker::client::Client::with_ca_cert(&url, None, &dir.path().join("key.pem"))
+        .unwrap_err();
+    assert!(err.to_string().contains("no PEM certificate"), "{err}");
+    server.shutdown().await.unwrap();
+}

@@ -54,6 +54,13 @@ struct Args {
     /// PEM private key for HTTPS (with --http-tls-cert).
     #[arg(long, requires = "http_tls_cert")]
     http_tls_key: Option<PathBuf>,
+    /// Milliseconds an HTTP client has to send its request headers (and to
+    /// finish the TLS handshake); idle connections close after it too.
+    #[arg(long)]
+    http_header_timeout_ms: Option<u64>,
+    /// Milliseconds an upload may pause between pieces of its body.
+    #[arg(long)]
+    http_body_timeout_ms: Option<u64>,
     /// libp2p listen address of the origin seeder (repeatable).
     #[arg(long)]
     p2p_listen: Vec<String>,
@@ -99,6 +106,12 @@ fn config(args: Args) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.http_listen {
         c.http_listen = v;
+    }
+    if let Some(v) = args.http_header_timeout_ms {
+        c.http_header_timeout_ms = v;
+    }
+    if let Some(v) = args.http_body_timeout_ms {
+        c.http_body_timeout_ms = v;
     }
     if let (Some(cert), Some(key)) = (args.http_tls_cert, args.http_tls_key) {
         c.http_tls = Some(TlsFiles { cert, key });

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use futures::StreamExt;
 use meshota_protocol::DeviceId;
@@ -45,6 +45,7 @@ pub(super) async fn list_releases(
 /// verified and stored in one pass.
 pub(super) async fn publish_release(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<ReleaseRecord>), ApiError> {
     let Some(trust) = s.trust.clone() else {
@@ -54,20 +55,48 @@ pub(super) async fn publish_release(
             "this server has no trust root configured (--trust), so it cannot verify releases",
         ));
     };
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("bundle exceeds the {}-byte limit", s.max_bundle_bytes),
+        )
+    };
+    // Refuse a declared oversize body before spooling any of it.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_bundle_bytes) {
+        return Err(too_large());
+    }
     let tmp = tempfile::NamedTempFile::new_in(&s.upload_dir).map_err(ApiError::internal)?;
     let std_file = tmp.reopen().map_err(ApiError::internal)?;
     let mut file = tokio::fs::File::from_std(std_file);
     let mut stream = body.into_data_stream();
     let mut total = 0u64;
-    while let Some(piece) = stream.next().await {
+    // A client that stops sending mid-body must not hold the connection
+    // and the spool file forever: each piece has to arrive in time.
+    loop {
+        let next = tokio::time::timeout(s.body_timeout, stream.next()).await;
+        let piece = match next {
+            Ok(Some(piece)) => piece,
+            Ok(None) => break,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body-timeout",
+                    format!(
+                        "no upload data for {} ms; the upload was abandoned",
+                        s.body_timeout.as_millis()
+                    ),
+                ))
+            }
+        };
         let piece = piece.map_err(|e| ApiError::bad_request(format!("upload interrupted: {e}")))?;
         total += piece.len() as u64;
         if total > s.max_bundle_bytes {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-large",
-                format!("bundle exceeds the {}-byte limit", s.max_bundle_bytes),
-            ));
+            return Err(too_large());
         }
         file.write_all(&piece).await.map_err(ApiError::internal)?;
     }

@@ -19,12 +19,14 @@
 //! `{"error": "...", "code": "..."}` with a fitting status.
 //!
 //! Plain HTTP by default; HTTPS when `http_tls` gives a certificate and
-//! key ([`tls`]).
+//! key ([`tls`]). Connections are served by [`serve`], which bounds the
+//! time a client may take to send its headers.
 
 mod api;
 mod metrics;
 mod origin;
 mod rollouts;
+pub mod serve;
 pub mod tls;
 
 use std::path::PathBuf;
@@ -72,6 +74,10 @@ pub struct AppState {
     pub upload_dir: PathBuf,
     /// Largest upload.
     pub max_bundle_bytes: u64,
+    /// Longest wait for the next piece of a request body.
+    pub body_timeout: std::time::Duration,
+    /// Largest request body other than a bundle upload.
+    pub max_request_bytes: usize,
     /// The control plane's counters.
     pub control: Arc<ControlStats>,
     /// The control plane, for publishing (the rollout planner's entry).
@@ -185,12 +191,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rollouts", get(rollouts::list))
         .route("/v1/rollouts/{id}", get(rollouts::get))
         .route_layer(guard(Access::Read));
-    let writes = Router::new()
+    // Bundles can be gigabytes: the upload handler streams them to disk
+    // and enforces `max_bundle_bytes` itself.
+    let upload = Router::new()
         .route("/v1/releases", post(api::publish_release))
-        .route("/v1/devices/{id}/accept", post(api::accept_device))
         .route_layer(guard(Access::Operator))
         .layer(DefaultBodyLimit::disable());
-    // Small JSON bodies: axum's default body limit applies.
+    let writes = Router::new()
+        .route("/v1/devices/{id}/accept", post(api::accept_device))
+        .route_layer(guard(Access::Operator));
+    // Small JSON bodies: the router-wide body limit applies.
     let rollout_writes = Router::new()
         .route("/v1/rollouts", post(rollouts::create))
         .route("/v1/rollouts/{id}/{command}", post(rollouts::command))
@@ -203,12 +213,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/health", get(api::health))
         .route("/v1/chunks/{id}", get(origin::chunk))
         .route("/v1/manifests/{id}", get(origin::manifest));
+    let max_request_bytes = state.max_request_bytes;
     Router::new()
         .merge(reads)
+        .merge(upload)
         .merge(writes)
         .merge(rollout_writes)
         .merge(metrics)
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
+        // Every other body (JSON requests) is small.
+        .layer(DefaultBodyLimit::max(max_request_bytes))
         .with_state(state)
 }

@@ -1,17 +1,8 @@
-//! HTTPS for the API and origin: rustls (aws-lc-rs) in front of the same
-//! axum router, one hyper HTTP/1.1 connection per accepted TLS stream.
-//! `axum::serve` has no TLS, hence this small accept loop.
+//! HTTPS for the API and origin: the rustls (aws-lc-rs) acceptor that
+//! [`super::serve`] puts in front of the same axum router.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
-
-use axum::Router;
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinSet;
 use tokio_rustls::rustls::{self, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
@@ -50,47 +41,4 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ConfigError> {
         .map_err(|e| invalid(&files.key, &e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// Serves `app` over TLS until `stop` fires; then closes every connection.
-///
-/// # Errors
-/// Never in practice: accept errors are logged and retried.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    app: Router,
-    mut stop: oneshot::Receiver<()>,
-) -> Result<(), String> {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            accepted = listener.accept() => {
-                let (tcp, _) = match accepted {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "HTTPS accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, app) = (acceptor.clone(), app.clone());
-                conns.spawn(async move {
-                    // A client that never finishes the handshake must not
-                    // hold a task forever.
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
-                        return;
-                    };
-                    let service = TowerToHyperService::new(app);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-        }
-    }
-    conns.shutdown().await;
-    Ok(())
 }

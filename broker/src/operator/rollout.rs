@@ -176,7 +176,7 @@ impl RolloutCmd {
                         parse_duration(report_timeout).map_err(|e| usage("--report-timeout", e))?,
                     ),
                 };
-                let v = server.client().create_rollout(&req)?;
+                let v = server.client()?.create_rollout(&req)?;
                 if server.json {
                     json(&v)
                 } else {
@@ -184,7 +184,7 @@ impl RolloutCmd {
                 }
             }
             RolloutCmd::List { server } => {
-                let list = server.client().rollouts()?;
+                let list = server.client()?.rollouts()?;
                 if server.json {
                     return json(&list);
                 }
@@ -207,18 +207,18 @@ impl RolloutCmd {
                 }
                 Ok(out)
             }
-            RolloutCmd::Status { id, server } => view(&server.client().rollout(id)?, server),
+            RolloutCmd::Status { id, server } => view(&server.client()?.rollout(id)?, server),
             RolloutCmd::Pause { id, server } => {
-                view(&server.client().rollout_command(id, "pause")?, server)
+                view(&server.client()?.rollout_command(id, "pause")?, server)
             }
             RolloutCmd::Resume { id, server } => {
-                view(&server.client().rollout_command(id, "resume")?, server)
+                view(&server.client()?.rollout_command(id, "resume")?, server)
             }
             RolloutCmd::Abort { id, server } => {
-                view(&server.client().rollout_command(id, "abort")?, server)
+                view(&server.client()?.rollout_command(id, "abort")?, server)
             }
             RolloutCmd::Rollback { id, server } => {
-                view(&server.client().rollout_command(id, "rollback")?, server)
+                view(&server.client()?.rollout_command(id, "rollback")?, server)
             }
         }
     }

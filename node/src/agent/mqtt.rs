@@ -162,6 +162,24 @@ impl Signer {
     }
 }
 
+/// Hands a queued report to rumqttc; once accepted it waits in
+/// `unassigned` for its packet id. On failure it stays in the outbox and
+/// is sent again on the next start.
+async fn send(
+    client: &AsyncClient,
+    (topic, retain): (String, bool),
+    q: Queued,
+    unassigned: &mut VecDeque<(u64, QueuedKind)>,
+) {
+    if client
+        .publish(topic, QoS::AtLeastOnce, retain, q.bytes)
+        .await
+        .is_ok()
+    {
+        unassigned.push_back((q.seq, q.kind));
+    }
+}
+
 /// What the agent thread asks of the MQTT task.
 enum ToMqtt {
     Report(Box<ReportBody>),
@@ -407,14 +425,7 @@ pub async fn run_until(
         QueuedKind::Event => (events_topic.clone(), false),
     };
     for q in signer.outbox.pending()? {
-        let (t, retain) = topic_of(q.kind);
-        if client
-            .publish(t, QoS::AtLeastOnce, retain, q.bytes)
-            .await
-            .is_ok()
-        {
-            unassigned.push_back((q.seq, q.kind));
-        }
+        send(&client, topic_of(q.kind), q, &mut unassigned).await;
     }
     let mut backoff = Duration::from_secs(1);
     // A status at an interval, not only on changes, so the registry can
@@ -423,110 +434,120 @@ pub async fn run_until(
         tokio::time::Instant::now() + STATUS_INTERVAL,
         STATUS_INTERVAL,
     );
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            _ = heartbeat.tick() => {
-                let q = signer.sign(ReportBody::Status(last_status.clone()), clock.now())?;
-                let (t, retain) = topic_of(q.kind);
-                if client.publish(t, QoS::AtLeastOnce, retain, q.bytes).await.is_ok() {
-                    unassigned.push_back((q.seq, q.kind));
-                }
-            }
-            msg = rep_rx.recv() => {
-                let body = match msg {
-                    None => break,
-                    Some(ToMqtt::Resync) => {
-                        // Re-subscribing makes the broker send the retained
-                        // announcements again.
-                        for t in &announce {
-                            let _ = client.unsubscribe(t.clone()).await;
-                            let _ = client.subscribe(t.clone(), QoS::AtLeastOnce).await;
-                        }
-                        continue;
+    'run: loop {
+        // The poll future is kept until it completes. Dropped part-way
+        // through a connect (when another arm of the select won), it
+        // closed the fresh connection just after the broker's CONNACK:
+        // the broker saw each first login twice and published the will
+        // of the aborted one, and a steady stream of reports could keep
+        // a slow reconnect from ever finishing.
+        let ev = {
+            let poll = eventloop.poll();
+            tokio::pin!(poll);
+            loop {
+                tokio::select! {
+                    () = &mut shutdown => break 'run,
+                    _ = heartbeat.tick() => {
+                        let q = signer.sign(ReportBody::Status(last_status.clone()), clock.now())?;
+                        send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
-                    Some(ToMqtt::Report(body)) => *body,
-                };
-                if let ReportBody::Status(s) = &body {
-                    last_status = s.clone();
-                }
-                let q = signer.sign(body, clock.now())?;
-                let (t, retain) = topic_of(q.kind);
-                // On failure the report stays in the outbox for the next start.
-                if client.publish(t, QoS::AtLeastOnce, retain, q.bytes).await.is_ok() {
-                    unassigned.push_back((q.seq, q.kind));
-                }
-            }
-            ev = eventloop.poll() => match ev {
-                Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
-                    backoff = Duration::from_secs(1);
-                    tracing::info!("connected to {}", cfg.mqtt.url);
-                    if let Some(floor) = resign_floor.take() {
-                        let mut again = signer.resign_below(floor, clock.now())?;
-                        // The retained status may be the will: say we are back.
-                        again.push(signer.sign(ReportBody::Status(last_status.clone()), clock.now())?);
-                        for q in again {
-                            let (t, retain) = topic_of(q.kind);
-                            if client.publish(t, QoS::AtLeastOnce, retain, q.bytes).await.is_ok() {
-                                unassigned.push_back((q.seq, q.kind));
+                    msg = rep_rx.recv() => {
+                        let body = match msg {
+                            None => break 'run,
+                            Some(ToMqtt::Resync) => {
+                                // Re-subscribing makes the broker send the retained
+                                // announcements again.
+                                for t in &announce {
+                                    let _ = client.unsubscribe(t.clone()).await;
+                                    let _ = client.subscribe(t.clone(), QoS::AtLeastOnce).await;
+                                }
+                                continue;
                             }
+                            Some(ToMqtt::Report(body)) => *body,
+                        };
+                        if let ReportBody::Status(s) = &body {
+                            last_status = s.clone();
                         }
+                        let q = signer.sign(body, clock.now())?;
+                        send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
-                    for t in announce.iter().chain(std::iter::once(&cmd_topic)) {
-                        if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
-                            tracing::warn!("subscribe {t}: {e}");
-                        }
+                    ev = &mut poll => break ev,
+                }
+            }
+        };
+        match ev {
+            Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_secs(1);
+                tracing::info!("connected to {}", cfg.mqtt.url);
+                if let Some(floor) = resign_floor.take() {
+                    let mut again = signer.resign_below(floor, clock.now())?;
+                    // The retained status may be the will: say we are back.
+                    again.push(signer.sign(ReportBody::Status(last_status.clone()), clock.now())?);
+                    for q in again {
+                        send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
                 }
-                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
-                    let input = match Topic::parse(&p.topic) {
-                        Ok(Topic::Announce { .. }) => Some(Input::Announcement(p.payload.to_vec())),
-                        Ok(Topic::Cmd { .. }) => Some(Input::Command(p.payload.to_vec())),
-                        _ => None,
-                    };
-                    if let Some(i) = input {
-                        if in_tx.send(i).is_err() {
-                            break;
-                        }
+                for t in announce.iter().chain(std::iter::once(&cmd_topic)) {
+                    if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
+                        tracing::warn!("subscribe {t}: {e}");
                     }
                 }
-                Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => {
-                    // A resend after reconnect reuses its packet id.
-                    if let std::collections::hash_map::Entry::Vacant(slot) = inflight.entry(pkid) {
-                        if let Some(x) = unassigned.pop_front() {
-                            slot.insert(x);
-                        }
+            }
+            Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                let input = match Topic::parse(&p.topic) {
+                    // An empty retained message deletes the retained
+                    // one (the control plane clears announcements it
+                    // does not own): nothing to verify or report.
+                    Ok(Topic::Announce { .. }) if p.payload.is_empty() => None,
+                    Ok(Topic::Announce { .. }) => Some(Input::Announcement(p.payload.to_vec())),
+                    Ok(Topic::Cmd { .. }) => Some(Input::Command(p.payload.to_vec())),
+                    _ => None,
+                };
+                if let Some(i) = input {
+                    if in_tx.send(i).is_err() {
+                        break;
                     }
                 }
-                Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                    if let Some((seq, kind)) = inflight.remove(&ack.pkid) {
-                        signer.outbox.remove(seq, kind);
+            }
+            Ok(MqttEvent::Outgoing(Outgoing::Publish(pkid))) => {
+                // A resend after reconnect reuses its packet id.
+                if let std::collections::hash_map::Entry::Vacant(slot) = inflight.entry(pkid) {
+                    if let Some(x) = unassigned.pop_front() {
+                        slot.insert(x);
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    // The broker may have published the will: everything
-                    // from now on must outrank it, and the next connection
-                    // gets a fresh will above that.
-                    signer.counter.skip_past(will_counter);
-                    resign_floor = Some(resign_floor.map_or(will_counter, |f: u64| f.max(will_counter)));
-                    let (will, counter) = signer.will(last_status.clone(), clock.now())?;
-                    eventloop.mqtt_options.set_last_will(LastWill::new(
-                        status_topic.clone(),
-                        will,
-                        QoS::AtLeastOnce,
-                        true,
-                    ));
-                    will_counter = counter;
-                    if cfg.mqtt.username.is_none() {
-                        let token = device_token(&signer.device, &signer.key, clock.now())?;
-                        eventloop.mqtt_options.set_credentials(cfg.device.id.clone(), token);
-                    }
-                    let wait = jitter(backoff);
-                    tracing::warn!("mqtt: {e}; reconnecting in {wait:?}");
-                    tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
+                if let Some((seq, kind)) = inflight.remove(&ack.pkid) {
+                    signer.outbox.remove(seq, kind);
                 }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // The broker may have published the will: everything
+                // from now on must outrank it, and the next connection
+                // gets a fresh will above that.
+                signer.counter.skip_past(will_counter);
+                resign_floor =
+                    Some(resign_floor.map_or(will_counter, |f: u64| f.max(will_counter)));
+                let (will, counter) = signer.will(last_status.clone(), clock.now())?;
+                eventloop.mqtt_options.set_last_will(LastWill::new(
+                    status_topic.clone(),
+                    will,
+                    QoS::AtLeastOnce,
+                    true,
+                ));
+                will_counter = counter;
+                if cfg.mqtt.username.is_none() {
+                    let token = device_token(&signer.device, &signer.key, clock.now())?;
+                    eventloop
+                        .mqtt_options
+                        .set_credentials(cfg.device.id.clone(), token);
+                }
+                let wait = jitter(backoff);
+                tracing::warn!("mqtt: {e}; reconnecting in {wait:?}");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

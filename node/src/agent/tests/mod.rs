@@ -4,6 +4,7 @@
 
 mod crash;
 mod flow;
+mod mqtt_connect;
 mod mqtt_e2e;
 mod p2p_fetch;
 mod policy;

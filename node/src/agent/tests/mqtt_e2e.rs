@@ -58,7 +58,7 @@ dynamic_filters = true
 }
 
 /// A device data dir and config in `tmp`, talking to a broker on `port`.
-fn device_config(tmp: &Path, port: u16, w: &World) -> (Config, PathBuf) {
+pub(super) fn device_config(tmp: &Path, port: u16, w: &World) -> (Config, PathBuf) {
     let root_key = SecretKey::from_seed([1; 32]);
     let root: &TrustRoot = &w.root;
     std::fs::write(
@@ -90,12 +90,12 @@ root = "{slots}"
     (cfg, data_dir)
 }
 
-fn preloaded() -> Box<dyn super::super::driver::Fetcher> {
+pub(super) fn preloaded() -> Box<dyn super::super::driver::Fetcher> {
     Box::new(super::super::driver::PreloadedFetcher)
 }
 
 /// Runs the daemon on its own thread until the returned sender fires.
-fn spawn_daemon(
+pub(super) fn spawn_daemon(
     cfg: Config,
     store: MemStore,
     fetcher: Box<dyn super::super::driver::Fetcher>,

@@ -598,6 +598,12 @@ impl Fetches {
                     )
                     .map_err(|e| VerifyFailure::Store(e.to_string())),
             };
+            if result.is_ok() {
+                // One line per chunk fetched and durably stored: the
+                // observable behind "no chunk is fetched twice, even
+                // across a kill -9" (tests/tests/kill9.rs counts them).
+                tracing::debug!(target: "meshota::chunk_stored", chunk = %chunk, wire_bytes, "chunk stored");
+            }
             // The loop is gone on shutdown; the chunk is stored anyway.
             let _ = tx.send(Verified {
                 manifest,
