@@ -93,20 +93,21 @@ async fn forged_replayed_and_unenrolled_telemetry_is_rejected_and_the_registry_i
     )
     .await
     .unwrap();
-    // Replayed: genuinely signed, counter not above the last accepted.
+    // Replayed: the genuinely signed status again, as a captured copy
+    // (not retained, so it is not mistaken for a redelivery).
+    c.publish(
+        status_topic("d1"),
+        QoS::AtLeastOnce,
+        false,
+        report("d1", 5, ReportBody::Status(status(true)), &key),
+    )
+    .await
+    .unwrap();
     let ev = ReportBody::Event(Event::Error {
         code: "E_X".into(),
         message: "replay".into(),
         release: None,
     });
-    c.publish(
-        events_topic("d1"),
-        QoS::AtLeastOnce,
-        false,
-        report("d1", 5, ev.clone(), &key),
-    )
-    .await
-    .unwrap();
     // Unenrolled: a device nobody accepted, correctly self-signed.
     let ghost = SecretKey::from_seed([7; 32]);
     c.publish(
@@ -176,7 +177,8 @@ async fn forged_replayed_and_unenrolled_telemetry_is_rejected_and_the_registry_i
         reg.device(&dev("d1")).unwrap().filter(|d| !d.online)
     })
     .await;
-    assert_eq!(off.last_counter, 6);
+    // The event moved the events counter; the will moved neither.
+    assert_eq!((off.last_counter, off.last_event_counter), (5, 6));
     assert_eq!(off.version, accepted.version);
 
     // The metrics show it.
