@@ -348,6 +348,23 @@ pub async fn run_until(
     fetcher: Box<dyn Fetcher>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let backend = cfg.backend()?;
+    run_with_backend(cfg, store, fetcher, backend, shutdown).await
+}
+
+/// As [`run_until`] with an install backend built by the caller instead
+/// of the one `cfg` names (the simulator's backend, which only verifies
+/// and waits).
+///
+/// # Errors
+/// As [`run`].
+pub async fn run_with_backend(
+    cfg: Config,
+    store: Arc<dyn Store>,
+    fetcher: Box<dyn Fetcher>,
+    backend: Box<dyn crate::install::InstallBackend>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
     tokio::pin!(shutdown);
     let clock = SystemClock;
     let now = clock.now();
@@ -362,7 +379,7 @@ pub async fn run_until(
     let (fleet, device, compatible, channels) = ids(&cfg)?;
     let (rep_tx, mut rep_rx) = mpsc::unbounded_channel();
     let parts = DriverParts {
-        backend: cfg.backend()?,
+        backend,
         store,
         data_dir: cfg.data_dir.clone(),
         fetcher,
@@ -552,9 +569,13 @@ pub async fn run_until(
         }
     }
     drop(in_tx);
-    match agent.join() {
-        Ok(r) => r,
-        Err(_) => Err(DaemonError::Agent("panicked".into())),
+    // The agent thread may be finishing an install or a health check:
+    // wait for it off the runtime, so other tasks (many agents share one
+    // runtime in the simulator) keep running.
+    match tokio::task::spawn_blocking(move || agent.join()).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err(DaemonError::Agent("panicked".into())),
+        Err(e) => Err(DaemonError::Agent(format!("joining the agent thread: {e}"))),
     }
 }
 

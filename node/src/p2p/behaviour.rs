@@ -2,16 +2,19 @@
 
 use std::time::Duration;
 
+use libp2p::core::upgrade;
+use libp2p::core::ConnectedPoint;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     allow_block_list, connection_limits, identify, kad, mdns, memory_connection_limits, noise,
-    ping, request_response, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder,
+    ping, request_response, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder, Transport,
 };
 
 use super::codec::{ChunkCodec, PROTOCOL};
 use super::config::P2pConfig;
+use super::shape::{ConnInfo, ConnectionShaper, ShapedIo};
 use super::P2pError;
 
 /// Kademlia protocol name: a meshota-only DHT, never mixed with IPFS.
@@ -41,7 +44,9 @@ pub(crate) struct MeshBehaviour {
     pub(crate) chunks: request_response::Behaviour<ChunkCodec>,
 }
 
-/// Builds the swarm: TCP + noise + yamux and the behaviours above.
+/// Builds the swarm: TCP + noise + yamux and the behaviours above. With
+/// [`P2pConfig::shaper`] set, every raw TCP connection goes through the
+/// shaper before noise; without it the stock TCP path is used.
 ///
 /// # Errors
 /// [`P2pError::Transport`] / [`P2pError::Behaviour`] when libp2p refuses.
@@ -49,66 +54,107 @@ pub(crate) fn build_swarm(
     config: &P2pConfig,
     keypair: Keypair,
 ) -> Result<Swarm<MeshBehaviour>, P2pError> {
-    let swarm = SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| P2pError::Transport(e.to_string()))?
-        .with_behaviour(|key| {
-            let peer_id = key.public().to_peer_id();
-            let limits = connection_limits::ConnectionLimits::default()
-                .with_max_established(Some(config.max_connections))
-                .with_max_established_per_peer(Some(config.max_connections_per_peer))
-                .with_max_pending_incoming(Some(config.max_connections))
-                .with_max_pending_outgoing(Some(config.max_connections));
-            let memory = config
-                .max_memory_fraction
-                .map(memory_connection_limits::Behaviour::with_max_percentage);
-            let identify = identify::Behaviour::new(
-                identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-                    .with_agent_version(format!("meshota-node/{}", env!("CARGO_PKG_VERSION"))),
-            );
-            let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
-            kad_cfg.set_query_timeout(Duration::from_secs(30));
-            let mut kad = kad::Behaviour::with_config(
-                peer_id,
-                kad::store::MemoryStore::new(peer_id),
-                kad_cfg,
-            );
-            // Devices sit on private LANs without confirmed external
-            // addresses; answer DHT queries anyway.
-            kad.set_mode(Some(kad::Mode::Server));
-            let mdns = if config.mdns {
-                Some(mdns::tokio::Behaviour::new(
-                    mdns::Config::default(),
-                    peer_id,
-                )?)
-            } else {
-                None
-            };
-            let chunks = request_response::Behaviour::with_codec(
-                ChunkCodec,
-                [(PROTOCOL, request_response::ProtocolSupport::Full)],
-                request_response::Config::default()
-                    .with_request_timeout(config.request_timeout)
-                    .with_max_concurrent_streams(config.max_concurrent_uploads.max(1) * 4 + 64),
-            );
-            Ok(MeshBehaviour {
-                limits: connection_limits::Behaviour::new(limits),
-                memory: Toggle::from(memory),
-                blocked: allow_block_list::Behaviour::default(),
-                identify,
-                ping: ping::Behaviour::new(ping::Config::new()),
-                kad,
-                mdns: Toggle::from(mdns),
-                chunks,
+    let tcp_config = tcp::Config::default().nodelay(true);
+    let idle = config.idle_connection_timeout;
+    let behaviour = |key: &Keypair| make_behaviour(config, key);
+    let swarm = match config.shaper.clone() {
+        None => SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+            .map_err(|e| P2pError::Transport(e.to_string()))?
+            .with_behaviour(behaviour)
+            .map_err(|e| P2pError::Behaviour(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+        Some(shaper) => SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_other_transport(|key| {
+                let noise = noise::Config::new(key)?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp_config)
+                        .map(move |stream, endpoint| shaped(&*shaper, stream, endpoint))
+                        .upgrade(upgrade::Version::V1Lazy)
+                        .authenticate(noise)
+                        .multiplex(yamux::Config::default()),
+                )
             })
-        })
-        .map_err(|e| P2pError::Behaviour(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(config.idle_connection_timeout))
-        .build();
+            .map_err(|e| P2pError::Transport(e.to_string()))?
+            .with_behaviour(behaviour)
+            .map_err(|e| P2pError::Behaviour(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
+            .build(),
+    };
     Ok(swarm)
+}
+
+/// Hands a raw TCP connection to the shaper. A connection whose addresses
+/// the kernel cannot report is already failing; it goes through unshaped.
+fn shaped(
+    shaper: &dyn ConnectionShaper,
+    stream: tcp::tokio::TcpStream,
+    endpoint: ConnectedPoint,
+) -> Box<dyn ShapedIo> {
+    match (stream.0.local_addr(), stream.0.peer_addr()) {
+        (Ok(local), Ok(remote)) => shaper.shape(
+            Box::new(stream),
+            ConnInfo {
+                local,
+                remote,
+                dialer: endpoint.is_dialer(),
+            },
+        ),
+        _ => Box::new(stream),
+    }
+}
+
+/// The composed behaviour, the same whichever transport carries it.
+fn make_behaviour(
+    config: &P2pConfig,
+    key: &Keypair,
+) -> Result<MeshBehaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer_id = key.public().to_peer_id();
+    let limits = connection_limits::ConnectionLimits::default()
+        .with_max_established(Some(config.max_connections))
+        .with_max_established_per_peer(Some(config.max_connections_per_peer))
+        .with_max_pending_incoming(Some(config.max_connections))
+        .with_max_pending_outgoing(Some(config.max_connections));
+    let memory = config
+        .max_memory_fraction
+        .map(memory_connection_limits::Behaviour::with_max_percentage);
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+            .with_agent_version(format!("meshota-node/{}", env!("CARGO_PKG_VERSION"))),
+    );
+    let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
+    kad_cfg.set_query_timeout(Duration::from_secs(30));
+    let mut kad =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
+    // Devices sit on private LANs without confirmed external
+    // addresses; answer DHT queries anyway.
+    kad.set_mode(Some(kad::Mode::Server));
+    let mdns = if config.mdns {
+        Some(mdns::tokio::Behaviour::new(
+            mdns::Config::default(),
+            peer_id,
+        )?)
+    } else {
+        None
+    };
+    let chunks = request_response::Behaviour::with_codec(
+        ChunkCodec,
+        [(PROTOCOL, request_response::ProtocolSupport::Full)],
+        request_response::Config::default()
+            .with_request_timeout(config.request_timeout)
+            .with_max_concurrent_streams(config.max_concurrent_uploads.max(1) * 4 + 64),
+    );
+    Ok(MeshBehaviour {
+        limits: connection_limits::Behaviour::new(limits),
+        memory: Toggle::from(memory),
+        blocked: allow_block_list::Behaviour::default(),
+        identify,
+        ping: ping::Behaviour::new(ping::Config::new()),
+        kad,
+        mdns: Toggle::from(mdns),
+        chunks,
+    })
 }

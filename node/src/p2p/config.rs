@@ -1,10 +1,12 @@
 //! Configuration of a peer-to-peer node.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::Multiaddr;
 use meshota_protocol::SiteId;
 
+use super::shape::ConnectionShaper;
 use crate::sched::SchedulerConfig;
 
 /// How a node takes part in the mesh.
@@ -59,6 +61,9 @@ pub struct P2pConfig {
     /// **Test and simulator only.** Flip a byte in every chunk served, to
     /// play a malicious peer. Never set this on a real device.
     pub corrupt_uploads: bool,
+    /// **Simulator only.** Wraps every TCP connection (token buckets,
+    /// latency); `None` (the default) uses the stock transport untouched.
+    pub shaper: Option<Arc<dyn ConnectionShaper>>,
 }
 
 impl Default for P2pConfig {
@@ -82,6 +87,7 @@ impl Default for P2pConfig {
             origin_dedup_window: Duration::from_secs(30),
             scheduler: SchedulerConfig::default(),
             corrupt_uploads: false,
+            shaper: None,
         }
     }
 }

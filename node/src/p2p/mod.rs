@@ -15,6 +15,8 @@
 //!   [`crate::sched::Scheduler`] per fetch, verifying every chunk before
 //!   the store sees it.
 //! - `fetcher`: [`P2pFetcher`], the device agent's fetcher over a node.
+//! - [`shape`]: the [`ConnectionShaper`] hook the simulator uses to put
+//!   every TCP connection through its network model.
 //! - `node`: [`Node::spawn`] returns a [`NodeHandle`]; an event loop
 //!   `select!`s over the swarm, handle commands, delayed responses and
 //!   verified chunks, and never blocks.
@@ -47,6 +49,7 @@ mod fetch;
 mod fetcher;
 mod node;
 mod serve;
+pub mod shape;
 
 use libp2p::PeerId;
 use meshota_protocol::ManifestId;
@@ -56,6 +59,7 @@ pub use fetch::{DownloadReport, FetchError, FetchOptions, FetchProgress};
 pub use fetcher::{load_or_create_identity, P2pFetcher};
 pub use node::{Node, NodeHandle};
 pub use serve::{NodeStats, TokenBucket};
+pub use shape::{ConnInfo, ConnectionShaper, ShapedIo};
 
 /// Why the node could not start or carry out a command.
 #[derive(Debug, thiserror::Error)]
