@@ -17,10 +17,11 @@
 //! - [`load`]: `meshota-sim load`, MQTT-only virtual devices against a
 //!   broker, for connect rate, throughput and delivery latency.
 //!
-//! Live mode (real broker, real node agents over a shaped libp2p
-//! transport) and `meshota-sim demo` land with issue 7.
+//! - [`live`]: live mode. The real broker and real device agents in one
+//!   process, over a shaped loopback network.
 #![warn(missing_docs)]
 
+pub mod live;
 pub mod load;
 pub mod progress;
 pub mod report;

@@ -1,5 +1,8 @@
 //! Scenarios: the fleet, its network and its faults, from flags or TOML.
 
+use std::time::Duration;
+
+use meshota_node::sched::SchedulerConfig;
 use serde::{Deserialize, Serialize};
 
 /// Bytes per second in one mebibit per second.
@@ -73,6 +76,17 @@ pub struct Scenario {
     pub have_refresh_ms: u64,
     /// Milliseconds of the first back-off after a `Busy` answer.
     pub busy_backoff_ms: u64,
+    /// Share of devices that crash once in the middle of their download
+    /// and restart from their store (live mode).
+    pub crash_rate: f64,
+    /// Share of devices that go offline once, at a random moment of their
+    /// wave, and come back after `churn_offline_s` (live mode).
+    pub churn_rate: f64,
+    /// Seconds a churned device stays offline.
+    pub churn_offline_s: u64,
+    /// Live mode gives up on devices not finished after this many seconds
+    /// of rollout (they count as failed).
+    pub live_timeout_s: u64,
     /// Seed for every random choice; the same seed replays the same run.
     pub seed: u64,
 }
@@ -106,6 +120,10 @@ impl Default for Scenario {
             patience_s: 8,
             have_refresh_ms: 1000,
             busy_backoff_ms: 250,
+            crash_rate: 0.0,
+            churn_rate: 0.0,
+            churn_offline_s: 5,
+            live_timeout_s: 900,
             seed: 1,
         }
     }
@@ -183,6 +201,8 @@ impl Scenario {
         for (field, v) in [
             ("health_fail_rate", self.health_fail_rate),
             ("malicious_rate", self.malicious_rate),
+            ("crash_rate", self.crash_rate),
+            ("churn_rate", self.churn_rate),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 return bad(field, "must be a share between 0.0 and 1.0");
@@ -205,6 +225,24 @@ impl Scenario {
     /// Site of device `d`.
     pub fn site_of(&self, d: u32) -> u32 {
         d % self.sites
+    }
+
+    /// The chunk scheduler of device `d`, tuned to the scenario's rates.
+    /// Live and virtual runs use the same, so they run the same policy.
+    pub fn scheduler_config(&self, d: u32) -> SchedulerConfig {
+        let chunk_time = u64::from(self.chunk_avg) * 1_000_000 / self.device_up_bps.max(1);
+        SchedulerConfig {
+            have_refresh: Duration::from_millis(self.have_refresh_ms),
+            request_timeout: Duration::from_micros(
+                (chunk_time * u64::from(self.max_uploads) * 8).max(30_000_000),
+            ),
+            min_rate_bps: 1024,
+            site_patience: Duration::from_secs(self.patience_s),
+            busy_backoff: Duration::from_millis(self.busy_backoff_ms),
+            stall_timeout: Duration::from_secs(3600),
+            seed: self.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),
+            ..SchedulerConfig::default()
+        }
     }
 }
 

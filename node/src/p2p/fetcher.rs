@@ -77,6 +77,14 @@ impl Fetcher for P2pFetcher {
             loop {
                 tokio::select! {
                     done = &mut fetch => {
+                        // The last chunks' progress may not have been seen
+                        // yet: hand over the report's exact split.
+                        if let Ok(report) = &done {
+                            progress(FetchProgress {
+                                bytes: report.bytes,
+                                total: payload_size(store, &manifest_id).unwrap_or(0),
+                            });
+                        }
                         return done.map(|_| ()).map_err(|e| e.to_string());
                     }
                     changed = rx.changed() => {

@@ -1,0 +1,538 @@
+//! Setting up a live fleet: keys, a signed bundle of random bytes, the
+//! embedded broker with its origin seeder, and N devices, each with its
+//! own MQTT session, libp2p node, store and simulated slots. Devices can
+//! be stopped (a crash: the node dies first, so a download in flight
+//! breaks off) and started again on the same store and data directory.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::Multiaddr;
+use meshota_broker::server::Server;
+use meshota_node::agent::mqtt::{self, DaemonError};
+use meshota_node::p2p::{Node, NodeEvent, NodeHandle, P2pConfig, P2pFetcher};
+use meshota_protocol::{ManifestId, ReleaseId, SecretKey, SiteId, Signed};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::backend::{SharedSlots, SimBackend};
+use super::shaper::{device_ip, NetModel};
+use super::store::{ChunkPool, PoolStore};
+use super::track::{Tracker, TrackingFetcher};
+use super::LiveError;
+use crate::scenario::Scenario;
+
+/// Device class of the simulated fleet.
+pub const COMPATIBLE: &str = "sim";
+/// Channel the release is published on.
+pub const CHANNEL: &str = "stable";
+/// Longest a device's fetch may run before the agent retries it.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(900);
+/// Longest a stop waits for a device's agent to wind down.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The release under test.
+#[derive(Debug, Clone)]
+pub struct ReleaseInfo {
+    /// The offline-signed release.
+    pub signed: Signed<meshota_protocol::Release>,
+    /// Its id.
+    pub id: ReleaseId,
+    /// Its manifest.
+    pub manifest_id: ManifestId,
+    /// Chunk bytes in stored form (one full copy off the origin).
+    pub stored_bytes: u64,
+    /// Bytes of the bundle file.
+    pub file_bytes: u64,
+}
+
+/// A running device: its node, and its agent task.
+struct Running {
+    node: NodeHandle,
+    stop: oneshot::Sender<()>,
+    agent: JoinHandle<Result<(), DaemonError>>,
+}
+
+/// One simulated device.
+pub struct Device {
+    /// Fleet-wide index.
+    pub index: u32,
+    /// Device id (`dev-00042`).
+    pub id: String,
+    /// Site.
+    pub site: u32,
+    /// Serves corrupted chunks.
+    pub malicious: bool,
+    /// Passes its health check.
+    pub healthy: bool,
+    /// Devices it dials on every start (its LAN and WAN neighbours).
+    pub neighbours: Vec<u32>,
+    keypair: libp2p::identity::Keypair,
+    store: Arc<PoolStore>,
+    slots: SharedSlots,
+    data_dir: PathBuf,
+    addr: Option<Multiaddr>,
+    running: Option<Running>,
+}
+
+/// Everything of a live run.
+pub struct Fleet {
+    /// The scenario.
+    pub s: Scenario,
+    /// The broker deployment.
+    pub server: Server,
+    /// The devices.
+    pub devices: Vec<Device>,
+    /// The network model.
+    pub net: Arc<NetModel>,
+    /// Per-device records.
+    pub tracker: Arc<Tracker>,
+    /// The release.
+    pub release: ReleaseInfo,
+    /// The online rollout key.
+    pub rollout_key: Arc<SecretKey>,
+    /// The origin seeder's addresses, for announcements.
+    pub origin: Vec<Multiaddr>,
+    /// Peers banned for bad data, over the fleet.
+    pub bans: Arc<AtomicU64>,
+    /// Peers dropped as slow, over the fleet.
+    pub drops: Arc<AtomicU64>,
+    trust: PathBuf,
+    mqtt: std::net::SocketAddr,
+    // Last, so the broker and devices are gone before the files are.
+    _tmp: tempfile::TempDir,
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LiveError {
+    let what = what.into();
+    move |source| LiveError::Io { what, source }
+}
+
+fn rel(e: impl std::fmt::Display) -> LiveError {
+    LiveError::Release(e.to_string())
+}
+
+/// A seeded generator (splitmix64): the same seed gives the same fleet.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x11FE_5EED)
+    }
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A value in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    /// `k` distinct values of `0..n`, in random order.
+    pub fn pick(&mut self, n: u32, k: u32) -> Vec<u32> {
+        let mut all: Vec<u32> = (0..n).collect();
+        let k = k.min(n) as usize;
+        for i in 0..k {
+            let j = i + self.below((all.len() - i) as u64) as usize;
+            all.swap(i, j);
+        }
+        all.truncate(k);
+        all
+    }
+}
+
+/// Writes `bytes` of seeded random payload to `path`.
+fn write_payload(path: &Path, bytes: u64, seed: u64) -> Result<(), LiveError> {
+    let f = std::fs::File::create(path).map_err(io(format!("create {}", path.display())))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut rng = Rng::new(seed ^ 0xB0D7);
+    let mut left = bytes;
+    let mut block = [0u8; 8192];
+    while left > 0 {
+        for c in block.chunks_mut(8) {
+            c.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        w.write_all(&block[..n])
+            .map_err(io(format!("write {}", path.display())))?;
+        left -= n as u64;
+    }
+    w.flush().map_err(io(format!("write {}", path.display())))
+}
+
+/// Keys, a bundle, and a published release on a running broker.
+async fn setup_release(
+    s: &Scenario,
+    dir: &Path,
+) -> Result<(Server, ReleaseInfo, Arc<SecretKey>, PathBuf), LiveError> {
+    use meshota_broker::bundle_tool::create::{create, CreateOptions};
+    use meshota_broker::cli::keys::{init, InitOptions, RoleSpec};
+    let now = meshota_broker::now();
+    let keys = dir.join("keys");
+    let report = init(&InitOptions {
+        dir: keys.clone(),
+        root: RoleSpec::default(),
+        release: RoleSpec::default(),
+        rollout: RoleSpec::default(),
+        expires_days: 30,
+        force: false,
+        now,
+    })
+    .map_err(rel)?;
+    let payload = dir.join("payload.img");
+    write_payload(&payload, s.bundle_bytes, s.seed)?;
+    let bundle = dir.join("release.mota");
+    let created = create(
+        &CreateOptions {
+            payload: payload.clone(),
+            out: bundle.clone(),
+            keys_dir: keys.clone(),
+            name: "sim-rootfs".into(),
+            version: "1.0.0".into(),
+            compatible: COMPATIBLE.into(),
+            channel: CHANNEL.into(),
+            kind: meshota_protocol::InstallKind::Image,
+            sequence: None,
+            expires_days: 7,
+            meta: Vec::new(),
+            threads: Some(2),
+            chunk_avg_kib: Some((s.chunk_avg / 1024).max(1)),
+            now,
+        },
+        &indicatif::ProgressBar::hidden(),
+    )
+    .map_err(rel)?;
+    // The payload is in the bundle now; free the disk.
+    let _ = std::fs::remove_file(&payload);
+
+    let mut cfg = meshota_broker::config::Config::for_tests(&dir.join("broker"));
+    cfg.trust = Some(report.trust_file.clone());
+    cfg.rollout_key = Some(keys.join("rollout.key"));
+    cfg.auto_accept = true;
+    cfg.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    cfg.max_connections = (s.devices as usize) * 2 + 100;
+    let server = Server::spawn(cfg).await?;
+    let trust = server
+        .trust()
+        .cloned()
+        .ok_or_else(|| rel("the broker loaded no trust root"))?;
+    let rollout_key = server
+        .rollout_key()
+        .cloned()
+        .ok_or_else(|| rel("the broker loaded no rollout key"))?;
+    let (store, registry) = (server.store().clone(), server.registry().clone());
+    let path = bundle.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        meshota_broker::origin::publish_bundle(&path, &trust, store.as_ref(), &registry, now)
+    })
+    .await
+    .map_err(rel)?
+    .map_err(rel)?;
+    if let Some(seeder) = server.seeder() {
+        seeder.provide(record.manifest_id).await;
+    }
+    let file = std::fs::File::open(&bundle).map_err(io("open the bundle"))?;
+    let reader = meshota_protocol::bundle::BundleReader::open(std::io::BufReader::new(file))
+        .map_err(rel)?;
+    let stored_bytes = stored_size(server.store().as_ref(), reader.manifest())?;
+    let info = ReleaseInfo {
+        signed: reader.signed_release().clone(),
+        id: reader.release_id(),
+        manifest_id: record.manifest_id,
+        stored_bytes,
+        file_bytes: created.bundle_size,
+    };
+    Ok((server, info, rollout_key, report.trust_file))
+}
+
+/// Stored bytes of every distinct chunk of `m`.
+fn stored_size(
+    store: &dyn meshota_node::store::Store,
+    m: &meshota_protocol::Manifest,
+) -> Result<u64, LiveError> {
+    let mut total = 0;
+    for (id, _) in m.unique_chunks() {
+        if let Some(c) = store.get_chunk(&id).map_err(rel)? {
+            total += c.data.len() as u64;
+        }
+    }
+    Ok(total)
+}
+
+impl Fleet {
+    /// Sets up the release, the broker and every device (not started).
+    ///
+    /// # Errors
+    /// [`LiveError`] naming the step that failed.
+    pub async fn new(s: &Scenario) -> Result<Self, LiveError> {
+        let tmp = tempfile::Builder::new()
+            .prefix("meshota-sim-")
+            .tempdir()
+            .map_err(io("create a temporary directory"))?;
+        let (server, release, rollout_key, trust) = setup_release(s, tmp.path()).await?;
+        let mqtt = server
+            .mqtt_addr()
+            .ok_or_else(|| rel("the broker has no MQTT listener"))?;
+        let origin = match server.seeder() {
+            Some(seeder) => seeder.addrs().await,
+            None => Vec::new(),
+        };
+        let net = NetModel::new(s);
+        let pool = ChunkPool::new();
+        let mut rng = Rng::new(s.seed);
+        let share = |rate: f64| (rate * f64::from(s.devices)).round() as u32;
+        let malicious = rng.pick(s.devices, share(s.malicious_rate));
+        let unhealthy = rng.pick(s.devices, share(s.health_fail_rate));
+        let mut devices = Vec::with_capacity(s.devices as usize);
+        for index in 0..s.devices {
+            let site = s.site_of(index);
+            let id = format!("dev-{index:05}");
+            let data_dir = tmp.path().join(&id);
+            std::fs::create_dir_all(&data_dir).map_err(io(format!("create {id}'s data dir")))?;
+            devices.push(Device {
+                index,
+                site,
+                malicious: malicious.contains(&index),
+                healthy: !unhealthy.contains(&index),
+                neighbours: neighbours(s, index, &mut rng),
+                keypair: libp2p::identity::Keypair::generate_ed25519(),
+                store: Arc::new(PoolStore::new(pool.clone())),
+                slots: SharedSlots::default(),
+                data_dir,
+                addr: None,
+                running: None,
+                id,
+            });
+        }
+        Ok(Self {
+            s: s.clone(),
+            server,
+            tracker: Arc::new(Tracker::new(devices.len())),
+            devices,
+            net,
+            release,
+            rollout_key,
+            origin,
+            bans: Arc::default(),
+            drops: Arc::default(),
+            trust,
+            mqtt,
+            _tmp: tmp,
+        })
+    }
+
+    fn device_err(&self, i: usize, reason: impl std::fmt::Display) -> LiveError {
+        LiveError::Device {
+            device: self.devices.get(i).map_or_else(String::new, |d| d.id.clone()),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Starts device `i`'s libp2p node and learns its address.
+    ///
+    /// # Errors
+    /// [`LiveError::Device`].
+    pub async fn start_node(&mut self, i: usize) -> Result<NodeHandle, LiveError> {
+        let s = &self.s;
+        let d = &self.devices[i];
+        let ip = device_ip(d.index, s.sites);
+        let site = SiteId::new(format!("site-{}", d.site)).map_err(|e| self.device_err(i, e))?;
+        let cfg = P2pConfig {
+            listen: vec![Multiaddr::from(ip).with(Protocol::Tcp(0))],
+            site: Some(site),
+            mdns: false,
+            bootstrap: self.origin.clone(),
+            max_concurrent_uploads: s.max_uploads as usize,
+            corrupt_uploads: d.malicious,
+            shaper: Some(self.net.shaper(d.index)),
+            // The simulated device is small; the host is not the device.
+            max_memory_fraction: None,
+            scheduler: s.scheduler_config(d.index),
+            ..P2pConfig::default()
+        };
+        let node = Node::spawn(cfg, d.store.clone(), d.keypair.clone())
+            .map_err(|e| self.device_err(i, e))?;
+        let addrs = node.listen_addrs().await.map_err(|e| self.device_err(i, e))?;
+        let peer = node.peer_id();
+        self.devices[i].addr = addrs.into_iter().next().map(|a| a.with(Protocol::P2p(peer)));
+        let (bans, drops) = (self.bans.clone(), self.drops.clone());
+        let mut events = node.events();
+        tokio::spawn(async move {
+            // Ends when the node shuts down and the channel closes.
+            loop {
+                match events.recv().await {
+                    Ok(NodeEvent::PeerBanned { .. }) => {
+                        bans.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(NodeEvent::PeerDropped { .. }) => {
+                        drops.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        Ok(node)
+    }
+
+    /// Dials device `i`'s neighbours that are up, in the background: what
+    /// mDNS and the DHT would find on a real network.
+    pub fn dial_neighbours(&self, i: usize, node: &NodeHandle) {
+        for &n in &self.devices[i].neighbours {
+            let Some(addr) = self.devices[n as usize].addr.clone() else {
+                continue;
+            };
+            let node = node.clone();
+            tokio::spawn(async move {
+                // A neighbour that is down is simply not found.
+                let _ = tokio::time::timeout(Duration::from_secs(20), node.dial(addr)).await;
+            });
+        }
+    }
+
+    /// Starts device `i`'s agent over its running node.
+    ///
+    /// # Errors
+    /// [`LiveError::Device`] when its configuration does not parse.
+    pub fn start_agent(&mut self, i: usize, node: NodeHandle) -> Result<(), LiveError> {
+        let d = &self.devices[i];
+        let cfg = meshota_node::config::Config::parse(&format!(
+            r#"
+data_dir = "{data}"
+[device]
+id = "{id}"
+fleet = "default"
+site = "site-{site}"
+compatible = "{COMPATIBLE}"
+channels = ["{CHANNEL}"]
+[mqtt]
+url = "mqtt://{mqtt}"
+[trust]
+root = "{trust}"
+"#,
+            data = d.data_dir.display(),
+            id = d.id,
+            site = d.site,
+            mqtt = self.mqtt,
+            trust = self.trust.display(),
+        ))
+        .map_err(|e| self.device_err(i, e))?;
+        let tracker = self.tracker.clone();
+        let index = i;
+        let backend = SimBackend::new(
+            d.slots.clone(),
+            Duration::from_secs(self.s.install_s),
+            Duration::from_secs(self.s.health_s),
+            d.healthy,
+            Box::new(move |ev| tracker.slot_event(index, ev)),
+        );
+        let fetcher = TrackingFetcher::new(
+            P2pFetcher::new(
+                node.clone(),
+                tokio::runtime::Handle::current(),
+                Some(FETCH_TIMEOUT),
+            ),
+            self.tracker.clone(),
+            i,
+        );
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let store: Arc<dyn meshota_node::store::Store> = d.store.clone();
+        let agent = tokio::spawn(mqtt::run_with_backend(
+            cfg,
+            store,
+            Box::new(fetcher),
+            Box::new(backend),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
+        self.devices[i].running = Some(Running { node, stop, agent });
+        Ok(())
+    }
+
+    /// Starts device `i` (node, neighbours, agent).
+    ///
+    /// # Errors
+    /// As [`Fleet::start_node`] and [`Fleet::start_agent`].
+    pub async fn start(&mut self, i: usize) -> Result<(), LiveError> {
+        let node = self.start_node(i).await?;
+        self.dial_neighbours(i, &node);
+        self.start_agent(i, node)
+    }
+
+    /// Whether device `i` runs.
+    pub fn is_running(&self, i: usize) -> bool {
+        self.devices[i].running.is_some()
+    }
+
+    /// Stops device `i` as a crash would: the node goes first, so a fetch
+    /// in flight breaks off; then the agent, whose MQTT session ends and
+    /// whose last will marks it offline. Store, slots and data directory
+    /// stay for the next start.
+    pub async fn stop(&mut self, i: usize) {
+        let Some(r) = self.devices[i].running.take() else {
+            return;
+        };
+        r.node.shutdown().await;
+        let _ = r.stop.send(());
+        match tokio::time::timeout(STOP_TIMEOUT, r.agent).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(device = i, "agent ended with: {e}"),
+            Ok(Err(e)) => tracing::warn!(device = i, "agent task: {e}"),
+            Err(_) => tracing::warn!(device = i, "agent did not stop in time"),
+        }
+    }
+
+    /// Stops every device and the broker.
+    pub async fn shutdown(mut self) {
+        let stops: Vec<_> = (0..self.devices.len())
+            .filter_map(|i| self.devices[i].running.take())
+            .collect();
+        for r in &stops {
+            r.node.shutdown().await;
+        }
+        for r in stops {
+            let _ = r.stop.send(());
+            let _ = tokio::time::timeout(STOP_TIMEOUT, r.agent).await;
+        }
+        if let Err(e) = self.server.shutdown().await {
+            tracing::warn!("broker shutdown: {e}");
+        }
+    }
+
+    /// Bytes the origin seeder uploaded (chunk bytes, stored form).
+    pub fn origin_bytes(&self) -> u64 {
+        self.server
+            .seeder()
+            .map_or(0, |s| s.node().stats().uploaded_bytes)
+    }
+}
+
+/// `lan_peers` same-site and `wan_peers` other-site devices, at random.
+fn neighbours(s: &Scenario, index: u32, rng: &mut Rng) -> Vec<u32> {
+    let site = s.site_of(index);
+    let same: Vec<u32> = (0..s.devices)
+        .filter(|&d| d != index && s.site_of(d) == site)
+        .collect();
+    let other: Vec<u32> = (0..s.devices).filter(|&d| s.site_of(d) != site).collect();
+    let mut out: Vec<u32> = rng
+        .pick(same.len() as u32, s.lan_peers)
+        .into_iter()
+        .map(|k| same[k as usize])
+        .collect();
+    out.extend(
+        rng.pick(other.len() as u32, s.wan_peers)
+            .into_iter()
+            .map(|k| other[k as usize]),
+    );
+    out
+}

@@ -1,0 +1,148 @@
+//! Live mode: the real broker and N real device agents in one process,
+//! over a shaped loopback network.
+//!
+//! - [`shaper`]: the network model, plugged into every device's libp2p
+//!   transport through `meshota_node::p2p::ConnectionShaper`.
+//! - [`backend`]: the install backend that verifies and waits.
+//! - [`store`]: per-device stores over one shared copy of the bytes.
+//! - [`fleet`]: keys, the bundle, the broker, and starting, crashing and
+//!   restarting devices.
+//! - [`drive`]: the rollout, fault injection, and the [`Outcome`].
+//!
+//! [`run`] is the entry point; it produces the same [`Outcome`] as the
+//! virtual-time mode, so the summary and the report work on both.
+
+pub mod backend;
+pub mod drive;
+pub mod fleet;
+pub mod shaper;
+pub mod store;
+mod track;
+
+use std::time::Duration;
+
+use crate::scenario::Scenario;
+use crate::virt::Outcome;
+
+pub use track::Tracker;
+
+/// Why a live run could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// The scenario does not fit live mode.
+    #[error("live mode: {0}")]
+    Scenario(String),
+    /// A temporary directory or file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Keys, the bundle or publishing failed.
+    #[error("setting up the release: {0}")]
+    Release(String),
+    /// The broker did not start.
+    #[error("starting the broker: {0}")]
+    Broker(#[from] meshota_broker::server::ServerError),
+    /// A device could not be started.
+    #[error("starting device {device}: {reason}")]
+    Device {
+        /// The device.
+        device: String,
+        /// Why.
+        reason: String,
+    },
+    /// The devices did not all log in in time.
+    #[error("only {online} of {devices} devices came online within {waited:?}")]
+    NotOnline {
+        /// Online devices.
+        online: usize,
+        /// Fleet size.
+        devices: u32,
+        /// How long the run waited.
+        waited: Duration,
+    },
+    /// Opening the release to the fleet failed.
+    #[error("opening the rollout: {0}")]
+    Rollout(String),
+}
+
+/// Something worth telling the user while a run goes on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveEvent {
+    /// Setting up: a short description of the step.
+    Setup(String),
+    /// A wave was opened `at_s` seconds into the rollout.
+    WaveStarted {
+        /// Wave number, from 0.
+        wave: usize,
+        /// Seconds since the rollout started.
+        at_s: f64,
+        /// Devices newly inside the gate.
+        devices: usize,
+    },
+    /// Every device of a wave ended (or the run gave up on it).
+    WaveFinished {
+        /// Wave number, from 0.
+        wave: usize,
+        /// Seconds since the rollout started.
+        at_s: f64,
+    },
+    /// Fleet-wide counts, about every 200 ms.
+    Progress {
+        /// Devices committed.
+        committed: u32,
+        /// Devices rolled back.
+        rolled_back: u32,
+        /// Devices failed.
+        failed: u32,
+        /// Payload bytes fetched so far over the fleet (all sources).
+        fetched: u64,
+        /// Seconds since the rollout started.
+        at_s: f64,
+    },
+    /// A fault was injected.
+    Fault(String),
+}
+
+/// What a live run measured, beyond the shared [`Outcome`].
+#[derive(Debug, Clone)]
+pub struct LiveRun {
+    /// The figures every mode reports.
+    pub outcome: Outcome,
+    /// Bytes of the signed bundle file (chunks in stored, compressed form).
+    pub bundle_file_bytes: u64,
+    /// Chunk bytes of the release in stored form (what one full copy from
+    /// the origin costs).
+    pub release_stored_bytes: u64,
+    /// Wire bytes devices read from the origin (protocol overhead included).
+    pub origin_wire_bytes: u64,
+    /// Bytes that left each site over its WAN uplink.
+    pub site_wan_out: Vec<u64>,
+    /// Agent restarts injected (crashes and churn).
+    pub restarts: u32,
+    /// Wall-clock seconds of the whole run, setup included.
+    pub wall_s: f64,
+    /// Seconds of setup before the rollout started.
+    pub setup_s: f64,
+}
+
+/// Runs scenario `s` live, telling `progress` what happens.
+///
+/// # Errors
+/// [`LiveError`] when the fleet cannot be set up; devices that do not
+/// finish are reported in the outcome as failed, not as an error.
+pub fn run(s: &Scenario, progress: impl FnMut(LiveEvent) + Send) -> Result<LiveRun, LiveError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| LiveError::Io {
+            what: "starting the async runtime".into(),
+            source,
+        })?;
+    rt.block_on(drive::run(s, progress))
+}
