@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use meshota_sim::load::{Auth, LoadConfig};
 use meshota_sim::progress::ProgressView;
 use meshota_sim::report;
+use meshota_sim::live;
 use meshota_sim::scenario::Scenario;
 use meshota_sim::summary::Summary;
 
@@ -24,9 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a scenario. Only `--virtual` is implemented so far.
+    /// Run a scenario: live (real broker and agents) or `--virtual`.
     Run(RunArgs),
-    /// The README's demo (not implemented yet: needs live mode, issue 7).
+    /// The README's demo: ~100 live devices in 5 sites, a 32 MiB bundle,
+    /// a 3-wave rollout; report in ./meshota-demo/.
     Demo,
     /// Load a broker with MQTT-only virtual devices; report connect rate,
     /// throughput and publish-to-delivery latency.
@@ -124,44 +126,43 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     match Cli::parse().cmd {
         Cmd::Demo => {
+            let s = live::console::demo_scenario();
+            let base = meshota_sim::virt::run(&s, false, &mut |_| {})?;
+            let (run, summary) = live::console::run(&s, false, Some(&base))?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+            let dir = std::path::Path::new(live::console::DEMO_REPORT_DIR);
+            live::console::write_report(dir, &s, &run, &summary)?;
             eprintln!(
-                "meshota-sim demo: not implemented yet. It needs live mode (real broker and node \
-                 agents), tracked as issue 7. Try `meshota-sim run --virtual`."
+                "wall time {:.1} s ({:.1} s setup); report in {}/",
+                run.wall_s,
+                run.setup_s,
+                dir.display()
             );
-            Ok(ExitCode::from(2))
+            Ok(exit(&summary))
         }
         Cmd::Load(a) => load(a),
         Cmd::Run(a) => {
+            let s = scenario(&a)?;
             if !a.virtual_time {
-                anyhow::bail!(
-                    "live mode is not implemented yet (issue 7); add --virtual to run the \
-                     virtual-time model"
-                );
-            }
-            let mut s = match &a.scenario {
-                Some(p) => {
-                    let text = std::fs::read_to_string(p)
-                        .with_context(|| format!("reading scenario {}", p.display()))?;
-                    Scenario::from_toml(&text)?
+                // The origin-only baseline comes from the virtual model.
+                let base = if a.no_baseline {
+                    None
+                } else {
+                    Some(meshota_sim::virt::run(&s, false, &mut |_| {})?)
+                };
+                let (run, summary) = live::console::run(&s, a.json, base.as_ref())?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                if let Some(dir) = &a.report {
+                    live::console::write_report(dir, &s, &run, &summary)?;
                 }
-                None => Scenario::default(),
-            };
-            if let Some(v) = a.devices {
-                s.devices = v;
+                if !a.json {
+                    eprintln!(
+                        "wall time {:.1} s ({:.1} s setup), {} agent restarts",
+                        run.wall_s, run.setup_s, run.restarts
+                    );
+                }
+                return Ok(exit(&summary));
             }
-            if let Some(v) = a.sites {
-                s.sites = v;
-            }
-            if let Some(v) = a.bundle_mib {
-                s.bundle_bytes = v * 1024 * 1024;
-            }
-            if let Some(v) = a.waves {
-                s.waves = v;
-            }
-            if let Some(v) = a.seed {
-                s.seed = v;
-            }
-            s.validate()?;
             let started = std::time::Instant::now();
             let mut view = ProgressView::new(u64::from(s.devices), a.json, "meshota");
             let out = meshota_sim::virt::run(&s, true, &mut |p| view.on(p))?;
@@ -195,11 +196,7 @@ fn run() -> anyhow::Result<ExitCode> {
                     }
                 );
             }
-            Ok(if summary.ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(3)
-            })
+            Ok(exit(&summary))
         }
     }
 }
@@ -237,4 +234,41 @@ fn load(a: LoadArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+/// The scenario from the file (if any) and the flags over it.
+fn scenario(a: &RunArgs) -> anyhow::Result<Scenario> {
+    let mut s = match &a.scenario {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading scenario {}", p.display()))?;
+            Scenario::from_toml(&text)?
+        }
+        None => Scenario::default(),
+    };
+    if let Some(v) = a.devices {
+        s.devices = v;
+    }
+    if let Some(v) = a.sites {
+        s.sites = v;
+    }
+    if let Some(v) = a.bundle_mib {
+        s.bundle_bytes = v * 1024 * 1024;
+    }
+    if let Some(v) = &a.waves {
+        s.waves.clone_from(v);
+    }
+    if let Some(v) = a.seed {
+        s.seed = v;
+    }
+    s.validate()?;
+    Ok(s)
+}
+
+fn exit(summary: &Summary) -> ExitCode {
+    if summary.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
 }

@@ -11,12 +11,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use meshota_protocol::release::bucket;
-use meshota_protocol::{
-    codec, Action, Announcement, Channel, Compatible, DeviceId, FleetId, RolloutGate, Signed,
-    Topic, UpdateState,
-};
+use meshota_broker::rollout::RolloutState;
+use meshota_broker::rollouts::CreateRollout;
+use meshota_protocol::{Action, DeviceId, UpdateState};
 
-use super::fleet::{Fleet, Rng, CHANNEL, COMPATIBLE};
+use super::fleet::{Fleet, Rng};
 use super::track::add;
 use super::{LiveError, LiveEvent, LiveRun};
 use crate::scenario::Scenario;
@@ -141,57 +140,48 @@ async fn start_all(fleet: &mut Fleet, progress: &mut dyn FnMut(LiveEvent)) -> Re
     }
 }
 
-/// Opens the release to `share_bp` basis points of the fleet: signs a
-/// gate with the rollout key and publishes the announcement retained.
+/// Starts the staged rollout on the broker's own rollout driver (the
+/// production planner), with the scenario's waves and soak.
 ///
-/// TODO(issue 6): once the broker's rollout driver is on main, replace
-/// this and the wave loop in [`drive`] with
-/// `fleet.server.rollouts().create(RolloutSpec { .. })` and follow
-/// `status(&id)` for the wave times.
-async fn open_gate(fleet: &Fleet, share_bp: u16, sequence: u64) -> Result<(), LiveError> {
-    let bad = |e: &dyn std::fmt::Display| LiveError::Rollout(e.to_string());
-    let now = meshota_broker::now();
-    let gate = RolloutGate {
-        release_id: fleet.release.id,
-        share_bp,
+/// The thresholds suit measuring rather than guarding: a wave hands over
+/// once the devices not failed on purpose could have succeeded (so a
+/// scenario with health failures is not held up forever), and the
+/// rollout never halts on its own.
+fn start_rollout(fleet: &Fleet) -> Result<String, LiveError> {
+    let s = &fleet.s;
+    let success = (100.0 * (1.0 - 2.0 * s.health_fail_rate)).floor().clamp(1.0, 100.0) as u8;
+    let req = CreateRollout {
+        release: fleet.release.id,
+        waves: Some(s.waves.clone()),
         groups: Vec::new(),
-        action: Action::InstallAndActivate,
-        not_before: 0,
-        expires_at: now + 86_400,
-        sequence,
+        success_threshold: Some(success),
+        error_threshold: Some(100),
+        soak_secs: Some(s.soak_s),
+        action: Some(Action::InstallAndActivate),
+        not_before: None,
+        max_parallel: None,
+        gate_lifetime_secs: None,
+        report_timeout_secs: None,
     };
-    let gate = Signed::sign(&gate, &[fleet.rollout_key.as_ref()]).map_err(|e| bad(&e))?;
-    let ann = Announcement {
-        release: fleet.release.signed.clone(),
-        gate,
-        bootstrap: fleet.origin.iter().map(ToString::to_string).collect(),
-        http_origin: None,
-    };
-    let topic = Topic::Announce {
-        fleet: FleetId::new("default").map_err(|e| bad(&e))?,
-        compatible: Compatible::new(COMPATIBLE).map_err(|e| bad(&e))?,
-        channel: Channel::new(CHANNEL).map_err(|e| bad(&e))?,
-    };
-    let bytes = codec::encode(&ann).map_err(|e| bad(&e))?;
-    fleet
+    let view = fleet
         .server
-        .control()
-        .announce(&topic, bytes)
-        .await
-        .map_err(|e| bad(&e))
+        .rollouts()
+        .create(req, meshota_broker::now())
+        .map_err(|e| LiveError::Rollout(e.to_string()))?;
+    Ok(view.status.rollout.to_string())
 }
 
-/// Devices whose rollout bucket for the release is in `from..to`.
-fn wave_members(fleet: &Fleet, from: u16, to: u16) -> Result<Vec<usize>, LiveError> {
-    let mut out = Vec::new();
-    for d in &fleet.devices {
-        let id = DeviceId::new(d.id.clone()).map_err(|e| LiveError::Rollout(e.to_string()))?;
-        let b = bucket(&id, &fleet.release.id);
-        if (from..to).contains(&b) {
-            out.push(d.index as usize);
-        }
-    }
-    Ok(out)
+/// Every device's rollout bucket for the release.
+fn buckets(fleet: &Fleet) -> Result<Vec<u16>, LiveError> {
+    fleet
+        .devices
+        .iter()
+        .map(|d| {
+            DeviceId::new(d.id.clone())
+                .map(|id| bucket(&id, &fleet.release.id))
+                .map_err(|e| LiveError::Rollout(e.to_string()))
+        })
+        .collect()
 }
 
 /// The state of the run, looked at every [`POLL`].
@@ -315,39 +305,71 @@ async fn drive(
         ends: vec![None; n],
         restarts: 0,
     };
-    let mut waves = Vec::new();
-    let mut from = 0u16;
-    for (k, pct) in s.waves.iter().enumerate() {
-        let to = u16::from(*pct) * 100;
-        let members = wave_members(fleet, from, to)?;
-        from = to;
-        open_gate(fleet, to, k as u64 + 1).await?;
-        let start = Instant::now();
-        for &i in &members {
-            w.opened[i] = Some(start);
+    let buckets = buckets(fleet)?;
+    let id = start_rollout(fleet)?;
+    // Wave starts and ends as this run sees them (the planner's own times
+    // are whole seconds); `None` until seen.
+    let mut seen: Vec<(Option<f64>, Option<f64>)> = vec![(None, None); s.waves.len()];
+    loop {
+        tokio::time::sleep(POLL).await;
+        let now = Instant::now();
+        let view = fleet
+            .server
+            .rollouts()
+            .get(&id, meshota_broker::now())
+            .map_err(|e| LiveError::Rollout(e.to_string()))?;
+        let st = &view.status;
+        for (i, b) in buckets.iter().enumerate() {
+            if *b < st.share_bp && w.opened[i].is_none() {
+                w.opened[i] = Some(now);
+            }
         }
-        progress(LiveEvent::WaveStarted {
-            wave: k,
-            at_s: w.secs(start),
-            devices: members.len(),
-        });
-        while !w.done(&members) && Instant::now() < w.deadline {
-            tokio::time::sleep(POLL).await;
-            w.poll(fleet, progress).await?;
+        for (k, wave) in st.waves.iter().enumerate().take(seen.len()) {
+            if wave.started_at.is_some() && seen[k].0.is_none() {
+                seen[k].0 = Some(w.secs(now));
+                let opened = buckets.iter().filter(|b| **b < wave.goal_bp).count();
+                let before = match k {
+                    0 => 0,
+                    _ => buckets
+                        .iter()
+                        .filter(|b| **b < st.waves[k - 1].goal_bp)
+                        .count(),
+                };
+                progress(LiveEvent::WaveStarted {
+                    wave: k,
+                    at_s: w.secs(now),
+                    devices: opened.saturating_sub(before),
+                });
+            }
+            if wave.done_at.is_some() && seen[k].1.is_none() {
+                seen[k].1 = Some(w.secs(now));
+                progress(LiveEvent::WaveFinished {
+                    wave: k,
+                    at_s: w.secs(now),
+                });
+            }
         }
-        let end = Instant::now();
-        progress(LiveEvent::WaveFinished {
-            wave: k,
-            at_s: w.secs(end),
-        });
-        waves.push((w.secs(start), w.secs(end)));
-        // The next wave waits out this one's soak, as the virtual mode does.
-        let soak_end = start + Duration::from_secs(s.soak_s);
-        while k + 1 < s.waves.len() && Instant::now() < soak_end.min(w.deadline) {
-            tokio::time::sleep(POLL).await;
-            w.poll(fleet, progress).await?;
+        w.poll(fleet, progress).await?;
+        let all: Vec<usize> = (0..n).collect();
+        let stopped = matches!(
+            st.state,
+            RolloutState::Completed | RolloutState::Halted | RolloutState::Aborted
+        );
+        if (stopped && w.done(&all)) || now >= w.deadline {
+            if !stopped {
+                progress(LiveEvent::Fault(format!(
+                    "rollout still {} after live_timeout_s = {} s; giving up",
+                    st.state, s.live_timeout_s
+                )));
+            }
+            break;
         }
     }
+    let end = w.secs(Instant::now());
+    let waves = seen
+        .iter()
+        .filter_map(|(a, b)| a.map(|a| (a, b.unwrap_or(end))))
+        .collect();
     let recs = fleet.tracker.all();
     let mut commit_times_s: Vec<f64> = recs
         .iter()

@@ -7,12 +7,15 @@
 //! - [`store`]: per-device stores over one shared copy of the bytes.
 //! - [`fleet`]: keys, the bundle, the broker, and starting, crashing and
 //!   restarting devices.
-//! - [`drive`]: the rollout, fault injection, and the [`Outcome`].
+//! - [`drive`]: the rollout (the broker's own rollout driver), fault
+//!   injection, and the [`Outcome`].
+//! - [`console`]: the progress bar, the demo scenario, `report.json`.
 //!
 //! [`run`] is the entry point; it produces the same [`Outcome`] as the
 //! virtual-time mode, so the summary and the report work on both.
 
 pub mod backend;
+pub mod console;
 pub mod drive;
 pub mod fleet;
 pub mod shaper;

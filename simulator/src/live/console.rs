@@ -1,0 +1,178 @@
+//! What `meshota-sim run` (live) and `meshota-sim demo` show and write:
+//! a progress bar, a line per wave and per fault, the summary, and the
+//! report directory.
+
+use std::path::Path;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use super::{LiveError, LiveEvent, LiveRun};
+use crate::scenario::Scenario;
+use crate::summary::Summary;
+use crate::virt::Outcome;
+
+/// Where `meshota-sim demo` writes its report.
+pub const DEMO_REPORT_DIR: &str = "meshota-demo";
+
+/// The README's demo: about 100 devices in 5 sites, a 32 MiB bundle and
+/// a 3-wave rollout, sized to finish in under two minutes on a 2-core
+/// machine.
+pub fn demo_scenario() -> Scenario {
+    Scenario {
+        devices: 100,
+        sites: 5,
+        bundle_bytes: 32 * 1024 * 1024,
+        waves: vec![10, 50, 100],
+        soak_s: 5,
+        install_s: 3,
+        health_s: 1,
+        lan_peers: 8,
+        wan_peers: 2,
+        ..Scenario::default()
+    }
+}
+
+/// Renders [`LiveEvent`]s on stderr.
+#[derive(Debug)]
+pub struct Console {
+    bar: ProgressBar,
+    devices: u32,
+}
+
+impl Console {
+    /// A console for a fleet of `devices`; `quiet` shows nothing.
+    pub fn new(devices: u32, quiet: bool) -> Self {
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            let bar = ProgressBar::new(u64::from(devices));
+            let style = ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} done  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            bar.set_style(style);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        };
+        Self { bar, devices }
+    }
+
+    /// Shows one event.
+    pub fn event(&self, ev: &LiveEvent) {
+        match ev {
+            LiveEvent::Setup(what) => self.bar.set_message(format!("setting up: {what}")),
+            LiveEvent::WaveStarted {
+                wave,
+                at_s,
+                devices,
+            } => self.bar.println(format!(
+                "wave {} opens at {at_s:.1} s ({devices} devices)",
+                wave + 1
+            )),
+            LiveEvent::WaveFinished { wave, at_s } => self
+                .bar
+                .println(format!("wave {} hands over at {at_s:.1} s", wave + 1)),
+            LiveEvent::Progress {
+                committed,
+                rolled_back,
+                failed,
+                fetched,
+                at_s,
+            } => {
+                self.bar
+                    .set_position(u64::from(committed + rolled_back + failed));
+                self.bar.set_message(format!(
+                    "t={at_s:.0}s  {committed} committed, {rolled_back} rolled back, \
+                     {failed} failed, {} MiB fetched of {} devices",
+                    fetched >> 20,
+                    self.devices
+                ));
+            }
+            LiveEvent::Fault(what) => self.bar.println(format!("fault: {what}")),
+        }
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Runs `s` live with a console, and summarises it against `baseline`
+/// (the peer-to-peer-off run of the same scenario, if wanted).
+///
+/// # Errors
+/// [`LiveError`].
+pub fn run(
+    s: &Scenario,
+    quiet: bool,
+    baseline: Option<&Outcome>,
+) -> Result<(LiveRun, Summary), LiveError> {
+    let console = Console::new(s.devices, quiet);
+    let r = super::run(s, |ev| console.event(&ev));
+    console.finish();
+    let run = r?;
+    let summary = Summary::new(s, &run.outcome, baseline);
+    Ok((run, summary))
+}
+
+/// What a live report holds.
+#[derive(Debug, Serialize)]
+struct Report<'a> {
+    scenario: &'a Scenario,
+    summary: &'a Summary,
+    outcome: &'a Outcome,
+    live: LiveFigures<'a>,
+}
+
+/// The live-only figures of a report.
+#[derive(Debug, Serialize)]
+struct LiveFigures<'a> {
+    bundle_file_bytes: u64,
+    release_stored_bytes: u64,
+    origin_wire_bytes: u64,
+    site_wan_out: &'a [u64],
+    restarts: u32,
+    wall_s: f64,
+    setup_s: f64,
+}
+
+/// Writes `report.json` of a live run into `dir` (created if missing).
+///
+/// TODO(issue 7, report): call `crate::report::write(dir, …)` once the
+/// report writer (report.json + report.html) is on main; this writes the
+/// JSON only.
+///
+/// # Errors
+/// [`LiveError::Io`].
+pub fn write_report(
+    dir: &Path,
+    s: &Scenario,
+    run: &LiveRun,
+    summary: &Summary,
+) -> Result<(), LiveError> {
+    let io = |what: String| move |source| LiveError::Io { what, source };
+    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    let report = Report {
+        scenario: s,
+        summary,
+        outcome: &run.outcome,
+        live: LiveFigures {
+            bundle_file_bytes: run.bundle_file_bytes,
+            release_stored_bytes: run.release_stored_bytes,
+            origin_wire_bytes: run.origin_wire_bytes,
+            site_wan_out: &run.site_wan_out,
+            restarts: run.restarts,
+            wall_s: run.wall_s,
+            setup_s: run.setup_s,
+        },
+    };
+    let text = serde_json::to_string_pretty(&report).map_err(|e| LiveError::Io {
+        what: "encoding report.json".into(),
+        source: std::io::Error::other(e),
+    })?;
+    let path = dir.join("report.json");
+    std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))
+}
