@@ -88,6 +88,9 @@ pub struct Config {
     /// libp2p listen addresses for the origin seeder (stored; the seeder
     /// is wired in by the node crate's p2p module).
     pub p2p_listen: Vec<String>,
+    /// Seconds the origin seeder withholds a chunk it has just served, so
+    /// the fleet takes it from that first copy (0 turns it off).
+    pub p2p_origin_dedup_secs: u64,
     /// Accept every new device key on first sight (labs, simulator).
     pub auto_accept: bool,
     /// Serve `/metrics` without the operator token.
@@ -131,6 +134,7 @@ impl Default for Config {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             http_tls: None,
             p2p_listen: Vec::new(),
+            p2p_origin_dedup_secs: 30,
             auto_accept: false,
             open_metrics: false,
             open_reads: false,

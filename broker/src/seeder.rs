@@ -46,6 +46,8 @@ pub struct Seeder {
 impl Seeder {
     /// Starts a seed-only node on `listen` over `store`, with its identity
     /// in `identity_file`, and provides every manifest already published.
+    /// Each chunk served is withheld for `dedup_window` after (see
+    /// `P2pConfig::origin_dedup_window`).
     ///
     /// # Errors
     /// [`SeederError`] naming what failed.
@@ -54,6 +56,7 @@ impl Seeder {
         store: Arc<dyn Store>,
         identity_file: &std::path::Path,
         published: &[ManifestId],
+        dedup_window: Duration,
     ) -> Result<Self, SeederError> {
         let listen = listen
             .iter()
@@ -68,6 +71,7 @@ impl Seeder {
         let config = P2pConfig {
             listen,
             mdns: false,
+            origin_dedup_window: dedup_window,
             ..P2pConfig::default()
         }
         .origin();

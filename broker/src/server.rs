@@ -209,6 +209,7 @@ impl Server {
                     store.clone(),
                     &dir.join("p2p.key"),
                     &published,
+                    Duration::from_secs(config.p2p_origin_dedup_secs),
                 )
                 .await?,
             )

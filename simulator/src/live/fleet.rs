@@ -219,6 +219,7 @@ async fn setup_release(
     cfg.rollout_key = Some(keys.join("rollout.key"));
     cfg.auto_accept = true;
     cfg.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    cfg.p2p_origin_dedup_secs = s.origin_dedup_s;
     cfg.max_connections = (s.devices as usize) * 2 + 100;
     let server = Server::spawn(cfg).await?;
     let trust = server

@@ -497,6 +497,56 @@ impl AsyncWrite for Shaped {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::AsyncReadExt;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_one_mib_per_second_download_bucket_holds_a_transfer_to_that_rate() {
+        const RATE: u64 = 1024 * 1024;
+        const BYTES: usize = 2 * 1024 * 1024;
+        let s = Scenario {
+            devices: 2,
+            sites: 2,
+            device_down_bps: RATE,
+            device_up_bps: 1 << 40,
+            origin_up_bps: 1 << 40,
+            site_wan_bps: 1 << 40,
+            lan_latency_ms: 0,
+            wan_latency_ms: 0,
+            ..Scenario::default()
+        };
+        let net = NetModel::new(&s);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_addr = listener.local_addr().unwrap();
+        let sender = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            sock.write_all(&vec![7u8; BYTES]).await.unwrap();
+            sock.shutdown().await.unwrap();
+        });
+        let sock = tokio::net::TcpStream::connect(server_addr).await.unwrap();
+        let info = ConnInfo {
+            local: sock.local_addr().unwrap(),
+            remote: server_addr,
+            dialer: true,
+        };
+        let mut shaped = net
+            .shaper(0)
+            .shape(Box::new(libp2p::tcp::tokio::TcpStream(sock)), info);
+        let started = Instant::now();
+        let mut got = Vec::new();
+        shaped.read_to_end(&mut got).await.unwrap();
+        let took = started.elapsed().as_secs_f64();
+        sender.await.unwrap();
+        assert_eq!(got.len(), BYTES);
+        // A lower bound only (a slow machine is slower, never faster): the
+        // bucket's 0.1 s burst aside, 2 MiB at 1 MiB/s takes 1.9 s.
+        let theory = BYTES as f64 / RATE as f64;
+        assert!(took >= 0.8 * theory, "{took:.2} s < 0.8 × {theory} s");
+        // 127.0.0.1 is outside every site: the origin, over the WAN.
+        assert_eq!(net.site_wan_in()[0], BYTES as u64);
+        assert_eq!(net.site_wan_in()[1], 0);
+        assert_eq!(net.from_origin(), BYTES as u64);
+    }
 
     #[test]
     fn device_addresses_name_their_site_and_index_and_the_origin_is_outside() {
