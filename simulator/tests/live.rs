@@ -50,11 +50,16 @@ fn every_device_commits_and_the_figures_add_up() {
     assert!(run.release_stored_bytes > 0);
     // Every payload byte a device holds came from somewhere.
     let b = run.outcome.bytes;
-    assert!(b.same_site + b.other_peers + b.origin + b.local >= u64::from(s.devices) * s.bundle_bytes);
+    assert!(
+        b.same_site + b.other_peers + b.origin + b.local >= u64::from(s.devices) * s.bundle_bytes
+    );
     // The WAN figure is what the shaper counted, and each site needed at
     // least the chunk bytes of one copy from outside.
     assert_eq!(run.outcome.site_wan_in.len(), s.sites as usize);
-    assert_eq!(sum.max_site_wan_bytes, *run.outcome.site_wan_in.iter().max().unwrap());
+    assert_eq!(
+        sum.max_site_wan_bytes,
+        *run.outcome.site_wan_in.iter().max().unwrap()
+    );
     for site in &run.outcome.site_wan_in {
         assert!(*site >= run.release_stored_bytes / 2, "{site}");
     }
@@ -78,7 +83,10 @@ fn a_share_of_devices_failing_health_rolls_back_and_the_rest_commit() {
     assert_eq!(sum.rolled_back, 2, "{sum:#?}");
     assert_eq!(sum.committed, 4, "{sum:#?}");
     assert_eq!(sum.failed, 0);
-    assert!(sum.ok, "rolled-back devices are faulted on purpose: {sum:#?}");
+    assert!(
+        sum.ok,
+        "rolled-back devices are faulted on purpose: {sum:#?}"
+    );
 }
 
 #[test]

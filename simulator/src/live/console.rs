@@ -39,6 +39,7 @@ pub fn demo_scenario() -> Scenario {
 pub struct Console {
     bar: ProgressBar,
     devices: u32,
+    quiet: bool,
 }
 
 impl Console {
@@ -56,7 +57,19 @@ impl Console {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         };
-        Self { bar, devices }
+        Self {
+            bar,
+            devices,
+            quiet,
+        }
+    }
+
+    /// Prints a line above the bar (also when stderr is not a terminal,
+    /// where the bar itself is not drawn).
+    fn line(&self, text: String) {
+        if !self.quiet {
+            self.bar.suspend(|| eprintln!("{text}"));
+        }
     }
 
     /// Shows one event.
@@ -67,13 +80,13 @@ impl Console {
                 wave,
                 at_s,
                 devices,
-            } => self.bar.println(format!(
+            } => self.line(format!(
                 "wave {} opens at {at_s:.1} s ({devices} devices)",
                 wave + 1
             )),
-            LiveEvent::WaveFinished { wave, at_s } => self
-                .bar
-                .println(format!("wave {} hands over at {at_s:.1} s", wave + 1)),
+            LiveEvent::WaveFinished { wave, at_s } => {
+                self.line(format!("wave {} hands over at {at_s:.1} s", wave + 1));
+            }
             LiveEvent::Progress {
                 committed,
                 rolled_back,
@@ -90,7 +103,7 @@ impl Console {
                     self.devices
                 ));
             }
-            LiveEvent::Fault(what) => self.bar.println(format!("fault: {what}")),
+            LiveEvent::Fault(what) => self.line(format!("fault: {what}")),
         }
     }
 

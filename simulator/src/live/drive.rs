@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use meshota_protocol::release::bucket;
 use meshota_broker::rollout::RolloutState;
 use meshota_broker::rollouts::CreateRollout;
+use meshota_protocol::release::bucket;
 use meshota_protocol::{Action, DeviceId, UpdateState};
 
 use super::fleet::{Fleet, Rng};
@@ -103,7 +103,10 @@ enum End {
     Failed,
 }
 
-async fn start_all(fleet: &mut Fleet, progress: &mut dyn FnMut(LiveEvent)) -> Result<(), LiveError> {
+async fn start_all(
+    fleet: &mut Fleet,
+    progress: &mut dyn FnMut(LiveEvent),
+) -> Result<(), LiveError> {
     let n = fleet.devices.len();
     progress(LiveEvent::Setup(format!("starting {n} devices")));
     let mut nodes = Vec::with_capacity(n);
@@ -149,7 +152,9 @@ async fn start_all(fleet: &mut Fleet, progress: &mut dyn FnMut(LiveEvent)) -> Re
 /// rollout never halts on its own.
 fn start_rollout(fleet: &Fleet) -> Result<String, LiveError> {
     let s = &fleet.s;
-    let success = (100.0 * (1.0 - 2.0 * s.health_fail_rate)).floor().clamp(1.0, 100.0) as u8;
+    let success = (100.0 * (1.0 - 2.0 * s.health_fail_rate))
+        .floor()
+        .clamp(1.0, 100.0) as u8;
     let req = CreateRollout {
         release: fleet.release.id,
         waves: Some(s.waves.clone()),
@@ -240,7 +245,11 @@ impl Watch {
             };
             let cur = t.current;
             let held = (cur.same_site + cur.other_peers + cur.origin + cur.local) as f64;
-            let crash = f.crash && !f.crashed && t.committed_at.is_none() && held >= CRASH_AT * payload && held < payload;
+            let crash = f.crash
+                && !f.crashed
+                && t.committed_at.is_none()
+                && held >= CRASH_AT * payload
+                && held < payload;
             let churn = !f.churned && f.churn_after.is_some_and(|a| now >= opened + a);
             if (crash || churn) && fleet.is_running(i) {
                 let (what, down) = if crash {
@@ -248,10 +257,7 @@ impl Watch {
                     ("crashes mid-download", CRASH_DOWN)
                 } else {
                     f.churned = true;
-                    (
-                        "goes offline",
-                        Duration::from_secs(fleet.s.churn_offline_s),
-                    )
+                    ("goes offline", Duration::from_secs(fleet.s.churn_offline_s))
                 };
                 f.restart_at = Some(now + down);
                 progress(LiveEvent::Fault(format!(
@@ -381,7 +387,9 @@ async fn drive(
         .iter()
         .filter(|r| r.committed_at.is_none() && r.rolled_back_at.is_some())
         .count() as u32;
-    let bytes = recs.iter().fold(Default::default(), |acc, r| add(acc, r.bytes()));
+    let bytes = recs
+        .iter()
+        .fold(Default::default(), |acc, r| add(acc, r.bytes()));
     let outcome = Outcome {
         commit_times_s,
         rolled_back,

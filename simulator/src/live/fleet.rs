@@ -15,7 +15,7 @@ use libp2p::Multiaddr;
 use meshota_broker::server::Server;
 use meshota_node::agent::mqtt::{self, DaemonError};
 use meshota_node::p2p::{Node, NodeEvent, NodeHandle, P2pConfig, P2pFetcher};
-use meshota_protocol::{ManifestId, ReleaseId, SecretKey, SiteId, Signed};
+use meshota_protocol::{ManifestId, ReleaseId, SecretKey, Signed, SiteId};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -242,8 +242,8 @@ async fn setup_release(
         seeder.provide(record.manifest_id).await;
     }
     let file = std::fs::File::open(&bundle).map_err(io("open the bundle"))?;
-    let reader = meshota_protocol::bundle::BundleReader::open(std::io::BufReader::new(file))
-        .map_err(rel)?;
+    let reader =
+        meshota_protocol::bundle::BundleReader::open(std::io::BufReader::new(file)).map_err(rel)?;
     let stored_bytes = stored_size(server.store().as_ref(), reader.manifest())?;
     let info = ReleaseInfo {
         signed: reader.signed_release().clone(),
@@ -333,7 +333,10 @@ impl Fleet {
 
     fn device_err(&self, i: usize, reason: impl std::fmt::Display) -> LiveError {
         LiveError::Device {
-            device: self.devices.get(i).map_or_else(String::new, |d| d.id.clone()),
+            device: self
+                .devices
+                .get(i)
+                .map_or_else(String::new, |d| d.id.clone()),
             reason: reason.to_string(),
         }
     }
@@ -362,9 +365,15 @@ impl Fleet {
         };
         let node = Node::spawn(cfg, d.store.clone(), d.keypair.clone())
             .map_err(|e| self.device_err(i, e))?;
-        let addrs = node.listen_addrs().await.map_err(|e| self.device_err(i, e))?;
+        let addrs = node
+            .listen_addrs()
+            .await
+            .map_err(|e| self.device_err(i, e))?;
         let peer = node.peer_id();
-        self.devices[i].addr = addrs.into_iter().next().map(|a| a.with(Protocol::P2p(peer)));
+        self.devices[i].addr = addrs
+            .into_iter()
+            .next()
+            .map(|a| a.with(Protocol::P2p(peer)));
         let (bans, drops) = (self.bans.clone(), self.drops.clone());
         let mut events = node.events();
         tokio::spawn(async move {

@@ -562,9 +562,6 @@ mod tests {
                 );
             }
         }
-        assert_eq!(
-            endpoint_of(Ipv4Addr::LOCALHOST, 3, 10),
-            Endpoint::Outside
-        );
+        assert_eq!(endpoint_of(Ipv4Addr::LOCALHOST, 3, 10), Endpoint::Outside);
     }
 }
