@@ -117,11 +117,10 @@ impl<F: Fetcher> Fetcher for TrackingFetcher<F> {
             d.current = ByteSplit::default();
         });
         let (tracker, index) = (self.tracker.clone(), self.index);
-        let r = self.inner.fetch(req, store, &mut |p| {
+        self.inner.fetch(req, store, &mut |p| {
             tracker.with(index, |d| d.current = p.bytes);
             progress(p);
-        });
-        r
+        })
     }
 
     fn cancel(&mut self, release: &ReleaseId) {
