@@ -120,7 +120,7 @@ async fn start_all(
     for (i, node) in nodes.into_iter().enumerate() {
         fleet.start_agent(i, node)?;
     }
-    let waited = Duration::from_secs(30) + POLL * (n as u32 / 4);
+    let waited = Duration::from_secs(60) + POLL * n as u32;
     let deadline = Instant::now() + waited;
     loop {
         let online = fleet
@@ -269,6 +269,12 @@ impl Watch {
                 )));
                 fleet.stop(i).await;
             }
+        }
+        for (i, why) in fleet.reap().await {
+            progress(LiveEvent::Fault(format!(
+                "{}'s agent died: {why}",
+                fleet.devices[i].id
+            )));
         }
         let count = |e| self.ends.iter().filter(|x| **x == Some(e)).count() as u32;
         progress(LiveEvent::Progress {

@@ -502,6 +502,32 @@ root = "{trust}"
         }
     }
 
+    /// Devices whose agent ended on its own (not stopped by the run),
+    /// with why; they stay down.
+    pub async fn reap(&mut self) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for i in 0..self.devices.len() {
+            let ended = self.devices[i]
+                .running
+                .as_ref()
+                .is_some_and(|r| r.agent.is_finished());
+            if !ended {
+                continue;
+            }
+            let Some(r) = self.devices[i].running.take() else {
+                continue;
+            };
+            r.node.shutdown().await;
+            let why = match r.agent.await {
+                Ok(Ok(())) => "the agent stopped".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            out.push((i, why));
+        }
+        out
+    }
+
     /// Stops every device and the broker.
     pub async fn shutdown(mut self) {
         let stops: Vec<_> = (0..self.devices.len())
