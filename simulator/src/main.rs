@@ -5,10 +5,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use meshota_sim::live;
 use meshota_sim::load::{Auth, LoadConfig};
 use meshota_sim::progress::ProgressView;
 use meshota_sim::report;
-use meshota_sim::live;
 use meshota_sim::scenario::Scenario;
 use meshota_sim::summary::Summary;
 
@@ -129,9 +129,9 @@ fn run() -> anyhow::Result<ExitCode> {
             let s = live::console::demo_scenario();
             let base = meshota_sim::virt::run(&s, false, &mut |_| {})?;
             let (run, summary) = live::console::run(&s, false, Some(&base))?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            print!("{}", report::summary_text(&summary)?);
             let dir = std::path::Path::new(live::console::DEMO_REPORT_DIR);
-            live::console::write_report(dir, &s, &run, &summary)?;
+            live::console::write_report(dir, &s, &run, &summary, Some(&base))?;
             eprintln!(
                 "wall time {:.1} s ({:.1} s setup); report in {}/",
                 run.wall_s,
@@ -151,9 +151,13 @@ fn run() -> anyhow::Result<ExitCode> {
                     Some(meshota_sim::virt::run(&s, false, &mut |_| {})?)
                 };
                 let (run, summary) = live::console::run(&s, a.json, base.as_ref())?;
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                if a.json {
+                    println!("{}", serde_json::to_string_pretty(&summary)?);
+                } else {
+                    print!("{}", report::summary_text(&summary)?);
+                }
                 if let Some(dir) = &a.report {
-                    live::console::write_report(dir, &s, &run, &summary)?;
+                    live::console::write_report(dir, &s, &run, &summary, base.as_ref())?;
                 }
                 if !a.json {
                     eprintln!(

@@ -152,11 +152,9 @@ struct LiveFigures<'a> {
     setup_s: f64,
 }
 
-/// Writes `report.json` of a live run into `dir` (created if missing).
-///
-/// TODO(issue 7, report): call `crate::report::write(dir, …)` once the
-/// report writer (report.json + report.html) is on main; this writes the
-/// JSON only.
+/// Writes the report of a live run into `dir` (created if missing):
+/// `report.json` and `report.html` as for virtual runs, plus `live.json`
+/// with the scenario and the figures only a live run has.
 ///
 /// # Errors
 /// [`LiveError::Io`].
@@ -165,9 +163,15 @@ pub fn write_report(
     s: &Scenario,
     run: &LiveRun,
     summary: &Summary,
+    baseline: Option<&crate::virt::Outcome>,
 ) -> Result<(), LiveError> {
     let io = |what: String| move |source| LiveError::Io { what, source };
-    std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+    crate::report::write_with_baseline(dir, summary, &run.outcome, baseline).map_err(|e| {
+        LiveError::Io {
+            what: format!("writing the report in {}", dir.display()),
+            source: std::io::Error::other(e),
+        }
+    })?;
     let report = Report {
         scenario: s,
         summary,
@@ -186,6 +190,6 @@ pub fn write_report(
         what: "encoding report.json".into(),
         source: std::io::Error::other(e),
     })?;
-    let path = dir.join("report.json");
+    let path = dir.join("live.json");
     std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))
 }

@@ -322,6 +322,7 @@ async fn drive(
     // Wave starts and ends as this run sees them (the planner's own times
     // are whole seconds); `None` until seen.
     let mut seen: Vec<(Option<f64>, Option<f64>)> = vec![(None, None); s.waves.len()];
+    let mut last_state;
     loop {
         tokio::time::sleep(POLL).await;
         let now = Instant::now();
@@ -331,6 +332,7 @@ async fn drive(
             .get(&id, meshota_broker::now())
             .map_err(|e| LiveError::Rollout(e.to_string()))?;
         let st = &view.status;
+        last_state = st.state;
         for (i, b) in buckets.iter().enumerate() {
             if *b < st.share_bp && w.opened[i].is_none() {
                 w.opened[i] = Some(now);
@@ -406,8 +408,9 @@ async fn drive(
         waves,
         bans: fleet.bans.load(std::sync::atomic::Ordering::Relaxed),
         drops: fleet.drops.load(std::sync::atomic::Ordering::Relaxed),
-        retries: 0,
-        events: 0,
+        completed: last_state == RolloutState::Completed,
+        halted: last_state == RolloutState::Halted,
+        ..Outcome::default()
     };
     Ok(LiveRun {
         outcome,
