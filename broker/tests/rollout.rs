@@ -155,7 +155,7 @@ fn request(release: ReleaseId) -> CreateRollout {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_three_wave_rollout_completes_and_a_release_failing_health_on_the_canary_halts_at_the_first_wave(
+async fn a_three_wave_rollout_completes_a_canary_health_failure_halts_at_the_first_wave_and_a_rollback_returns_the_fleet(
 ) {
     let tmp = tempfile::tempdir().unwrap();
     let k = keys();
@@ -263,6 +263,46 @@ async fn a_three_wave_rollout_completes_and_a_release_failing_health_on_the_cana
         .rollouts()
         .command(&id2, PlannerCommand::Resume, meshota_broker::now())
         .is_err());
+
+    // Release 3 reaches everyone, then the operator rolls it back: each
+    // device that committed it gets a signed command and returns to its
+    // previous slot, release 1.
+    let v3 = publish(srv, &dir, &k, "3.0.0", 3, 3);
+    let mut req = request(v3);
+    req.waves = Some(vec![100]);
+    let id3 = server
+        .rollouts()
+        .create(req, meshota_broker::now())
+        .unwrap()
+        .status
+        .rollout
+        .to_string();
+    wait_rollout(&server, &id3, "release 3 to complete", |v| {
+        v.status.state == RolloutState::Completed
+    })
+    .await;
+    server
+        .rollouts()
+        .command(&id3, PlannerCommand::Rollback, meshota_broker::now())
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + ROLLOUT_WAIT;
+    loop {
+        let devices = reg.devices().unwrap();
+        if devices.iter().all(|d| d.release == Some(v1)) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "devices did not roll back to release 1: {:?}",
+            devices
+                .iter()
+                .map(|d| (d.id.as_str(), d.release, d.state))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let after = server.rollouts().get(&id3, meshota_broker::now()).unwrap();
+    assert_eq!(after.status.state, RolloutState::Aborted);
     drop(_devices);
     server.shutdown().await.unwrap();
 }
