@@ -396,7 +396,7 @@ fn a_reopened_sled_store_keeps_chunks_manifests_roots_and_usage() {
         store.set_roots(&[v2.id, v1.id]).unwrap();
         store.usage().unwrap()
     };
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert_eq!(store.roots().unwrap(), vec![v2.id, v1.id]);
     assert_eq!(store.usage().unwrap(), usage);
     for r in [&v1, &v2] {
@@ -468,7 +468,7 @@ fn corrupt_sled_chunk_records_are_reported_as_corrupt_not_a_panic() {
         .collect();
     write_raw_records(dir.path(), &records);
 
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     for ((name, _), (id, _)) in bad.iter().zip(&records) {
         assert!(store.has_chunk(id).unwrap(), "{name}");
         match store.get_chunk(id) {
@@ -515,7 +515,7 @@ fn a_corrupt_sled_roots_record_is_reported_as_corrupt() {
             .unwrap();
         db.flush().unwrap();
     }
-    let store = SledStore::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert!(matches!(store.roots(), Err(StoreError::Corrupt { .. })));
     assert!(matches!(store.gc(), Err(StoreError::Corrupt { .. })));
     store.set_roots(&[]).unwrap();
@@ -644,4 +644,20 @@ fn a_sled_store_keeps_every_acknowledged_chunk_across_kill_9() {
         }
         assert!(store.usage().unwrap().0 >= all.len() as u64);
     }
+}
+
+/// Opens a store another handle in this test just closed. sled releases
+/// its file lock when its last internal thread lets go of the database,
+/// which can trail the drop by a few milliseconds on a busy machine.
+fn reopen(path: &std::path::Path) -> SledStore {
+    for _ in 0..100 {
+        match SledStore::open(path) {
+            Ok(s) => return s,
+            Err(StoreError::Open { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(30))
+            }
+            Err(e) => panic!("reopening {}: {e}", path.display()),
+        }
+    }
+    SledStore::open(path).unwrap()
 }
