@@ -213,7 +213,20 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Sled`], for example when another process holds it.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
-        let db = sled::open(dir)?;
+        // A handle dropped just before (a restart in this process) lets go
+        // of sled's file lock from a trailing thread, so wait for it
+        // briefly rather than fail.
+        let mut tries = 0;
+        let db = loop {
+            match sled::open(dir) {
+                Ok(db) => break db,
+                Err(e) if tries < 30 && e.to_string().contains("could not acquire lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let devices = db.open_tree("devices")?;
         let mut pending = 0;
         for kv in devices.iter() {
