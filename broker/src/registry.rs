@@ -213,20 +213,7 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Sled`], for example when another process holds it.
     pub fn open(dir: &Path) -> Result<Self, RegistryError> {
-        // A handle dropped just before (a restart in this process) lets go
-        // of sled's file lock from a trailing thread, so wait for it
-        // briefly rather than fail.
-        let mut tries = 0;
-        let db = loop {
-            match sled::open(dir) {
-                Ok(db) => break db,
-                Err(e) if tries < 30 && e.to_string().contains("could not acquire lock") => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
+        let db = meshota_node::store::open_sled(&sled::Config::new().path(dir))?;
         let devices = db.open_tree("devices")?;
         let mut pending = 0;
         for kv in devices.iter() {

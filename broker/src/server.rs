@@ -110,25 +110,6 @@ impl std::fmt::Debug for Server {
     }
 }
 
-/// Opens sled, retrying briefly: a previous server in this process may
-/// still be releasing the database lock as its last tasks unwind.
-fn open_with_retry<T, E: std::fmt::Display>(
-    mut open: impl FnMut() -> Result<T, E>,
-) -> Result<T, E> {
-    let mut tries = 0;
-    loop {
-        match open() {
-            Ok(v) => return Ok(v),
-            Err(e) if tries < 30 => {
-                tries += 1;
-                tracing::debug!(error = %e, "database busy; retrying");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Removes bundles a previous run was receiving when it stopped: an
 /// interrupted upload is never resumed, only retried.
 fn clear_uploads(dir: &std::path::Path) {
@@ -190,9 +171,8 @@ impl Server {
         let rollout_key = config.load_rollout_key()?.map(Arc::new);
         let control_password = load_or_create_secret(&dir, CONTROL_PASSWORD_FILE)?;
         let operator_token = load_or_create_secret(&dir, OPERATOR_TOKEN_FILE)?;
-        let registry = Arc::new(open_with_retry(|| Registry::open(&dir.join("registry")))?);
-        let store: Arc<dyn Store> =
-            Arc::new(open_with_retry(|| SledStore::open(dir.join("origin")))?);
+        let registry = Arc::new(Registry::open(&dir.join("registry"))?);
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.join("origin"))?);
 
         let mut tasks: JoinSet<Result<(), String>> = JoinSet::new();
         let seeder = if config.p2p_listen.is_empty() {

@@ -488,17 +488,9 @@ async fn a_staged_rollout_through_mosquitto_takes_three_agents_to_committed() {
         .rollouts()
         .create(
             meshota_broker::rollouts::CreateRollout {
-                release: release_id,
                 waves: Some(vec![34, 100]),
-                groups: vec![],
-                success_threshold: None,
-                error_threshold: None,
                 soak_secs: Some(0),
-                action: None,
-                not_before: None,
-                max_parallel: None,
-                gate_lifetime_secs: None,
-                report_timeout_secs: None,
+                ..meshota_broker::rollouts::CreateRollout::new(release_id)
             },
             meshota_broker::now(),
         )

@@ -140,17 +140,8 @@ fn publish(server: &Server, dir: &Path, k: &Keys, version: &str, seq: u64, seed:
 
 fn request(release: ReleaseId) -> CreateRollout {
     CreateRollout {
-        release,
-        waves: None,
-        groups: Vec::new(),
-        success_threshold: None,
-        error_threshold: None,
         soak_secs: Some(0),
-        action: None,
-        not_before: None,
-        max_parallel: None,
-        gate_lifetime_secs: None,
-        report_timeout_secs: None,
+        ..CreateRollout::new(release)
     }
 }
 

@@ -83,6 +83,27 @@ pub struct CreateRollout {
     pub report_timeout_secs: Option<u64>,
 }
 
+impl CreateRollout {
+    /// A request for `release` with every optional field left to the
+    /// planner's defaults; set the fields you need with struct update
+    /// syntax (`CreateRollout { soak_secs: Some(0), ..CreateRollout::new(id) }`).
+    pub fn new(release: ReleaseId) -> Self {
+        Self {
+            release,
+            waves: None,
+            groups: Vec::new(),
+            success_threshold: None,
+            error_threshold: None,
+            soak_secs: None,
+            action: None,
+            not_before: None,
+            max_parallel: None,
+            gate_lifetime_secs: None,
+            report_timeout_secs: None,
+        }
+    }
+}
+
 /// A rollout as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutView {

@@ -24,7 +24,7 @@ mod sled;
 mod tests;
 
 pub use self::mem::MemStore;
-pub use self::sled::SledStore;
+pub use self::sled::{open_sled, SledStore};
 
 /// A chunk as stored and as sent between peers.
 #[derive(Debug, Clone, PartialEq, Eq)]

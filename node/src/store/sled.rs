@@ -59,15 +59,13 @@ impl SledStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
         let shown = path.display().to_string();
-        let db = ::sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|source| StoreError::Open {
+        let db = open_sled(&::sled::Config::new().path(path).flush_every_ms(None)).map_err(
+            |source| StoreError::Open {
                 path: shown.clone(),
                 hint: open_hint(&source),
                 source,
-            })?;
+            },
+        )?;
         let tree = |name: &str| {
             db.open_tree(name).map_err(|source| StoreError::Open {
                 path: shown.clone(),
@@ -118,9 +116,34 @@ impl SledStore {
     }
 }
 
+/// Opens a sled database, waiting up to 3 s for a lock that a handle
+/// dropped just before in this process still holds: sled lets go of its
+/// file lock from a trailing thread, so an in-process restart (a broker
+/// restart in tests, a node reopening its store) would otherwise fail at
+/// random. A lock another process holds still fails, after the wait.
+///
+/// # Errors
+/// Whatever sled's open returns last.
+pub fn open_sled(config: &::sled::Config) -> ::sled::Result<::sled::Db> {
+    let mut tries = 0;
+    loop {
+        match config.open() {
+            Err(e) if tries < 30 && is_lock_error(&e) => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            done => return done,
+        }
+    }
+}
+
+fn is_lock_error(e: &::sled::Error) -> bool {
+    matches!(e, ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
+}
+
 fn open_hint(e: &::sled::Error) -> &'static str {
     match e {
-        ::sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+        e if is_lock_error(e) => {
             "another process (or another handle in this one) has it open: stop it, or give this one its own store directory"
         }
         ::sled::Error::Io(io) if io.kind() == std::io::ErrorKind::PermissionDenied => {

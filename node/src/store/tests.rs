@@ -646,18 +646,8 @@ fn a_sled_store_keeps_every_acknowledged_chunk_across_kill_9() {
     }
 }
 
-/// Opens a store another handle in this test just closed. sled releases
-/// its file lock when its last internal thread lets go of the database,
-/// which can trail the drop by a few milliseconds on a busy machine.
+/// Opens a store another handle in this test just closed; `open` itself
+/// waits for sled's trailing lock release.
 fn reopen(path: &std::path::Path) -> SledStore {
-    for _ in 0..100 {
-        match SledStore::open(path) {
-            Ok(s) => return s,
-            Err(StoreError::Open { .. }) => {
-                std::thread::sleep(std::time::Duration::from_millis(30))
-            }
-            Err(e) => panic!("reopening {}: {e}", path.display()),
-        }
-    }
     SledStore::open(path).unwrap()
 }

@@ -156,17 +156,12 @@ fn start_rollout(fleet: &Fleet) -> Result<String, LiveError> {
         .floor()
         .clamp(1.0, 100.0) as u8;
     let req = CreateRollout {
-        release: fleet.release.id,
         waves: Some(s.waves.clone()),
-        groups: Vec::new(),
         success_threshold: Some(success),
         error_threshold: Some(100),
         soak_secs: Some(s.soak_s),
         action: Some(Action::InstallAndActivate),
-        not_before: None,
-        max_parallel: None,
-        gate_lifetime_secs: None,
-        report_timeout_secs: None,
+        ..CreateRollout::new(fleet.release.id)
     };
     let view = fleet
         .server
