@@ -319,9 +319,8 @@ async fn devices_report_through_mosquitto_and_a_device_cannot_speak_for_another(
     );
     assert_ne!(dev2.last_counter, u64::MAX / 2);
 
-    for (stop, daemon) in devices {
-        let _ = stop.send(());
-        blocking(move || daemon.join()).await.unwrap().unwrap();
+    for device in devices {
+        blocking(move || device.stop()).await.unwrap();
     }
     server.shutdown().await.unwrap();
 }
@@ -475,7 +474,13 @@ async fn a_staged_rollout_through_mosquitto_takes_three_agents_to_committed() {
     let devices: Vec<_> = ids
         .iter()
         .zip(stores)
-        .map(|(id, store)| start_device_with(dir, id, mosq.addr, &trust, store))
+        .map(|(id, store)| {
+            let opts = AgentOptions {
+                store,
+                ..AgentOptions::default()
+            };
+            start_device_with(dir, id, mosq.addr, &trust, opts)
+        })
         .collect();
 
     // A real staged rollout through the external broker: the control
@@ -539,9 +544,8 @@ async fn a_staged_rollout_through_mosquitto_takes_three_agents_to_committed() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    for (stop, daemon) in devices {
-        let _ = stop.send(());
-        blocking(move || daemon.join()).await.unwrap().unwrap();
+    for device in devices {
+        blocking(move || device.stop()).await.unwrap();
     }
     server.shutdown().await.unwrap();
 }

@@ -21,7 +21,7 @@ async fn a_device_agent_logs_in_with_its_key_and_its_signed_status_reaches_the_r
     let server = spawn(cfg).await;
     let addr = server.mqtt_addr().unwrap();
 
-    let (stop, daemon) = start_device(tmp.path(), "dev-1", addr, &trust);
+    let device = start_device(tmp.path(), "dev-1", addr, &trust);
     let rec = eventually("dev-1's status in the registry", || {
         server
             .registry()
@@ -35,8 +35,7 @@ async fn a_device_agent_logs_in_with_its_key_and_its_signed_status_reaches_the_r
     assert_eq!(rec.state, Some(UpdateState::Idle));
     assert_eq!(rec.site.as_ref().map(|s| s.as_str()), Some("site-1"));
     assert!(rec.last_counter > 0, "the report's counter was recorded");
-    let _ = stop.send(());
-    blocking(move || daemon.join()).await.unwrap().unwrap();
+    blocking(move || device.stop()).await.unwrap();
     server.shutdown().await.unwrap();
 }
 
@@ -49,14 +48,13 @@ async fn a_device_the_operator_has_not_accepted_is_held_pending_and_reports_noth
     let server = spawn(cfg).await;
     let addr = server.mqtt_addr().unwrap();
 
-    let (stop, daemon) = start_device(tmp.path(), "dev-2", addr, &trust);
+    let device = start_device(tmp.path(), "dev-2", addr, &trust);
     let rec = eventually("dev-2 recorded as pending", || {
         server.registry().device(&dev("dev-2")).ok().flatten()
     })
     .await;
     assert_eq!(rec.admission, Admission::Pending);
     assert_eq!(rec.state, None, "a pending device's reports must not land");
-    let _ = stop.send(());
-    blocking(move || daemon.join()).await.unwrap().unwrap();
+    blocking(move || device.stop()).await.unwrap();
     server.shutdown().await.unwrap();
 }

@@ -8,104 +8,36 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
 use meshota_broker::rollout::{PlannerCommand, RolloutState};
 use meshota_broker::rollouts::{CreateRollout, RolloutView};
 use meshota_broker::server::Server;
-use meshota_node::agent::mqtt;
-use meshota_node::p2p::{Node, P2pConfig, P2pFetcher};
-use meshota_node::store::MemStore;
 use meshota_protocol::{ReleaseId, UpdateState};
 
 /// Generous bound for a rollout over a handful of devices.
 const ROLLOUT_WAIT: Duration = Duration::from_secs(90);
 
-struct Device {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Device {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Runs a device agent (`meshota-node`'s daemon and p2p node) for `id` on
-/// its own runtime. Canary devices fail the health check of any 2.x
-/// release, so a bad release is caught in the canary wave.
-fn start_device(dir: &Path, id: &str, server: &Server, trust: &Path, canary: bool) -> Device {
-    let health_script = if canary {
-        r#"! grep -q '^2\.' "$1/release""#
-    } else {
-        "true"
+/// Runs a device agent (`meshota-node`'s daemon and a libp2p node) for
+/// `id`. Canary devices fail the health check of any 2.x release, so a
+/// bad release is caught in the canary wave.
+fn start_p2p_device(dir: &Path, id: &str, server: &Server, trust: &Path, canary: bool) -> Device {
+    let opts = AgentOptions {
+        p2p: true,
+        groups: if canary {
+            vec!["canary".into()]
+        } else {
+            vec![]
+        },
+        health_script: Some(if canary {
+            r#"! grep -q '^2\.' "$1/release""#.into()
+        } else {
+            "true".into()
+        }),
+        ..AgentOptions::default()
     };
-    let cfg = meshota_node::config::Config::parse(&format!(
-        r#"
-data_dir = "{data}"
-[device]
-id = "{id}"
-fleet = "default"
-site = "site-1"
-compatible = "rpi4"
-groups = [{groups}]
-[mqtt]
-url = "mqtt://{mqtt}"
-[trust]
-root = "{trust}"
-[install.dir]
-root = "{slots}"
-[health]
-command = "/bin/sh"
-args = ["-c", {script:?}, "sh"]
-timeout_secs = 20
-"#,
-        data = dir.join(id).join("data").display(),
-        trust = trust.display(),
-        slots = dir.join(id).join("slots").display(),
-        mqtt = server.mqtt_addr().unwrap(),
-        groups = if canary { "\"canary\"" } else { "" },
-        script = health_script,
-    ))
-    .unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let store = Arc::new(MemStore::new());
-        let node = rt
-            .block_on(async {
-                Node::spawn(
-                    P2pConfig::loopback(),
-                    store.clone(),
-                    libp2p::identity::Keypair::generate_ed25519(),
-                )
-            })
-            .unwrap();
-        let fetcher = P2pFetcher::new(node.clone(), rt.handle().clone(), None);
-        let r = rt.block_on(mqtt::run_until(cfg, store, Box::new(fetcher), async {
-            let _ = stop_rx.await;
-        }));
-        if let Err(e) = r {
-            eprintln!("device agent stopped: {e}");
-        }
-        rt.block_on(node.shutdown());
-    });
-    Device {
-        stop: Some(stop_tx),
-        thread: Some(thread),
-    }
+    start_device_with(dir, id, server.mqtt_addr().unwrap(), trust, opts)
 }
 
 /// Polls the rollout until `done` holds, for at most [`ROLLOUT_WAIT`].
@@ -163,7 +95,7 @@ async fn a_three_wave_rollout_completes_a_canary_health_failure_halts_at_the_fir
     let ids: Vec<String> = (0..5).map(|i| format!("dev-{i}")).collect();
     let _devices: Vec<Device> = ids
         .iter()
-        .map(|id| start_device(tmp.path(), id, &server, &trust, id == "dev-0"))
+        .map(|id| start_p2p_device(tmp.path(), id, &server, &trust, id == "dev-0"))
         .collect();
     let reg = server.registry().clone();
     eventually("every device's first status", || {
@@ -331,7 +263,7 @@ async fn a_rollout_resumes_after_a_broker_restart_and_its_gate_is_republished_wi
     cfg.rollout_key = Some(rollout_key);
     cfg.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     let server = spawn(cfg.clone()).await;
-    let device = start_device(tmp.path(), "dev-0", &server, &trust, false);
+    let device = start_p2p_device(tmp.path(), "dev-0", &server, &trust, false);
     let reg = server.registry().clone();
     eventually("the device's first status", || {
         reg.device(&dev("dev-0"))
