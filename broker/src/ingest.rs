@@ -217,6 +217,9 @@ fn check_and_apply(
             if s.compatible.is_some() {
                 rec.compatible = s.compatible;
             }
+            if s.trust_version.is_some() {
+                rec.trust_version = s.trust_version;
+            }
         }
         ReportBody::Event(event) => {
             if let meshota_protocol::Event::StateChanged { to, .. } = &event {
@@ -269,6 +272,7 @@ mod tests {
             online: true,
             groups: vec![],
             compatible: None,
+            trust_version: None,
         })
     }
 

@@ -112,6 +112,9 @@ pub struct DeviceRecord {
     /// Device class, from its status (absent until the first status).
     #[serde(default)]
     pub compatible: Option<Compatible>,
+    /// The trust-root version it last reported.
+    #[serde(default)]
+    pub trust_version: Option<u64>,
 }
 
 /// One accepted event.
@@ -376,6 +379,7 @@ impl Registry {
                 last_event_counter: 0,
                 groups: Vec::new(),
                 compatible: None,
+                trust_version: None,
             },
         };
         let mut rec = rec;

@@ -595,11 +595,28 @@ impl Config {
         })
     }
 
-    /// Loads and checks the trust root.
+    /// Loads and checks the trust root, including its expiry.
     ///
     /// # Errors
     /// [`ConfigError::File`].
     pub fn trust_root(&self, now: u64) -> Result<TrustRoot, ConfigError> {
+        let root = self.shipped_trust_root()?;
+        root.check_expiry(now).map_err(|e| ConfigError::File {
+            what: "trust root",
+            path: self.trust.root.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(root)
+    }
+
+    /// Loads the shipped trust root and checks its signatures, but not its
+    /// expiry: a device that was offline past the root's expiry can still
+    /// rotate to a newer root over the air, since rotation checks only the
+    /// final root's expiry.
+    ///
+    /// # Errors
+    /// [`ConfigError::File`].
+    pub fn shipped_trust_root(&self) -> Result<TrustRoot, ConfigError> {
         let path = &self.trust.root;
         let err = |reason: String| ConfigError::File {
             what: "trust root",
@@ -608,7 +625,7 @@ impl Config {
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let signed: Signed<TrustRoot> = codec::decode(&bytes).map_err(|e| err(e.to_string()))?;
-        TrustRoot::from_self_signed(&signed, now).map_err(|e| err(e.to_string()))
+        TrustRoot::from_self_signed_any_time(&signed).map_err(|e| err(e.to_string()))
     }
 }
 

@@ -51,6 +51,8 @@ pub enum Kind {
     LocalState,
     /// A device login token ([`crate::auth::DeviceToken`]).
     DeviceToken,
+    /// Signed trust roots, oldest first ([`crate::TrustChain`]).
+    TrustChain,
 }
 
 impl Kind {
@@ -71,6 +73,7 @@ impl Kind {
             Kind::PeerResponse => 12,
             Kind::LocalState => 13,
             Kind::DeviceToken => 14,
+            Kind::TrustChain => 15,
         }
     }
 
@@ -96,6 +99,8 @@ impl Kind {
             Kind::LocalState => MIB,
             // A device id (at most 128 bytes), a key and two times.
             Kind::DeviceToken => 512,
+            // Roots of a few kilobytes each, up to `MAX_TRUST_CHAIN` of them.
+            Kind::TrustChain => 512 * KIB,
         }
     }
 }

@@ -18,6 +18,7 @@
 //! - [`trust`]: ed25519 keys, [`Signed`] documents that keep their signed
 //!   bytes, and the [`TrustRoot`] with its `root`, `release` and `rollout`
 //!   roles and root rotation.
+//! - [`trust_chain`]: root rotations as devices receive them over the air.
 //! - [`release`]: [`Release`] (offline-signed), [`RolloutGate`]
 //!   (online-signed), [`Announcement`], [`Command`], and rollout bucketing.
 //! - [`verify`]: full verification of announcements and commands, with a
@@ -40,6 +41,7 @@ pub mod release;
 pub mod telemetry;
 pub mod topics;
 pub mod trust;
+pub mod trust_chain;
 pub mod verify;
 
 #[cfg(test)]
@@ -59,4 +61,5 @@ pub use semver;
 pub use telemetry::{ByteSplit, Event, Report, ReportBody, SignedReport, Status, UpdateState};
 pub use topics::Topic;
 pub use trust::{PublicKey, Role, RoleKeys, SecretKey, Signed, TrustRoot};
+pub use trust_chain::TrustChain;
 pub use verify::{CheckedSignatures, DeviceContext, VerifiedAnnouncement, VerifyError};

@@ -79,6 +79,11 @@ pub struct Status {
     /// eligible for. Absent in reports of older agents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatible: Option<Compatible>,
+    /// Version of the trust root the device verifies with, so the
+    /// operator can follow a key rotation across the fleet. Absent in
+    /// reports of older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_version: Option<u64>,
 }
 
 /// Bytes of one download, by where they came from.
@@ -144,6 +149,13 @@ pub enum Event {
         message: String,
         /// The release concerned, if any.
         release: Option<ReleaseId>,
+    },
+    /// The device adopted a newer trust root from the fleet's chain.
+    TrustRotated {
+        /// The root version it verified with before.
+        from: u64,
+        /// The one it verifies with now.
+        to: u64,
     },
 }
 

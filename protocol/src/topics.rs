@@ -5,6 +5,7 @@
 //! meshota/v1/{fleet}/devices/{device}/status            retained, signed status (also the last will)
 //! meshota/v1/{fleet}/devices/{device}/events            signed events
 //! meshota/v1/{fleet}/devices/{device}/cmd               signed commands to the device
+//! meshota/v1/{fleet}/trust                              retained trust-root chain (root rotations)
 //! ```
 //!
 //! Every variable segment is a validated name type, so no topic can carry
@@ -49,6 +50,11 @@ pub enum Topic {
         /// Device.
         device: DeviceId,
     },
+    /// The fleet's retained chain of trust roots.
+    Trust {
+        /// Fleet.
+        fleet: FleetId,
+    },
 }
 
 /// Why a topic string is not a meshota topic.
@@ -77,6 +83,7 @@ impl fmt::Display for Topic {
                 write!(f, "{PREFIX}/{fleet}/devices/{device}/events")
             }
             Topic::Cmd { fleet, device } => write!(f, "{PREFIX}/{fleet}/devices/{device}/cmd"),
+            Topic::Trust { fleet } => write!(f, "{PREFIX}/{fleet}/trust"),
         }
     }
 }
@@ -99,6 +106,9 @@ impl Topic {
                 compatible: Compatible::new(*compatible)?,
                 channel: Channel::new(*channel)?,
             }),
+            [fleet, "trust"] => Ok(Topic::Trust {
+                fleet: FleetId::new(*fleet)?,
+            }),
             [fleet, "devices", device, leaf] => {
                 let fleet = FleetId::new(*fleet)?;
                 let device = DeviceId::new(*device)?;
@@ -115,7 +125,10 @@ impl Topic {
 
     /// Whether messages on this topic are published retained.
     pub fn retained(&self) -> bool {
-        matches!(self, Topic::Announce { .. } | Topic::Status { .. })
+        matches!(
+            self,
+            Topic::Announce { .. } | Topic::Status { .. } | Topic::Trust { .. }
+        )
     }
 }
 
@@ -173,6 +186,7 @@ mod tests {
                 fleet: f(),
                 device: d(),
             },
+            Topic::Trust { fleet: f() },
         ];
         for t in topics {
             assert_eq!(Topic::parse(&t.to_string()).unwrap(), t);

@@ -407,11 +407,21 @@ impl TrustRoot {
     /// # Errors
     /// Signature, threshold, validity or expiry errors.
     pub fn from_self_signed(signed: &Signed<TrustRoot>, now: u64) -> Result<Self, VerifyError> {
-        let claimed = signed.decode_unverified()?;
-        claimed.validate()?;
-        let root = signed.verify(Role::Root, &claimed.root)?;
+        let root = Self::from_self_signed_any_time(signed)?;
         root.check_expiry(now)?;
         Ok(root)
+    }
+
+    /// As [`Self::from_self_signed`] without the expiry check: a device
+    /// whose shipped root lapsed while it was offline can still rotate to
+    /// a newer root, as rotation checks only the final root's expiry.
+    ///
+    /// # Errors
+    /// Signature, threshold or validity errors.
+    pub fn from_self_signed_any_time(signed: &Signed<TrustRoot>) -> Result<Self, VerifyError> {
+        let claimed = signed.decode_unverified()?;
+        claimed.validate()?;
+        signed.verify(Role::Root, &claimed.root)
     }
 
     /// Accepts `next` as the new root only if a threshold of this root's

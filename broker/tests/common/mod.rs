@@ -338,6 +338,7 @@ pub fn status(online: bool) -> meshota_protocol::Status {
         online,
         groups: vec![],
         compatible: None,
+        trust_version: None,
     }
 }
 

@@ -57,7 +57,7 @@ impl Agent {
     /// An agent resuming from `state` (default on first start). Call
     /// [`Agent::handle_boot`] next.
     pub fn new(cfg: AgentConfig, state: AgentState) -> Self {
-        Self {
+        let mut agent = Self {
             cfg,
             state,
             actions: VecDeque::new(),
@@ -70,7 +70,9 @@ impl Agent {
             inhibit_clear: false,
             progress_at: None,
             reboot_retry_at: None,
-        }
+        };
+        agent.restore_trust();
+        agent
     }
 
     /// The current state.
@@ -116,6 +118,7 @@ impl Agent {
             online: true,
             groups: self.cfg.groups.clone(),
             compatible: Some(self.cfg.compatible.clone()),
+            trust_version: Some(self.cfg.root.version),
         }
     }
 

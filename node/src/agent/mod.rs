@@ -35,6 +35,7 @@ pub mod mqtt;
 pub mod outbox;
 pub mod persist;
 pub mod state;
+mod trust;
 pub mod window;
 
 #[cfg(test)]

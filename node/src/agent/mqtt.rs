@@ -204,6 +204,7 @@ impl Reporter for ChannelReporter {
 enum Input {
     Announcement(Vec<u8>),
     Command(Vec<u8>),
+    TrustChain(Vec<u8>),
 }
 
 fn agent_loop(
@@ -242,6 +243,7 @@ fn agent_loop(
         match rx.recv_timeout(Duration::from_secs(wait)) {
             Ok(Input::Announcement(b)) => driver.agent.handle_announcement_bytes(&b, clock.now()),
             Ok(Input::Command(b)) => driver.agent.handle_command(&b, clock.now()),
+            Ok(Input::TrustChain(b)) => driver.agent.handle_trust_chain_bytes(&b, clock.now()),
             Err(std_mpsc::RecvTimeoutError::Timeout) => driver.agent.handle_timeout(clock.now()),
             Err(std_mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         }
@@ -368,7 +370,7 @@ pub async fn run_with_backend(
     tokio::pin!(shutdown);
     let clock = SystemClock;
     let now = clock.now();
-    let root = cfg.trust_root(now)?;
+    let root = cfg.shipped_trust_root()?;
     let (key, created) = ensure_device_key(&cfg.data_dir)?;
     if created {
         tracing::info!(
@@ -389,6 +391,14 @@ pub async fn run_with_backend(
         reporter: Box::new(ChannelReporter(rep_tx)),
     };
     let driver = LocalDriver::start(cfg.agent_config(root)?, parts, now)?;
+    if let Err(e) = driver.agent.trust_root().check_expiry(now) {
+        // Not fatal: a rotation published on the trust topic can still
+        // bring a fresh root; until then every document fails E_EXPIRED.
+        tracing::warn!(
+            "the trust root has expired ({e}); waiting for a newer root on the trust topic, \
+             or ship a new trust root file"
+        );
+    }
     let status = driver.agent.status();
 
     let mut signer = Signer {
@@ -410,6 +420,10 @@ pub async fn run_with_backend(
     let cmd_topic = Topic::Cmd {
         fleet: fleet.clone(),
         device,
+    }
+    .to_string();
+    let trust_topic = Topic::Trust {
+        fleet: fleet.clone(),
     }
     .to_string();
     let announce: Vec<String> = channels
@@ -504,7 +518,14 @@ pub async fn run_with_backend(
                         send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
                 }
-                for t in announce.iter().chain(std::iter::once(&cmd_topic)) {
+                // The trust topic first: a rotated-in key must be known
+                // before the announcements it signed are checked (they are
+                // also re-read after a rotation, as the order of retained
+                // messages across topics is not guaranteed).
+                for t in std::iter::once(&trust_topic)
+                    .chain(announce.iter())
+                    .chain(std::iter::once(&cmd_topic))
+                {
                     if let Err(e) = client.subscribe(t.clone(), QoS::AtLeastOnce).await {
                         tracing::warn!("subscribe {t}: {e}");
                     }
@@ -518,6 +539,8 @@ pub async fn run_with_backend(
                     Ok(Topic::Announce { .. }) if p.payload.is_empty() => None,
                     Ok(Topic::Announce { .. }) => Some(Input::Announcement(p.payload.to_vec())),
                     Ok(Topic::Cmd { .. }) => Some(Input::Command(p.payload.to_vec())),
+                    Ok(Topic::Trust { .. }) if p.payload.is_empty() => None,
+                    Ok(Topic::Trust { .. }) => Some(Input::TrustChain(p.payload.to_vec())),
                     _ => None,
                 };
                 if let Some(i) = input {
@@ -630,6 +653,7 @@ mod tests {
             online: true,
             groups: vec![],
             compatible: None,
+            trust_version: None,
         }
     }
 

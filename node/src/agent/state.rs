@@ -2,7 +2,9 @@
 //! power loss to finish or undo an update and to refuse replays.
 
 use meshota_protocol::semver::Version;
-use meshota_protocol::{Announcement, Kind, Message, Release, ReleaseId, RolloutGate, UpdateState};
+use meshota_protocol::{
+    Announcement, Kind, Message, Release, ReleaseId, RolloutGate, TrustChain, UpdateState,
+};
 use serde::{Deserialize, Serialize};
 
 /// Releases remembered as given up (rolled back, failed, cancelled), so a
@@ -75,6 +77,10 @@ pub struct AgentState {
     /// nothing else may start, since the slots are mid-switch.
     #[serde(default)]
     pub reboot_pending: bool,
+    /// The trust chain the device last rotated along, re-verified from
+    /// the shipped root at every start (see [`super::Agent::new`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust_chain: Option<TrustChain>,
 }
 
 impl Default for AgentState {
@@ -100,6 +106,7 @@ impl Default for AgentState {
             inhibited_since: None,
             cancel_requested: false,
             reboot_pending: false,
+            trust_chain: None,
         }
     }
 }

@@ -76,7 +76,7 @@ proptest! {
         let device = DeviceId::new("dev-1").unwrap();
         let rel = ReleaseId::digest(b"r");
         let bodies = vec![
-            ReportBody::Status(Status { version: Some(semver::Version::new(1, 0, counter % 7)), release: Some(rel), slot: Some("a".into()), state: st, target: None, peer_id: Some("12D3".into()), site: SiteId::new("s1").unwrap(), tags: vec!["lab".into()], online: counter % 2 == 0, groups: vec![Group::new("canary").unwrap()], compatible: Some(Compatible::new("rpi4").unwrap()) }),
+            ReportBody::Status(Status { version: Some(semver::Version::new(1, 0, counter % 7)), release: Some(rel), slot: Some("a".into()), state: st, target: None, peer_id: Some("12D3".into()), site: SiteId::new("s1").unwrap(), tags: vec!["lab".into()], online: counter % 2 == 0, groups: vec![Group::new("canary").unwrap()], compatible: Some(Compatible::new("rpi4").unwrap()), trust_version: Some(counter % 3) }),
             ReportBody::Event(Event::StateChanged { release: Some(rel), from: st, to }),
             ReportBody::Event(Event::Progress { release: rel, bytes: ByteSplit { same_site: split.0, other_peers: split.1, origin: split.2, local: split.3 }, total: 9, rate_bps: 1 }),
             ReportBody::Event(Event::InstallResult { release: rel, ok: true, detail: msg.clone() }),

@@ -124,6 +124,7 @@ impl Reporter {
             online: true,
             groups: vec![],
             compatible: None,
+            trust_version: None,
         };
         self.sign(ReportBody::Status(status))
     }

@@ -9,6 +9,7 @@ mod mqtt_e2e;
 mod p2p_fetch;
 mod policy;
 mod reject;
+mod trust;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
