@@ -14,10 +14,11 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use meshota_broker::bundle_tool::{check, create, inspect, BundleToolError};
 use meshota_broker::cli::keys::{self, KeysError, RoleSpec};
+use meshota_broker::cli::rotate;
 use meshota_broker::cli::{unix_now, Hint};
 use meshota_broker::client::ClientError;
 use meshota_broker::operator::{DevicesCmd, FleetCmd, ReleaseCmd, RolloutCmd};
-use meshota_protocol::InstallKind;
+use meshota_protocol::{InstallKind, Role};
 
 /// meshota: over-the-air updates for embedded Linux fleets.
 #[derive(Parser)]
@@ -60,6 +61,35 @@ enum KeysCommand {
     /// trust root devices ship with. Keep the root and release keys
     /// offline.
     Init(KeysInit),
+    /// Make the next trust root: replace some roles' keys, or only renew
+    /// the expiry, and extend the chain devices rotate along.
+    ///
+    /// The new DIR/trust.cbor is signed by the current root keys (and the
+    /// new ones when --replace root), and DIR/trust-chain.cbor lists every
+    /// root since the first. Give the chain to meshota-broker
+    /// (--trust-chain) with the new trust.cbor (--trust) and, after
+    /// --replace rollout, the new --rollout-key: devices verify the chain
+    /// from the root they shipped with and switch over the air. Replaced
+    /// keys are kept as NAME.vN; destroy them once `meshota devices list`
+    /// shows the new trust version everywhere.
+    Rotate(KeysRotate),
+}
+
+#[derive(Args)]
+struct KeysRotate {
+    /// The key directory `keys init` made (it needs the current root keys).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Roles whose keys are replaced: root, release, rollout (repeat or
+    /// comma-separate). Without it only the version and expiry change.
+    #[arg(long, value_delimiter = ',')]
+    replace: Vec<String>,
+    /// Days until the new trust root expires.
+    #[arg(long, default_value_t = 365)]
+    expires_days: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -239,6 +269,7 @@ fn describe(e: &anyhow::Error) -> String {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Keys(KeysCommand::Init(a)) => keys_init(a),
+        Command::Keys(KeysCommand::Rotate(a)) => keys_rotate(a),
         Command::Bundle(BundleCommand::Create(a)) => bundle_create(a),
         Command::Bundle(BundleCommand::Inspect(a)) => bundle_inspect(a),
         Command::Bundle(BundleCommand::Verify(a)) => bundle_verify(a),
@@ -304,6 +335,50 @@ fn keys_init(a: KeysInit) -> anyhow::Result<()> {
         println!("{:<8} {}  {}", k.role, k.id, k.path.display());
     }
     println!("trust    {}", report.trust_file.display());
+    Ok(())
+}
+
+fn keys_rotate(a: KeysRotate) -> anyhow::Result<()> {
+    let replace = a
+        .replace
+        .iter()
+        .map(|r| match r.trim() {
+            "root" => Ok(Role::Root),
+            "release" => Ok(Role::Release),
+            "rollout" => Ok(Role::Rollout),
+            other => Err(anyhow::anyhow!(
+                "--replace {other:?}: expected root, release or rollout"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let report = rotate::rotate(&rotate::RotateOptions {
+        dir: a.dir,
+        replace,
+        expires_days: a.expires_days,
+        now: unix_now(),
+    })?;
+    if a.json {
+        return print_json(&report);
+    }
+    println!(
+        "trust root v{} -> v{} (expires at {})",
+        report.from_version, report.to_version, report.expires_at
+    );
+    for k in &report.keys {
+        println!("{:<8} {}  {}", k.role, k.id, k.path.display());
+    }
+    for p in &report.retired {
+        println!(
+            "retired  {}  (destroy once every device reports the new trust version)",
+            p.display()
+        );
+    }
+    println!("trust    {}", report.trust_file.display());
+    println!(
+        "chain    {}  ({} roots; give it to meshota-broker --trust-chain)",
+        report.chain_file.display(),
+        report.chain_len
+    );
     Ok(())
 }
 

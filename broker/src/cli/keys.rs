@@ -98,6 +98,12 @@ pub enum KeysError {
         #[source]
         source: VerifyError,
     },
+    /// The chain file's newest root is not the current trust file.
+    #[error("{path} does not end at the current trust.cbor")]
+    ChainMismatch {
+        /// The chain file.
+        path: PathBuf,
+    },
     /// The new trust root could not be signed or encoded.
     #[error("cannot encode the trust root: {0}")]
     Encode(#[from] CodecError),
@@ -127,6 +133,9 @@ impl Hint for KeysError {
             ),
             Self::TrustRejected { source: VerifyError::Expired { .. }, .. } => Some(
                 "the trust root has expired: create a new one with `meshota keys init --force --expires-days N`".into(),
+            ),
+            Self::ChainMismatch { .. } => Some(
+                "trust.cbor and trust-chain.cbor are from different rotations: restore the pair from the same backup (trust-vN.cbor files are the older roots)".into(),
             ),
             Self::TrustRejected { .. } => Some(
                 "the trust file was altered or is not self-signed by its root keys: use the original trust.cbor".into(),
@@ -327,7 +336,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, KeysError> {
 /// Writes a secret key readable by its owner only. The mode is set on
 /// open (no window where the key is world-readable) and again afterwards,
 /// since `--force` may reuse a file created with a wider mode.
-fn write_secret(path: &Path, text: &str) -> Result<(), KeysError> {
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), KeysError> {
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)

@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod keys;
+pub mod rotate;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
