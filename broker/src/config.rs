@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use meshota_protocol::{codec, FleetId, SecretKey, Signed, TrustRoot};
+use meshota_protocol::{codec, FleetId, SecretKey, Signed, TrustChain, TrustRoot};
 use serde::Deserialize;
 
 /// MQTT username the control plane (and only it) logs in with.
@@ -70,6 +70,11 @@ pub struct Config {
     /// codec bytes of a `Signed<TrustRoot>`, or the same as hex text.
     /// Without it, `POST /v1/releases` answers 503.
     pub trust: Option<PathBuf>,
+    /// The chain of trust roots from the one devices shipped with to
+    /// `trust` (`meshota keys rotate` writes it). The control plane
+    /// publishes it retained on the fleet's trust topic, and devices
+    /// rotate along it over the air.
+    pub trust_chain: Option<PathBuf>,
     /// The online `rollout` secret key file (used by the rollout planner).
     pub rollout_key: Option<PathBuf>,
     /// MQTT 3.1.1 listener of the embedded broker (port 0 picks one).
@@ -126,6 +131,7 @@ impl Default for Config {
             #[allow(clippy::expect_used)] // a constant, valid name
             fleet: FleetId::new("default").expect("valid fleet name"),
             trust: None,
+            trust_chain: None,
             rollout_key: None,
             mqtt_listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
             mqtt5_listen: None,
@@ -192,6 +198,44 @@ impl Config {
         TrustRoot::from_self_signed(&signed, now)
             .map(Some)
             .map_err(|e| ConfigError::Invalid(format!("trust root {}: {e}", path.display())))
+    }
+
+    /// Loads the trust chain, if configured, and checks that it verifies
+    /// link by link from its first root and ends at `trust`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and what failed, including a chain
+    /// without `trust` or one that ends elsewhere.
+    pub fn load_trust_chain(
+        &self,
+        trust: Option<&TrustRoot>,
+    ) -> Result<Option<(TrustChain, Vec<u8>)>, ConfigError> {
+        let Some(path) = &self.trust_chain else {
+            return Ok(None);
+        };
+        let bad =
+            |why: String| ConfigError::Invalid(format!("trust chain {}: {why}", path.display()));
+        let Some(trust) = trust else {
+            return Err(bad("needs --trust (the newest trust.cbor) as well".into()));
+        };
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        let chain: TrustChain = codec::decode(&bytes).map_err(|e| bad(e.to_string()))?;
+        let first = chain
+            .roots
+            .first()
+            .ok_or_else(|| bad("it lists no roots".into()))?;
+        let first = TrustRoot::from_self_signed_any_time(first).map_err(|e| bad(e.to_string()))?;
+        let last = chain
+            .advance(&first)
+            .map_err(|e| bad(e.to_string()))?
+            .unwrap_or(first);
+        if &last != trust {
+            return Err(bad(format!(
+                "it ends at root v{} but --trust is v{}: pass the trust.cbor and trust-chain.cbor of the same rotation",
+                last.version, trust.version
+            )));
+        }
+        Ok(Some((chain, bytes)))
     }
 
     /// Loads the rollout key, if configured.

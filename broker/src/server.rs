@@ -69,6 +69,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The trust chain could not be stored or published.
+    #[error("publishing the trust chain: {0}")]
+    TrustChain(#[from] crate::mqtt::control::ControlError),
     /// A supervised task ended; everything else was stopped.
     #[error("server task failed: {0}")]
     TaskDied(String),
@@ -166,6 +169,7 @@ impl Server {
         clear_uploads(&dir.join("uploads"));
         let now = crate::now();
         let trust = config.load_trust(now)?.map(Arc::new);
+        let trust_chain = config.load_trust_chain(trust.as_deref())?;
         // Loaded (and so checked) now, so a bad key fails at start; the
         // rollout planner takes it from [`Server::rollout_key`].
         let rollout_key = config.load_rollout_key()?.map(Arc::new);
@@ -239,6 +243,19 @@ impl Server {
             eventloop,
             config.fleet.clone(),
         ));
+        if let Some((chain, bytes)) = trust_chain {
+            // Owned and retained like an announcement: re-published after
+            // every broker start and re-asserted if anyone overwrites it.
+            let topic = meshota_protocol::Topic::Trust {
+                fleet: config.fleet.clone(),
+            };
+            control.announce(&topic, bytes).await?;
+            tracing::info!(
+                roots = chain.roots.len(),
+                newest = ?chain.newest_version(),
+                "publishing the trust chain on {topic}"
+            );
+        }
 
         let rollouts = crate::rollouts::Rollouts::open(
             registry.clone(),

@@ -348,3 +348,78 @@ async fn a_rollout_resumes_after_a_broker_restart_and_its_gate_is_republished_wi
     }
     server.shutdown().await.unwrap();
 }
+
+/// Writes root v2 of `k`'s fleet, which replaces the rollout key with
+/// `new_rollout`, and the chain v1 → v2; returns (trust v2, chain) paths.
+fn rotate_rollout_key(
+    dir: &Path,
+    shipped: &Path,
+    k: &Keys,
+    new_rollout: &meshota_protocol::SecretKey,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use meshota_protocol::{codec, RoleKeys, Signed, TrustChain, TrustRoot};
+    let v1: Signed<TrustRoot> = codec::decode(&std::fs::read(shipped).unwrap()).unwrap();
+    let mut next = v1.decode_unverified().unwrap();
+    next.version = 2;
+    next.rollout = RoleKeys {
+        keys: vec![new_rollout.public()],
+        threshold: 1,
+    };
+    let v2 = Signed::sign(&next, &[&k.root]).unwrap();
+    let trust = dir.join("trust-v2.cbor");
+    std::fs::write(&trust, codec::encode(&v2).unwrap()).unwrap();
+    let chain = dir.join("trust-chain.cbor");
+    let roots = vec![v1, v2];
+    std::fs::write(&chain, codec::encode(&TrustChain { roots }).unwrap()).unwrap();
+    (trust, chain)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_shipped_with_the_first_root_rotates_over_the_air_and_takes_a_release_gated_by_the_new_rollout_key(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let k = keys();
+    let shipped = write_trust(tmp.path(), &k);
+    let new_rollout = meshota_protocol::SecretKey::from_seed([31; 32]);
+    let (trust_v2, chain) = rotate_rollout_key(tmp.path(), &shipped, &k, &new_rollout);
+    let rollout_key = tmp.path().join("rollout-v2.key");
+    std::fs::write(&rollout_key, new_rollout.to_file("rollout")).unwrap();
+    let mut cfg = config(&tmp.path().join("broker"));
+    cfg.auto_accept = true;
+    cfg.trust = Some(trust_v2);
+    cfg.trust_chain = Some(chain);
+    cfg.rollout_key = Some(rollout_key);
+    cfg.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+    let server = spawn(cfg).await;
+
+    // The device only knows root v1, whose rollout key the control plane
+    // no longer holds: it can take the release only by rotating first.
+    let _device = start_p2p_device(tmp.path(), "dev-0", &server, &shipped, false);
+    let reg = server.registry().clone();
+    eventually("dev-0 reporting trust root v2", || {
+        reg.device(&dev("dev-0"))
+            .unwrap()
+            .filter(|d| d.trust_version == Some(2))
+    })
+    .await;
+
+    let v1 = publish(&server, tmp.path(), &k, "1.2.3", 1, 7);
+    let mut req = request(v1);
+    req.waves = Some(vec![100]);
+    let created = server
+        .rollouts()
+        .create(req, meshota_broker::now())
+        .unwrap();
+    let id = created.status.rollout.to_string();
+    wait_rollout(
+        &server,
+        &id,
+        "the release to reach the rotated device",
+        |v| v.status.state == RolloutState::Completed,
+    )
+    .await;
+    let d = reg.device(&dev("dev-0")).unwrap().unwrap();
+    assert_eq!(d.state, Some(UpdateState::Committed));
+    assert_eq!(d.release, Some(v1));
+    server.shutdown().await.unwrap();
+}

@@ -27,6 +27,10 @@ struct Args {
     /// Self-signed trust root file that releases must verify against.
     #[arg(long)]
     trust: Option<PathBuf>,
+    /// Trust chain from `meshota keys rotate` (trust-chain.cbor), published
+    /// so devices rotate to the --trust root over the air.
+    #[arg(long)]
+    trust_chain: Option<PathBuf>,
     /// Rollout-role secret key file.
     #[arg(long)]
     rollout_key: Option<PathBuf>,
@@ -88,6 +92,9 @@ fn config(args: Args) -> anyhow::Result<Config> {
     }
     if args.trust.is_some() {
         c.trust = args.trust;
+    }
+    if args.trust_chain.is_some() {
+        c.trust_chain = args.trust_chain;
     }
     if args.rollout_key.is_some() {
         c.rollout_key = args.rollout_key;

@@ -7,7 +7,8 @@
 //! (re)connect (rumqttd keeps retained messages in memory only), and
 //! re-asserted whenever another client overwrites it (we subscribe to the
 //! announce topics and compare bytes). A retained message on an announce
-//! topic we do not own is cleared. This assumes one control plane per
+//! topic we do not own is cleared. The fleet's trust chain is owned and
+//! guarded the same way. This assumes one control plane per
 //! fleet: two with different announcements would keep overwriting each
 //! other.
 
@@ -44,7 +45,7 @@ pub struct ControlSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     /// The topic is not an announce topic.
-    #[error("{0} is not an announce topic")]
+    #[error("{0} is not an announce or trust topic")]
     NotAnnounce(String),
     /// The topic is not a device cmd topic.
     #[error("{0} is not a device cmd topic")]
@@ -139,7 +140,7 @@ impl ControlHandle {
     /// # Errors
     /// [`ControlError`].
     pub async fn announce(&self, topic: &Topic, payload: Vec<u8>) -> Result<(), ControlError> {
-        if !matches!(topic, Topic::Announce { .. }) {
+        if !matches!(topic, Topic::Announce { .. } | Topic::Trust { .. }) {
             return Err(ControlError::NotAnnounce(topic.to_string()));
         }
         let t = topic.to_string();
@@ -296,6 +297,11 @@ async fn on_connect(handle: &ControlHandle, fleet: &FleetId) -> Result<(), Contr
     sub(filters::all_status(fleet)).await?;
     sub(filters::all_events(fleet)).await?;
     sub(filters::all_announce(fleet)).await?;
+    sub(Topic::Trust {
+        fleet: fleet.clone(),
+    }
+    .to_string())
+    .await?;
     let reg = handle.registry.clone();
     let owned = tokio::task::spawn_blocking(move || reg.announcements())
         .await
@@ -317,7 +323,7 @@ async fn on_publish(
     retain: bool,
 ) -> Result<(), ControlError> {
     let reg = handle.registry.clone();
-    if let Ok(Topic::Announce { .. }) = Topic::parse(topic) {
+    if let Ok(Topic::Announce { .. } | Topic::Trust { .. }) = Topic::parse(topic) {
         let t = topic.to_string();
         let owned = tokio::task::spawn_blocking(move || reg.announcement(&t))
             .await
