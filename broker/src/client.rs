@@ -340,6 +340,7 @@ pub fn devices_table(devices: &[DeviceRecord]) -> String {
         "STATE".into(),
         "VERSION".into(),
         "SITE".into(),
+        "TRUST".into(),
         "LAST SEEN".into(),
     ]];
     for d in devices {
@@ -350,6 +351,7 @@ pub fn devices_table(devices: &[DeviceRecord]) -> String {
             d.state.map_or("-".into(), |s| s.as_str().to_string()),
             d.version.as_ref().map_or("-".into(), ToString::to_string),
             d.site.as_ref().map_or("-".into(), ToString::to_string),
+            d.trust_version.map_or("-".into(), |v| format!("v{v}")),
             d.last_seen.map_or("-".into(), |t| t.to_string()),
         ]);
     }
