@@ -2,8 +2,8 @@
 //! symlink that is switched atomically.
 //!
 //! ```text
-//! <root>/slots/a/payload     the payload (File and Image kinds; an
-//!                            Archive is also stored as-is, not unpacked)
+//! <root>/slots/a/payload     the payload as verified
+//! <root>/slots/a/root/       an Archive (tar) payload, unpacked
 //! <root>/slots/a/release     "<release id>\n<version>\n", written last:
 //!                            a slot without it holds nothing
 //! <root>/current -> slots/a  the active slot
@@ -206,6 +206,12 @@ impl InstallBackend for DirBackend {
             Err(e) => return Err(InstallError::io("remove", rec, e)),
         }
         super::payload_to_file(req.manifest, req.store, &dir.join("payload"))?;
+        if req.manifest.kind == meshota_protocol::InstallKind::Archive {
+            super::archive::unpack_tar(&dir.join("payload"), &dir.join("root"))?;
+        } else {
+            // A tree from an earlier archive release must not outlive it.
+            super::archive::remove_tree(&dir.join("root"))?;
+        }
         let text = format!("{}\n{}\n", req.release, req.manifest.version);
         write_atomic(&rec, text.as_bytes())?;
         Ok(slot.to_string())

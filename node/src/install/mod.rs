@@ -12,6 +12,7 @@
 //!   or RAUC hooks.
 //! - [`rauc::RaucBackend`]: the `rauc` CLI.
 
+pub mod archive;
 pub mod command;
 pub mod dir;
 mod fsutil;

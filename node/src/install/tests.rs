@@ -25,6 +25,52 @@ fn script(dir: &Path, name: &str, body: &str) -> std::path::PathBuf {
 }
 
 #[test]
+fn the_dir_backend_unpacks_an_archive_release_and_a_later_release_of_another_kind_clears_the_tree()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TestStore::default();
+    let mut tar = ::tar::Builder::new(Vec::new());
+    let conf = noise(200_000, 9);
+    let mut h = ::tar::Header::new_gnu();
+    h.set_size(conf.len() as u64);
+    h.set_mode(0o640);
+    h.set_cksum();
+    tar.append_data(&mut h, "opt/app/data.bin", &conf[..])
+        .unwrap();
+    let archive = tar.into_inner().unwrap();
+    let m = put_payload(
+        &store,
+        &archive,
+        Version::new(2, 0, 0),
+        InstallKind::Archive,
+    );
+    let mut b = DirBackend::new(tmp.path(), None).unwrap();
+    let req = |release, manifest| InstallRequest {
+        release,
+        manifest,
+        store: &store,
+    };
+    assert_eq!(b.install(&req(rel(1), &m)).unwrap(), "a");
+    let tree = b.slot_path("a").join("root");
+    assert_eq!(std::fs::read(tree.join("opt/app/data.bin")).unwrap(), conf);
+    let mode = std::fs::metadata(tree.join("opt/app/data.bin"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o640, "modes are kept");
+    b.activate(&rel(1)).unwrap();
+    b.commit().unwrap();
+
+    // Two releases later slot a is rewritten with a plain file release.
+    let f = put_payload(&store, b"plain", Version::new(3, 0, 0), InstallKind::File);
+    assert_eq!(b.install(&req(rel(2), &f)).unwrap(), "b");
+    b.activate(&rel(2)).unwrap();
+    b.commit().unwrap();
+    assert_eq!(b.install(&req(rel(3), &f)).unwrap(), "a");
+    assert!(!tree.exists(), "a stale tree must not outlive its release");
+}
+
+#[test]
 fn the_dir_backend_writes_the_inactive_slot_and_switches_only_on_activation() {
     let tmp = tempfile::tempdir().unwrap();
     let store = TestStore::default();
