@@ -241,7 +241,13 @@ fn open_files_limit() -> Option<u64> {
 
 async fn wait_until_listening(addr: SocketAddr) -> Result<(), EmbeddedError> {
     for _ in 0..100 {
-        if TcpStream::connect(addr).await.is_ok() {
+        // Asking the kernel, not connecting: rumqttd logs a probe that
+        // connects and hangs up as an ERROR, which every start showed.
+        let up = match listening(addr.port()) {
+            Some(up) => up,
+            None => TcpStream::connect(addr).await.is_ok(),
+        };
+        if up {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -249,6 +255,32 @@ async fn wait_until_listening(addr: SocketAddr) -> Result<(), EmbeddedError> {
     Err(EmbeddedError::Start(format!(
         "nothing listening on internal port {addr} after 5 s"
     )))
+}
+
+/// Whether a socket is listening on TCP `port`, from `/proc/net/tcp` and
+/// `/proc/net/tcp6` (this network namespace); `None` when neither can be
+/// read.
+fn listening(port: u16) -> Option<bool> {
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        let found = text.lines().skip(1).any(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st …; 0A is TCP_LISTEN.
+            let local_port = cols
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            cols.get(3) == Some(&"0A") && local_port == Some(port)
+        });
+        if found {
+            return Some(true);
+        }
+    }
+    readable.then_some(false)
 }
 
 /// Accepts on `public` and pipes each connection to rumqttd at `internal`,
@@ -314,6 +346,15 @@ async fn forward(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listening_port_is_seen_without_connecting_to_it() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert_eq!(listening(port), Some(true));
+        drop(l);
+        assert_eq!(listening(port), Some(false));
+    }
 
     #[test]
     fn the_connection_cap_fits_three_descriptors_per_client_in_the_open_files_limit() {
