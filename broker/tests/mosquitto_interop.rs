@@ -549,3 +549,107 @@ async fn a_staged_rollout_through_mosquitto_takes_three_agents_to_committed() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// A CA, then a certificate it signs for each `(subject alt names, CN)`:
+/// `(ca pem, [(cert pem, key pem)])`.
+fn pki(leaves: &[(Vec<String>, &str)]) -> (String, Vec<(String, String)>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "meshota test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issued = leaves
+        .iter()
+        .map(|(names, cn)| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(names.clone()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, *cn);
+            let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+            (cert.pem(), key.serialize_pem())
+        })
+        .collect();
+    (ca.pem(), issued)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_presents_its_client_certificate_to_a_mosquitto_that_requires_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (ca, issued) = pki(&[(vec!["localhost".into()], "localhost"), (vec![], "dev-1")]);
+    let ca_file = write_readable(dir, "ca.pem", &ca);
+    let server_cert = write_readable(dir, "server.pem", &issued[0].0);
+    let server_key = write_readable(dir, "server-key.pem", &issued[0].1);
+    let client_cert = write_readable(dir, "dev-1.pem", &issued[1].0);
+    let client_key = write_readable(dir, "dev-1-key.pem", &issued[1].1);
+    // Plain listener for the control plane, TLS with a required client
+    // certificate for devices.
+    let tls_port = free_port();
+    let mosq = start_mosquitto(dir, |port| {
+        format!(
+            "per_listener_settings false\n\
+             allow_anonymous true\n\
+             listener {port} 127.0.0.1\n\
+             listener {tls_port} 127.0.0.1\n\
+             cafile {ca}\n\
+             certfile {cert}\n\
+             keyfile {key}\n\
+             require_certificate true\n\
+             persistence false\n\
+             log_dest stderr\n\
+             log_type all\n",
+            ca = ca_file.display(),
+            cert = server_cert.display(),
+            key = server_key.display(),
+        )
+    });
+
+    let trust = write_trust(dir, &keys());
+    let mut cfg = config(&dir.join("broker"));
+    cfg.trust = Some(trust.clone());
+    cfg.mqtt_url = Some(format!("mqtt://{CONTROL}:unused@{}", mosq.addr));
+    let server = spawn(cfg).await;
+    control_connected(&server).await;
+    enrol_agents(&server, dir, &["dev-1"]);
+
+    // Without a client certificate the TLS listener refuses the session.
+    let mut o = rumqttc::MqttOptions::new("no-cert", "localhost", tls_port);
+    o.set_transport(rumqttc::Transport::tls(ca.clone().into_bytes(), None, None));
+    let (_c, mut el) = rumqttc::AsyncClient::new(o, 10);
+    let refused = tokio::time::timeout(WAIT, async {
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return false,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(refused, "a session without a client certificate was let in");
+
+    let section = format!(
+        "url = \"mqtts://localhost:{tls_port}\"\nca = {ca:?}\nclient_cert = {cert:?}\nclient_key = {key:?}\n",
+        ca = ca_file.display().to_string(),
+        cert = client_cert.display().to_string(),
+        key = client_key.display().to_string(),
+    );
+    let opts = AgentOptions {
+        mqtt: Some(section),
+        ..AgentOptions::default()
+    };
+    let device = start_device_with(dir, "dev-1", mosq.addr, &trust, opts);
+    eventually("dev-1's status via the certificate-only listener", || {
+        server
+            .registry()
+            .device(&dev("dev-1"))
+            .unwrap()
+            .filter(|r| r.state == Some(UpdateState::Idle) && r.online)
+    })
+    .await;
+    blocking(move || device.stop()).await.unwrap();
+    server.shutdown().await.unwrap();
+}

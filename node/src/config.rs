@@ -126,6 +126,12 @@ pub struct MqttSection {
     pub password_file: Option<PathBuf>,
     /// CA certificate for `mqtts://`.
     pub ca: Option<PathBuf>,
+    /// Client certificate chain (PEM) for brokers that authenticate
+    /// devices by certificate (Mosquitto `require_certificate`, AWS IoT
+    /// Core, EMQX); needs `client_key` and `mqtts://`.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, PKCS#8, PKCS#1 or SEC1).
+    pub client_key: Option<PathBuf>,
 }
 
 /// `[trust]`.

@@ -31,6 +31,8 @@ pub struct AgentOptions {
     pub groups: Vec<String>,
     /// A `/bin/sh -c` health script, given the new slot as `$1`.
     pub health_script: Option<String>,
+    /// The `[mqtt]` section's body instead of `url = "mqtt://<addr>"`.
+    pub mqtt: Option<String>,
 }
 
 /// A running agent: stopped and joined when dropped.
@@ -95,7 +97,7 @@ site = "site-1"
 compatible = "rpi4"
 groups = [{groups}]
 [mqtt]
-url = "mqtt://{mqtt}"
+{mqtt_section}
 [trust]
 root = "{trust}"
 [install.dir]
@@ -105,6 +107,10 @@ root = "{slots}"
         trust = trust.display(),
         slots = device_slots(dir, id).display(),
         groups = groups.join(", "),
+        mqtt_section = opts
+            .mqtt
+            .clone()
+            .unwrap_or_else(|| format!("url = \"mqtt://{mqtt}\"")),
     ))
     .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -307,7 +307,24 @@ fn options(
                 ))
             }
         };
-        o.set_transport(Transport::tls(ca, None, None));
+        let read = |what: &str, p: &std::path::Path| {
+            std::fs::read(p).map_err(|e| DaemonError::Url(format!("{what} {}: {e}", p.display())))
+        };
+        let client = match (&cfg.mqtt.client_cert, &cfg.mqtt.client_key) {
+            (Some(c), Some(k)) => Some((read("mqtt.client_cert", c)?, read("mqtt.client_key", k)?)),
+            (None, None) => None,
+            _ => {
+                return Err(DaemonError::Url(
+                    "mqtt.client_cert and mqtt.client_key go together: set both or neither".into(),
+                ))
+            }
+        };
+        o.set_transport(Transport::tls(ca, client, None));
+    } else if cfg.mqtt.client_cert.is_some() || cfg.mqtt.client_key.is_some() {
+        return Err(DaemonError::Url(
+            "mqtt.client_cert needs an mqtts:// url: a certificate is only presented over TLS"
+                .into(),
+        ));
     }
     Ok(o)
 }
