@@ -226,7 +226,11 @@ impl FleetCmd {
             n("online"),
             n("releases")
         );
-        for (title, key) in [("by state", "by_state"), ("by version", "by_version")] {
+        for (title, key) in [
+            ("by state", "by_state"),
+            ("by version", "by_version"),
+            ("by trust root", "by_trust_version"),
+        ] {
             if let Some(map) = v.get(key).and_then(serde_json::Value::as_object) {
                 out.push_str(title);
                 out.push_str(":\n");

@@ -421,5 +421,8 @@ async fn a_device_shipped_with_the_first_root_rotates_over_the_air_and_takes_a_r
     let d = reg.device(&dev("dev-0")).unwrap().unwrap();
     assert_eq!(d.state, Some(UpdateState::Committed));
     assert_eq!(d.release, Some(v1));
+    let client = http(&server, true);
+    let fleet = blocking(move || client.fleet().unwrap()).await;
+    assert_eq!(fleet["by_trust_version"]["v2"], 1, "{fleet}");
     server.shutdown().await.unwrap();
 }

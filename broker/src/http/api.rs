@@ -261,6 +261,10 @@ pub struct FleetSummary {
     pub by_state: BTreeMap<String, u64>,
     /// Accepted devices by installed version.
     pub by_version: BTreeMap<String, u64>,
+    /// Accepted devices by the trust-root version they verify with, to
+    /// follow a key rotation (`unknown` before their first status).
+    #[serde(default)]
+    pub by_trust_version: BTreeMap<String, u64>,
     /// Releases published.
     pub releases: u64,
 }
@@ -282,6 +286,10 @@ pub(super) fn summarize(devices: &[DeviceRecord], releases: u64) -> FleetSummary
                     .as_ref()
                     .map_or("unknown".into(), ToString::to_string);
                 *s.by_version.entry(v).or_default() += 1;
+                let t = d
+                    .trust_version
+                    .map_or("unknown".into(), |t| format!("v{t}"));
+                *s.by_trust_version.entry(t).or_default() += 1;
             }
         }
         if d.online {

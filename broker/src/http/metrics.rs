@@ -71,6 +71,14 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
             esc(k)
         ));
     }
+    line("# HELP meshota_devices_by_trust_version Accepted devices by trust-root version.".into());
+    line("# TYPE meshota_devices_by_trust_version gauge".into());
+    for (k, v) in &fleet.by_trust_version {
+        line(format!(
+            "meshota_devices_by_trust_version{{trust=\"{}\"}} {v}",
+            esc(k)
+        ));
+    }
     line("# HELP meshota_releases Releases published on this origin.".into());
     line("# TYPE meshota_releases gauge".into());
     line(format!("meshota_releases {releases}"));
