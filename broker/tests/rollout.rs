@@ -53,11 +53,20 @@ async fn wait_rollout(
         if done(&v) {
             return v;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; rollout is:\n{}",
-            v.status
-        );
+        if tokio::time::Instant::now() >= deadline {
+            // What each device said, so a CI failure can be diagnosed.
+            let reg = server.registry();
+            let mut history = String::new();
+            for d in reg.devices().unwrap() {
+                for e in reg.events(&d.id).unwrap() {
+                    history += &format!("{} {} {:?}\n", e.received_at, d.id, e.event);
+                }
+            }
+            panic!(
+                "timed out waiting for {what}; rollout is:\n{}\ndevice events:\n{history}",
+                v.status
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
