@@ -3,7 +3,7 @@
 //! agents, each with its own libp2p node fetching from the seeder and its
 //! neighbours, installing into A/B slot directories and health-checking.
 // Test scaffolding outside #[test] functions may unwrap, as in `common`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
