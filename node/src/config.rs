@@ -85,6 +85,32 @@ pub struct Config {
     /// What may hold an update back.
     #[serde(default)]
     pub inhibitor: InhibitorSection,
+    /// How failed downloads are retried.
+    #[serde(default)]
+    pub fetch: FetchSection,
+}
+
+/// `[fetch]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FetchSection {
+    /// Attempts before the device gives up on a release (state `Failed`,
+    /// reported); a newer announcement starts afresh.
+    pub max_attempts: u32,
+    /// Seconds before the first retry; doubles each time.
+    pub retry_min_secs: u64,
+    /// Longest wait between retries.
+    pub retry_max_secs: u64,
+}
+
+impl Default for FetchSection {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            retry_min_secs: 10,
+            retry_max_secs: 600,
+        }
+    }
 }
 
 /// `[device]`.
@@ -425,6 +451,23 @@ impl Config {
         for g in &self.device.groups {
             Group::new(g).map_err(|e| invalid("device.groups", e, NAME_FIX))?;
         }
+        if self.fetch.max_attempts == 0 {
+            return Err(invalid(
+                "fetch.max_attempts",
+                "is 0",
+                "allow at least one attempt (the default is 8)",
+            ));
+        }
+        if self.fetch.retry_min_secs == 0 || self.fetch.retry_min_secs > self.fetch.retry_max_secs {
+            return Err(invalid(
+                "fetch.retry_min_secs",
+                format!(
+                    "is {} with retry_max_secs {}",
+                    self.fetch.retry_min_secs, self.fetch.retry_max_secs
+                ),
+                "use 1 <= retry_min_secs <= retry_max_secs",
+            ));
+        }
         if self.device.channels.is_empty() {
             return Err(invalid(
                 "device.channels",
@@ -529,6 +572,9 @@ impl Config {
         a.inhibitor = self.inhibitor.file.is_some() || self.inhibitor.command.is_some();
         a.max_inhibit = self.inhibitor.max_inhibit_secs;
         a.on_inhibit_timeout = self.inhibitor.on_timeout;
+        a.max_fetch_attempts = self.fetch.max_attempts;
+        a.fetch_backoff_min = self.fetch.retry_min_secs;
+        a.fetch_backoff_max = self.fetch.retry_max_secs;
         Ok(a)
     }
 

@@ -102,6 +102,11 @@ groups = [{groups}]
 root = "{trust}"
 [install.dir]
 root = "{slots}"
+# A fetch that fails on a loaded CI machine is retried in seconds, not
+# the production default's 10 s doubling, which could outlast a test.
+[fetch]
+retry_min_secs = 1
+retry_max_secs = 4
 {health}"#,
         data = device_data_dir(dir, id).display(),
         trust = trust.display(),

@@ -29,6 +29,22 @@ fn the_example_config_parses_and_validates() {
     assert!(matches!(c.inhibitor(), Some(InhibitorSource::File(_))));
 }
 
+/// A trust root for building agent configs (nothing is verified here).
+fn any_root() -> TrustRoot {
+    let k = meshota_protocol::SecretKey::from_seed([5; 32]);
+    let role = || meshota_protocol::RoleKeys {
+        keys: vec![k.public()],
+        threshold: 1,
+    };
+    TrustRoot {
+        version: 1,
+        expires_at: u64::MAX,
+        root: role(),
+        release: role(),
+        rollout: role(),
+    }
+}
+
 #[test]
 fn a_minimal_config_gets_the_documented_defaults() {
     let c = Config::parse(MINIMAL).unwrap();
@@ -37,6 +53,18 @@ fn a_minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.inhibitor.on_timeout, InhibitTimeout::Fail);
     assert!(c.inhibitor().is_none());
     assert!(c.maintenance.windows.is_empty());
+    let a = c.agent_config(any_root()).unwrap();
+    assert_eq!(
+        (
+            a.max_fetch_attempts,
+            a.fetch_backoff_min,
+            a.fetch_backoff_max
+        ),
+        (8, 10, 600)
+    );
+    let c = Config::parse(&format!("{MINIMAL}\n[fetch]\nretry_min_secs = 2\n")).unwrap();
+    let a = c.agent_config(any_root()).unwrap();
+    assert_eq!((a.fetch_backoff_min, a.fetch_backoff_max), (2, 600));
 }
 
 #[test]
@@ -55,6 +83,14 @@ fn errors_name_the_field_and_the_fix() {
         (
             format!("{MINIMAL}\n[inhibitor]\nfile = \"/a\"\ncommand = \"/b\"\n"),
             "inhibitor",
+        ),
+        (
+            format!("{MINIMAL}\n[fetch]\nmax_attempts = 0\n"),
+            "fetch.max_attempts",
+        ),
+        (
+            format!("{MINIMAL}\n[fetch]\nretry_min_secs = 900\n"),
+            "fetch.retry_min_secs",
         ),
     ];
     for (text, field) in cases {
