@@ -570,6 +570,10 @@ max_download_bps = {bps}
 backend = "dir"
 [install.dir]
 root = "{slots}"
+# Retries in seconds on a loaded CI machine (production: 10 s doubling).
+[fetch]
+retry_min_secs = 1
+retry_max_secs = 4
 "#,
             data = data.display(),
             mqtt = self.broker().mqtt,
