@@ -632,8 +632,24 @@ pub fn local_status(cfg: &Config) -> Result<serde_json::Value, DaemonError> {
         .unwrap_or_default();
     let slots = cfg.backend()?.status();
     let opt = |v: Option<String>| v.map_or(serde_json::Value::Null, serde_json::Value::String);
+    // The root the agent will verify with: the shipped one, advanced
+    // along the persisted chain exactly as the agent does at start.
+    let trust = match cfg.shipped_trust_root() {
+        Ok(shipped) => {
+            let shipped_version = shipped.version;
+            let agent = super::Agent::new(cfg.agent_config(shipped)?, state.clone());
+            let root = agent.trust_root();
+            serde_json::json!({
+                "version": root.version,
+                "shipped_version": shipped_version,
+                "expires_at": root.expires_at,
+            })
+        }
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    };
     Ok(serde_json::json!({
         "device": cfg.device.id,
+        "trust": trust,
         "state": state.phase.as_str(),
         "failure": state.failure,
         "installed_version": opt(state.installed_version.as_ref().map(|v| v.to_string())),

@@ -58,9 +58,18 @@ fn main() -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
+                let text = |v: &serde_json::Value| match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Null => "-".into(),
+                    other => other.to_string(),
+                };
                 println!(
-                    "device {}: {} (installed {}, slot {})",
-                    st["device"], st["state"], st["installed_version"], st["slot"]["active"]
+                    "device {}: {} (installed {}, slot {}, trust root v{})",
+                    text(&st["device"]),
+                    text(&st["state"]),
+                    text(&st["installed_version"]),
+                    text(&st["slot"]["active"]),
+                    text(&st["trust"]["version"])
                 );
             }
             Ok(())
