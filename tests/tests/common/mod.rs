@@ -23,6 +23,11 @@
     dead_code
 )]
 
+mod netns;
+// Only the partition test uses it; `common` is compiled into every test.
+#[allow(unused_imports)]
+pub use netns::NetNs;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -269,6 +274,8 @@ pub struct Node {
     pub data: PathBuf,
     pub slots: PathBuf,
     pub proc: Option<Proc>,
+    /// The network namespace it runs in, if not this one.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -325,6 +332,12 @@ pub struct Lab {
     /// A `/bin/sh -c` health check for nodes configured from now on (its
     /// `$1` is the active slot); none by default.
     pub health_script: Option<String>,
+    /// The address the broker listens on (MQTT, HTTP, libp2p).
+    pub listen_ip: String,
+    /// The network namespace nodes configured from now on run in.
+    pub node_netns: Option<String>,
+    /// The address nodes configured from now on listen on for libp2p.
+    pub node_listen: String,
 }
 
 /// Device class every lab bundle and node uses.
@@ -346,6 +359,9 @@ impl Lab {
             nodes: Vec::new(),
             download_bps: 0,
             health_script: None,
+            listen_ip: "127.0.0.1".into(),
+            node_netns: None,
+            node_listen: "127.0.0.1".into(),
         };
         lab.cli(&["keys", "init", "--dir", &lab.keys.display().to_string()])
             .success();
@@ -477,9 +493,9 @@ impl Lab {
                 (v[0].to_string(), v[1].to_string(), v[2].to_string())
             }
             Err(_) => (
-                "127.0.0.1:0".to_string(),
-                "127.0.0.1:0".to_string(),
-                "/ip4/127.0.0.1/tcp/0".to_string(),
+                format!("{}:0", self.listen_ip),
+                format!("{}:0", self.listen_ip),
+                format!("/ip4/{}/tcp/0", self.listen_ip),
             ),
         };
         let mut cmd = Command::new(bin("meshota-broker"));
@@ -522,7 +538,7 @@ impl Lab {
         });
     }
 
-    /// The seeder's first loopback TCP multiaddr, from the broker's log
+    /// The seeder's first TCP multiaddr on `listen_ip`, from the broker's log
     /// (port 0 on the first start; the same port is asked for on restart).
     fn seeder_addr(&self, proc: &Proc) -> String {
         let found = eventually("the seeder's listen address in the log", WAIT, || {
@@ -531,7 +547,10 @@ impl Lab {
             out.lines()
                 .chain(err.lines())
                 .flat_map(|l| l.split(|c: char| c.is_whitespace() || "[],\"".contains(c)))
-                .find(|w| w.starts_with("/ip4/127.0.0.1/tcp/") && !w.ends_with("/tcp/0"))
+                .find(|w| {
+                    w.starts_with(&format!("/ip4/{}/tcp/", self.listen_ip))
+                        && !w.ends_with("/tcp/0")
+                })
                 .map(|w| w.split("/p2p/").next().unwrap_or(w).to_string())
         });
         found
@@ -563,7 +582,7 @@ url = "mqtt://{mqtt}"
 [trust]
 root = "{trust}"
 [p2p]
-listen = ["/ip4/127.0.0.1/tcp/0"]
+listen = ["/ip4/{listen}/tcp/0"]
 mdns = false
 max_download_bps = {bps}
 [install]
@@ -580,6 +599,7 @@ retry_max_secs = 4
             trust = self.keys.join("trust.cbor").display(),
             slots = slots.display(),
             bps = self.download_bps,
+            listen = self.node_listen,
         );
         let health = self.health_script.as_ref().map_or(String::new(), |script| {
             format!(
@@ -593,6 +613,7 @@ retry_max_secs = 4
             data,
             slots,
             proc: None,
+            netns: self.node_netns.clone(),
         }
     }
 
@@ -600,7 +621,14 @@ retry_max_secs = 4
     pub fn start_node(&mut self, i: usize) {
         let n = &mut self.nodes[i];
         assert!(n.proc.is_none(), "{} already runs", n.id);
-        let mut cmd = Command::new(bin("meshota-node"));
+        let mut cmd = match &n.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("meshota-node"));
+                c
+            }
+            None => Command::new(bin("meshota-node")),
+        };
         cmd.arg("--config")
             .arg(&n.config)
             // `meshota::chunk_stored` logs each chunk fetched and stored.

@@ -149,6 +149,13 @@ impl Fetches {
                 SchedEvent::Dropped { peer, reason } => {
                     tracing::info!(%peer, %reason, "dropped a slow peer");
                     net.event(NodeEvent::PeerDropped { peer, reason });
+                    // Re-asked once its cool-off is over: nothing else
+                    // would, since its connection may well have survived
+                    // (a link that went down and came back), and if it was
+                    // the only source the download would sit until the
+                    // stall timeout.
+                    dl.have_retry
+                        .push((now + self.sched_config.drop_cooloff, peer));
                 }
                 SchedEvent::Stalled => {
                     tracing::warn!(manifest = %id.short(), "download stalled");
