@@ -225,7 +225,7 @@ fn key_index(role: Role, file_name: &str) -> Option<u32> {
     (n >= 2).then_some(n)
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeysError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeysError + '_ {
     move |source| KeysError::Io {
         path: path.to_path_buf(),
         source,

@@ -16,7 +16,9 @@ use meshota_protocol::{Role, RoleKeys, SecretKey, Signed, TrustChain, TrustRoot}
 use serde::Serialize;
 
 use super::atomic::AtomicFile;
-use super::keys::{key_file_name, load_role_keys, write_secret, KeysError, WrittenKey, TRUST_FILE};
+use super::keys::{
+    io_err, key_file_name, load_role_keys, write_secret, KeysError, WrittenKey, TRUST_FILE,
+};
 use super::DAY_SECS;
 
 /// File name of the trust chain inside a key directory.
@@ -56,13 +58,6 @@ pub struct RotateReport {
     pub chain_file: PathBuf,
     /// Roots in the chain.
     pub chain_len: usize,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> KeysError + '_ {
-    move |source| KeysError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KeysError> {

@@ -55,29 +55,31 @@ pub(super) async fn metrics(State(s): State<AppState>) -> Result<impl IntoRespon
     line("# HELP meshota_devices_online Devices whose last status said online.".into());
     line("# TYPE meshota_devices_online gauge".into());
     line(format!("meshota_devices_online {}", fleet.online));
-    line("# HELP meshota_devices_by_state Accepted devices by update state.".into());
-    line("# TYPE meshota_devices_by_state gauge".into());
-    for (k, v) in &fleet.by_state {
+    for (name, label, help, counts) in [
+        ("by_state", "state", "update state", &fleet.by_state),
+        (
+            "by_version",
+            "version",
+            "installed version",
+            &fleet.by_version,
+        ),
+        (
+            "by_trust_version",
+            "trust",
+            "trust-root version",
+            &fleet.by_trust_version,
+        ),
+    ] {
         line(format!(
-            "meshota_devices_by_state{{state=\"{}\"}} {v}",
-            esc(k)
+            "# HELP meshota_devices_{name} Accepted devices by {help}."
         ));
-    }
-    line("# HELP meshota_devices_by_version Accepted devices by installed version.".into());
-    line("# TYPE meshota_devices_by_version gauge".into());
-    for (k, v) in &fleet.by_version {
-        line(format!(
-            "meshota_devices_by_version{{version=\"{}\"}} {v}",
-            esc(k)
-        ));
-    }
-    line("# HELP meshota_devices_by_trust_version Accepted devices by trust-root version.".into());
-    line("# TYPE meshota_devices_by_trust_version gauge".into());
-    for (k, v) in &fleet.by_trust_version {
-        line(format!(
-            "meshota_devices_by_trust_version{{trust=\"{}\"}} {v}",
-            esc(k)
-        ));
+        line(format!("# TYPE meshota_devices_{name} gauge"));
+        for (k, v) in counts {
+            line(format!(
+                "meshota_devices_{name}{{{label}=\"{}\"}} {v}",
+                esc(k)
+            ));
+        }
     }
     line("# HELP meshota_releases Releases published on this origin.".into());
     line("# TYPE meshota_releases gauge".into());

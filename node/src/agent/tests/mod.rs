@@ -120,6 +120,23 @@ pub(crate) fn agent_config(w: &World) -> AgentConfig {
     c
 }
 
+/// An agent resuming from `state`, booted on slot a with v1.1 active,
+/// its boot actions drained.
+pub(crate) fn booted_on_v1_1(w: &World, state: AgentState) -> Agent {
+    let mut a = Agent::new(agent_config(w), state);
+    a.handle_boot(
+        SlotStatus {
+            active_slot: Some("a".into()),
+            active_release: Some(meshota_protocol::ReleaseId::digest(b"v1.1")),
+            active_version: Some(v(1)),
+            trial: false,
+        },
+        NOW,
+    );
+    drain(&mut a);
+    a
+}
+
 pub(crate) fn v(minor: u64) -> Version {
     Version::new(1, minor, 0)
 }

@@ -304,16 +304,7 @@ fn a_signature_proof_for_other_documents_is_ignored_and_a_tampered_gate_still_re
 
 /// An agent on v1.1 holding `m2` downloaded, as in [`holding`].
 fn a_copy(w: &World, m2: &Manifest) -> Agent {
-    let mut a = Agent::new(agent_config(w), Default::default());
-    a.handle_boot(
-        SlotStatus {
-            active_slot: Some("a".into()),
-            active_release: Some(meshota_protocol::ReleaseId::digest(b"v1.1")),
-            active_version: Some(v(1)),
-            trial: false,
-        },
-        NOW,
-    );
+    let mut a = booted_on_v1_1(w, AgentState::default());
     a.handle_announcement(w.announce(m2, 10, 10, Action::Download), NOW);
     a.handle_fetch_done(Ok(()), NOW);
     drain(&mut a);

@@ -40,21 +40,6 @@ fn gated_by(w: &World, m: &Manifest, seq: u64, rollout: &SecretKey) -> Announcem
     }
 }
 
-fn booted(w: &World, state: AgentState) -> Agent {
-    let mut a = Agent::new(agent_config(w), state);
-    a.handle_boot(
-        SlotStatus {
-            active_slot: Some("a".into()),
-            active_release: Some(meshota_protocol::ReleaseId::digest(b"v1.1")),
-            active_version: Some(v(1)),
-            trial: false,
-        },
-        NOW,
-    );
-    drain(&mut a);
-    a
-}
-
 #[test]
 fn a_rotated_rollout_key_is_adopted_from_the_chain_and_survives_a_restart() {
     let w = world();
@@ -62,7 +47,7 @@ fn a_rotated_rollout_key_is_adopted_from_the_chain_and_survives_a_restart() {
     let (_, m2) = rig.payload(2);
     let new_rollout = SecretKey::from_seed([9; 32]);
     let next = rotated(&w, &new_rollout);
-    let mut a = booted(&w, AgentState::default());
+    let mut a = booted_on_v1_1(&w, AgentState::default());
 
     // Before the rotation the new key is a stranger.
     a.handle_announcement(gated_by(&w, &m2, 10, &new_rollout), NOW);
@@ -92,7 +77,7 @@ fn a_rotated_rollout_key_is_adopted_from_the_chain_and_survives_a_restart() {
         .any(|x| matches!(x, AgentAction::Fetch { .. })));
 
     // A restart from the persisted state with the shipped (v1) root file.
-    let again = booted(&w, a.state().clone());
+    let again = booted_on_v1_1(&w, a.state().clone());
     assert_eq!(again.trust_root(), &next);
     assert_eq!(again.phase(), UpdateState::Downloading);
 }
@@ -101,7 +86,7 @@ fn a_rotated_rollout_key_is_adopted_from_the_chain_and_survives_a_restart() {
 fn a_forged_expired_or_stale_chain_changes_nothing() {
     let w = world();
     let new_rollout = SecretKey::from_seed([9; 32]);
-    let mut a = booted(&w, AgentState::default());
+    let mut a = booted_on_v1_1(&w, AgentState::default());
 
     // Signed by a key that is not the device's root key: what a control
     // plane holding only the online key could produce.
