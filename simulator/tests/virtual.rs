@@ -172,3 +172,23 @@ fn the_default_scenario_baseline_serves_one_copy_per_device() {
     assert_eq!(out.failed, 0);
     assert_eq!(out.origin_bytes, u64::from(s.devices) * s.bundle_bytes);
 }
+
+#[test]
+fn a_fleet_short_of_upload_slots_still_commits_and_replays_exactly() {
+    // One upload slot a device: most requests are refused `Busy`, the
+    // path where the model skips polls that could find nothing.
+    let s = Scenario {
+        max_uploads: 1,
+        ..small()
+    };
+    let a = virt::run(&s, true, &mut |_| {}).unwrap();
+    let sum = Summary::new(&s, &a, None);
+    assert!(sum.ok, "{sum:?}");
+    assert_eq!(sum.committed, s.devices);
+    assert!(a.retries > 0, "no request was ever refused");
+    let b = virt::run(&s, true, &mut |_| {}).unwrap();
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+}

@@ -209,13 +209,17 @@ pub struct Scheduler<P> {
     missing: Vec<u32>,
     missing_at: Vec<u32>,
     in_flight: BTreeSet<u32>,
+    /// One bit per unique chunk that is missing and has no request in
+    /// flight: what a normal (non-endgame) pick can choose. Lets a poll
+    /// skip, with a word-wise AND, every peer that holds nothing open.
+    open: Vec<u64>,
     peers: BTreeMap<P, PeerState>,
     banned: BTreeSet<P>,
     cooloff: BTreeMap<P, Instant>,
     used: BTreeSet<P>,
     /// Reused buffer of the peers ready for a request, so polling does
     /// not allocate.
-    ready: Vec<P>,
+    ready: Vec<(usize, P)>,
     me: Option<u64>,
     actions: VecDeque<Action<P>>,
     events: VecDeque<SchedEvent<P>>,
@@ -249,10 +253,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         let mut missing = Vec::new();
         let mut missing_at = vec![u32::MAX; chunks.len()];
+        let mut open = vec![0u64; chunks.len().div_ceil(64)];
         for (u, c) in chunks.iter().enumerate() {
             if !c.held {
                 missing_at[u] = missing.len() as u32;
                 missing.push(u as u32);
+                open[u / 64] |= 1 << (u % 64);
             }
         }
         let mut s = Self {
@@ -262,6 +268,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             missing,
             missing_at,
             in_flight: BTreeSet::new(),
+            open,
             peers: BTreeMap::new(),
             banned: BTreeSet::new(),
             cooloff: BTreeMap::new(),
@@ -425,6 +432,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         self.in_flight.remove(&u);
         self.remove_missing(u);
+        self.refresh_open(u);
         match class {
             Some(PeerClass::SameSite) => self.stats.bytes.same_site += wire_bytes,
             Some(PeerClass::Origin) => self.stats.bytes.origin += wire_bytes,
@@ -616,6 +624,19 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
+    /// Recomputes chunk `u`'s bit in [`Self::open`].
+    fn refresh_open(&mut self, u: u32) {
+        let u = u as usize;
+        let open = self.missing_at[u] != u32::MAX && self.chunks[u].in_flight.is_empty();
+        if let Some(w) = self.open.get_mut(u / 64) {
+            if open {
+                *w |= 1 << (u % 64);
+            } else {
+                *w &= !(1 << (u % 64));
+            }
+        }
+    }
+
     fn remove_missing(&mut self, u: u32) {
         let at = self.missing_at[u as usize];
         if at == u32::MAX {
@@ -711,6 +732,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if c.in_flight.is_empty() {
             self.in_flight.remove(&u);
         }
+        self.refresh_open(u);
         if let Some(p) = self.peers.get_mut(peer) {
             if was_pending {
                 p.end_request(now);

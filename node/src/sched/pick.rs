@@ -17,7 +17,69 @@ enum Scope {
     Fleet,
 }
 
+/// The pick order of peer classes.
+const CLASSES: [PeerClass; 3] = [PeerClass::SameSite, PeerClass::OtherSite, PeerClass::Origin];
+
+fn class_index(c: PeerClass) -> usize {
+    match c {
+        PeerClass::SameSite => 0,
+        PeerClass::OtherSite => 1,
+        PeerClass::Origin => 2,
+    }
+}
+
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
+    /// Whether news about the chunk at manifest position `index` could
+    /// let [`Self::poll_action`] start a request now: the chunk is
+    /// missing, open (or the download is in its endgame), and `peer` (or,
+    /// with `None`, any peer) holds it and has a free window. False means
+    /// polling now would find nothing new through this chunk, so a driver
+    /// that learns of many chunks may skip the poll; any other change
+    /// that makes a request possible (a back-off ending, a window
+    /// freeing) comes with its own input or [`Self::poll_timeout`].
+    pub fn could_request(&self, peer: Option<&P>, index: usize, now: Instant) -> bool {
+        let Some(&u) = self.pos_to_unique.get(index) else {
+            return false;
+        };
+        let u = u as usize;
+        if self.completed || self.missing_at[u] == u32::MAX {
+            return false;
+        }
+        let open = self
+            .open
+            .get(u / 64)
+            .is_some_and(|w| w & (1 << (u % 64)) != 0);
+        if !open && self.missing.len() > self.cfg.endgame_chunks {
+            return false;
+        }
+        let c = &self.chunks[u];
+        // The class rules of the pick: WAN peers only for chunks no site
+        // peer holds, the origin only for chunks no peer holds.
+        let ready = |p: &PeerState| {
+            let eligible = match p.class {
+                PeerClass::SameSite => true,
+                PeerClass::OtherSite => c.site_avail == 0,
+                PeerClass::Origin => c.avail == 0,
+            };
+            p.known
+                && p.has(u)
+                && (eligible || !open)
+                && p.busy_until <= now
+                && p.in_flight < p.window(self.cfg.window_per_peer, self.cfg.origin_window)
+        };
+        match peer {
+            Some(peer) => self.peers.get(peer).is_some_and(ready),
+            None => self.peers.values().any(ready),
+        }
+    }
+
+    /// Until when `peer` is backed off after `Busy` answers, if known.
+    /// After a `Busy`, that is the only deadline the answer adds to
+    /// [`Self::poll_timeout`].
+    pub fn busy_until(&self, peer: &P) -> Option<Instant> {
+        self.peers.get(peer).map(|p| p.busy_until)
+    }
+
     /// Worth re-asking: unknown yet, or lacking something we miss (it may
     /// have it by now; the origin may have stopped withholding it).
     pub(super) fn wants_refresh(&self, p: &PeerState) -> bool {
@@ -38,36 +100,36 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     pub(super) fn next_request(&mut self, now: Instant) -> Option<Action<P>> {
+        // One pass over the peers sorts the ready ones by class (same
+        // site, other sites, origin), in key order within each, which is
+        // the order three filtered passes would visit them in. A peer
+        // holding no open chunk is left out: `pick_for` could find
+        // nothing with it and would change nothing.
         let mut ready = std::mem::take(&mut self.ready);
-        for class in [PeerClass::SameSite, PeerClass::OtherSite, PeerClass::Origin] {
-            ready.clear();
-            ready.extend(
-                self.peers
-                    .iter()
-                    .filter(|(_, p)| {
-                        p.class == class
-                            && p.known
-                            // A peer with nothing we miss has nothing to pick.
-                            && p.useful > 0
-                            && p.busy_until <= now
-                            && p.in_flight
-                                < p.window(self.cfg.window_per_peer, self.cfg.origin_window)
-                    })
-                    .map(|(k, _)| *k),
-            );
-            let mut found = None;
-            for &peer in &ready {
-                if let Some(u) = self.pick_for(&peer, class, now) {
-                    found = Some((peer, u));
-                    break;
-                }
+        ready.clear();
+        for (k, p) in &self.peers {
+            if p.known
+                // A peer with nothing we miss has nothing to pick.
+                && p.useful > 0
+                && p.busy_until <= now
+                && p.in_flight < p.window(self.cfg.window_per_peer, self.cfg.origin_window)
+                && p.has_any(&self.open)
+            {
+                ready.push((class_index(p.class), *k));
             }
-            if let Some((peer, u)) = found {
-                self.ready = ready;
-                return Some(self.start_request(peer, u, now));
+        }
+        ready.sort_by_key(|(c, _)| *c);
+        let mut found = None;
+        for &(c, peer) in &ready {
+            if let Some(u) = self.pick_for(&peer, CLASSES[c], now) {
+                found = Some((peer, u));
+                break;
             }
         }
         self.ready = ready;
+        if let Some((peer, u)) = found {
+            return Some(self.start_request(peer, u, now));
+        }
         if self.missing.len() <= self.cfg.endgame_chunks {
             return self.endgame(now);
         }
@@ -79,16 +141,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let c = &mut self.chunks[u as usize];
         c.in_flight.push((peer, deadline));
         c.deferred_since = None;
-        self.in_flight.insert(u);
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.begin_request(now);
-        }
-        Action::Request {
+        let action = Action::Request {
             peer,
             index: c.pos,
             chunk: c.id,
             len: c.len,
+        };
+        self.in_flight.insert(u);
+        self.refresh_open(u);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.begin_request(now);
         }
+        action
     }
 
     /// The rarest eligible chunk `peer` can give us, if any.
@@ -99,13 +163,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         for &u in &self.missing {
             // Every class needs the peer to hold the chunk; testing its
             // bit first skips the chunk's state (a cache miss) for most.
-            if !p.has(u as usize) {
+            let (word, bit) = (u as usize / 64, 1u64 << (u % 64));
+            if !p.has(u as usize) || self.open.get(word).is_none_or(|w| w & bit == 0) {
                 continue;
             }
             let c = &self.chunks[u as usize];
-            if !c.in_flight.is_empty() {
-                continue;
-            }
             let eligible = match class {
                 PeerClass::SameSite => p.has(u as usize),
                 // A chunk a neighbour holds is fetched locally, not over the WAN.

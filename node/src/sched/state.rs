@@ -121,6 +121,11 @@ impl PeerState {
             .is_some_and(|w| w & (1 << (u % 64)) != 0)
     }
 
+    /// Whether it holds any chunk of `mask` (same layout as its bits).
+    pub fn has_any(&self, mask: &[u64]) -> bool {
+        self.have.iter().zip(mask).any(|(a, b)| a & b != 0)
+    }
+
     /// Sets or clears chunk `u`; returns whether the bit changed.
     pub fn set_has(&mut self, u: usize, v: bool) -> bool {
         let Some(w) = self.have.get_mut(u / 64) else {

@@ -522,3 +522,50 @@ fn a_pushed_chunk_counts_like_the_same_bit_in_a_bitfield() {
         Some(SchedEvent::Banned { peer: 1, .. })
     ));
 }
+
+#[test]
+fn news_of_a_chunk_is_actionable_only_while_a_ready_peer_could_serve_it() {
+    let m = manifest(8);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(3), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
+    add_peer(&mut s, 2, PeerClass::SameSite, &Bitfield::new(n), t0);
+    assert!(!s.could_request(Some(&1), 3, t0), "peer 1 does not hold it");
+    s.handle_peer_has(1, 3, t0);
+    assert!(s.could_request(Some(&1), 3, t0));
+    assert!(!s.could_request(Some(&2), 3, t0));
+    assert!(s.could_request(None, 3, t0));
+    let reqs = requests(&drain(&mut s, t0));
+    assert_eq!(reqs, vec![(1, 3)]);
+    assert!(
+        !s.could_request(None, 3, t0),
+        "a chunk in flight is not open (outside the endgame)"
+    );
+    // Refused: the chunk is open again but its only holder backs off.
+    s.handle_chunk_failed(1, 3, Failure::Busy, t0);
+    assert!(!s.could_request(None, 3, t0));
+    assert!(
+        requests(&drain(&mut s, t0)).is_empty(),
+        "nothing to do, as it said"
+    );
+    s.handle_peer_has(2, 3, t0);
+    assert!(s.could_request(None, 3, t0));
+    assert_eq!(requests(&drain(&mut s, t0)), vec![(2, 3)]);
+}
+
+#[test]
+fn a_wan_peer_or_the_origin_is_no_reason_to_poll_for_a_chunk_a_site_peer_holds() {
+    let m = manifest(8);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(4), t0);
+    add_peer(&mut s, ORIGIN, PeerClass::Origin, &Bitfield::full(n), t0);
+    add_peer(&mut s, 5, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
+    assert!(s.could_request(Some(&5), 0, t0));
+    s.handle_peer_has(1, 0, t0);
+    assert!(!s.could_request(Some(&5), 0, t0));
+    assert!(!s.could_request(Some(&ORIGIN), 0, t0));
+    assert!(s.could_request(Some(&1), 0, t0));
+}

@@ -24,8 +24,16 @@
 //!   instead of every device re-asking every neighbour for its bitfield
 //!   each second. Only the first `Have` per peer and the origin's (which
 //!   withholds chunks for a while) are still queried. A device acts on
-//!   pushed news at once when idle, otherwise within a quarter of
-//!   `have_refresh_ms`.
+//!   pushed news that can start a request at once when idle, otherwise
+//!   within a quarter of `have_refresh_ms`; news that cannot (the chunk
+//!   is in flight, its holder backed off or out of window) waits for the
+//!   poll a node makes anyway within `have_refresh_ms`
+//!   ([`Scheduler::could_request`](meshota_node::sched::Scheduler::could_request)).
+//! - **No poll for a refusal that changes nothing**: a `Busy` answer is
+//!   handed to the scheduler, but it is polled only if another peer could
+//!   serve the reopened chunk now; the back-off's end is a deadline like
+//!   any other. Most refusals, the largest share of events, then cost no
+//!   scan of the peers and chunks.
 //! - **Batched fan-out, one signature check per announcement**
 //!   ([`control`]): one event delivers a gate to every device (as the
 //!   MQTT broker's retained publish does). Its signatures are checked
@@ -133,8 +141,9 @@ struct Device {
     wake: Option<Micros>,
     /// Pending agent wake-up.
     agent_wake: Option<Micros>,
-    /// A `Poke` is queued: pushed news will be acted on then.
-    poke: bool,
+    /// When the earliest queued `Poke` is due: pushed news is acted on
+    /// then (later ones are stale).
+    poke: Option<Micros>,
     /// Requests this device has outstanding.
     inflight: u32,
     started: bool,
@@ -284,7 +293,7 @@ impl<'a> Sim<'a> {
                 sched: None,
                 wake: None,
                 agent_wake: None,
-                poke: false,
+                poke: None,
                 inflight: 0,
                 started: false,
                 malicious: rng.unit() < s.malicious_rate,
@@ -405,8 +414,10 @@ impl<'a> Sim<'a> {
                     }
                 }
                 Ev::Poke(d) => {
-                    self.devices[d as usize].poke = false;
-                    self.drive(d, now);
+                    if self.devices[d as usize].poke == Some(now) {
+                        self.devices[d as usize].poke = None;
+                        self.drive(d, now);
+                    }
                 }
                 Ev::Have { dst, src } => self.have(dst, src, now),
                 Ev::Arrive {

@@ -7,9 +7,12 @@
 //! each neighbour once, when it finds it, and from then on hears about
 //! every chunk the neighbour stores through
 //! [`Scheduler::handle_peer_has`]. That is at least as fresh as polling,
-//! and a device acts on such news within a quarter of `have_refresh`
-//! (at once when it has nothing in flight), as the node re-asks busy
-//! peers at that cadence. The origin is still polled as on a device,
+//! and a device acts on news that can start a request
+//! ([`Scheduler::could_request`]) within a quarter of `have_refresh` (at
+//! once when it has nothing in flight), as the node re-asks busy peers at
+//! that cadence; other news within `have_refresh`, when a node's next
+//! `Have` answers would make it poll anyway. A `Busy` answer leads to a
+//! poll only when another peer could serve the chunk now. The origin is still polled as on a device,
 //! because it withholds chunks for a while ([`OriginDedup`]) and only a
 //! poll notices they are back.
 //!
@@ -159,10 +162,35 @@ impl Sim<'_> {
         };
         let dev = &mut self.devices[dst as usize];
         dev.inflight = dev.inflight.saturating_sub(1);
+        let mut act = true;
+        let mut backoff = None;
         if let Some(s) = dev.sched.as_mut() {
             s.handle_chunk_failed(src, index as usize, failure, t);
+            // A `Busy` only reopens this chunk and backs the peer off (the
+            // back-off's end is a deadline); when no other peer could take
+            // the chunk now, a poll would find nothing, and a storm of
+            // refusals would cost a full poll each.
+            act = !busy || s.could_request(None, index as usize, t);
+            backoff = s.busy_until(&src);
         }
-        self.drive(dst, now);
+        if act {
+            self.drive(dst, now);
+            return;
+        }
+        // With a wake-up pending, the back-off's end is the only deadline
+        // that can come before it; otherwise ask for the next deadline.
+        let base = self.base;
+        let dev = &mut self.devices[dst as usize];
+        match (dev.wake, backoff) {
+            (Some(cur), Some(b)) if cur > now => {
+                let w = b.saturating_duration_since(base).as_micros() as Micros;
+                if w > now && w < cur {
+                    dev.wake = Some(w);
+                    self.push(w, Ev::Wake(dst));
+                }
+            }
+            _ => self.rearm(dst, now),
+        }
     }
 
     pub(super) fn arrive(&mut self, dst: u32, src: u32, index: u32, corrupt: bool, now: Micros) {
@@ -202,24 +230,31 @@ impl Sim<'_> {
     /// hears of it, and acts on it soon (see the module docs).
     fn announce_chunk(&mut self, d: u32, index: u32, now: Micros) {
         let t = self.at(now);
-        let busy_delay = self.s.have_refresh_ms * 1000 / 4;
+        let refresh = self.s.have_refresh_ms * 1000;
+        let busy_delay = refresh / 4;
         for i in 0..self.topo.subs[d as usize].len() {
             let sub = self.topo.subs[d as usize][i];
+            let lat = self.latency(d, sub);
             let dev = &mut self.devices[sub as usize];
             let Some(s) = dev.sched.as_mut() else {
                 continue;
             };
             s.handle_peer_has(d, index as usize, t);
             self.out.have_pushes += 1;
-            if !dev.poke {
-                dev.poke = true;
-                let lat = self.latency(d, sub);
-                let delay = if self.devices[sub as usize].inflight == 0 {
-                    lat
-                } else {
-                    lat.max(busy_delay)
-                };
-                self.push(now + delay, Ev::Poke(sub));
+            // News that can start a request is acted on soon; other news
+            // only by the next poll a real node would make anyway, when
+            // its next `Have` answers arrive (`have_refresh`). Its own
+            // deadlines (back-offs, patience) wake it in between.
+            let soon = s.could_request(Some(&d), index as usize, t);
+            let delay = match (soon, dev.inflight) {
+                (true, 0) => lat,
+                (true, _) => lat.max(busy_delay),
+                (false, _) => lat.max(refresh),
+            };
+            let due = now + delay;
+            if dev.poke.is_none_or(|p| due < p) {
+                dev.poke = Some(due);
+                self.push(due, Ev::Poke(sub));
             }
         }
     }
@@ -283,6 +318,12 @@ impl Sim<'_> {
             self.fetch_done(d, result, now);
             return;
         }
+        self.rearm(d, now);
+    }
+
+    /// Sets `d`'s scheduler wake-up to its next deadline, if earlier than
+    /// the pending one.
+    fn rearm(&mut self, d: u32, now: Micros) {
         let next = self.devices[d as usize]
             .sched
             .as_ref()
