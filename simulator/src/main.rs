@@ -199,6 +199,13 @@ fn run() -> anyhow::Result<ExitCode> {
                         "did not finish"
                     }
                 );
+                let kinds: Vec<String> = out
+                    .events_by_kind
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect();
+                eprintln!("events by kind: {}", kinds.join(", "));
             }
             Ok(exit(&summary))
         }

@@ -34,6 +34,7 @@
 //!   `min_rate_bps`) drops it for a cool-off period.
 
 mod origin;
+mod peers;
 mod pick;
 mod state;
 #[cfg(test)]
@@ -47,6 +48,7 @@ use std::time::{Duration, Instant};
 use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
 pub use origin::OriginDedup;
+use peers::PeerTable;
 use state::{ChunkState, PeerState};
 
 /// Where a peer sits relative to us; decides preference and accounting.
@@ -213,7 +215,7 @@ pub struct Scheduler<P> {
     /// flight: what a normal (non-endgame) pick can choose. Lets a poll
     /// skip, with a word-wise AND, every peer that holds nothing open.
     open: Vec<u64>,
-    peers: BTreeMap<P, PeerState>,
+    peers: PeerTable<P>,
     banned: BTreeSet<P>,
     cooloff: BTreeMap<P, Instant>,
     used: BTreeSet<P>,
@@ -269,7 +271,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             missing_at,
             in_flight: BTreeSet::new(),
             open,
-            peers: BTreeMap::new(),
+            peers: PeerTable::new(),
             banned: BTreeSet::new(),
             cooloff: BTreeMap::new(),
             used: BTreeSet::new(),
@@ -310,10 +312,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         let n = self.chunks.len();
         let mut class_changed = None;
-        let p = self
-            .peers
-            .entry(peer)
-            .or_insert_with(|| PeerState::new(class, state::peer_hash(&peer), n, now));
+        let p = self.peers.get_or_insert_with(peer, || {
+            PeerState::new(class, state::peer_hash(&peer), n, now)
+        });
         if p.class != class {
             class_changed = Some(p.class);
         }

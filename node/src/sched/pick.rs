@@ -107,7 +107,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         // nothing with it and would change nothing.
         let mut ready = std::mem::take(&mut self.ready);
         ready.clear();
-        for (k, p) in &self.peers {
+        for (k, p) in self.peers.iter() {
             if p.known
                 // A peer with nothing we miss has nothing to pick.
                 && p.useful > 0

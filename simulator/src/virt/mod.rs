@@ -43,10 +43,9 @@
 mod control;
 pub mod fleet;
 pub mod net;
+mod queue;
 mod transfer;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 use meshota_broker::rollout::Planner;
@@ -118,6 +117,8 @@ pub struct Outcome {
     pub retries: u64,
     /// Events processed (a cost measure of the run itself).
     pub events: u64,
+    /// The same, by kind: where a run's cost goes.
+    pub events_by_kind: std::collections::BTreeMap<&'static str, u64>,
     /// Chunk announcements pushed to neighbours' schedulers.
     pub have_pushes: u64,
     /// Announcements handed to device agents; each agent verified it
@@ -200,32 +201,38 @@ enum Ev {
     Rediscover { dst: u32, peer: u32 },
 }
 
-/// A queued event, ordered by time and then by when it was queued (so
-/// equal times replay in a fixed order); the event itself never takes
-/// part in the comparison, which keeps the heap's sift cheap.
-struct Queued {
-    at: Micros,
-    seq: u64,
-    ev: Ev,
-}
+impl Ev {
+    const KINDS: [&'static str; 13] = [
+        "wake",
+        "agent_wake",
+        "planner_wake",
+        "poke",
+        "broadcast",
+        "report",
+        "step_done",
+        "arrive",
+        "refused_busy",
+        "refused_not_found",
+        "have",
+        "rediscover",
+        "stale",
+    ];
 
-impl PartialEq for Queued {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
-}
-
-impl Eq for Queued {}
-
-impl PartialOrd for Queued {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Queued {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+    fn kind(&self) -> usize {
+        match self {
+            Ev::Wake(_) => 0,
+            Ev::AgentWake(_) => 1,
+            Ev::PlannerWake => 2,
+            Ev::Poke(_) => 3,
+            Ev::Broadcast(_) => 4,
+            Ev::Report { .. } => 5,
+            Ev::StepDone(..) => 6,
+            Ev::Arrive { .. } => 7,
+            Ev::Refused { busy: true, .. } => 8,
+            Ev::Refused { busy: false, .. } => 9,
+            Ev::Have { .. } => 10,
+            Ev::Rediscover { .. } => 11,
+        }
     }
 }
 
@@ -262,14 +269,16 @@ struct Sim<'a> {
     rng: Rng,
     site_up: Vec<Link>,
     site_down: Vec<Link>,
-    queue: BinaryHeap<Reverse<Queued>>,
-    seq: u64,
+    queue: queue::EventQueue<Ev>,
     base: Instant,
     ctl: control::Control,
     planner: Planner,
     planner_wake: Option<Micros>,
     /// Every announcement published, in order.
     announcements: Vec<Announcement>,
+    /// Events by [`Ev::kind`]; the last slot counts timers that had been
+    /// superseded when they fired.
+    kinds: [u64; Ev::KINDS.len()],
     out: Outcome,
 }
 
@@ -323,13 +332,13 @@ impl<'a> Sim<'a> {
             rng: Rng::new(s.seed ^ 0xD15C_0FE7),
             site_up: vec![Link::new(s.site_wan_bps); s.sites as usize],
             site_down: vec![Link::new(s.site_wan_bps); s.sites as usize],
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: queue::EventQueue::default(),
             base: Instant::now(),
             ctl,
             planner,
             planner_wake: None,
             announcements: Vec::new(),
+            kinds: [0; Ev::KINDS.len()],
             out: Outcome {
                 site_wan_in: vec![0; s.sites as usize],
                 ..Outcome::default()
@@ -343,12 +352,7 @@ impl<'a> Sim<'a> {
     }
 
     fn push(&mut self, t: Micros, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse(Queued {
-            at: t,
-            seq: self.seq,
-            ev,
-        }));
+        self.queue.push(t, ev);
     }
 
     fn latency(&self, a: u32, b: u32) -> Micros {
@@ -363,7 +367,7 @@ impl<'a> Sim<'a> {
     fn run(mut self, progress: &mut dyn FnMut(Progress)) -> Outcome {
         self.push(0, Ev::PlannerWake);
         let mut finished = 0;
-        while let Some(Reverse(Queued { at: now, ev, .. })) = self.queue.pop() {
+        while let Some((now, ev)) = self.queue.pop() {
             if now > MAX_VIRTUAL {
                 break;
             }
@@ -375,6 +379,7 @@ impl<'a> Sim<'a> {
             }
             finished = finished.max(done);
             self.out.events += 1;
+            self.kinds[ev.kind()] += 1;
             match ev {
                 Ev::PlannerWake => {
                     if self.planner_wake.is_none_or(|w| w == now) {
@@ -400,6 +405,8 @@ impl<'a> Sim<'a> {
                             .agent
                             .handle_timeout(control::secs(now));
                         self.step_agent(d, now);
+                    } else {
+                        self.kinds[Ev::KINDS.len() - 1] += 1;
                     }
                 }
                 Ev::StepDone(d, step) => self.step_done(d, step, now),
@@ -411,12 +418,16 @@ impl<'a> Sim<'a> {
                             s.handle_timeout(t);
                         }
                         self.drive(d, now);
+                    } else {
+                        self.kinds[Ev::KINDS.len() - 1] += 1;
                     }
                 }
                 Ev::Poke(d) => {
                     if self.devices[d as usize].poke == Some(now) {
                         self.devices[d as usize].poke = None;
                         self.drive(d, now);
+                    } else {
+                        self.kinds[Ev::KINDS.len() - 1] += 1;
                     }
                 }
                 Ev::Have { dst, src } => self.have(dst, src, now),
@@ -450,6 +461,7 @@ impl<'a> Sim<'a> {
             }
         }
         self.out.failed = failed;
+        self.out.events_by_kind = Ev::KINDS.iter().copied().zip(self.kinds).collect();
         self.out.not_started = not_started;
         self.out.announcements_delivered = self.ctl.delivered;
         self.out.signature_checks = self.ctl.signature_checks;
