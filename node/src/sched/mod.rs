@@ -49,7 +49,7 @@ use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
 pub use origin::OriginDedup;
 use peers::PeerTable;
-use state::{ChunkState, PeerState};
+use state::{ChunkSet, ChunkState, PeerState};
 
 /// Where a peer sits relative to us; decides preference and accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -210,7 +210,7 @@ pub struct Scheduler<P> {
     /// Unique indices not yet held, with `missing_at` locating each.
     missing: Vec<u32>,
     missing_at: Vec<u32>,
-    in_flight: BTreeSet<u32>,
+    in_flight: ChunkSet,
     /// One bit per unique chunk that is missing and has no request in
     /// flight: what a normal (non-endgame) pick can choose. Lets a poll
     /// skip, with a word-wise AND, every peer that holds nothing open.
@@ -263,13 +263,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 open[u / 64] |= 1 << (u % 64);
             }
         }
+        let n_unique = chunks.len();
         let mut s = Self {
             cfg,
             chunks,
             pos_to_unique,
             missing,
             missing_at,
-            in_flight: BTreeSet::new(),
+            in_flight: ChunkSet::new(n_unique),
             open,
             peers: PeerTable::new(),
             banned: BTreeSet::new(),
@@ -431,7 +432,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             self.actions
                 .push_back(Action::Cancel { peer: other, index });
         }
-        self.in_flight.remove(&u);
+        self.in_flight.remove(u);
         self.remove_missing(u);
         self.refresh_open(u);
         match class {
@@ -479,7 +480,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let expired: Vec<(u32, P)> = self
             .in_flight
             .iter()
-            .flat_map(|&u| {
+            .flat_map(|u| {
                 self.chunks[u as usize]
                     .in_flight
                     .iter()
@@ -498,22 +499,24 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 self.drop_peer(peer, "requests timed out twice in a row".into(), now);
             }
         }
-        let silent: Vec<P> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.have_pending.is_some_and(|d| d <= now))
-            .map(|(k, _)| *k)
-            .collect();
+        // One walk finds both the silent and the slow: it runs on every
+        // timer, over every peer.
+        let min_rate = self.cfg.min_rate_bps;
+        let mut silent: Vec<P> = Vec::new();
+        let mut slow: Vec<(P, u64)> = Vec::new();
+        for (k, p) in self.peers.iter() {
+            if p.have_pending.is_some_and(|d| d <= now) {
+                silent.push(*k);
+            } else if let Some(r) = p.slow_rate(now, min_rate) {
+                slow.push((*k, r));
+            }
+        }
         for peer in silent {
             self.drop_peer(peer, "did not answer a Have query in time".into(), now);
         }
-        let min_rate = self.cfg.min_rate_bps;
-        let slow: Vec<(P, u64)> = self
-            .peers
-            .iter()
-            .filter_map(|(k, p)| p.slow_rate(now, min_rate).map(|r| (*k, r)))
-            .collect();
         for (peer, rate) in slow {
+            // Dropping a silent peer cannot have removed a slow one: they
+            // are distinct; `drop_peer` ignores peers already gone.
             self.drop_peer(
                 peer,
                 format!("delivering {rate} B/s, below the {min_rate} B/s minimum"),
@@ -561,7 +564,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 *best = Some(t);
             }
         };
-        for &u in &self.in_flight {
+        for u in self.in_flight.iter() {
             for (_, d) in &self.chunks[u as usize].in_flight {
                 consider(&mut best, *d);
             }
@@ -709,7 +712,6 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let flying: Vec<u32> = self
             .in_flight
             .iter()
-            .copied()
             .filter(|&u| {
                 self.chunks[u as usize]
                     .in_flight
@@ -731,7 +733,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         c.in_flight.retain(|(p, _)| p != peer);
         let was_pending = c.in_flight.len() != before;
         if c.in_flight.is_empty() {
-            self.in_flight.remove(&u);
+            self.in_flight.remove(u);
         }
         self.refresh_open(u);
         if let Some(p) = self.peers.get_mut(peer) {

@@ -185,6 +185,42 @@ impl PeerState {
     }
 }
 
+/// A set of unique chunk indices as bits: iterates in ascending order,
+/// as the `BTreeSet` it replaced did, without walking tree nodes.
+pub(super) struct ChunkSet(Vec<u64>);
+
+impl ChunkSet {
+    pub fn new(chunks: usize) -> Self {
+        Self(vec![0; chunks.div_ceil(64)])
+    }
+
+    pub fn insert(&mut self, u: u32) {
+        if let Some(w) = self.0.get_mut(u as usize / 64) {
+            *w |= 1 << (u % 64);
+        }
+    }
+
+    pub fn remove(&mut self, u: u32) {
+        if let Some(w) = self.0.get_mut(u as usize / 64) {
+            *w &= !(1 << (u % 64));
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &w)| {
+            let mut rest = w;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let b = rest.trailing_zeros();
+                rest &= rest - 1;
+                Some(i as u32 * 64 + b)
+            })
+        })
+    }
+}
+
 /// SplitMix64: a tiny seeded generator, so runs replay exactly.
 pub(super) struct SplitMix(pub u64);
 

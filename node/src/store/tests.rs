@@ -420,11 +420,10 @@ fn opening_a_sled_store_that_is_already_open_names_the_path_and_the_fix() {
 
 /// Writes raw records into the chunk tree behind the store's back.
 fn write_raw_records(dir: &std::path::Path, records: &[(ChunkId, Vec<u8>)]) {
-    let db = ::sled::Config::new()
-        .path(dir)
-        .flush_every_ms(None)
-        .open()
-        .unwrap();
+    // The store this test just dropped may still hold sled's file lock
+    // for a moment: open with the store's own wait for it.
+    let config = ::sled::Config::new().path(dir).flush_every_ms(None);
+    let db = crate::store::open_sled(&config).unwrap();
     let chunks = db.open_tree("chunks").unwrap();
     for (id, record) in records {
         chunks.insert(id.as_bytes(), record.clone()).unwrap();

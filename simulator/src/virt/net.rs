@@ -1,12 +1,15 @@
 //! The network model of virtual time: links as FIFO servers.
 //!
-//! A transfer reserves every link on its path (sender uplink, receiver
-//! downlink, and both sites' WAN links when it crosses sites). It starts
-//! when all of them are free and each stays busy for the transfer's size
-//! over its own rate, so no link ever carries more than its capacity and a
-//! shared site uplink is shared. It is coarser than TCP fair sharing but
-//! conserves capacity exactly, which is what completion times and byte
-//! splits depend on.
+//! A transfer takes a turn on every link on its path (sender uplink,
+//! receiver downlink, and both sites' WAN links when it crosses sites),
+//! each link serving its turns in order and staying busy for the
+//! transfer's size over its own rate; the transfer ends when its last turn
+//! does. No link ever carries more than its capacity and a shared site
+//! uplink is shared. It is coarser than TCP fair sharing (a transfer is
+//! served on its links as in a store-and-forward tandem, not at one
+//! bottleneck rate throughout) but conserves every link's capacity and,
+//! like TCP, never leaves a link idle while work for it is queued, which
+//! is what completion times and byte splits depend on.
 
 /// Microseconds of virtual time.
 pub type Micros = u64;
@@ -36,11 +39,16 @@ impl Link {
 
 /// Reserves `links` for a transfer of `bytes` requested at `now`; returns
 /// when the last byte has crossed the slowest link.
+///
+/// Each link serves its own queue in order: the transfer takes its turn
+/// on every link independently, and ends when its turn on the last one
+/// ends. Waiting for every link on the path to be free at once instead
+/// left fast links idle behind one slow link (a shared origin stood
+/// still while one site's WAN was busy), which TCP does not do.
 pub fn reserve(links: &mut [&mut Link], bytes: u64, now: Micros) -> Micros {
-    let start = links.iter().map(|l| l.free_at).fold(now, Micros::max);
-    let mut end = start;
+    let mut end = now;
     for l in links.iter_mut() {
-        let done = start + l.busy_for(bytes);
+        let done = l.free_at.max(now) + l.busy_for(bytes);
         l.free_at = done;
         end = end.max(done);
     }
@@ -81,6 +89,28 @@ mod tests {
         assert_eq!(
             t2, 2_000_000,
             "the second transfer waits for the shared link"
+        );
+    }
+
+    #[test]
+    fn a_shared_origin_does_not_stand_still_while_one_site_link_is_busy() {
+        // 10 MB/s origin, two 1 MB/s site links: the second site's
+        // transfer takes its turn on the origin at once and is limited
+        // only by its own site link, not by the first site's.
+        let mut origin = Link::new(10_000_000);
+        let mut site_a = Link::new(1_000_000);
+        let mut site_b = Link::new(1_000_000);
+        let a1 = reserve(&mut [&mut origin, &mut site_a], 1_000_000, 0);
+        let a2 = reserve(&mut [&mut origin, &mut site_a], 1_000_000, 0);
+        let b1 = reserve(&mut [&mut origin, &mut site_b], 1_000_000, 0);
+        assert_eq!((a1, a2), (1_000_000, 2_000_000));
+        assert_eq!(
+            b1, 1_000_000,
+            "site B's transfer does not queue behind site A's"
+        );
+        assert_eq!(
+            origin.free_at, 300_000,
+            "the origin carried three transfers at its rate"
         );
     }
 

@@ -23,11 +23,26 @@ use std::time::Duration;
 use meshota_node::sched::{Action, Failure, PeerClass, SchedEvent, Scheduler, SchedulerConfig};
 
 use super::net::{reserve, Micros};
-use super::{Ev, Sim, ORIGIN};
+use super::{Ev, Sim, MAX_VIRTUAL, ORIGIN};
 
 impl Sim<'_> {
     fn sched_config(&self, d: u32) -> SchedulerConfig {
         let chunk_time = u64::from(self.s.chunk_avg) * 1_000_000 / self.s.device_up_bps.max(1);
+        if !self.p2p {
+            // The baseline's origin is a plain HTTP server: it takes every
+            // request and shares its uplink (FIFO here), and a download
+            // that is queued behind thousands of others is slow, not dead.
+            // Refusing, timing out or dropping it would leave the origin
+            // idle and flatter the comparison.
+            let forever = Duration::from_micros(MAX_VIRTUAL);
+            return SchedulerConfig {
+                request_timeout: forever,
+                stall_timeout: forever,
+                min_rate_bps: 0,
+                seed: self.s.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),
+                ..SchedulerConfig::default()
+            };
+        }
         SchedulerConfig {
             // Neighbours push their news, so their bitfields are asked for
             // once; see the module docs. The origin keeps its refresh.
@@ -344,7 +359,7 @@ impl Sim<'_> {
         let lat = self.latency(dst, src);
         let dst_site = self.devices[dst as usize].site as usize;
         if src == ORIGIN {
-            let busy = !self.origin_slots.try_take(now, self.s.origin_max_uploads);
+            let busy = self.p2p && !self.origin_slots.try_take(now, self.s.origin_max_uploads);
             let id = self.manifest.chunks[index as usize].id;
             if busy || !self.origin_dedup.admit(&id, self.at(now)) {
                 let ev = Ev::Refused {
@@ -368,7 +383,9 @@ impl Sim<'_> {
                 now + lat,
             );
             self.devices[a].down = down;
-            self.origin_slots.hold(end);
+            if self.p2p {
+                self.origin_slots.hold(end);
+            }
             let ev = Ev::Arrive {
                 dst,
                 src,
