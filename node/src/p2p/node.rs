@@ -89,7 +89,13 @@ impl Node {
                 .listen_on(addr.clone())
                 .map_err(|e| P2pError::Listen {
                     addr: addr.to_string(),
-                    reason: e.to_string(),
+                    // Some transport errors display as nothing (out of file
+                    // descriptors showed as "listening on …: "); their
+                    // debug form names the cause.
+                    reason: match e.to_string() {
+                        r if r.trim().is_empty() => format!("{e:?}"),
+                        r => r,
+                    },
                 })?;
         }
         for addr in &config.bootstrap {

@@ -363,8 +363,22 @@ impl Fleet {
             scheduler: s.scheduler_config(d.index),
             ..P2pConfig::default()
         };
-        let node = Node::spawn(cfg, d.store.clone(), d.keypair.clone())
-            .map_err(|e| self.device_err(i, e))?;
+        let node = Node::spawn(cfg, d.store.clone(), d.keypair.clone()).map_err(|e| {
+            let reason = e.to_string();
+            if reason.contains("Too many open files") {
+                // Every in-process loopback connection costs two
+                // descriptors, and each device holds a few dozen.
+                self.device_err(
+                    i,
+                    format!(
+                        "{reason}; the process ran out of file descriptors: \
+                         run fewer devices, or raise `ulimit -n`"
+                    ),
+                )
+            } else {
+                self.device_err(i, reason)
+            }
+        })?;
         let addrs = node
             .listen_addrs()
             .await
