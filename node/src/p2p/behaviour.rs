@@ -131,7 +131,11 @@ fn make_behaviour(
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
     // Devices sit on private LANs without confirmed external
     // addresses; answer DHT queries anyway.
-    kad.set_mode(Some(kad::Mode::Server));
+    kad.set_mode(Some(if config.kad_server {
+        kad::Mode::Server
+    } else {
+        kad::Mode::Client
+    }));
     let mdns = if config.mdns {
         Some(mdns::tokio::Behaviour::new(
             mdns::Config::default(),

@@ -49,6 +49,12 @@ pub struct P2pConfig {
     pub request_timeout: Duration,
     /// Close connections idle for this long.
     pub idle_connection_timeout: Duration,
+    /// Answer Kademlia queries (server mode, the default) or only ask
+    /// them (client mode). A server is added to every routing table that
+    /// learns of it, so each lookup and each automatic bootstrap of its
+    /// peers may connect to it; with hundreds of nodes in one process
+    /// (the simulator) those connections ran it out of descriptors.
+    pub kad_server: bool,
     /// Seed-only origin: after serving a chunk, withhold it (from `Have`
     /// answers, and `NotFound` to `Get`) for this long, so the fleet takes
     /// it from that first copy ([`crate::sched::OriginDedup`]). Zero turns
@@ -84,6 +90,7 @@ impl Default for P2pConfig {
             max_memory_fraction: Some(0.9),
             request_timeout: Duration::from_secs(60),
             idle_connection_timeout: Duration::from_secs(120),
+            kad_server: true,
             origin_dedup_window: Duration::from_secs(30),
             scheduler: SchedulerConfig::default(),
             corrupt_uploads: false,

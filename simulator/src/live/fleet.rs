@@ -360,6 +360,13 @@ impl Fleet {
             shaper: Some(self.net.shaper(d.index)),
             // The simulated device is small; the host is not the device.
             max_memory_fraction: None,
+            // As Kademlia servers, every device ended up in every routing
+            // table, and lookups and automatic bootstraps kept about 50
+            // connections a device: 270 in-process devices ran out of
+            // descriptors. As clients they ask the origin (a server, which
+            // holds the provider records) and dial the providers it names.
+            kad_server: false,
+            idle_connection_timeout: Duration::from_secs(30),
             scheduler: s.scheduler_config(d.index),
             ..P2pConfig::default()
         };
