@@ -33,10 +33,8 @@ impl<P: Ord> PeerTable<P> {
     }
 
     pub fn get_mut(&mut self, k: &P) -> Option<&mut PeerState> {
-        match self.find(k) {
-            Ok(i) => Some(&mut self.vals[i]),
-            Err(_) => None,
-        }
+        let i = self.find(k).ok()?;
+        Some(&mut self.vals[i])
     }
 
     pub fn contains_key(&self, k: &P) -> bool {

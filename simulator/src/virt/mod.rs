@@ -220,6 +220,9 @@ impl Ev {
         "stale",
     ];
 
+    /// The slot of timers that had been superseded when they fired.
+    const STALE: usize = Self::KINDS.len() - 1;
+
     fn kind(&self) -> usize {
         match self {
             Ev::Wake(_) => 0,
@@ -278,8 +281,7 @@ struct Sim<'a> {
     planner_wake: Option<Micros>,
     /// Every announcement published, in order.
     announcements: Vec<Announcement>,
-    /// Events by [`Ev::kind`]; the last slot counts timers that had been
-    /// superseded when they fired.
+    /// Events by [`Ev::kind`], and superseded timers at [`Ev::STALE`].
     kinds: [u64; Ev::KINDS.len()],
     out: Outcome,
 }
@@ -408,7 +410,7 @@ impl<'a> Sim<'a> {
                             .handle_timeout(control::secs(now));
                         self.step_agent(d, now);
                     } else {
-                        self.kinds[Ev::KINDS.len() - 1] += 1;
+                        self.kinds[Ev::STALE] += 1;
                     }
                 }
                 Ev::StepDone(d, step) => self.step_done(d, step, now),
@@ -421,7 +423,7 @@ impl<'a> Sim<'a> {
                         }
                         self.drive(d, now);
                     } else {
-                        self.kinds[Ev::KINDS.len() - 1] += 1;
+                        self.kinds[Ev::STALE] += 1;
                     }
                 }
                 Ev::Poke(d) => {
@@ -429,7 +431,7 @@ impl<'a> Sim<'a> {
                         self.devices[d as usize].poke = None;
                         self.drive(d, now);
                     } else {
-                        self.kinds[Ev::KINDS.len() - 1] += 1;
+                        self.kinds[Ev::STALE] += 1;
                     }
                 }
                 Ev::Have { dst, src } => self.have(dst, src, now),
