@@ -96,6 +96,10 @@ pub struct Config {
     /// Seconds the origin seeder withholds a chunk it has just served, so
     /// the fleet takes it from that first copy (0 turns it off).
     pub p2p_origin_dedup_secs: u64,
+    /// Most simultaneous libp2p connections the origin seeder accepts.
+    /// Devices keep one each: it is their way into the DHT, so a fleet
+    /// larger than this has devices that find no providers.
+    pub p2p_max_connections: u32,
     /// Accept every new device key on first sight (labs, simulator).
     pub auto_accept: bool,
     /// Serve `/metrics` without the operator token.
@@ -141,6 +145,7 @@ impl Default for Config {
             http_tls: None,
             p2p_listen: Vec::new(),
             p2p_origin_dedup_secs: 30,
+            p2p_max_connections: 10_000,
             auto_accept: false,
             open_metrics: false,
             open_reads: false,

@@ -47,7 +47,8 @@ impl Seeder {
     /// Starts a seed-only node on `listen` over `store`, with its identity
     /// in `identity_file`, and provides every manifest already published.
     /// Each chunk served is withheld for `dedup_window` after (see
-    /// `P2pConfig::origin_dedup_window`).
+    /// `P2pConfig::origin_dedup_window`). It accepts `max_connections`
+    /// peers at once.
     ///
     /// # Errors
     /// [`SeederError`] naming what failed.
@@ -57,6 +58,7 @@ impl Seeder {
         identity_file: &std::path::Path,
         published: &[ManifestId],
         dedup_window: Duration,
+        max_connections: u32,
     ) -> Result<Self, SeederError> {
         let listen = listen
             .iter()
@@ -72,6 +74,10 @@ impl Seeder {
             listen,
             mdns: false,
             origin_dedup_window: dedup_window,
+            // The node default (256) suits a device; with it, devices
+            // past the 256th of a 1,000-device live run were refused
+            // and never found a provider.
+            max_connections,
             ..P2pConfig::default()
         }
         .origin();

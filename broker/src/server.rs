@@ -194,6 +194,7 @@ impl Server {
                     &dir.join("p2p.key"),
                     &published,
                     Duration::from_secs(config.p2p_origin_dedup_secs),
+                    config.p2p_max_connections,
                 )
                 .await?,
             )

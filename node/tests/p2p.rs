@@ -19,7 +19,9 @@ use meshota_node::p2p::{
 use meshota_node::store::{MemStore, SledStore, Store, StoredChunk};
 use meshota_protocol::chunking::{decode_chunk, encode_chunk};
 use meshota_protocol::manifest::{build_manifest, ManifestError, ManifestTemplate};
-use meshota_protocol::{ChunkerParams, Compatible, InstallKind, Manifest, ManifestId, PayloadHash};
+use meshota_protocol::{
+    ChunkerParams, Compatible, InstallKind, Manifest, ManifestId, PayloadHash, SiteId,
+};
 
 /// Whole-test bound; every scenario finishes far inside it.
 const TEST_TIMEOUT: Duration = Duration::from_secs(45);
@@ -518,6 +520,112 @@ async fn a_node_connected_only_to_a_neighbour_finds_the_origin_through_kademlia(
         assert_byte_identical(&*sd, &b);
         assert_eq!(report.bytes.origin, fetched(&report), "{report:?}");
         for n in [&origin, &neighbour, &device] {
+            n.shutdown().await;
+        }
+    })
+    .await
+}
+
+/// Discovery, not storage: runs on `MemStore` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kademlia_clients_find_each_other_through_the_origins_provider_records() {
+    bounded(async {
+        // The origin does not hold this bundle; only the holder does, and
+        // neither client is in any routing table (clients never are), so
+        // the holder's provider record must carry its address.
+        let b = Bundle::new(&payload(1 << 20, 10));
+        let origin = spawn(P2pConfig::loopback().origin(), Arc::new(MemStore::new()));
+        let client = || {
+            let mut cfg = P2pConfig::loopback();
+            cfg.kad_server = false;
+            cfg
+        };
+        let sh: Arc<dyn Store> = Arc::new(MemStore::new());
+        b.seed(&*sh);
+        let mut cfg = client();
+        cfg.bootstrap = vec![addr(&origin).await];
+        let holder = spawn(cfg, sh);
+        while !holder
+            .connected_peers()
+            .await
+            .unwrap()
+            .contains(&origin.peer_id())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        holder.provide(b.id).await.unwrap();
+        let sd: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut cfg = client();
+        cfg.bootstrap = vec![addr(&origin).await];
+        let device = spawn(cfg, sd.clone());
+        let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
+        assert_byte_identical(&*sd, &b);
+        assert_eq!(report.bytes.origin, 0, "{report:?}");
+        assert!(device
+            .connected_peers()
+            .await
+            .unwrap()
+            .contains(&holder.peer_id()));
+        for n in [&origin, &holder, &device] {
+            n.shutdown().await;
+        }
+    })
+    .await
+}
+
+/// Discovery, not storage: runs on `MemStore` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_finds_its_site_neighbour_though_the_release_key_lists_only_other_sites() {
+    bounded(async {
+        // The origin lists at most k = 20 providers per key, the first to
+        // come. Far-site nodes fill the release key's list before the
+        // near-site holder provides, so only the site rendezvous key can
+        // lead the device to its neighbour, the one node holding the
+        // bundle: the fetch completes only if it does.
+        let b = Bundle::new(&payload(1 << 20, 11));
+        let origin = spawn(P2pConfig::loopback().origin(), Arc::new(MemStore::new()));
+        let oa = addr(&origin).await;
+        let client = |site: &str| {
+            let mut cfg = P2pConfig::loopback();
+            cfg.kad_server = false;
+            cfg.site = Some(SiteId::new(site).unwrap());
+            cfg.bootstrap = vec![oa.clone()];
+            cfg
+        };
+        let provide = |n: &NodeHandle| {
+            let n = n.clone();
+            let origin = origin.peer_id();
+            async move {
+                while !n.connected_peers().await.unwrap().contains(&origin) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                n.provide(b.id).await.unwrap();
+            }
+        };
+        let empty: Arc<dyn Store> = Arc::new(MemStore::new());
+        let mut far = Vec::new();
+        // A few more than 20, in case the last AddProvider messages
+        // overtake each other.
+        for _ in 0..24 {
+            let n = spawn(client("far"), empty.clone());
+            provide(&n).await;
+            far.push(n);
+        }
+        let held: Arc<dyn Store> = Arc::new(MemStore::new());
+        b.seed(&*held);
+        let neighbour = spawn(client("near"), held);
+        provide(&neighbour).await;
+        let sd: Arc<dyn Store> = Arc::new(MemStore::new());
+        let device = spawn(client("near"), sd.clone());
+        let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
+        assert_byte_identical(&*sd, &b);
+        assert!(report.bytes.same_site > 0, "{report:?}");
+        assert_eq!(
+            report.bytes.other_peers + report.bytes.origin,
+            0,
+            "{report:?}"
+        );
+        for n in far.iter().chain([&origin, &neighbour, &device]) {
             n.shutdown().await;
         }
     })

@@ -120,6 +120,14 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // Quiet by default: a thousand in-process nodes would drown the
+    // summary. `RUST_LOG=meshota_node=debug` shows what they do.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_default_env() {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     match run() {
         Ok(code) => code,
         Err(e) => {

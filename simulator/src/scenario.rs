@@ -87,6 +87,10 @@ pub struct Scenario {
     /// Live mode gives up on devices not finished after this many seconds
     /// of rollout (they count as failed).
     pub live_timeout_s: u64,
+    /// Live mode: devices talk to each other over loopback TCP instead of
+    /// libp2p's in-process memory transport. Each connection then costs
+    /// two file descriptors, which limits a run to a few hundred devices.
+    pub live_tcp: bool,
     /// Seed for every random choice; the same seed replays the same run.
     pub seed: u64,
 }
@@ -124,6 +128,7 @@ impl Default for Scenario {
             churn_rate: 0.0,
             churn_offline_s: 5,
             live_timeout_s: 900,
+            live_tcp: false,
             seed: 1,
         }
     }

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
+use futures::future::Either;
+use libp2p::core::transport::MemoryTransport;
 use libp2p::core::upgrade;
 use libp2p::core::ConnectedPoint;
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
@@ -45,9 +48,16 @@ pub(crate) struct MeshBehaviour {
 }
 
 /// Builds the swarm: TCP + noise + yamux and the behaviours above. With
-/// [`P2pConfig::shaper`] set, every raw TCP connection goes through the
-/// shaper before noise; without it the stock TCP path is used.
+/// [`P2pConfig::shaper`] set, the in-process memory transport is added
+/// and every raw connection, TCP or memory, goes through the shaper
+/// before noise; without it the stock TCP path is used.
 ///
+/// Longest a connection may take from dial (or accept) to a running
+/// multiplexer. Without it a peer that stalls its handshake holds a dial,
+/// and every request queued behind that dial, forever: libp2p sets no
+/// such limit itself.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// # Errors
 /// [`P2pError::Transport`] / [`P2pError::Behaviour`] when libp2p refuses.
 pub(crate) fn build_swarm(
@@ -60,7 +70,15 @@ pub(crate) fn build_swarm(
     let swarm = match config.shaper.clone() {
         None => SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
-            .with_tcp(tcp_config, noise::Config::new, yamux::Config::default)
+            .with_other_transport(|key| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
+                    tcp::tokio::Transport::new(tcp_config)
+                        .upgrade(upgrade::Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(yamux::Config::default())
+                        .timeout(HANDSHAKE_TIMEOUT),
+                )
+            })
             .map_err(|e| P2pError::Transport(e.to_string()))?
             .with_behaviour(behaviour)
             .map_err(|e| P2pError::Behaviour(e.to_string()))?
@@ -70,12 +88,27 @@ pub(crate) fn build_swarm(
             .with_tokio()
             .with_other_transport(|key| {
                 let noise = noise::Config::new(key)?;
+                let memory_shaper = shaper.clone();
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(
-                    tcp::tokio::Transport::new(tcp_config)
-                        .map(move |stream, endpoint| shaped(&*shaper, stream, endpoint))
+                    MemoryTransport::new()
+                        .map(move |chan, endpoint| {
+                            let io: Box<dyn ShapedIo> = Box::new(chan);
+                            match memory_info(&endpoint) {
+                                Some(info) => memory_shaper.shape(io, info),
+                                None => io,
+                            }
+                        })
+                        .or_transport(
+                            tcp::tokio::Transport::new(tcp_config)
+                                .map(move |stream, endpoint| shaped(&*shaper, stream, endpoint)),
+                        )
+                        .map(|either, _| match either {
+                            Either::Left(io) | Either::Right(io) => io,
+                        })
                         .upgrade(upgrade::Version::V1Lazy)
                         .authenticate(noise)
-                        .multiplex(yamux::Config::default()),
+                        .multiplex(yamux::Config::default())
+                        .timeout(HANDSHAKE_TIMEOUT),
                 )
             })
             .map_err(|e| P2pError::Transport(e.to_string()))?
@@ -97,7 +130,7 @@ fn shaped(
     match (stream.0.local_addr(), stream.0.peer_addr()) {
         (Ok(local), Ok(remote)) => shaper.shape(
             Box::new(stream),
-            ConnInfo {
+            ConnInfo::Tcp {
                 local,
                 remote,
                 dialer: endpoint.is_dialer(),
@@ -105,6 +138,22 @@ fn shaped(
         ),
         _ => Box::new(stream),
     }
+}
+
+/// The listener's port of a memory connection, which both ends know (the
+/// dialer dialed it; the listener listens on it).
+fn memory_info(endpoint: &ConnectedPoint) -> Option<ConnInfo> {
+    let (addr, dialer) = match endpoint {
+        ConnectedPoint::Dialer { address, .. } => (address, true),
+        ConnectedPoint::Listener { local_addr, .. } => (local_addr, false),
+    };
+    addr.iter().find_map(|p| match p {
+        Protocol::Memory(listener_port) => Some(ConnInfo::Memory {
+            listener_port,
+            dialer,
+        }),
+        _ => None,
+    })
 }
 
 /// The composed behaviour, the same whichever transport carries it.
@@ -127,6 +176,9 @@ fn make_behaviour(
     );
     let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
     kad_cfg.set_query_timeout(Duration::from_secs(30));
+    if let Some(k) = std::num::NonZeroUsize::new(config.kad_bucket_size) {
+        kad_cfg.set_kbucket_size(k);
+    }
     let mut kad =
         kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
     // Devices sit on private LANs without confirmed external

@@ -55,6 +55,10 @@ pub struct P2pConfig {
     /// peers may connect to it; with hundreds of nodes in one process
     /// (the simulator) those connections ran it out of descriptors.
     pub kad_server: bool,
+    /// Peers per Kademlia routing-table bucket (the usual k is 20). The
+    /// table preallocates all 256 buckets, about 1.6 MB a node at 20, so
+    /// the simulator's clients, which only ever list the origin, use fewer.
+    pub kad_bucket_size: usize,
     /// Seed-only origin: after serving a chunk, withhold it (from `Have`
     /// answers, and `NotFound` to `Get`) for this long, so the fleet takes
     /// it from that first copy ([`crate::sched::OriginDedup`]). Zero turns
@@ -91,6 +95,7 @@ impl Default for P2pConfig {
             request_timeout: Duration::from_secs(60),
             idle_connection_timeout: Duration::from_secs(120),
             kad_server: true,
+            kad_bucket_size: 20,
             origin_dedup_window: Duration::from_secs(30),
             scheduler: SchedulerConfig::default(),
             corrupt_uploads: false,

@@ -13,7 +13,7 @@ use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
-use meshota_protocol::{Manifest, ManifestId, PeerRequest};
+use meshota_protocol::{Manifest, ManifestId, PeerRequest, SiteId};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
@@ -41,6 +41,7 @@ enum Command {
     ),
     Provide(ManifestId, oneshot::Sender<Result<(), P2pError>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    Describe(oneshot::Sender<Vec<String>>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -138,6 +139,9 @@ impl Node {
             store,
             seed: config.seed || config.seed_only,
             seed_only: config.seed_only,
+            kad_client: !config.kad_server,
+            site: config.site.clone(),
+            unprovided: HashSet::new(),
             server,
             fetches,
             commands: cmd_rx,
@@ -233,6 +237,16 @@ impl NodeHandle {
         self.ask(Command::ConnectedPeers).await
     }
 
+    /// One line per fetch under way on where it stands: the manifest
+    /// search, or chunks missing and the peers that could serve them. For
+    /// diagnosing a download that makes no progress.
+    ///
+    /// # Errors
+    /// [`P2pError::Shutdown`].
+    pub async fn describe_fetches(&self) -> Result<Vec<String>, P2pError> {
+        self.ask(Command::Describe).await
+    }
+
     /// Subscribes to node events (bans, drops, finished fetches …).
     pub fn events(&self) -> broadcast::Receiver<NodeEvent> {
         self.events.subscribe()
@@ -262,6 +276,12 @@ struct EventLoop {
     store: Arc<dyn Store>,
     seed: bool,
     seed_only: bool,
+    /// A Kademlia client: announces its listen addresses as external.
+    kad_client: bool,
+    /// This node's site, for the site rendezvous key.
+    site: Option<SiteId>,
+    /// Manifests to provide once the routing table has a peer.
+    unprovided: HashSet<ManifestId>,
     server: Server,
     fetches: Fetches,
     commands: mpsc::Receiver<Command>,
@@ -288,6 +308,32 @@ struct LoopNet<'a> {
     provider_queries: &'a mut HashMap<kad::QueryId, ManifestId>,
     banned: &'a mut HashSet<PeerId>,
     seed: bool,
+    site: Option<&'a SiteId>,
+    unprovided: &'a mut HashSet<ManifestId>,
+}
+
+/// True while the routing table is empty: a node that just started, or
+/// one whose DHT peers all went away.
+fn no_dht_peer(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> bool {
+    kad.kbuckets().all(|b| b.num_entries() == 0)
+}
+
+/// The Kademlia key under which a release's providers on one site meet.
+/// A lookup of the release key alone returns the (at most k = 20)
+/// providers closest to it, from any site, and every device gets the same
+/// few; the site key gives each device peers from its own LAN, so the site
+/// shares one download over its uplink even where mDNS does not reach
+/// (routed VLANs, the simulator).
+fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
+    let mut h = blake3::Hasher::new_derive_key("meshota 2025 site rendezvous v1");
+    h.update(id.as_bytes());
+    h.update(site.as_str().as_bytes());
+    RecordKey::new(h.finalize().as_bytes())
+}
+
+/// The keys a node provides `id` under: the release key, and its site's.
+fn provider_keys(id: &ManifestId, site: Option<&SiteId>) -> impl Iterator<Item = RecordKey> {
+    std::iter::once(RecordKey::new(id.as_bytes())).chain(site.map(|site| site_key(id, site)))
 }
 
 impl Net for LoopNet<'_> {
@@ -310,12 +356,13 @@ impl Net for LoopNet<'_> {
     }
 
     fn find_providers(&mut self, id: ManifestId) {
-        let q = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .get_providers(RecordKey::new(id.as_bytes()));
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let q = kad.get_providers(RecordKey::new(id.as_bytes()));
         self.provider_queries.insert(q, id);
+        if let Some(site) = self.site {
+            let q = kad.get_providers(site_key(&id, site));
+            self.provider_queries.insert(q, id);
+        }
     }
 
     fn dial(&mut self, peer: PeerId) {
@@ -331,13 +378,18 @@ impl Net for LoopNet<'_> {
         if !self.seed {
             return;
         }
-        if let Err(e) = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .start_providing(RecordKey::new(id.as_bytes()))
-        {
-            tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if no_dht_peer(kad) {
+            // The record is stored locally (which is all a lone DHT server
+            // such as the origin needs), but the query finds nobody else
+            // to store it, and Kademlia republishes only every 12 hours:
+            // publish again when a peer turns up.
+            self.unprovided.insert(id);
+        }
+        for key in provider_keys(&id, self.site) {
+            if let Err(e) = kad.start_providing(key) {
+                tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
+            }
         }
     }
 
@@ -359,6 +411,8 @@ macro_rules! net {
             provider_queries: &mut $s.provider_queries,
             banned: &mut $s.banned,
             seed: $s.seed,
+            site: $s.site.as_ref(),
+            unprovided: &mut $s.unprovided,
         }
     };
 }
@@ -414,11 +468,14 @@ impl EventLoop {
         self.fetches.shutdown();
     }
 
-    /// Dials the bootstrap peers again while the node has no connection.
+    /// Dials the bootstrap peers again while the node has no connection,
+    /// or no DHT peer: neighbours alone cannot name providers.
     fn redial_bootstrap(&mut self, now: Instant) {
-        if self.bootstrap.is_empty()
-            || now < self.bootstrap_at + BOOTSTRAP_RETRY
-            || self.swarm.connected_peers().next().is_some()
+        if self.bootstrap.is_empty() || now < self.bootstrap_at + BOOTSTRAP_RETRY {
+            return;
+        }
+        if self.swarm.connected_peers().next().is_some()
+            && !no_dht_peer(&mut self.swarm.behaviour_mut().kad)
         {
             return;
         }
@@ -463,12 +520,12 @@ impl EventLoop {
                     .start(id, opts, reply, Instant::now(), net!(self));
             }
             Command::Provide(id, reply) => {
-                let r = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .start_providing(RecordKey::new(id.as_bytes()))
-                    .map(|_| ())
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                if no_dht_peer(kad) {
+                    self.unprovided.insert(id);
+                }
+                let r = provider_keys(&id, self.site.as_ref())
+                    .try_for_each(|key| kad.start_providing(key).map(|_| ()))
                     .map_err(|e| P2pError::Provide {
                         manifest: id,
                         reason: e.to_string(),
@@ -477,6 +534,9 @@ impl EventLoop {
             }
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
+            }
+            Command::Describe(reply) => {
+                let _ = reply.send(self.fetches.describe(Instant::now()));
             }
             Command::Shutdown(reply) => {
                 let _ = reply.send(());
@@ -488,29 +548,31 @@ impl EventLoop {
         let now = Instant::now();
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => {
+                if self.kad_client {
+                    // A client is in no routing table, so its provider
+                    // records must carry its addresses, and Kademlia
+                    // puts only external addresses in them.
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.listen_addrs.push(address);
                 for w in self.listen_waiters.drain(..) {
                     let _ = w.send(self.listen_addrs.clone());
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
+                if self.kad_client {
+                    self.swarm.remove_external_address(&address);
+                }
                 self.listen_addrs.retain(|a| *a != address);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
-                endpoint,
                 num_established,
                 ..
             } => {
                 if let Some((_, reply)) = self.pending_dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
-                }
-                if endpoint.is_dialer() {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer_id, endpoint.get_remote_address().clone());
                 }
                 if num_established.get() == 1 {
                     let _ = self.events.send(NodeEvent::PeerConnected(peer_id));
@@ -546,6 +608,15 @@ impl EventLoop {
         match ev {
             MeshBehaviourEvent::Chunks(ev) => self.on_chunks(ev, now),
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // Only DHT servers go into the routing table (Kademlia
+                // adds those it talks to by itself, too). A client answers
+                // no queries, and a server that listed clients would hand
+                // them to every lookup, which then dials them all: each of
+                // 200 in-process devices ended up connected to 107-138
+                // others.
+                if !info.protocols.contains(&super::behaviour::KAD_PROTOCOL) {
+                    return;
+                }
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                 }
@@ -559,6 +630,11 @@ impl EventLoop {
                     if !self.swarm.is_connected(&peer) {
                         net!(self).dial(peer);
                     }
+                }
+            }
+            MeshBehaviourEvent::Kad(kad::Event::RoutingUpdated { .. }) => {
+                for id in std::mem::take(&mut self.unprovided) {
+                    net!(self).provide(id);
                 }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {

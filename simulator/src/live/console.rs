@@ -40,7 +40,15 @@ pub struct Console {
     bar: ProgressBar,
     devices: u32,
     quiet: bool,
+    /// Stderr is no terminal (a log file, CI): the bar is not drawn, so
+    /// progress goes out as a line now and then instead.
+    plain: bool,
+    /// When the last such line went out, in run seconds (`f64` bits).
+    last_plain: std::sync::atomic::AtomicU64,
 }
+
+/// Seconds between progress lines when stderr is no terminal.
+const PLAIN_EVERY_S: f64 = 10.0;
 
 impl Console {
     /// A console for a fleet of `devices`; `quiet` shows nothing.
@@ -61,6 +69,8 @@ impl Console {
             bar,
             devices,
             quiet,
+            plain: !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            last_plain: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -96,12 +106,19 @@ impl Console {
             } => {
                 self.bar
                     .set_position(u64::from(committed + rolled_back + failed));
-                self.bar.set_message(format!(
+                let msg = format!(
                     "t={at_s:.0}s  {committed} committed, {rolled_back} rolled back, \
                      {failed} failed, {} MiB fetched of {} devices",
                     fetched >> 20,
                     self.devices
-                ));
+                );
+                use std::sync::atomic::Ordering::Relaxed;
+                let last = f64::from_bits(self.last_plain.load(Relaxed));
+                if self.plain && *at_s >= last + PLAIN_EVERY_S {
+                    self.last_plain.store(at_s.to_bits(), Relaxed);
+                    self.line(msg.clone());
+                }
+                self.bar.set_message(msg);
             }
             LiveEvent::Fault(what) => self.line(format!("fault: {what}")),
         }

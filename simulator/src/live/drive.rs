@@ -293,6 +293,50 @@ impl Watch {
     }
 }
 
+/// Where the unfinished devices stand, so a stalled run says which stage
+/// stuck: no fetch started (announcement or planner), nothing received
+/// (discovery), part received (transfer), or all received (install); and
+/// for the first few, what their fetch engine sees.
+async fn stall_breakdown(fleet: &Fleet, w: &Watch) -> String {
+    const DESCRIBED: usize = 3;
+    let payload = fleet.s.bundle_bytes;
+    let (mut idle, mut empty, mut partial, mut full) = (0, 0, 0, 0);
+    let mut details = Vec::new();
+    for (i, end) in w.ends.iter().enumerate() {
+        if end.is_some() || w.opened[i].is_none() {
+            continue;
+        }
+        let t = fleet.tracker.get(i);
+        let b = t.current;
+        let got = b.same_site + b.other_peers + b.origin + b.local;
+        match (t.fetches, got) {
+            (0, _) => idle += 1,
+            (_, 0) => empty += 1,
+            (_, g) if g < payload => partial += 1,
+            _ => full += 1,
+        }
+        if details.len() < DESCRIBED {
+            let lines = match fleet.node(i) {
+                Some(n) => n.describe_fetches().await.unwrap_or_default().join(" | "),
+                None => "not running".into(),
+            };
+            details.push(format!(
+                "{} (site {}): {lines}",
+                fleet.devices[i].id, fleet.devices[i].site
+            ));
+        }
+    }
+    let mut out = format!(
+        "unfinished devices in open waves: {idle} never started a fetch, \
+         {empty} received nothing, {partial} part of the bundle, {full} all of it"
+    );
+    for d in details {
+        out.push_str("\n  ");
+        out.push_str(&d);
+    }
+    out
+}
+
 /// Starts the fleet, runs the waves, and measures.
 async fn drive(
     fleet: &mut Fleet,
@@ -367,8 +411,10 @@ async fn drive(
         if (stopped && w.done(&all)) || now >= w.deadline {
             if !stopped {
                 progress(LiveEvent::Fault(format!(
-                    "rollout still {} after live_timeout_s = {} s; giving up",
-                    st.state, s.live_timeout_s
+                    "rollout still {} after live_timeout_s = {} s; giving up ({})",
+                    st.state,
+                    s.live_timeout_s,
+                    stall_breakdown(fleet, &w).await
                 )));
             }
             break;

@@ -350,8 +350,13 @@ impl Fleet {
         let d = &self.devices[i];
         let ip = device_ip(d.index, s.sites);
         let site = SiteId::new(format!("site-{}", d.site)).map_err(|e| self.device_err(i, e))?;
+        let listen = if s.live_tcp {
+            Multiaddr::from(ip).with(Protocol::Tcp(0))
+        } else {
+            Multiaddr::empty().with(Protocol::Memory(0))
+        };
         let cfg = P2pConfig {
-            listen: vec![Multiaddr::from(ip).with(Protocol::Tcp(0))],
+            listen: vec![listen],
             site: Some(site),
             mdns: false,
             bootstrap: self.origin.clone(),
@@ -366,7 +371,12 @@ impl Fleet {
             // descriptors. As clients they ask the origin (a server, which
             // holds the provider records) and dial the providers it names.
             kad_server: false,
-            idle_connection_timeout: Duration::from_secs(30),
+            // 256 buckets of 20 preallocated were 1.6 MB a device.
+            kad_bucket_size: 2,
+            // Devices of later waves sit idle for minutes; at 30 s their
+            // connections closed, and at 300 devices some fetches then
+            // found no peer at all until a provider lookup came round.
+            idle_connection_timeout: Duration::from_secs(600),
             scheduler: s.scheduler_config(d.index),
             ..P2pConfig::default()
         };
@@ -391,6 +401,11 @@ impl Fleet {
             .await
             .map_err(|e| self.device_err(i, e))?;
         let peer = node.peer_id();
+        for a in &addrs {
+            if let Some(Protocol::Memory(port)) = a.iter().next() {
+                self.net.listening(port, self.devices[i].index);
+            }
+        }
         self.devices[i].addr = addrs
             .into_iter()
             .next()
@@ -498,6 +513,11 @@ root = "{trust}"
         let node = self.start_node(i).await?;
         self.dial_neighbours(i, &node);
         self.start_agent(i, node)
+    }
+
+    /// Device `i`'s p2p node, while it runs.
+    pub fn node(&self, i: usize) -> Option<NodeHandle> {
+        Some(self.devices.get(i)?.running.as_ref()?.node.clone())
     }
 
     /// Whether device `i` runs.

@@ -19,10 +19,19 @@
 //!   WAN from the origin, whose end adds none, so every round trip is
 //!   two one-way latencies).
 //!
-//! A listener cannot tell a dialing device from its address (the kernel
-//! picks 127.0.0.1 as source for every loopback dial), so each dialer
-//! registers its 4-tuple in [`NetModel`] before it sends a byte, and the
-//! listener looks the peer up when its first bytes arrive.
+//! Devices reach each other over libp2p's in-process memory transport
+//! (`/memory/N`; no file descriptors, so a thousand devices fit in one
+//! process) and the origin over loopback TCP.
+//!
+//! A listener cannot tell a dialing device from its address, so:
+//! - over TCP (the kernel picks 127.0.0.1 as source for every loopback
+//!   dial) each dialer registers its 4-tuple in [`NetModel`] before it
+//!   sends a byte, and the listener looks the peer up when its first
+//!   bytes arrive;
+//! - over memory (a dialer's own port is hidden in the channel) the
+//!   dialer's wrapper sends its device index first, as 4 bytes no bucket
+//!   is charged for, and the listener's wrapper takes them off the front.
+//!   A dialer knows its listener from the port ([`NetModel::listening`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -125,6 +134,8 @@ pub struct NetModel {
     from_origin: AtomicU64,
     /// Dialing device of each live connection, by (dialer end, listener end).
     dials: Mutex<HashMap<(SocketAddr, SocketAddr), u32>>,
+    /// Device listening on each `/memory/N` port.
+    memory_ports: Mutex<HashMap<u64, u32>>,
 }
 
 impl NetModel {
@@ -154,6 +165,7 @@ impl NetModel {
             site_wan_out: (0..sites).map(|_| AtomicU64::new(0)).collect(),
             from_origin: AtomicU64::new(0),
             dials: Mutex::new(HashMap::new()),
+            memory_ports: Mutex::new(HashMap::new()),
         })
     }
 
@@ -198,6 +210,34 @@ impl NetModel {
     fn dialer_of(&self, key: &(SocketAddr, SocketAddr)) -> Option<u32> {
         lock(&self.dials).get(key).copied()
     }
+
+    /// Records that device `index` listens on `/memory/{port}`, so the
+    /// devices that dial it know where it is.
+    pub fn listening(&self, port: u64, index: u32) {
+        lock(&self.memory_ports).insert(port, index);
+    }
+
+    fn device(&self, index: u32) -> Endpoint {
+        if index < self.devices {
+            Endpoint::Device {
+                site: index % self.sites,
+                index,
+            }
+        } else {
+            Endpoint::Outside
+        }
+    }
+}
+
+/// How a connection end learns its peer.
+#[derive(Debug)]
+enum Lookup {
+    /// Known from the start (dialers), or found already.
+    Done,
+    /// A TCP listener: in the dial table under (dialer end, listener end).
+    Tcp((SocketAddr, SocketAddr)),
+    /// A memory listener: from the dialer's 4-byte index, `got` so far.
+    Hello([u8; 4], usize),
 }
 
 /// One device's [`ConnectionShaper`].
@@ -210,12 +250,31 @@ struct DeviceShaper {
 
 impl ConnectionShaper for DeviceShaper {
     fn shape(&self, io: Box<dyn ShapedIo>, info: ConnInfo) -> Box<dyn ShapedIo> {
-        let (peer, key) = if info.dialer {
-            let key = (info.local, info.remote);
-            lock(&self.net.dials).insert(key, self.index);
-            (Some(self.net.endpoint(info.remote.ip())), Some(key))
-        } else {
-            (None, None)
+        let (peer, lookup, registered, hello) = match info {
+            ConnInfo::Tcp {
+                local,
+                remote,
+                dialer: true,
+            } => {
+                let key = (local, remote);
+                lock(&self.net.dials).insert(key, self.index);
+                let peer = self.net.endpoint(remote.ip());
+                (Some(peer), Lookup::Done, Some(key), None)
+            }
+            ConnInfo::Tcp {
+                local,
+                remote,
+                dialer: false,
+            } => (None, Lookup::Tcp((remote, local)), None, None),
+            ConnInfo::Memory {
+                listener_port,
+                dialer: true,
+            } => {
+                let listener = lock(&self.net.memory_ports).get(&listener_port).copied();
+                let peer = listener.map_or(Endpoint::Outside, |i| self.net.device(i));
+                (Some(peer), Lookup::Done, None, Some(0))
+            }
+            ConnInfo::Memory { dialer: false, .. } => (None, Lookup::Hello([0; 4], 0), None, None),
         };
         Box::new(Shaped {
             inner: io,
@@ -223,8 +282,9 @@ impl ConnectionShaper for DeviceShaper {
             index: self.index as usize,
             site: self.site,
             peer,
-            lookup: (info.remote, info.local),
-            registered: key,
+            lookup,
+            registered,
+            hello_sent: hello,
             queue: VecDeque::new(),
             queued: 0,
             eof: false,
@@ -249,8 +309,10 @@ struct Shaped {
     site: u32,
     /// The other end, once known (listeners learn it from the dial table).
     peer: Option<Endpoint>,
-    /// (dialer end, listener end) as a listener looks it up.
-    lookup: (SocketAddr, SocketAddr),
+    /// How a listener learns its peer.
+    lookup: Lookup,
+    /// A memory dialer: bytes of its index sent so far (`None`: no hello).
+    hello_sent: Option<usize>,
     /// The dial-table entry this end registered, removed on drop.
     registered: Option<(SocketAddr, SocketAddr)>,
     queue: VecDeque<Held>,
@@ -275,12 +337,15 @@ impl Shaped {
         if let Some(p) = self.peer {
             return p;
         }
-        match self.net.dialer_of(&self.lookup) {
+        let found = match &self.lookup {
+            Lookup::Tcp(key) => self.net.dialer_of(key),
+            // Not final until the hello is in, whatever the caller says.
+            Lookup::Hello(..) => return Endpoint::Outside,
+            Lookup::Done => None,
+        };
+        match found {
             Some(index) => {
-                let p = Endpoint::Device {
-                    site: index % self.net.sites,
-                    index,
-                };
+                let p = self.net.device(index);
                 self.peer = Some(p);
                 p
             }
@@ -291,6 +356,23 @@ impl Shaped {
                 Endpoint::Outside
             }
         }
+    }
+
+    /// Takes a memory dialer's hello off the front of `buf`; returns how
+    /// many bytes it took.
+    fn take_hello(&mut self, buf: &[u8]) -> usize {
+        let Lookup::Hello(mut hello, got) = self.lookup else {
+            return 0;
+        };
+        let k = (4 - got).min(buf.len());
+        hello[got..got + k].copy_from_slice(&buf[..k]);
+        if got + k == 4 {
+            self.peer = Some(self.net.device(u32::from_le_bytes(hello)));
+            self.lookup = Lookup::Done;
+        } else {
+            self.lookup = Lookup::Hello(hello, got + k);
+        }
+        k
     }
 
     fn cross(&self, peer: Endpoint) -> bool {
@@ -384,13 +466,22 @@ impl Shaped {
                     return Poll::Ready(Ok(None));
                 }
                 Poll::Ready(Ok(n)) => {
+                    let hello = self.take_hello(&buf[..n]);
+                    if hello == n {
+                        continue;
+                    }
+                    // A copy of what was read, not the read buffer: the
+                    // memory transport hands over one small frame per
+                    // read, and thousands of them held for their latency
+                    // in 32 KiB buffers took gigabytes.
+                    let data = buf[hello..n].to_vec();
+                    let n = data.len();
                     let now = Instant::now();
                     let peer = self.charge_read(n, now);
-                    buf.truncate(n);
                     self.queued += n;
                     self.queue.push_back(Held {
                         due: now + self.latency(peer),
-                        data: buf,
+                        data,
                         pos: 0,
                     });
                 }
@@ -468,6 +559,15 @@ impl AsyncWrite for Shaped {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        // A memory dialer's index goes first, so the listener knows it.
+        while let Some(sent) = this.hello_sent.filter(|&k| k < 4) {
+            let hello = (this.index as u32).to_le_bytes();
+            match Pin::new(&mut this.inner).poll_write(cx, &hello[sent..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Ok(0)),
+                Poll::Ready(Ok(k)) => this.hello_sent = Some(sent + k),
+                other => return other,
+            }
+        }
         for _ in 0..8 {
             match this.write_ready_at(Instant::now()) {
                 Some(at) if sleep_until(&mut this.write_sleep, at, cx) => continue,
@@ -524,7 +624,7 @@ mod tests {
             sock.shutdown().await.unwrap();
         });
         let sock = tokio::net::TcpStream::connect(server_addr).await.unwrap();
-        let info = ConnInfo {
+        let info = ConnInfo::Tcp {
             local: sock.local_addr().unwrap(),
             remote: server_addr,
             dialer: true,
@@ -546,6 +646,57 @@ mod tests {
         assert_eq!(net.site_wan_in()[0], BYTES as u64);
         assert_eq!(net.site_wan_in()[1], 0);
         assert_eq!(net.from_origin(), BYTES as u64);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_memory_listener_learns_its_dialer_from_the_hello_and_charges_its_site() {
+        const BYTES: usize = 300 * 1024;
+        let s = Scenario {
+            devices: 4,
+            sites: 2,
+            lan_latency_ms: 0,
+            wan_latency_ms: 0,
+            ..Scenario::default()
+        };
+        let net = NetModel::new(&s);
+        // Device 3 (site 1) listens on memory port 77; device 0 (site 0)
+        // dials it. The shaper does not care what carries the bytes, so a
+        // loopback socket pair stands in for the memory channel.
+        net.listening(77, 3);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dial = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut dialer = net.shaper(0).shape(
+            Box::new(libp2p::tcp::tokio::TcpStream(dial)),
+            ConnInfo::Memory {
+                listener_port: 77,
+                dialer: true,
+            },
+        );
+        let mut listening = net.shaper(3).shape(
+            Box::new(libp2p::tcp::tokio::TcpStream(accepted)),
+            ConnInfo::Memory {
+                listener_port: 77,
+                dialer: false,
+            },
+        );
+        let payload: Vec<u8> = (0..BYTES).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            use futures::AsyncWriteExt as _;
+            dialer.write_all(&sent).await.unwrap();
+            dialer.close().await.unwrap();
+        });
+        let mut got = Vec::new();
+        listening.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        // The 4-byte hello is taken off and charged to nobody.
+        assert_eq!(got, payload);
+        assert_eq!(net.site_wan_out(), vec![BYTES as u64, 0]);
+        assert_eq!(net.site_wan_in(), vec![0, BYTES as u64]);
+        // A device, not the origin.
+        assert_eq!(net.from_origin(), 0);
     }
 
     #[test]

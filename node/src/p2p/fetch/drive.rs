@@ -8,7 +8,8 @@ use libp2p::PeerId;
 use meshota_protocol::{ManifestId, PeerRequest};
 
 use super::{
-    DownloadReport, FetchError, Fetches, Net, Phase, Tag, MANIFEST_RETRY, PROVIDER_REFRESH,
+    DownloadReport, FetchError, Fetches, Net, Phase, Tag, MANIFEST_RETRY, MANIFEST_STALL,
+    PROVIDER_REFRESH,
 };
 use crate::p2p::NodeEvent;
 use crate::sched::{Action, PeerClass, SchedEvent};
@@ -47,26 +48,42 @@ impl Fetches {
                 return;
             }
         }
-        // No manifest yet, or no source known: look for providers again.
-        let lacking = match &fetch.phase {
-            Phase::Manifest(_) => true,
-            Phase::Download(dl) => dl.known.is_empty(),
+        // No manifest yet, or no source known: look for providers again
+        // soon. While downloading, keep looking now and then: peers that
+        // started on the same release after us are found only this way
+        // (clients are in no routing table), and without them a device
+        // waits out the origin's dedup window for every chunk.
+        let refresh = match &fetch.phase {
+            Phase::Manifest(_) => PROVIDER_REFRESH,
+            Phase::Download(dl) if dl.known.is_empty() => PROVIDER_REFRESH,
+            Phase::Download(_) => PROVIDER_REFRESH * 2,
         };
-        if lacking && now >= fetch.providers_at + PROVIDER_REFRESH {
+        if now >= fetch.providers_at + refresh {
             fetch.providers_at = now;
             net.find_providers(id);
         }
         let dl = match &mut fetch.phase {
             Phase::Manifest(search) => {
-                if search.outstanding == 0 {
+                // Every peer asked: start over after a pause. A request
+                // still outstanding then only lengthens the pause; an
+                // answer that never comes once stopped a device's search
+                // for good (300-device live run, seed 11).
+                let exhausted = self.connected.iter().all(|p| search.asked.contains(p));
+                if search.outstanding == 0 || exhausted {
+                    let pause = if search.outstanding == 0 {
+                        MANIFEST_RETRY
+                    } else {
+                        MANIFEST_STALL
+                    };
                     match search.retry_at {
-                        None => search.retry_at = Some(now + MANIFEST_RETRY),
+                        None => search.retry_at = Some(now + pause),
                         Some(at) if now >= at => {
                             search.retry_at = None;
                             search.asked.clear();
+                            search.outstanding = 0;
                             self.ask_manifest(id, net);
                         }
-                        Some(_) => {}
+                        Some(at) => search.retry_at = Some(at.min(now + pause)),
                     }
                 }
                 return;
@@ -175,7 +192,6 @@ impl Fetches {
                 retries: stats.retries as usize,
                 drops: stats.drops as usize,
             };
-            net.provide(id);
             self.finish(id, Ok(report), net);
         }
         if !self.queued.is_empty() {
@@ -272,11 +288,9 @@ impl Fetches {
             }
             match &f.phase {
                 Phase::Manifest(s) => {
-                    if let Some(r) = s.retry_at {
-                        at(r);
-                    } else if s.outstanding == 0 {
-                        at(now + MANIFEST_RETRY);
-                    }
+                    // Woken now and then even while waiting on answers,
+                    // so a search with every peer asked gets its pause.
+                    at(s.retry_at.unwrap_or(now + MANIFEST_RETRY));
                 }
                 Phase::Download(dl) => {
                     if let Some(t) = dl.origin_grace {

@@ -84,6 +84,9 @@ type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
 
 /// How long to wait before asking peers for a manifest again.
 const MANIFEST_RETRY: Duration = Duration::from_millis(500);
+/// Pause before asking every peer again for a manifest while an earlier
+/// request is still unanswered.
+const MANIFEST_STALL: Duration = Duration::from_secs(10);
 /// Peers asked for a manifest at once.
 const MANIFEST_PARALLEL: usize = 3;
 /// Least time between provider lookups for one fetch.
@@ -286,6 +289,11 @@ impl Fetches {
             }
         };
         net.remember(id, manifest.clone());
+        // Announced now, not when complete: a node serves what it holds
+        // while it downloads, and without this the first devices of a
+        // rollout in different sites never learn of each other (Kademlia
+        // clients are in no routing table) and all wait on the origin.
+        net.provide(id);
         let mut sched = Scheduler::new(&manifest, &held, self.sched_config.clone(), now);
         sched.set_local_peer(self.local);
         let held_count = held.count();
@@ -316,6 +324,36 @@ impl Fetches {
             self.pending.insert(rid, (id, peer, Tag::Have));
         }
         fetch.phase = Phase::Download(Box::new(dl));
+    }
+
+    /// One line per fetch on where it stands (see [`Scheduler::describe`]).
+    pub(crate) fn describe(&self, now: Instant) -> Vec<String> {
+        self.fetches
+            .iter()
+            .map(|(id, f)| {
+                let age = now.saturating_duration_since(f.started).as_secs();
+                match &f.phase {
+                    Phase::Manifest(s) => format!(
+                        "{}: {age} s, seeking the manifest from {} connected peers \
+                         ({} asked, {} outstanding)",
+                        id.short(),
+                        self.connected.len(),
+                        s.asked.len(),
+                        s.outstanding
+                    ),
+                    Phase::Download(dl) => format!(
+                        "{}: {age} s, {} connected, {} queried, {} answered, \
+                         {} origin answers held back; {}",
+                        id.short(),
+                        self.connected.len(),
+                        dl.queried.len(),
+                        dl.answered.len(),
+                        dl.held_back.len(),
+                        dl.sched.describe(now)
+                    ),
+                }
+            })
+            .collect()
     }
 
     /// A connection to a new peer is up: include it in every fetch.
