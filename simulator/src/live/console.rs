@@ -17,7 +17,7 @@ use crate::virt::Outcome;
 pub const DEMO_REPORT_DIR: &str = "meshota-demo";
 
 /// The README's demo: about 100 devices in 5 sites, a 32 MiB bundle and
-/// a 3-wave rollout over the default network: 76 s on the 2-core machine
+/// a 3-wave rollout over the default network: 74 s on the 2-core machine
 /// when idle, up to 3.3 minutes under load (see BENCHMARKS.md).
 pub fn demo_scenario() -> Scenario {
     Scenario {
