@@ -216,6 +216,9 @@ pub struct Scheduler<P> {
     /// skip, with a word-wise AND, every peer that holds nothing open.
     open: Vec<u64>,
     peers: PeerTable<P>,
+    /// Class of every peer removed, so a chunk that lands after its
+    /// sender was dropped still counts under the right source.
+    former: BTreeMap<P, PeerClass>,
     banned: BTreeSet<P>,
     cooloff: BTreeMap<P, Instant>,
     used: BTreeSet<P>,
@@ -273,6 +276,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             in_flight: ChunkSet::new(n_unique),
             open,
             peers: PeerTable::new(),
+            former: BTreeMap::new(),
             banned: BTreeSet::new(),
             cooloff: BTreeMap::new(),
             used: BTreeSet::new(),
@@ -416,7 +420,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let Some(&u) = self.pos_to_unique.get(index) else {
             return;
         };
-        let class = self.peers.get(&peer).map(|p| p.class);
+        let class =
+            (self.peers.get(&peer).map(|p| p.class)).or_else(|| self.former.get(&peer).copied());
         self.finish_request(&peer, u, now, true, wire_bytes);
         let c = &mut self.chunks[u as usize];
         if c.held {
@@ -748,7 +753,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         for u in flying {
             self.finish_request(peer, u, now, false, 0);
         }
-        self.peers.remove(peer);
+        if let Some(p) = self.peers.remove(peer) {
+            self.former.insert(*peer, p.class);
+        }
     }
 
     /// Removes `peer`'s request for chunk `u`, if any, and updates the

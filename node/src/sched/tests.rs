@@ -297,6 +297,21 @@ fn a_trickling_peer_is_dropped_but_not_banned() {
 }
 
 #[test]
+fn a_chunk_landing_after_its_sender_was_dropped_counts_under_the_senders_class() {
+    let m = manifest(20);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(9), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    let reqs = requests(&drain(&mut s, t0));
+    let &(p, i) = reqs.first().expect("a request to the only peer");
+    s.handle_peer_lost(p, t0);
+    s.handle_chunk_arrived(p, i, u64::from(m.chunks[i].len), t0);
+    assert_eq!(s.stats().bytes.same_site, u64::from(m.chunks[i].len));
+    assert_eq!(s.stats().bytes.other_peers, 0);
+}
+
+#[test]
 fn busy_backs_off_the_peer_without_dropping_it() {
     let m = manifest(6);
     let n = m.chunks.len();
