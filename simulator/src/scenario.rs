@@ -283,6 +283,29 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_scenario_parses_to_the_live_goal() {
+        let text = include_str!("../scenarios/live-1000.toml");
+        let s = Scenario::from_toml(text).unwrap();
+        s.validate().unwrap();
+        assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
+        // The commented-out lines state the defaults; keep them true.
+        let d = Scenario::default();
+        assert_eq!(
+            (
+                d.origin_up_bps,
+                d.device_up_bps,
+                d.device_down_bps,
+                d.site_wan_bps
+            ),
+            (12_500_000, 2_500_000, 12_500_000, 6_250_000)
+        );
+        assert_eq!(
+            (d.chunk_avg, d.waves.clone(), d.soak_s),
+            (262_144, vec![10, 50, 100], 10)
+        );
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let err = Scenario::from_toml("waves = [50, 10, 100]").unwrap_err();
         assert!(err.to_string().contains("waves"), "{err}");
