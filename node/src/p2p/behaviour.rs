@@ -47,17 +47,18 @@ pub(crate) struct MeshBehaviour {
     pub(crate) chunks: request_response::Behaviour<ChunkCodec>,
 }
 
-/// Builds the swarm: TCP + noise + yamux and the behaviours above. With
-/// [`P2pConfig::shaper`] set, the in-process memory transport is added
-/// and every raw connection, TCP or memory, goes through the shaper
-/// before noise; without it the stock TCP path is used.
-///
 /// Longest a connection may take from dial (or accept) to a running
 /// multiplexer. Without it a peer that stalls its handshake holds a dial,
 /// and every request queued behind that dial, forever: libp2p sets no
 /// such limit itself.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Builds the swarm: TCP + noise + yamux, bounded by
+/// [`HANDSHAKE_TIMEOUT`], and the behaviours above. With
+/// [`P2pConfig::shaper`] set, the in-process memory transport is added
+/// and every raw connection, TCP or memory, goes through the shaper
+/// before noise.
+///
 /// # Errors
 /// [`P2pError::Transport`] / [`P2pError::Behaviour`] when libp2p refuses.
 pub(crate) fn build_swarm(

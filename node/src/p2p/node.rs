@@ -319,11 +319,12 @@ fn no_dht_peer(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> bool {
 }
 
 /// The Kademlia key under which a release's providers on one site meet.
-/// A lookup of the release key alone returns the (at most k = 20)
-/// providers closest to it, from any site, and every device gets the same
-/// few; the site key gives each device peers from its own LAN, so the site
-/// shares one download over its uplink even where mDNS does not reach
-/// (routed VLANs, the simulator).
+/// A DHT node keeps at most k = 20 providers per key, the first to come
+/// (libp2p-kad's `MemoryStore`), so a lookup of the release key alone
+/// gives every device the same few, from any site; the site key gives
+/// each device peers from its own LAN, so the site shares one download
+/// over its uplink even where mDNS does not reach (routed VLANs, the
+/// simulator).
 fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
     let mut h = blake3::Hasher::new_derive_key("meshota 2025 site rendezvous v1");
     h.update(id.as_bytes());
@@ -331,9 +332,23 @@ fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
     RecordKey::new(h.finalize().as_bytes())
 }
 
-/// The keys a node provides `id` under: the release key, and its site's.
-fn provider_keys(id: &ManifestId, site: Option<&SiteId>) -> impl Iterator<Item = RecordKey> {
-    std::iter::once(RecordKey::new(id.as_bytes())).chain(site.map(|site| site_key(id, site)))
+/// Provides `id` under the release key and, with a site, its site's key.
+/// With no DHT peer yet, the records are stored locally (which is all a
+/// lone DHT server such as the origin needs), but the query finds nobody
+/// else to store them, and Kademlia republishes only every 12 hours: `id`
+/// goes into `unprovided`, to be published again when a peer turns up.
+fn start_providing(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    unprovided: &mut HashSet<ManifestId>,
+    id: ManifestId,
+    site: Option<&SiteId>,
+) -> Result<(), kad::store::Error> {
+    if no_dht_peer(kad) {
+        unprovided.insert(id);
+    }
+    std::iter::once(RecordKey::new(id.as_bytes()))
+        .chain(site.map(|site| site_key(&id, site)))
+        .try_for_each(|key| kad.start_providing(key).map(|_| ()))
 }
 
 impl Net for LoopNet<'_> {
@@ -379,17 +394,8 @@ impl Net for LoopNet<'_> {
             return;
         }
         let kad = &mut self.swarm.behaviour_mut().kad;
-        if no_dht_peer(kad) {
-            // The record is stored locally (which is all a lone DHT server
-            // such as the origin needs), but the query finds nobody else
-            // to store it, and Kademlia republishes only every 12 hours:
-            // publish again when a peer turns up.
-            self.unprovided.insert(id);
-        }
-        for key in provider_keys(&id, self.site) {
-            if let Err(e) = kad.start_providing(key) {
-                tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
-            }
+        if let Err(e) = start_providing(kad, self.unprovided, id, self.site) {
+            tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
         }
     }
 
@@ -521,15 +527,12 @@ impl EventLoop {
             }
             Command::Provide(id, reply) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
-                if no_dht_peer(kad) {
-                    self.unprovided.insert(id);
-                }
-                let r = provider_keys(&id, self.site.as_ref())
-                    .try_for_each(|key| kad.start_providing(key).map(|_| ()))
-                    .map_err(|e| P2pError::Provide {
+                let r = start_providing(kad, &mut self.unprovided, id, self.site.as_ref()).map_err(
+                    |e| P2pError::Provide {
                         manifest: id,
                         reason: e.to_string(),
-                    });
+                    },
+                );
                 let _ = reply.send(r);
             }
             Command::ConnectedPeers(reply) => {

@@ -7,8 +7,8 @@
 //! without a file descriptor per connection end. It hands each raw
 //! connection, before noise and yamux, to [`ConnectionShaper::shape`],
 //! which may wrap it in its own `AsyncRead`/`AsyncWrite`. When it is
-//! unset the node takes the stock `with_tcp` path, so a device that does
-//! not use the hook pays nothing.
+//! unset the node builds plain TCP, so a device that does not use the
+//! hook pays nothing.
 
 use std::net::SocketAddr;
 
@@ -39,15 +39,6 @@ pub enum ConnInfo {
         /// Whether this node dialed.
         dialer: bool,
     },
-}
-
-impl ConnInfo {
-    /// Whether this node dialed.
-    pub fn dialer(&self) -> bool {
-        match *self {
-            Self::Tcp { dialer, .. } | Self::Memory { dialer, .. } => dialer,
-        }
-    }
 }
 
 /// Wraps raw connections. Called once per established connection,
