@@ -94,8 +94,21 @@ impl Console {
                 "wave {} opens at {at_s:.1} s ({devices} devices)",
                 wave + 1
             )),
-            LiveEvent::WaveFinished { wave, at_s } => {
-                self.line(format!("wave {} hands over at {at_s:.1} s", wave + 1));
+            LiveEvent::WaveFinished {
+                wave,
+                at_s,
+                wan_in,
+                max_site_wan_in,
+                origin_bytes,
+            } => {
+                self.line(format!(
+                    "wave {} hands over at {at_s:.1} s; so far the origin served {} MiB \
+                     and the sites imported {} MiB, the most any one site {} MiB",
+                    wave + 1,
+                    origin_bytes >> 20,
+                    wan_in >> 20,
+                    max_site_wan_in >> 20
+                ));
             }
             LiveEvent::Progress {
                 committed,

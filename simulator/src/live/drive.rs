@@ -396,9 +396,13 @@ async fn drive(
             }
             if wave.done_at.is_some() && seen[k].1.is_none() {
                 seen[k].1 = Some(w.secs(now));
+                let wan = fleet.net.site_wan_in();
                 progress(LiveEvent::WaveFinished {
                     wave: k,
                     at_s: w.secs(now),
+                    wan_in: wan.iter().sum(),
+                    max_site_wan_in: wan.iter().copied().max().unwrap_or(0),
+                    origin_bytes: fleet.origin_bytes(),
                 });
             }
         }

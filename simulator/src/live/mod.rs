@@ -93,6 +93,13 @@ pub enum LiveEvent {
         wave: usize,
         /// Seconds since the rollout started.
         at_s: f64,
+        /// Bytes into all sites over their WANs so far, so a reader can
+        /// tell which wave paid for the imports.
+        wan_in: u64,
+        /// The most any one site has imported so far.
+        max_site_wan_in: u64,
+        /// Chunk bytes the origin has served so far.
+        origin_bytes: u64,
     },
     /// Fleet-wide counts, about every 200 ms.
     Progress {
