@@ -632,6 +632,72 @@ async fn a_client_finds_its_site_neighbour_though_the_release_key_lists_only_oth
     .await
 }
 
+/// Discovery, not storage: runs on `MemStore` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_pulls_nothing_over_the_wan_while_its_site_neighbour_is_still_being_found() {
+    bounded(async {
+        // The device is connected to the origin and to a far-site holder
+        // from the start; its same-site neighbour, which holds the whole
+        // bundle too, it can only find through the site key. Both WAN
+        // sources answer first, so a device that used them as soon as
+        // they answered took itself for the site's importer of every
+        // chunk and pulled some over the WAN before its neighbour was
+        // found (the start race that cost each site about one bundle per
+        // wave at 1,000 devices).
+        let b = Bundle::new(&payload(1 << 20, 12));
+        let os: Arc<dyn Store> = Arc::new(MemStore::new());
+        b.seed(&*os);
+        let origin = spawn(P2pConfig::loopback().origin(), os);
+        let oa = addr(&origin).await;
+        let client = |site: &str| {
+            let mut cfg = P2pConfig::loopback();
+            cfg.kad_server = false;
+            cfg.site = Some(SiteId::new(site).unwrap());
+            cfg.bootstrap = vec![oa.clone()];
+            cfg
+        };
+        let mut holders = Vec::new();
+        for site in ["far", "near"] {
+            let held: Arc<dyn Store> = Arc::new(MemStore::new());
+            b.seed(&*held);
+            let n = spawn(client(site), held);
+            while !n
+                .connected_peers()
+                .await
+                .unwrap()
+                .contains(&origin.peer_id())
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            n.provide(b.id).await.unwrap();
+            holders.push(n);
+        }
+        // The device must be able to find its neighbour: wait until the
+        // origin lists it (a node's own lookup would list itself at once).
+        let probe = spawn(client("near"), Arc::new(MemStore::new()));
+        let near = holders[1].peer_id();
+        while !probe.providers(b.id).await.unwrap().contains(&near) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        probe.shutdown().await;
+        let sd: Arc<dyn Store> = Arc::new(MemStore::new());
+        let device = spawn(client("near"), sd.clone());
+        connect(&device, &holders[0]).await;
+        let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
+        assert_byte_identical(&*sd, &b);
+        assert_eq!(
+            report.bytes.other_peers + report.bytes.origin,
+            0,
+            "{report:?}"
+        );
+        assert_eq!(report.bytes.same_site, fetched(&report), "{report:?}");
+        for n in holders.iter().chain([&origin, &device]) {
+            n.shutdown().await;
+        }
+    })
+    .await
+}
+
 /// Slowness, not storage: runs on `MemStore` only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_peer_is_dropped_and_the_download_completes() {

@@ -9,6 +9,8 @@
 //! - `behaviour`: the composed swarm (TCP + noise + yamux, identify,
 //!   ping, Kademlia, mDNS, connection and memory limits, block list,
 //!   request-response).
+//! - `dht`: the release and site rendezvous keys, providing them, and
+//!   the provider lookups of [`NodeHandle::providers`].
 //! - `serve`: answers `Have`, `Get` and `Manifest`, with an upload
 //!   token bucket and a cap on concurrent uploads.
 //! - `fetch`: resolves a manifest and drives one
@@ -45,6 +47,7 @@
 mod behaviour;
 pub mod codec;
 pub mod config;
+mod dht;
 mod fetch;
 mod fetcher;
 mod node;

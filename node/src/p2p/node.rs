@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::behaviour::{build_swarm, MeshBehaviour, MeshBehaviourEvent};
 use super::config::P2pConfig;
+use super::dht::{no_dht_peer, site_key, start_providing, Lookups};
 use super::fetch::{DownloadReport, FetchError, FetchOptions, Fetches, Net, Verified};
 use super::serve::{Counters, DelayedResponse, NodeStats, ServeConfig, Server};
 use super::{NodeEvent, P2pError};
@@ -41,6 +42,7 @@ enum Command {
     ),
     Provide(ManifestId, oneshot::Sender<Result<(), P2pError>>),
     ConnectedPeers(oneshot::Sender<Vec<PeerId>>),
+    Providers(ManifestId, oneshot::Sender<Vec<PeerId>>),
     Describe(oneshot::Sender<Vec<String>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -142,6 +144,7 @@ impl Node {
             kad_client: !config.kad_server,
             site: config.site.clone(),
             unprovided: HashSet::new(),
+            unsearched: HashSet::new(),
             server,
             fetches,
             commands: cmd_rx,
@@ -152,6 +155,7 @@ impl Node {
             listen_waiters: Vec::new(),
             pending_dials: HashMap::new(),
             provider_queries: HashMap::new(),
+            lookups: Lookups::default(),
             banned: HashSet::new(),
             bootstrap: config.bootstrap.clone(),
             bootstrap_at: now,
@@ -237,6 +241,15 @@ impl NodeHandle {
         self.ask(Command::ConnectedPeers).await
     }
 
+    /// Who provides `manifest`, by a DHT lookup of the release key and
+    /// of this node's site key; nobody while the node has no DHT peer.
+    ///
+    /// # Errors
+    /// [`P2pError::Shutdown`].
+    pub async fn providers(&self, manifest: ManifestId) -> Result<Vec<PeerId>, P2pError> {
+        self.ask(|tx| Command::Providers(manifest, tx)).await
+    }
+
     /// One line per fetch under way on where it stands: the manifest
     /// search, or chunks missing and the peers that could serve them. For
     /// diagnosing a download that makes no progress.
@@ -282,6 +295,8 @@ struct EventLoop {
     site: Option<SiteId>,
     /// Manifests to provide once the routing table has a peer.
     unprovided: HashSet<ManifestId>,
+    /// Manifests to look up once the routing table has a peer.
+    unsearched: HashSet<ManifestId>,
     server: Server,
     fetches: Fetches,
     commands: mpsc::Receiver<Command>,
@@ -293,7 +308,11 @@ struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     pending_dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, P2pError>>)>,
-    provider_queries: HashMap<kad::QueryId, ManifestId>,
+    /// Provider lookups in flight: the release, and whether the key is
+    /// the site's.
+    provider_queries: HashMap<kad::QueryId, (ManifestId, bool)>,
+    /// Provider lookups asked for through the handle.
+    lookups: Lookups,
     banned: HashSet<PeerId>,
     /// Configured bootstrap addresses, re-dialed while isolated.
     bootstrap: Vec<Multiaddr>,
@@ -305,50 +324,15 @@ struct LoopNet<'a> {
     swarm: &'a mut Swarm<MeshBehaviour>,
     server: &'a mut Server,
     events: &'a broadcast::Sender<NodeEvent>,
-    provider_queries: &'a mut HashMap<kad::QueryId, ManifestId>,
+    provider_queries: &'a mut HashMap<kad::QueryId, (ManifestId, bool)>,
     banned: &'a mut HashSet<PeerId>,
     seed: bool,
     site: Option<&'a SiteId>,
     unprovided: &'a mut HashSet<ManifestId>,
-}
-
-/// True while the routing table is empty: a node that just started, or
-/// one whose DHT peers all went away.
-fn no_dht_peer(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> bool {
-    kad.kbuckets().all(|b| b.num_entries() == 0)
-}
-
-/// The Kademlia key under which a release's providers on one site meet.
-/// A DHT node keeps at most k = 20 providers per key, the first to come
-/// (libp2p-kad's `MemoryStore`), so a lookup of the release key alone
-/// gives every device the same few, from any site; the site key gives
-/// each device peers from its own LAN, so the site shares one download
-/// over its uplink even where mDNS does not reach (routed VLANs, the
-/// simulator).
-fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
-    let mut h = blake3::Hasher::new_derive_key("meshota 2025 site rendezvous v1");
-    h.update(id.as_bytes());
-    h.update(site.as_str().as_bytes());
-    RecordKey::new(h.finalize().as_bytes())
-}
-
-/// Provides `id` under the release key and, with a site, its site's key.
-/// With no DHT peer yet, the records are stored locally (which is all a
-/// lone DHT server such as the origin needs), but the query finds nobody
-/// else to store them, and Kademlia republishes only every 12 hours: `id`
-/// goes into `unprovided`, to be published again when a peer turns up.
-fn start_providing(
-    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
-    unprovided: &mut HashSet<ManifestId>,
-    id: ManifestId,
-    site: Option<&SiteId>,
-) -> Result<(), kad::store::Error> {
-    if no_dht_peer(kad) {
-        unprovided.insert(id);
-    }
-    std::iter::once(RecordKey::new(id.as_bytes()))
-        .chain(site.map(|site| site_key(&id, site)))
-        .try_for_each(|key| kad.start_providing(key).map(|_| ()))
+    unsearched: &'a mut HashSet<ManifestId>,
+    /// No bootstrap peer configured: with an empty routing table, no
+    /// lookup will ever have anyone to ask.
+    no_bootstrap: bool,
 }
 
 impl Net for LoopNet<'_> {
@@ -370,14 +354,25 @@ impl Net for LoopNet<'_> {
         let _ = self.events.send(NodeEvent::PeerBanned { peer, reason });
     }
 
-    fn find_providers(&mut self, id: ManifestId) {
+    fn find_providers(&mut self, id: ManifestId) -> bool {
         let kad = &mut self.swarm.behaviour_mut().kad;
+        if no_dht_peer(kad) {
+            // A lookup now would end at once, having asked nobody, and a
+            // fetch would take that for "no site neighbours": asked again
+            // when the first DHT peer turns up.
+            if self.no_bootstrap {
+                return false;
+            }
+            self.unsearched.insert(id);
+            return true;
+        }
         let q = kad.get_providers(RecordKey::new(id.as_bytes()));
-        self.provider_queries.insert(q, id);
+        self.provider_queries.insert(q, (id, false));
         if let Some(site) = self.site {
             let q = kad.get_providers(site_key(&id, site));
-            self.provider_queries.insert(q, id);
+            self.provider_queries.insert(q, (id, true));
         }
+        true
     }
 
     fn dial(&mut self, peer: PeerId) {
@@ -419,6 +414,8 @@ macro_rules! net {
             seed: $s.seed,
             site: $s.site.as_ref(),
             unprovided: &mut $s.unprovided,
+            unsearched: &mut $s.unsearched,
+            no_bootstrap: $s.bootstrap.is_empty(),
         }
     };
 }
@@ -535,6 +532,10 @@ impl EventLoop {
                 );
                 let _ = reply.send(r);
             }
+            Command::Providers(id, reply) => {
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                self.lookups.start(kad, id, self.site.as_ref(), reply);
+            }
             Command::ConnectedPeers(reply) => {
                 let _ = reply.send(self.swarm.connected_peers().copied().collect());
             }
@@ -639,23 +640,34 @@ impl EventLoop {
                 for id in std::mem::take(&mut self.unprovided) {
                     net!(self).provide(id);
                 }
+                for id in std::mem::take(&mut self.unsearched) {
+                    net!(self).find_providers(id);
+                }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: QueryResult::GetProviders(r),
+                stats,
                 ..
             }) => {
-                let Some(&manifest) = self.provider_queries.get(&id) else {
+                if self.lookups.on_result(id, &r) {
+                    return;
+                }
+                let Some(&(manifest, site)) = self.provider_queries.get(&id) else {
                     return;
                 };
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
                         let local = *self.swarm.local_peer_id();
                         self.fetches
-                            .providers_found(manifest, providers, local, net!(self));
+                            .providers_found(manifest, providers, local, site, net!(self));
                     }
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => {
                         self.provider_queries.remove(&id);
+                        // A lookup no DHT peer answered found out nothing.
+                        if stats.num_successes() > 0 {
+                            self.fetches.lookup_finished(manifest, site);
+                        }
                     }
                 }
             }

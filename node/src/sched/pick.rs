@@ -182,6 +182,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             if best.as_ref().is_some_and(|(_, k)| *k <= key) {
                 continue;
             }
+            if class != PeerClass::SameSite && self.cooling_site_holds(u, now) {
+                continue;
+            }
             if class != PeerClass::SameSite {
                 let scope = if class == PeerClass::Origin {
                     Scope::Fleet
@@ -209,6 +212,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             self.chunks[u as usize].deferred_since = Some(now);
         }
         best.map(|(u, _)| u)
+    }
+
+    /// Whether a same-site peer in cool-off held chunk `u` when it was
+    /// dropped: the site has it, so it is not pulled over the WAN.
+    fn cooling_site_holds(&self, u: u32, now: Instant) -> bool {
+        self.site_cooling
+            .values()
+            .any(|(until, p)| *until > now && p.has(u as usize))
     }
 
     /// This device's place in line to pull chunk `u` over the WAN: how

@@ -584,3 +584,63 @@ fn a_wan_peer_or_the_origin_is_no_reason_to_poll_for_a_chunk_a_site_peer_holds()
     assert!(!s.could_request(Some(&ORIGIN), 0, t0));
     assert!(s.could_request(Some(&1), 0, t0));
 }
+
+/// A neighbour with everything, a far peer with everything, and the
+/// origin; the neighbour times out twice and is dropped at the returned
+/// instant.
+fn drop_the_only_neighbour(n: usize) -> (Scheduler<u32>, Instant) {
+    let m = manifest(n);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(12), t0);
+    s.set_local_peer(0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    add_peer(&mut s, ORIGIN, PeerClass::Origin, &Bitfield::full(n), t0);
+    let first = requests(&drain(&mut s, t0));
+    assert!(!first.is_empty() && first.iter().all(|(p, _)| *p == 1));
+    let t1 = t0 + Duration::from_secs(10);
+    s.handle_timeout(t1);
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SchedEvent::Dropped { peer: 1, .. })),
+        "{events:?}"
+    );
+    (s, t1)
+}
+
+#[test]
+fn a_dropped_neighbours_chunks_stay_off_the_wan_until_its_cool_off_ends() {
+    let (mut s, t1) = drop_the_only_neighbour(8);
+    assert_eq!(requests(&drain(&mut s, t1)), vec![]);
+    let end = t1 + SchedulerConfig::default().drop_cooloff;
+    loop {
+        let now = s.poll_timeout().expect("a wake-up at the cool-off's end");
+        assert!(now <= end, "slept past the cool-off");
+        s.handle_timeout(now);
+        if now == end {
+            break;
+        }
+        assert_eq!(requests(&drain(&mut s, now)), vec![], "at {:?}", now - t1);
+    }
+    // Not found again by then: it may be gone for good, so the far peer
+    // serves.
+    let late = requests(&drain(&mut s, end));
+    assert!(
+        !late.is_empty() && late.iter().all(|(p, _)| *p == 2),
+        "{late:?}"
+    );
+}
+
+#[test]
+fn a_neighbour_that_disconnects_frees_its_chunks_for_the_wan_at_once() {
+    let (mut s, t1) = drop_the_only_neighbour(8);
+    s.handle_peer_lost(1, t1);
+    let reqs = requests(&drain(&mut s, t1));
+    assert!(
+        !reqs.is_empty() && reqs.iter().all(|(p, _)| *p == 2),
+        "{reqs:?}"
+    );
+}

@@ -12,7 +12,7 @@ use super::{
     PROVIDER_REFRESH,
 };
 use crate::p2p::NodeEvent;
-use crate::sched::{Action, PeerClass, SchedEvent};
+use crate::sched::{Action, SchedEvent};
 
 impl Fetches {
     /// Runs every scheduler until it has nothing more to do right now.
@@ -60,7 +60,9 @@ impl Fetches {
         };
         if now >= fetch.providers_at + refresh {
             fetch.providers_at = now;
-            net.find_providers(id);
+            if !net.find_providers(id) {
+                fetch.site_lookup_done = true;
+            }
         }
         let dl = match &mut fetch.phase {
             Phase::Manifest(search) => {
@@ -110,14 +112,17 @@ impl Fetches {
                 self.pending.insert(rid, (id, peer, Tag::Have));
             }
         }
-        if let Some(grace) = dl.origin_grace {
-            let all_answered = dl.queried.iter().all(|p| dl.answered.contains(p));
-            if now >= grace || all_answered {
-                dl.origin_grace = None;
-                for (peer, bitfield) in std::mem::take(&mut dl.held_back) {
-                    dl.sched.handle_peer_found(peer, PeerClass::Origin, now);
+        if let Some(grace) = dl.grace {
+            let heard = |p: &PeerId| dl.answered.contains(p);
+            let site_heard = fetch.site_lookup_done
+                && dl.queried.iter().all(heard)
+                && fetch.site_found.iter().all(heard);
+            if now >= grace || site_heard {
+                dl.grace = None;
+                for (peer, class, fetching, bitfield) in std::mem::take(&mut dl.held_back) {
+                    dl.sched.handle_peer_found(peer, class, now);
                     dl.known.insert(peer);
-                    dl.sched.handle_peer_fetching(peer, false);
+                    dl.sched.handle_peer_fetching(peer, fetching);
                     dl.sched.handle_peer_have(peer, &bitfield, now);
                 }
             }
@@ -176,7 +181,7 @@ impl Fetches {
                 }
                 SchedEvent::Stalled => {
                     tracing::warn!(manifest = %id.short(), "download stalled");
-                    net.find_providers(id);
+                    let _ = net.find_providers(id);
                     net.event(NodeEvent::FetchStalled { manifest: id });
                 }
                 SchedEvent::Complete => complete = true,
@@ -293,7 +298,7 @@ impl Fetches {
                     at(s.retry_at.unwrap_or(now + MANIFEST_RETRY));
                 }
                 Phase::Download(dl) => {
-                    if let Some(t) = dl.origin_grace {
+                    if let Some(t) = dl.grace {
                         at(t);
                     }
                     if let Some(t) = dl.sched.poll_timeout() {

@@ -40,8 +40,9 @@ pub(crate) trait Net {
     fn send(&mut self, peer: PeerId, request: PeerRequest) -> OutboundRequestId;
     /// Bans a peer node-wide (block list, disconnect, event).
     fn ban(&mut self, peer: PeerId, reason: String);
-    /// Looks up providers of a manifest on Kademlia.
-    fn find_providers(&mut self, id: ManifestId);
+    /// Looks up providers of a manifest on Kademlia. False when there is
+    /// nobody to ask, now or later (no DHT peer and no bootstrap).
+    fn find_providers(&mut self, id: ManifestId) -> bool;
     /// Connects to a peer whose addresses are known.
     fn dial(&mut self, peer: PeerId);
     /// Announces on Kademlia that this node holds a manifest.
@@ -91,8 +92,9 @@ const MANIFEST_STALL: Duration = Duration::from_secs(10);
 const MANIFEST_PARALLEL: usize = 3;
 /// Least time between provider lookups for one fetch.
 const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
-/// Longest wait for neighbours' `Have` answers before using an origin.
-const ORIGIN_GRACE: Duration = Duration::from_secs(1);
+/// Longest wait for the site's peers to be found and heard before peers
+/// of other sites and origins are used (see [`Download::grace`]).
+const DISCOVERY_GRACE: Duration = Duration::from_secs(5);
 
 struct ManifestSearch {
     asked: HashSet<PeerId>,
@@ -114,13 +116,17 @@ struct Download {
     have_retry: Vec<(Instant, PeerId)>,
     /// Peers that answered a `Have` at least once (any answer).
     answered: HashSet<PeerId>,
-    /// Origins are introduced to the scheduler only once every queried
-    /// peer has answered (or at this instant): until the scheduler knows
-    /// which neighbours are fetching too, it would take itself for the
-    /// rendezvous home of every chunk and pull it from the origin.
-    origin_grace: Option<Instant>,
-    /// Origin answers held back during the grace.
-    held_back: Vec<(PeerId, Bitfield)>,
+    /// Peers of other sites and origins are introduced to the scheduler
+    /// only once this node has looked up its site's providers, and every
+    /// queried peer and every site provider found has answered (or at
+    /// this instant). Until the scheduler knows which neighbours hold the
+    /// release or are fetching it too, a chunk no neighbour is known to
+    /// hold looks like one the site lacks: every device would take itself
+    /// for its rendezvous home and pull it over the WAN.
+    grace: Option<Instant>,
+    /// Answers from other sites and origins held back during the grace:
+    /// peer, class, whether it is fetching, and its bitfield.
+    held_back: Vec<(PeerId, PeerClass, bool, Bitfield)>,
 }
 
 enum Phase {
@@ -130,6 +136,11 @@ enum Phase {
 
 struct Fetch {
     started: Instant,
+    /// A lookup of the site's providers (or, with no site, of the
+    /// release's) has finished.
+    site_lookup_done: bool,
+    /// Providers the site lookups found, which the grace waits to hear.
+    site_found: HashSet<PeerId>,
     /// Last Kademlia provider lookup, repeated while sources are lacking.
     providers_at: Instant,
     deadline: Option<(Instant, Duration)>,
@@ -228,8 +239,10 @@ impl Fetches {
                 None
             }
         });
-        let fetch = Fetch {
+        let mut fetch = Fetch {
             started: now,
+            site_lookup_done: false,
+            site_found: HashSet::new(),
             providers_at: now,
             deadline: opts.timeout.map(|t| (now + t, t)),
             progress: opts.progress,
@@ -240,8 +253,8 @@ impl Fetches {
                 retry_at: None,
             }),
         };
+        fetch.site_lookup_done = !net.find_providers(id);
         self.fetches.insert(id, fetch);
-        net.find_providers(id);
         match manifest {
             Some(m) => self.begin_download(id, Arc::new(m), now, net),
             None => self.ask_manifest(id, net),
@@ -309,7 +322,7 @@ impl Fetches {
             queried: HashSet::new(),
             have_retry: Vec::new(),
             answered: HashSet::new(),
-            origin_grace: Some(now + ORIGIN_GRACE),
+            grace: Some(now + DISCOVERY_GRACE),
             held_back: Vec::new(),
         };
         for &peer in &self.connected {
@@ -343,7 +356,7 @@ impl Fetches {
                     ),
                     Phase::Download(dl) => format!(
                         "{}: {age} s, {} connected, {} queried, {} answered, \
-                         {} origin answers held back; {}",
+                         {} answers from other sites held back; {}",
                         id.short(),
                         self.connected.len(),
                         dl.queried.len(),
@@ -392,7 +405,7 @@ impl Fetches {
                 }
                 Phase::Download(dl) => {
                     dl.queried.remove(&peer);
-                    dl.held_back.retain(|(p, _)| *p != peer);
+                    dl.held_back.retain(|(p, ..)| *p != peer);
                     dl.have_retry.retain(|(_, p)| *p != peer);
                     if dl.known.remove(&peer) {
                         dl.sched.handle_peer_lost(peer, now);
@@ -403,20 +416,37 @@ impl Fetches {
         self.queued.retain(|(_, p, ..)| *p != peer);
     }
 
-    /// Kademlia found providers: connect to those not yet connected.
+    /// Kademlia found providers (under the site's key if `site`): connect
+    /// to those not yet connected.
     pub(crate) fn providers_found(
         &mut self,
         id: ManifestId,
         providers: impl IntoIterator<Item = PeerId>,
         local: PeerId,
+        site: bool,
         net: &mut dyn Net,
     ) {
-        if !self.fetches.contains_key(&id) {
+        let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
-        }
+        };
         for p in providers {
-            if p != local && !self.connected.contains(&p) {
+            if p == local {
+                continue;
+            }
+            if site {
+                fetch.site_found.insert(p);
+            }
+            if !self.connected.contains(&p) {
                 net.dial(p);
+            }
+        }
+    }
+
+    /// A provider lookup for `id` (under the site's key if `site`) ended.
+    pub(crate) fn lookup_finished(&mut self, id: ManifestId, site: bool) {
+        if let Some(fetch) = self.fetches.get_mut(&id) {
+            if site || self.site.is_none() {
+                fetch.site_lookup_done = true;
             }
         }
     }
@@ -545,9 +575,9 @@ impl Fetches {
                 // comes back once its cool-off is over.
                 dl.answered.insert(peer);
                 let class = class_of(&self.site, &site, origin);
-                if class == PeerClass::Origin && dl.origin_grace.is_some() {
-                    dl.held_back.retain(|(p, _)| *p != peer);
-                    dl.held_back.push((peer, bitfield));
+                if class != PeerClass::SameSite && dl.grace.is_some() {
+                    dl.held_back.retain(|(p, ..)| *p != peer);
+                    dl.held_back.push((peer, class, fetching, bitfield));
                     return;
                 }
                 dl.sched.handle_peer_found(peer, class, now);

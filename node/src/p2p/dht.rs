@@ -1,0 +1,113 @@
+//! The node's use of the Kademlia DHT: the release and site keys,
+//! providing, and provider lookups asked for through the handle.
+
+use std::collections::{HashMap, HashSet};
+
+use libp2p::kad::{self, GetProvidersError, GetProvidersOk, RecordKey};
+use libp2p::PeerId;
+use meshota_protocol::{ManifestId, SiteId};
+use tokio::sync::oneshot;
+
+/// True while the routing table is empty: a node that just started, or
+/// one whose DHT peers all went away.
+pub(super) fn no_dht_peer(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> bool {
+    kad.kbuckets().all(|b| b.num_entries() == 0)
+}
+
+/// The Kademlia key under which a release's providers on one site meet.
+/// A DHT node keeps at most k = 20 providers per key, the first to come
+/// (libp2p-kad's `MemoryStore`), so a lookup of the release key alone
+/// gives every device the same few, from any site; the site key gives
+/// each device peers from its own LAN, so the site shares one download
+/// over its uplink even where mDNS does not reach (routed VLANs, the
+/// simulator).
+pub(super) fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
+    let mut h = blake3::Hasher::new_derive_key("meshota 2025 site rendezvous v1");
+    h.update(id.as_bytes());
+    h.update(site.as_str().as_bytes());
+    RecordKey::new(h.finalize().as_bytes())
+}
+
+/// Provides `id` under the release key and, with a site, its site's key.
+/// With no DHT peer yet, the records are stored locally (which is all a
+/// lone DHT server such as the origin needs), but the query finds nobody
+/// else to store them, and Kademlia republishes only every 12 hours: `id`
+/// goes into `unprovided`, to be published again when a peer turns up.
+pub(super) fn start_providing(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    unprovided: &mut HashSet<ManifestId>,
+    id: ManifestId,
+    site: Option<&SiteId>,
+) -> Result<(), kad::store::Error> {
+    if no_dht_peer(kad) {
+        unprovided.insert(id);
+    }
+    std::iter::once(RecordKey::new(id.as_bytes()))
+        .chain(site.map(|site| site_key(&id, site)))
+        .try_for_each(|key| kad.start_providing(key).map(|_| ()))
+}
+
+/// Provider lookups asked for through the handle, each waiting for the
+/// queries of the release key and of this node's site key to end.
+#[derive(Default)]
+pub(super) struct Lookups {
+    next: u64,
+    queries: HashMap<kad::QueryId, u64>,
+    waiting: HashMap<u64, Waiting>,
+}
+
+/// One lookup: queries still running, providers found so far, the reply.
+type Waiting = (usize, HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>);
+
+impl Lookups {
+    /// Looks up who provides `id`; replies at once, with nobody, when the
+    /// routing table is empty.
+    pub(super) fn start(
+        &mut self,
+        kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+        id: ManifestId,
+        site: Option<&SiteId>,
+        reply: oneshot::Sender<Vec<PeerId>>,
+    ) {
+        if no_dht_peer(kad) {
+            let _ = reply.send(Vec::new());
+            return;
+        }
+        let n = self.next;
+        self.next += 1;
+        let keys: Vec<RecordKey> = std::iter::once(RecordKey::new(id.as_bytes()))
+            .chain(site.map(|site| site_key(&id, site)))
+            .collect();
+        self.waiting.insert(n, (keys.len(), HashSet::new(), reply));
+        for key in keys {
+            self.queries.insert(kad.get_providers(key), n);
+        }
+    }
+
+    /// Takes a step of a provider query; false if `q` is not one of these.
+    pub(super) fn on_result(
+        &mut self,
+        q: kad::QueryId,
+        r: &Result<GetProvidersOk, GetProvidersError>,
+    ) -> bool {
+        let Some(&n) = self.queries.get(&q) else {
+            return false;
+        };
+        let Some((running, found, _)) = self.waiting.get_mut(&n) else {
+            self.queries.remove(&q);
+            return true;
+        };
+        if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
+            found.extend(providers.iter().copied());
+            return true;
+        }
+        self.queries.remove(&q);
+        *running -= 1;
+        if *running == 0 {
+            if let Some((_, found, reply)) = self.waiting.remove(&n) {
+                let _ = reply.send(found.into_iter().collect());
+            }
+        }
+        true
+    }
+}
