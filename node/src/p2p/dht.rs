@@ -33,18 +33,33 @@ pub(super) fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
 /// lone DHT server such as the origin needs), but the query finds nobody
 /// else to store them, and Kademlia republishes only every 12 hours: `id`
 /// goes into `unprovided`, to be published again when a peer turns up.
+/// Returns the query of the last key provided: the site's, if any.
 pub(super) fn start_providing(
     kad: &mut kad::Behaviour<kad::store::MemoryStore>,
     unprovided: &mut HashSet<ManifestId>,
     id: ManifestId,
     site: Option<&SiteId>,
-) -> Result<(), kad::store::Error> {
+) -> Result<kad::QueryId, kad::store::Error> {
     if no_dht_peer(kad) {
         unprovided.insert(id);
     }
-    std::iter::once(RecordKey::new(id.as_bytes()))
-        .chain(site.map(|site| site_key(&id, site)))
-        .try_for_each(|key| kad.start_providing(key).map(|_| ()))
+    let mut last = kad.start_providing(RecordKey::new(id.as_bytes()))?;
+    if let Some(site) = site {
+        last = kad.start_providing(site_key(&id, site))?;
+    }
+    Ok(last)
+}
+
+/// What a provider lookup of the fetch loop is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LookupOf {
+    pub manifest: ManifestId,
+    /// Under the site's key (else the release's).
+    pub site: bool,
+    /// Issued once this node's own provide was stored: with one DHT
+    /// server, of two devices that start together at least one finds the
+    /// other this way.
+    pub after_provide: bool,
 }
 
 /// Provider lookups asked for through the handle, each waiting for the

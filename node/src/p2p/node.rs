@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::behaviour::{build_swarm, MeshBehaviour, MeshBehaviourEvent};
 use super::config::P2pConfig;
-use super::dht::{no_dht_peer, site_key, start_providing, Lookups};
+use super::dht::{no_dht_peer, site_key, start_providing, LookupOf, Lookups};
 use super::fetch::{DownloadReport, FetchError, FetchOptions, Fetches, Net, Verified};
 use super::serve::{Counters, DelayedResponse, NodeStats, ServeConfig, Server};
 use super::{NodeEvent, P2pError};
@@ -144,7 +144,8 @@ impl Node {
             kad_client: !config.kad_server,
             site: config.site.clone(),
             unprovided: HashSet::new(),
-            unsearched: HashSet::new(),
+            unsearched: HashMap::new(),
+            provide_queries: HashMap::new(),
             server,
             fetches,
             commands: cmd_rx,
@@ -295,8 +296,11 @@ struct EventLoop {
     site: Option<SiteId>,
     /// Manifests to provide once the routing table has a peer.
     unprovided: HashSet<ManifestId>,
-    /// Manifests to look up once the routing table has a peer.
-    unsearched: HashSet<ManifestId>,
+    /// Manifests to look up once the routing table has a peer, and
+    /// whether after this node's provide.
+    unsearched: HashMap<ManifestId, bool>,
+    /// Provides of a fetch in flight, each followed by a site lookup.
+    provide_queries: HashMap<kad::QueryId, ManifestId>,
     server: Server,
     fetches: Fetches,
     commands: mpsc::Receiver<Command>,
@@ -308,9 +312,8 @@ struct EventLoop {
     listen_addrs: Vec<Multiaddr>,
     listen_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     pending_dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, P2pError>>)>,
-    /// Provider lookups in flight: the release, and whether the key is
-    /// the site's.
-    provider_queries: HashMap<kad::QueryId, (ManifestId, bool)>,
+    /// Provider lookups of the fetch loop in flight.
+    provider_queries: HashMap<kad::QueryId, LookupOf>,
     /// Provider lookups asked for through the handle.
     lookups: Lookups,
     banned: HashSet<PeerId>,
@@ -324,12 +327,13 @@ struct LoopNet<'a> {
     swarm: &'a mut Swarm<MeshBehaviour>,
     server: &'a mut Server,
     events: &'a broadcast::Sender<NodeEvent>,
-    provider_queries: &'a mut HashMap<kad::QueryId, (ManifestId, bool)>,
+    provider_queries: &'a mut HashMap<kad::QueryId, LookupOf>,
+    provide_queries: &'a mut HashMap<kad::QueryId, ManifestId>,
     banned: &'a mut HashSet<PeerId>,
     seed: bool,
     site: Option<&'a SiteId>,
     unprovided: &'a mut HashSet<ManifestId>,
-    unsearched: &'a mut HashSet<ManifestId>,
+    unsearched: &'a mut HashMap<ManifestId, bool>,
     /// No bootstrap peer configured: with an empty routing table, no
     /// lookup will ever have anyone to ask.
     no_bootstrap: bool,
@@ -355,24 +359,7 @@ impl Net for LoopNet<'_> {
     }
 
     fn find_providers(&mut self, id: ManifestId) -> bool {
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        if no_dht_peer(kad) {
-            // A lookup now would end at once, having asked nobody, and a
-            // fetch would take that for "no site neighbours": asked again
-            // when the first DHT peer turns up.
-            if self.no_bootstrap {
-                return false;
-            }
-            self.unsearched.insert(id);
-            return true;
-        }
-        let q = kad.get_providers(RecordKey::new(id.as_bytes()));
-        self.provider_queries.insert(q, (id, false));
-        if let Some(site) = self.site {
-            let q = kad.get_providers(site_key(&id, site));
-            self.provider_queries.insert(q, (id, true));
-        }
-        true
+        self.look_up(id, false)
     }
 
     fn dial(&mut self, peer: PeerId) {
@@ -384,13 +371,25 @@ impl Net for LoopNet<'_> {
         }
     }
 
-    fn provide(&mut self, id: ManifestId) {
+    fn provide(&mut self, id: ManifestId) -> bool {
         if !self.seed {
-            return;
+            return false;
         }
         let kad = &mut self.swarm.behaviour_mut().kad;
-        if let Err(e) = start_providing(kad, self.unprovided, id, self.site) {
-            tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
+        if self.no_bootstrap && no_dht_peer(kad) {
+            // Stored locally; with nobody to ask, no lookup will follow.
+            let _ = start_providing(kad, self.unprovided, id, self.site);
+            return false;
+        }
+        match start_providing(kad, self.unprovided, id, self.site) {
+            Ok(q) => {
+                self.provide_queries.insert(q, id);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
+                false
+            }
         }
     }
 
@@ -410,6 +409,7 @@ macro_rules! net {
             server: &mut $s.server,
             events: &$s.events,
             provider_queries: &mut $s.provider_queries,
+            provide_queries: &mut $s.provide_queries,
             banned: &mut $s.banned,
             seed: $s.seed,
             site: $s.site.as_ref(),
@@ -418,6 +418,36 @@ macro_rules! net {
             no_bootstrap: $s.bootstrap.is_empty(),
         }
     };
+}
+
+impl LoopNet<'_> {
+    /// Looks up the providers of `id` under the release key and the
+    /// site's; false when there is nobody to ask, now or later.
+    fn look_up(&mut self, id: ManifestId, after_provide: bool) -> bool {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        if no_dht_peer(kad) {
+            // A lookup now would end at once, having asked nobody, and a
+            // fetch would take that for "no site neighbours": asked again
+            // when the first DHT peer turns up.
+            if self.no_bootstrap {
+                return false;
+            }
+            *self.unsearched.entry(id).or_default() |= after_provide;
+            return true;
+        }
+        let of = |site| LookupOf {
+            manifest: id,
+            site,
+            after_provide,
+        };
+        let q = kad.get_providers(RecordKey::new(id.as_bytes()));
+        self.provider_queries.insert(q, of(false));
+        if let Some(site) = self.site {
+            let q = kad.get_providers(site_key(&id, site));
+            self.provider_queries.insert(q, of(true));
+        }
+        true
+    }
 }
 
 impl EventLoop {
@@ -524,12 +554,12 @@ impl EventLoop {
             }
             Command::Provide(id, reply) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
-                let r = start_providing(kad, &mut self.unprovided, id, self.site.as_ref()).map_err(
-                    |e| P2pError::Provide {
+                let r = start_providing(kad, &mut self.unprovided, id, self.site.as_ref())
+                    .map(|_| ())
+                    .map_err(|e| P2pError::Provide {
                         manifest: id,
                         reason: e.to_string(),
-                    },
-                );
+                    });
                 let _ = reply.send(r);
             }
             Command::Providers(id, reply) => {
@@ -640,8 +670,19 @@ impl EventLoop {
                 for id in std::mem::take(&mut self.unprovided) {
                     net!(self).provide(id);
                 }
-                for id in std::mem::take(&mut self.unsearched) {
-                    net!(self).find_providers(id);
+                for (id, after_provide) in std::mem::take(&mut self.unsearched) {
+                    net!(self).look_up(id, after_provide);
+                }
+            }
+            MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: QueryResult::StartProviding(_),
+                ..
+            }) => {
+                // Stored (or failed for good): whoever provided before us
+                // is listed now, and whoever provides after us finds us.
+                if let Some(manifest) = self.provide_queries.remove(&id) {
+                    net!(self).look_up(manifest, true);
                 }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -653,9 +694,10 @@ impl EventLoop {
                 if self.lookups.on_result(id, &r) {
                     return;
                 }
-                let Some(&(manifest, site)) = self.provider_queries.get(&id) else {
+                let Some(&of) = self.provider_queries.get(&id) else {
                     return;
                 };
+                let (manifest, site) = (of.manifest, of.site);
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
                         let local = *self.swarm.local_peer_id();
@@ -666,7 +708,8 @@ impl EventLoop {
                         self.provider_queries.remove(&id);
                         // A lookup no DHT peer answered found out nothing.
                         if stats.num_successes() > 0 {
-                            self.fetches.lookup_finished(manifest, site);
+                            self.fetches
+                                .lookup_finished(manifest, site, of.after_provide);
                         }
                     }
                 }

@@ -45,8 +45,10 @@ pub(crate) trait Net {
     fn find_providers(&mut self, id: ManifestId) -> bool;
     /// Connects to a peer whose addresses are known.
     fn dial(&mut self, peer: PeerId);
-    /// Announces on Kademlia that this node holds a manifest.
-    fn provide(&mut self, id: ManifestId);
+    /// Announces on Kademlia that this node holds a manifest. True when a
+    /// lookup of the site will follow once the announcement is stored
+    /// (see [`Fetches::lookup_finished`]).
+    fn provide(&mut self, id: ManifestId) -> bool;
     /// Hands a decoded manifest to the server's cache.
     fn remember(&mut self, id: ManifestId, manifest: Arc<Manifest>);
     /// Publishes a node event.
@@ -137,8 +139,11 @@ enum Phase {
 struct Fetch {
     started: Instant,
     /// A lookup of the site's providers (or, with no site, of the
-    /// release's) has finished.
+    /// release's) has finished: once downloading and providing, one
+    /// issued after the provide was stored.
     site_lookup_done: bool,
+    /// Waiting for the lookup that follows this node's own provide.
+    wait_provide: bool,
     /// Providers the site lookups found, which the grace waits to hear.
     site_found: HashSet<PeerId>,
     /// Last Kademlia provider lookup, repeated while sources are lacking.
@@ -242,6 +247,7 @@ impl Fetches {
         let mut fetch = Fetch {
             started: now,
             site_lookup_done: false,
+            wait_provide: false,
             site_found: HashSet::new(),
             providers_at: now,
             deadline: opts.timeout.map(|t| (now + t, t)),
@@ -306,13 +312,19 @@ impl Fetches {
         // while it downloads, and without this the first devices of a
         // rollout in different sites never learn of each other (Kademlia
         // clients are in no routing table) and all wait on the origin.
-        net.provide(id);
+        let wait_provide = net.provide(id);
         let mut sched = Scheduler::new(&manifest, &held, self.sched_config.clone(), now);
         sched.set_local_peer(self.local);
         let held_count = held.count();
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
         };
+        if wait_provide {
+            // Devices of a wave start together: a lookup from before our
+            // provide missed those that started with us.
+            fetch.wait_provide = true;
+            fetch.site_lookup_done = false;
+        }
         let mut dl = Download {
             manifest,
             sched,
@@ -442,10 +454,12 @@ impl Fetches {
         }
     }
 
-    /// A provider lookup for `id` (under the site's key if `site`) ended.
-    pub(crate) fn lookup_finished(&mut self, id: ManifestId, site: bool) {
+    /// A provider lookup for `id` (under the site's key if `site`;
+    /// issued after this node's provide was stored if `after_provide`)
+    /// ended, having reached a DHT peer.
+    pub(crate) fn lookup_finished(&mut self, id: ManifestId, site: bool, after_provide: bool) {
         if let Some(fetch) = self.fetches.get_mut(&id) {
-            if site || self.site.is_none() {
+            if (site || self.site.is_none()) && (after_provide || !fetch.wait_provide) {
                 fetch.site_lookup_done = true;
             }
         }
