@@ -122,10 +122,10 @@ struct Download {
     have_retry: Vec<(Instant, PeerId)>,
     /// Peers that answered a `Have` at least once (any answer).
     answered: HashSet<PeerId>,
-    /// Peers of other sites and origins are introduced to the scheduler
-    /// only once this node has looked up its site's providers, and every
-    /// queried peer and every site provider found has answered (or at
-    /// this instant). Until the scheduler knows which neighbours hold the
+    /// Origins, and with a site configured peers of other sites, are
+    /// introduced to the scheduler only once this node has looked up its
+    /// site's providers, and every queried peer and every site provider
+    /// found has answered (or at this instant). Until the scheduler knows which neighbours hold the
     /// release or are fetching it too, a chunk no neighbour is known to
     /// hold looks like one the site lacks: every device would take itself
     /// for its rendezvous home and pull it over the WAN.
@@ -593,7 +593,14 @@ impl Fetches {
                 // comes back once its cool-off is over.
                 dl.answered.insert(peer);
                 let class = class_of(&self.site, &site, origin);
-                if class != PeerClass::SameSite && dl.grace.is_some() {
+                // Without a site every peer is "another site" and nothing
+                // is saved by waiting: only origins are held back then.
+                let hold = match class {
+                    PeerClass::SameSite => false,
+                    PeerClass::OtherSite => self.site.is_some(),
+                    PeerClass::Origin => true,
+                };
+                if hold && dl.grace.is_some() {
                     dl.held_back.retain(|(p, ..)| *p != peer);
                     dl.held_back.push((peer, class, fetching, bitfield));
                     return;
