@@ -190,6 +190,29 @@ fn fetched(r: &DownloadReport) -> u64 {
     r.bytes.same_site + r.bytes.other_peers + r.bytes.origin
 }
 
+/// A Kademlia client bootstrapping from `origin`, in `site` if given.
+fn dht_client(origin: &Multiaddr, site: Option<&str>) -> P2pConfig {
+    let mut cfg = P2pConfig::loopback();
+    cfg.kad_server = false;
+    cfg.site = site.map(|s| SiteId::new(s).unwrap());
+    cfg.bootstrap = vec![origin.clone()];
+    cfg
+}
+
+/// Provides `id` from `n` once it is connected to `origin`, the DHT
+/// server: provided earlier, the record would only be stored locally.
+async fn provide_via(n: &NodeHandle, origin: &NodeHandle, id: ManifestId) {
+    while !n
+        .connected_peers()
+        .await
+        .unwrap()
+        .contains(&origin.peer_id())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n.provide(id).await.unwrap();
+}
+
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     tokio::time::timeout(TEST_TIMEOUT, f)
         .await
@@ -535,29 +558,13 @@ async fn kademlia_clients_find_each_other_through_the_origins_provider_records()
         // the holder's provider record must carry its address.
         let b = Bundle::new(&payload(1 << 20, 10));
         let origin = spawn(P2pConfig::loopback().origin(), Arc::new(MemStore::new()));
-        let client = || {
-            let mut cfg = P2pConfig::loopback();
-            cfg.kad_server = false;
-            cfg
-        };
+        let oa = addr(&origin).await;
         let sh: Arc<dyn Store> = Arc::new(MemStore::new());
         b.seed(&*sh);
-        let mut cfg = client();
-        cfg.bootstrap = vec![addr(&origin).await];
-        let holder = spawn(cfg, sh);
-        while !holder
-            .connected_peers()
-            .await
-            .unwrap()
-            .contains(&origin.peer_id())
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        holder.provide(b.id).await.unwrap();
+        let holder = spawn(dht_client(&oa, None), sh);
+        provide_via(&holder, &origin, b.id).await;
         let sd: Arc<dyn Store> = Arc::new(MemStore::new());
-        let mut cfg = client();
-        cfg.bootstrap = vec![addr(&origin).await];
-        let device = spawn(cfg, sd.clone());
+        let device = spawn(dht_client(&oa, None), sd.clone());
         let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
         assert_byte_identical(&*sd, &b);
         assert_eq!(report.bytes.origin, 0, "{report:?}");
@@ -585,36 +592,20 @@ async fn a_client_finds_its_site_neighbour_though_the_release_key_lists_only_oth
         let b = Bundle::new(&payload(1 << 20, 11));
         let origin = spawn(P2pConfig::loopback().origin(), Arc::new(MemStore::new()));
         let oa = addr(&origin).await;
-        let client = |site: &str| {
-            let mut cfg = P2pConfig::loopback();
-            cfg.kad_server = false;
-            cfg.site = Some(SiteId::new(site).unwrap());
-            cfg.bootstrap = vec![oa.clone()];
-            cfg
-        };
-        let provide = |n: &NodeHandle| {
-            let n = n.clone();
-            let origin = origin.peer_id();
-            async move {
-                while !n.connected_peers().await.unwrap().contains(&origin) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                n.provide(b.id).await.unwrap();
-            }
-        };
+        let client = |site: &str| dht_client(&oa, Some(site));
         let empty: Arc<dyn Store> = Arc::new(MemStore::new());
         let mut far = Vec::new();
         // A few more than 20, in case the last AddProvider messages
         // overtake each other.
         for _ in 0..24 {
             let n = spawn(client("far"), empty.clone());
-            provide(&n).await;
+            provide_via(&n, &origin, b.id).await;
             far.push(n);
         }
         let held: Arc<dyn Store> = Arc::new(MemStore::new());
         b.seed(&*held);
         let neighbour = spawn(client("near"), held);
-        provide(&neighbour).await;
+        provide_via(&neighbour, &origin, b.id).await;
         let sd: Arc<dyn Store> = Arc::new(MemStore::new());
         let device = spawn(client("near"), sd.clone());
         let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
@@ -649,27 +640,13 @@ async fn a_device_pulls_nothing_over_the_wan_while_its_site_neighbour_is_still_b
         b.seed(&*os);
         let origin = spawn(P2pConfig::loopback().origin(), os);
         let oa = addr(&origin).await;
-        let client = |site: &str| {
-            let mut cfg = P2pConfig::loopback();
-            cfg.kad_server = false;
-            cfg.site = Some(SiteId::new(site).unwrap());
-            cfg.bootstrap = vec![oa.clone()];
-            cfg
-        };
+        let client = |site: &str| dht_client(&oa, Some(site));
         let mut holders = Vec::new();
         for site in ["far", "near"] {
             let held: Arc<dyn Store> = Arc::new(MemStore::new());
             b.seed(&*held);
             let n = spawn(client(site), held);
-            while !n
-                .connected_peers()
-                .await
-                .unwrap()
-                .contains(&origin.peer_id())
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            n.provide(b.id).await.unwrap();
+            provide_via(&n, &origin, b.id).await;
             holders.push(n);
         }
         // The device must be able to find its neighbour: wait until the

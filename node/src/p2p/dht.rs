@@ -21,11 +21,19 @@ pub(super) fn no_dht_peer(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> 
 /// each device peers from its own LAN, so the site shares one download
 /// over its uplink even where mDNS does not reach (routed VLANs, the
 /// simulator).
-pub(super) fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
+fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
     let mut h = blake3::Hasher::new_derive_key("meshota 2025 site rendezvous v1");
     h.update(id.as_bytes());
     h.update(site.as_str().as_bytes());
     RecordKey::new(h.finalize().as_bytes())
+}
+
+/// The keys `id` is provided and looked up under: the release key, then,
+/// with a site, the site's (each paired with whether it is the site's).
+pub(super) fn keys(id: &ManifestId, site: Option<&SiteId>) -> Vec<(RecordKey, bool)> {
+    std::iter::once((RecordKey::new(id.as_bytes()), false))
+        .chain(site.map(|site| (site_key(id, site), true)))
+        .collect()
 }
 
 /// Provides `id` under the release key and, with a site, its site's key.
@@ -33,19 +41,20 @@ pub(super) fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
 /// lone DHT server such as the origin needs), but the query finds nobody
 /// else to store them, and Kademlia republishes only every 12 hours: `id`
 /// goes into `unprovided`, to be published again when a peer turns up.
-/// Returns the query of the last key provided: the site's, if any.
+/// Returns the query of the last key provided: the site's, if any (never
+/// `None` in fact, as there is always the release key).
 pub(super) fn start_providing(
     kad: &mut kad::Behaviour<kad::store::MemoryStore>,
     unprovided: &mut HashSet<ManifestId>,
     id: ManifestId,
     site: Option<&SiteId>,
-) -> Result<kad::QueryId, kad::store::Error> {
+) -> Result<Option<kad::QueryId>, kad::store::Error> {
     if no_dht_peer(kad) {
         unprovided.insert(id);
     }
-    let mut last = kad.start_providing(RecordKey::new(id.as_bytes()))?;
-    if let Some(site) = site {
-        last = kad.start_providing(site_key(&id, site))?;
+    let mut last = None;
+    for (key, _) in keys(&id, site) {
+        last = Some(kad.start_providing(key)?);
     }
     Ok(last)
 }
@@ -90,11 +99,9 @@ impl Lookups {
         }
         let n = self.next;
         self.next += 1;
-        let keys: Vec<RecordKey> = std::iter::once(RecordKey::new(id.as_bytes()))
-            .chain(site.map(|site| site_key(&id, site)))
-            .collect();
+        let keys = keys(&id, site);
         self.waiting.insert(n, (keys.len(), HashSet::new(), reply));
-        for key in keys {
+        for (key, _) in keys {
             self.queries.insert(kad.get_providers(key), n);
         }
     }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use libp2p::kad::{self, GetProvidersOk, QueryResult, RecordKey};
+use libp2p::kad::{self, GetProvidersOk, QueryResult};
 use libp2p::request_response::{self, OutboundRequestId};
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::behaviour::{build_swarm, MeshBehaviour, MeshBehaviourEvent};
 use super::config::P2pConfig;
-use super::dht::{no_dht_peer, site_key, start_providing, LookupOf, Lookups};
+use super::dht::{keys, no_dht_peer, start_providing, LookupOf, Lookups};
 use super::fetch::{DownloadReport, FetchError, FetchOptions, Fetches, Net, Verified};
 use super::serve::{Counters, DelayedResponse, NodeStats, ServeConfig, Server};
 use super::{NodeEvent, P2pError};
@@ -376,16 +376,15 @@ impl Net for LoopNet<'_> {
             return false;
         }
         let kad = &mut self.swarm.behaviour_mut().kad;
-        if self.no_bootstrap && no_dht_peer(kad) {
-            // Stored locally; with nobody to ask, no lookup will follow.
-            let _ = start_providing(kad, self.unprovided, id, self.site);
-            return false;
-        }
+        // With nobody to ask, the records are only stored locally and no
+        // lookup will follow.
+        let nobody = self.no_bootstrap && no_dht_peer(kad);
         match start_providing(kad, self.unprovided, id, self.site) {
-            Ok(q) => {
+            Ok(Some(q)) if !nobody => {
                 self.provide_queries.insert(q, id);
                 true
             }
+            Ok(_) => false,
             Err(e) => {
                 tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
                 false
@@ -435,16 +434,13 @@ impl LoopNet<'_> {
             *self.unsearched.entry(id).or_default() |= after_provide;
             return true;
         }
-        let of = |site| LookupOf {
-            manifest: id,
-            site,
-            after_provide,
-        };
-        let q = kad.get_providers(RecordKey::new(id.as_bytes()));
-        self.provider_queries.insert(q, of(false));
-        if let Some(site) = self.site {
-            let q = kad.get_providers(site_key(&id, site));
-            self.provider_queries.insert(q, of(true));
+        for (key, site) in keys(&id, self.site) {
+            let of = LookupOf {
+                manifest: id,
+                site,
+                after_provide,
+            };
+            self.provider_queries.insert(kad.get_providers(key), of);
         }
         true
     }

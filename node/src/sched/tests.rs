@@ -61,6 +61,17 @@ fn requests(actions: &[Action<u32>]) -> Vec<(u32, usize)> {
         .collect()
 }
 
+/// Asserts that the scheduler reported dropping `peer`.
+fn assert_dropped(s: &mut Scheduler<u32>, peer: u32) {
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, SchedEvent::Dropped { peer: p, .. } if *p == peer)),
+        "{events:?}"
+    );
+}
+
 /// Finds a peer and gives it a bitfield in one step.
 fn add_peer(s: &mut Scheduler<u32>, p: u32, class: PeerClass, have: &Bitfield, now: Instant) {
     s.handle_peer_found(p, class, now);
@@ -233,13 +244,7 @@ fn a_timed_out_request_is_retried_elsewhere_and_two_timeouts_drop_the_peer() {
     assert!(again.contains(&(2, reqs[0].1)) || again.contains(&(1, reqs[0].1)));
     let t2 = t1 + Duration::from_secs(10);
     s.handle_timeout(t2);
-    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, SchedEvent::Dropped { peer: 1, .. })),
-        "{events:?}"
-    );
+    assert_dropped(&mut s, 1);
     // A dropped peer found again during its cool-off is ignored.
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t2);
     assert!(requests(&drain(&mut s, t2)).iter().all(|(p, _)| *p != 1));
@@ -601,13 +606,7 @@ fn drop_the_only_neighbour(n: usize) -> (Scheduler<u32>, Instant) {
     assert!(!first.is_empty() && first.iter().all(|(p, _)| *p == 1));
     let t1 = t0 + Duration::from_secs(10);
     s.handle_timeout(t1);
-    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e, SchedEvent::Dropped { peer: 1, .. })),
-        "{events:?}"
-    );
+    assert_dropped(&mut s, 1);
     (s, t1)
 }
 
