@@ -236,11 +236,13 @@ impl Scenario {
     /// Live and virtual runs use the same, so they run the same policy.
     pub fn scheduler_config(&self, d: u32) -> SchedulerConfig {
         let chunk_time = u64::from(self.chunk_avg) * 1_000_000 / self.device_up_bps.max(1);
+        let request_timeout =
+            Duration::from_micros((chunk_time * u64::from(self.max_uploads) * 8).max(30_000_000));
         SchedulerConfig {
             have_refresh: Duration::from_millis(self.have_refresh_ms),
-            request_timeout: Duration::from_micros(
-                (chunk_time * u64::from(self.max_uploads) * 8).max(30_000_000),
-            ),
+            request_timeout,
+            // The defaults' ratio (2.5 s of 10 s).
+            endgame_after: request_timeout / 4,
             min_rate_bps: 1024,
             site_patience: Duration::from_secs(self.patience_s),
             busy_backoff: Duration::from_millis(self.busy_backoff_ms),

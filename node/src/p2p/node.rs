@@ -128,7 +128,11 @@ impl Node {
             peer_id,
             store.clone(),
             config.site.clone(),
-            config.scheduler.clone(),
+            // Answers are awaited as long as the transport waits for them.
+            crate::sched::SchedulerConfig {
+                answer_timeout: config.request_timeout,
+                ..config.scheduler.clone()
+            },
             config.download_limit_bps,
             counters.clone(),
             verified_tx,
@@ -358,8 +362,8 @@ impl Net for LoopNet<'_> {
         let _ = self.events.send(NodeEvent::PeerBanned { peer, reason });
     }
 
-    fn find_providers(&mut self, id: ManifestId) -> bool {
-        self.look_up(id, false)
+    fn find_providers(&mut self, id: ManifestId, site_only: bool) -> bool {
+        self.look_up(id, false, site_only)
     }
 
     fn dial(&mut self, peer: PeerId) {
@@ -421,8 +425,9 @@ macro_rules! net {
 
 impl LoopNet<'_> {
     /// Looks up the providers of `id` under the release key and the
-    /// site's; false when there is nobody to ask, now or later.
-    fn look_up(&mut self, id: ManifestId, after_provide: bool) -> bool {
+    /// site's (only the site's if `site_only` and there is a site); false
+    /// when there is nobody to ask, now or later.
+    fn look_up(&mut self, id: ManifestId, after_provide: bool, site_only: bool) -> bool {
         let kad = &mut self.swarm.behaviour_mut().kad;
         if no_dht_peer(kad) {
             // A lookup now would end at once, having asked nobody, and a
@@ -434,7 +439,11 @@ impl LoopNet<'_> {
             *self.unsearched.entry(id).or_default() |= after_provide;
             return true;
         }
+        let site_only = site_only && self.site.is_some();
         for (key, site) in keys(&id, self.site) {
+            if site_only && !site {
+                continue;
+            }
             let of = LookupOf {
                 manifest: id,
                 site,
@@ -667,7 +676,7 @@ impl EventLoop {
                     net!(self).provide(id);
                 }
                 for (id, after_provide) in std::mem::take(&mut self.unsearched) {
-                    net!(self).look_up(id, after_provide);
+                    net!(self).look_up(id, after_provide, false);
                 }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -678,7 +687,7 @@ impl EventLoop {
                 // Stored (or failed for good): whoever provided before us
                 // is listed now, and whoever provides after us finds us.
                 if let Some(manifest) = self.provide_queries.remove(&id) {
-                    net!(self).look_up(manifest, true);
+                    net!(self).look_up(manifest, true, false);
                 }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {

@@ -87,6 +87,7 @@ pub(crate) struct Counters {
     pub(crate) downloaded_bytes: AtomicU64,
     pub(crate) downloaded_chunks: AtomicU64,
     pub(crate) chunk_requests_sent: AtomicU64,
+    pub(crate) unused_chunk_bytes: AtomicU64,
 }
 
 /// A snapshot of a node's transfer counters.
@@ -106,6 +107,12 @@ pub struct NodeStats {
     pub downloaded_chunks: u64,
     /// `Get` requests sent.
     pub chunk_requests_sent: u64,
+    /// Chunk bytes (wire form) received that brought nothing: the chunk
+    /// was already held (an answer that came after its request was
+    /// given up and sent elsewhere, or an endgame duplicate), or its
+    /// download had ended. Request-response cannot cancel an answer in
+    /// flight, so every give-up can cost a whole chunk on the link.
+    pub unused_chunk_bytes: u64,
 }
 
 impl Counters {
@@ -119,6 +126,7 @@ impl Counters {
             downloaded_bytes: l(&self.downloaded_bytes),
             downloaded_chunks: l(&self.downloaded_chunks),
             chunk_requests_sent: l(&self.chunk_requests_sent),
+            unused_chunk_bytes: l(&self.unused_chunk_bytes),
         }
     }
 }

@@ -43,4 +43,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     pub fn peer_count(&self, class: PeerClass) -> usize {
         self.peers.values().filter(|p| p.class == class).count()
     }
+
+    /// The class `peer` is known under, if it is known.
+    pub fn peer_class(&self, peer: &P) -> Option<PeerClass> {
+        self.peers.get(peer).map(|p| p.class)
+    }
 }

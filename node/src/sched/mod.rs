@@ -34,10 +34,20 @@
 //!   `min_rate_bps`) drops it for a cool-off period.
 //! - **A slow neighbour still counts.** During its cool-off, what a dropped
 //!   same-site peer held is still in the site: no chunk it holds is pulled
-//!   over the WAN until the cool-off ends and it has been asked again. An
-//!   overloaded LAN peer is the common case of a drop, and treating its
-//!   chunks as missing from the site made every device that dropped it an
-//!   importer (at 1,000 devices, three in four WAN requests).
+//!   over the WAN until the cool-off ends and it has been asked again
+//!   (and has had a request timeout to answer). An overloaded LAN peer is
+//!   the common case of a drop, and treating its chunks as missing from
+//!   the site made every device that dropped it an importer (at 1,000
+//!   devices, three in four WAN requests).
+//! - **Late, not lost.** Request-response cannot cancel an answer in
+//!   flight, so a request is not re-asked of others the moment its peer is
+//!   dropped for slowness: it is awaited until `request_timeout`. Past
+//!   that it is late: from a peer still in good standing it is awaited
+//!   until the transport gives up (`answer_timeout`), and meanwhile only a
+//!   same-site peer may be asked for the chunk, never a WAN peer; from a
+//!   dropped peer it is given up. Re-asking at once paid for each such
+//!   chunk twice: at 1,000 devices 28 % of all chunk bytes received were
+//!   of no use.
 
 mod describe;
 mod origin;
@@ -46,6 +56,9 @@ mod pick;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_flights;
+mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Debug;
@@ -56,7 +69,7 @@ use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
 pub use origin::OriginDedup;
 use peers::PeerTable;
-use state::{ChunkSet, ChunkState, PeerState};
+use state::{ChunkSet, ChunkState, Flight, PeerState};
 
 /// Where a peer sits relative to us; decides preference and accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -76,8 +89,14 @@ pub struct SchedulerConfig {
     pub window_per_peer: usize,
     /// Requests in flight to an origin.
     pub origin_window: usize,
-    /// A request not answered within this is retried elsewhere.
+    /// A request not answered within this is late: the peer gets a
+    /// strike, and a same-site peer may be asked for the chunk too.
     pub request_timeout: Duration,
+    /// The transport's own limit on one request (request-response gives
+    /// up after it). Until then a late answer may still come, so no WAN
+    /// peer is asked for the chunk: a second WAN request would most
+    /// likely pay for it twice.
+    pub answer_timeout: Duration,
     /// How often to re-ask a peer which chunks it holds.
     pub have_refresh: Duration,
     /// How often to re-ask the origin, when it withholds chunks it has
@@ -87,6 +106,13 @@ pub struct SchedulerConfig {
     pub min_rate_bps: u64,
     /// Endgame starts when this few chunks are missing.
     pub endgame_chunks: usize,
+    /// In the endgame, a request is duplicated to an idle neighbour only
+    /// once it has waited this long: the endgame rescues the tail from a
+    /// slow peer, and a duplicate of a request about to be answered only
+    /// burns a neighbour's upload slot (at 1,000 devices, immediate
+    /// duplicates were most of the 1.7 GB of chunk bytes received for
+    /// nothing).
+    pub endgame_after: Duration,
     /// How long to wait for a chunk's site or fleet home to pull it before
     /// pulling it ourselves over the WAN.
     pub site_patience: Duration,
@@ -106,10 +132,12 @@ impl Default for SchedulerConfig {
             window_per_peer: 4,
             origin_window: 4,
             request_timeout: Duration::from_secs(10),
+            answer_timeout: Duration::from_secs(60),
             have_refresh: Duration::from_secs(1),
             origin_have_refresh: Duration::from_secs(5),
             min_rate_bps: 4 * 1024,
             endgame_chunks: 8,
+            endgame_after: Duration::from_millis(2500),
             site_patience: Duration::from_secs(8),
             busy_backoff: Duration::from_millis(250),
             drop_cooloff: Duration::from_secs(30),
@@ -229,7 +257,8 @@ pub struct Scheduler<P> {
     banned: BTreeSet<P>,
     cooloff: BTreeMap<P, Instant>,
     /// Same-site peers in cool-off, as they were when dropped: their
-    /// chunks stay out of WAN picks until the cool-off ends.
+    /// chunks stay out of WAN picks until they are heard again, or the
+    /// cool-off and one request timeout have passed.
     site_cooling: BTreeMap<P, (Instant, PeerState)>,
     used: BTreeSet<P>,
     /// Reused buffer of the peers ready for a request, so polling does
@@ -330,8 +359,26 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.site_cooling.remove(&peer);
         let n = self.chunks.len();
         let mut class_changed = None;
+        // Answers it still owes from before a drop fill its window.
+        let owed = if self.peers.contains_key(&peer) {
+            0
+        } else {
+            self.in_flight
+                .iter()
+                .filter(|&u| {
+                    self.chunks[u as usize]
+                        .in_flight
+                        .iter()
+                        .any(|f| f.peer == peer)
+                })
+                .count()
+        };
         let p = self.peers.get_or_insert_with(peer, || {
-            PeerState::new(class, state::peer_hash(&peer), n, now)
+            let mut p = PeerState::new(class, state::peer_hash(&peer), n, now);
+            for _ in 0..owed {
+                p.begin_request(now);
+            }
+            p
         });
         if p.class != class {
             class_changed = Some(p.class);
@@ -424,7 +471,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     pub fn handle_peer_lost(&mut self, peer: P, now: Instant) {
         self.now_hint = now;
         self.site_cooling.remove(&peer);
-        self.remove_peer(&peer, now);
+        self.remove_peer(&peer, now, false);
     }
 
     /// The chunk at `index` arrived from `peer`, and the driver verified
@@ -444,7 +491,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         c.held = true;
         c.deferred_since = None;
-        for (other, _) in std::mem::take(&mut c.in_flight) {
+        for Flight { peer: other, .. } in std::mem::take(&mut c.in_flight) {
             if let Some(p) = self.peers.get_mut(&other) {
                 p.end_request(now);
             }
@@ -489,68 +536,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         match failure {
             // A peer that does not serve this manifest is simply not a source.
             Failure::NotFound => {
-                self.remove_peer(&peer, now);
+                self.remove_peer(&peer, now, false);
             }
             other => self.apply_failure(peer, None, other, now),
-        }
-    }
-
-    /// Expires requests, queries and slow peers whose time has come.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        self.now_hint = now;
-        let expired: Vec<(u32, P)> = self
-            .in_flight
-            .iter()
-            .flat_map(|u| {
-                self.chunks[u as usize]
-                    .in_flight
-                    .iter()
-                    .filter(|(_, deadline)| *deadline <= now)
-                    .map(move |(p, _)| (u, *p))
-            })
-            .collect();
-        for (u, peer) in expired {
-            self.finish_request(&peer, u, now, false, 0);
-            self.stats.retries += 1;
-            let strikes = self.peers.get_mut(&peer).map_or(0, |p| {
-                p.timeouts_in_row += 1;
-                p.timeouts_in_row
-            });
-            if strikes >= 2 {
-                self.drop_peer(peer, "requests timed out twice in a row".into(), now);
-            }
-        }
-        // One walk finds both the silent and the slow: it runs on every
-        // timer, over every peer.
-        let min_rate = self.cfg.min_rate_bps;
-        let mut silent: Vec<P> = Vec::new();
-        let mut slow: Vec<(P, u64)> = Vec::new();
-        for (k, p) in self.peers.iter() {
-            if p.have_pending.is_some_and(|d| d <= now) {
-                silent.push(*k);
-            } else if let Some(r) = p.slow_rate(now, min_rate) {
-                slow.push((*k, r));
-            }
-        }
-        self.site_cooling.retain(|_, (until, _)| *until > now);
-        for peer in silent {
-            self.drop_peer(peer, "did not answer a Have query in time".into(), now);
-        }
-        for (peer, rate) in slow {
-            // Dropping a silent peer cannot have removed a slow one: they
-            // are distinct; `drop_peer` ignores peers already gone.
-            self.drop_peer(
-                peer,
-                format!("delivering {rate} B/s, below the {min_rate} B/s minimum"),
-                now,
-            );
-        }
-        if !self.completed
-            && !self.stalled_reported
-            && now >= self.last_progress + self.cfg.stall_timeout
-        {
-            self.stalled_reported = true;
-            self.events.push_back(SchedEvent::Stalled);
         }
     }
 
@@ -572,52 +560,6 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<SchedEvent<P>> {
         self.events.pop_front()
-    }
-
-    /// When to call [`Self::handle_timeout`] (and poll again) at the latest.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        if self.completed {
-            return None;
-        }
-        let after = self.now_hint;
-        let mut best: Option<Instant> = None;
-        let consider = |best: &mut Option<Instant>, t: Instant| {
-            if t > after && best.is_none_or(|b| t < b) {
-                *best = Some(t);
-            }
-        };
-        for u in self.in_flight.iter() {
-            for (_, d) in &self.chunks[u as usize].in_flight {
-                consider(&mut best, *d);
-            }
-        }
-        for p in self.peers.values() {
-            match p.have_pending {
-                Some(d) => consider(&mut best, d),
-                // `wants_refresh` scans the missing chunks, so ask it only
-                // when the refresh would be the earliest deadline so far.
-                None if p.have_due > after
-                    && best.is_none_or(|b| p.have_due < b)
-                    && self.wants_refresh(p) =>
-                {
-                    consider(&mut best, p.have_due);
-                }
-                None => {}
-            }
-            consider(&mut best, p.busy_until);
-        }
-        for (until, _) in self.site_cooling.values() {
-            consider(&mut best, *until);
-        }
-        for &u in &self.missing {
-            if let Some(since) = self.chunks[u as usize].deferred_since {
-                consider(&mut best, since + self.cfg.site_patience);
-            }
-        }
-        if !self.stalled_reported {
-            consider(&mut best, self.last_progress + self.cfg.stall_timeout);
-        }
-        best
     }
 
     /// True once every chunk is held.
@@ -651,7 +593,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Recomputes chunk `u`'s bit in [`Self::open`].
     fn refresh_open(&mut self, u: u32) {
         let u = u as usize;
-        let open = self.missing_at[u] != u32::MAX && self.chunks[u].in_flight.is_empty();
+        // A chunk whose requests are all late is open again, though only
+        // to same-site peers (see `pick_for`).
+        let open =
+            self.missing_at[u] != u32::MAX && self.chunks[u].in_flight.iter().all(|f| f.late);
         if let Some(w) = self.open.get_mut(u / 64) {
             if open {
                 *w |= 1 << (u % 64);
@@ -708,7 +653,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     fn ban(&mut self, peer: P, reason: String) {
         let now = self.now_hint;
         self.site_cooling.remove(&peer);
-        self.remove_peer(&peer, now);
+        self.remove_peer(&peer, now, false);
         if self.banned.insert(peer) {
             self.stats.bans += 1;
             self.events.push_back(SchedEvent::Banned { peer, reason });
@@ -720,9 +665,19 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return;
         }
         let until = now + self.cfg.drop_cooloff;
-        if let Some(p) = self.remove_peer(&peer, now) {
+        // Its answers in flight may still come: those not yet late are
+        // awaited until `request_timeout` (see `Flight::late`); those
+        // already late are given up now.
+        self.end_flights(&peer, now, true);
+        if let Some(p) = self.remove_peer(&peer, now, true) {
             if p.class == PeerClass::SameSite && p.known {
-                self.site_cooling.insert(peer, (until, p));
+                // The driver asks it again when the cool-off ends, and the
+                // answer can take up to a request timeout: until then its
+                // chunks are still in the site. Expiring with the cool-off
+                // sent loaded devices to the WAN in that gap (1,000-device
+                // runs: most WAN picks of waves 2 and 3).
+                let heard_by = until + self.cfg.request_timeout;
+                self.site_cooling.insert(peer, (heard_by, p));
             }
         }
         self.cooloff.insert(peer, until);
@@ -730,28 +685,37 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.events.push_back(SchedEvent::Dropped { peer, reason });
     }
 
-    /// Removes `peer` and returns its state, if it was known.
-    fn remove_peer(&mut self, peer: &P, now: Instant) -> Option<PeerState> {
+    /// Removes `peer` and returns its state, if it was known. Its requests
+    /// in flight end too, unless `keep_flights`.
+    fn remove_peer(&mut self, peer: &P, now: Instant, keep_flights: bool) -> Option<PeerState> {
         if !self.peers.contains_key(peer) {
             return None;
         }
         self.recount_peer(peer, None, false);
-        let flying: Vec<u32> = self
+        if !keep_flights {
+            self.end_flights(peer, now, false);
+        }
+        let p = self.peers.remove(peer)?;
+        self.former.insert(*peer, p.class);
+        Some(p)
+    }
+
+    /// Ends `peer`'s requests in flight (only the late ones if
+    /// `only_late`), unanswered.
+    fn end_flights(&mut self, peer: &P, now: Instant, only_late: bool) {
+        let ending: Vec<u32> = self
             .in_flight
             .iter()
             .filter(|&u| {
                 self.chunks[u as usize]
                     .in_flight
                     .iter()
-                    .any(|(p, _)| p == peer)
+                    .any(|f| f.peer == *peer && (f.late || !only_late))
             })
             .collect();
-        for u in flying {
+        for u in ending {
             self.finish_request(peer, u, now, false, 0);
         }
-        let p = self.peers.remove(peer)?;
-        self.former.insert(*peer, p.class);
-        Some(p)
     }
 
     /// Removes `peer`'s request for chunk `u`, if any, and updates the
@@ -759,7 +723,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     fn finish_request(&mut self, peer: &P, u: u32, now: Instant, delivered: bool, bytes: u64) {
         let c = &mut self.chunks[u as usize];
         let before = c.in_flight.len();
-        c.in_flight.retain(|(p, _)| p != peer);
+        c.in_flight.retain(|f| f.peer != *peer);
         let was_pending = c.in_flight.len() != before;
         if c.in_flight.is_empty() {
             self.in_flight.remove(u);

@@ -1,11 +1,12 @@
 //! Choosing the next request: which peer, which chunk, and whether this
 //! device is the one that should pull a chunk over the WAN.
 
+use std::cell::OnceCell;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
 
-use super::state::{mix, PeerState};
+use super::state::{mix, Flight, PeerState};
 use super::{Action, PeerClass, Scheduler};
 
 /// Whose rendezvous decides a WAN pull.
@@ -58,8 +59,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let ready = |p: &PeerState| {
             let eligible = match p.class {
                 PeerClass::SameSite => true,
-                PeerClass::OtherSite => c.site_avail == 0,
-                PeerClass::Origin => c.avail == 0,
+                PeerClass::OtherSite => c.site_avail == 0 && c.in_flight.is_empty(),
+                PeerClass::Origin => c.avail == 0 && c.in_flight.is_empty(),
             };
             p.known
                 && p.has(u)
@@ -81,17 +82,28 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     /// Worth re-asking: unknown yet, or lacking something we miss (it may
-    /// have it by now; the origin may have stopped withholding it).
-    pub(super) fn wants_refresh(&self, p: &PeerState) -> bool {
-        !p.known || (p.useful as usize) < self.missing.len()
+    /// have it by now; the origin may have stopped withholding it). A
+    /// peer of another site (or the origin) only while the site lacks
+    /// something: its news could not be used otherwise, and each `Have`
+    /// round trip crosses the WAN. `site_lacks` caches
+    /// [`Self::site_lacks`] over one walk of the peers.
+    pub(super) fn wants_refresh(&self, p: &PeerState, site_lacks: &OnceCell<bool>) -> bool {
+        if !p.known {
+            return true;
+        }
+        (p.useful as usize) < self.missing.len()
+            && (p.class == PeerClass::SameSite || *site_lacks.get_or_init(|| self.site_lacks()))
     }
 
     pub(super) fn due_have_query(&mut self, now: Instant) -> Option<P> {
         let timeout = self.cfg.request_timeout;
+        let lacks = OnceCell::new();
         let due = self
             .peers
             .iter()
-            .find(|(_, p)| p.have_pending.is_none() && p.have_due <= now && self.wants_refresh(p))
+            .find(|(_, p)| {
+                p.have_pending.is_none() && p.have_due <= now && self.wants_refresh(p, &lacks)
+            })
             .map(|(k, _)| *k)?;
         if let Some(p) = self.peers.get_mut(&due) {
             p.have_pending = Some(now + timeout);
@@ -139,7 +151,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     fn start_request(&mut self, peer: P, u: u32, now: Instant) -> Action<P> {
         let deadline = now + self.cfg.request_timeout;
         let c = &mut self.chunks[u as usize];
-        c.in_flight.push((peer, deadline));
+        c.in_flight.push(Flight {
+            peer,
+            deadline,
+            late: false,
+            sent: now,
+        });
         c.deferred_since = None;
         let action = Action::Request {
             peer,
@@ -170,10 +187,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             let c = &self.chunks[u as usize];
             let eligible = match class {
                 PeerClass::SameSite => p.has(u as usize),
-                // A chunk a neighbour holds is fetched locally, not over the WAN.
-                PeerClass::OtherSite => p.has(u as usize) && c.site_avail == 0,
+                // A chunk a neighbour holds is fetched locally, not over
+                // the WAN; nor is one whose late answer may still come.
+                PeerClass::OtherSite => c.site_avail == 0 && c.in_flight.is_empty(),
                 // The origin only serves what no reachable peer holds.
-                PeerClass::Origin => p.has(u as usize) && c.avail == 0,
+                PeerClass::Origin => c.avail == 0 && c.in_flight.is_empty(),
             };
             if !eligible {
                 continue;
@@ -214,6 +232,17 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         best.map(|(u, _)| u)
     }
 
+    /// Whether some missing chunk has no source on this site: no
+    /// same-site peer holds it, nor one in cool-off. Only then can peers
+    /// of other sites be of use, so a driver may leave them undialled and
+    /// unsearched until it is true.
+    pub fn site_lacks(&self) -> bool {
+        let now = self.now_hint;
+        self.missing
+            .iter()
+            .any(|&u| self.chunks[u as usize].site_avail == 0 && !self.cooling_site_holds(u, now))
+    }
+
     /// Whether a same-site peer in cool-off held chunk `u` when it was
     /// dropped: the site has it, so it is not pulled over the WAN.
     fn cooling_site_holds(&self, u: u32, now: Instant) -> bool {
@@ -251,21 +280,22 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         u32::try_from(ahead).unwrap_or(u32::MAX)
     }
 
-    /// Duplicates an outstanding request to an idle same-site peer that
-    /// holds it.
+    /// Duplicates an outstanding request that has waited `endgame_after`
+    /// to an idle same-site peer that holds it.
     fn endgame(&mut self, now: Instant) -> Option<Action<P>> {
         let window = self.cfg.window_per_peer;
         let origin_window = self.cfg.origin_window;
+        let after = self.cfg.endgame_after;
         for &u in &self.missing {
             let c = &self.chunks[u as usize];
-            if c.in_flight.len() != 1 {
+            if c.in_flight.len() != 1 || c.in_flight.iter().any(|f| now < f.sent + after) {
                 continue;
             }
             let found = self.peers.iter().find(|(k, p)| {
                 p.known
                     && p.busy_until <= now
                     && p.in_flight < p.window(window, origin_window)
-                    && !c.in_flight.iter().any(|(q, _)| q == *k)
+                    && !c.in_flight.iter().any(|f| f.peer == **k)
                     // Duplicates only cross the LAN: a WAN duplicate costs
                     // the site uplink and the origin serves each chunk
                     // about once.

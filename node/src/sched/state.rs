@@ -8,6 +8,20 @@ use smallvec::SmallVec;
 
 use super::PeerClass;
 
+/// One request in flight for a chunk.
+pub(super) struct Flight<P> {
+    pub peer: P,
+    /// When it turns late (at `request_timeout`), or, once late, when the
+    /// transport has given up on it (at `answer_timeout`).
+    pub deadline: Instant,
+    /// Past `request_timeout`. Request-response cannot cancel an answer
+    /// in flight, so a late request is still awaited: only a same-site
+    /// peer may be asked for the chunk meanwhile, never the WAN.
+    pub late: bool,
+    /// When it was sent.
+    pub sent: Instant,
+}
+
 /// One distinct chunk of the manifest.
 pub(super) struct ChunkState<P> {
     pub len: u32,
@@ -23,7 +37,7 @@ pub(super) struct ChunkState<P> {
     /// Known same-site peers holding it.
     pub site_avail: u32,
     /// Requests in flight: peer and deadline.
-    pub in_flight: Vec<(P, Instant)>,
+    pub in_flight: Vec<Flight<P>>,
     /// When we first held back from pulling it over the WAN because
     /// another device is its home.
     pub deferred_since: Option<Instant>,

@@ -10,7 +10,7 @@ use super::*;
 
 const ORIGIN: u32 = u32::MAX;
 
-fn manifest(chunks: usize) -> Manifest {
+pub(super) fn manifest(chunks: usize) -> Manifest {
     // Distinct pseudo-random content so every chunk is unique.
     let mut x = 0x1234_5678_u64;
     let data: Vec<u8> = (0..chunks * 4096)
@@ -37,21 +37,21 @@ fn manifest(chunks: usize) -> Manifest {
     build_manifest::<_, ManifestError>(data.as_slice(), t, |_| Ok(())).unwrap()
 }
 
-fn cfg(seed: u64) -> SchedulerConfig {
+pub(super) fn cfg(seed: u64) -> SchedulerConfig {
     SchedulerConfig {
         seed,
         ..SchedulerConfig::default()
     }
 }
 
-fn drain<P: Copy + Eq + std::hash::Hash + Ord + std::fmt::Debug>(
+pub(super) fn drain<P: Copy + Eq + std::hash::Hash + Ord + std::fmt::Debug>(
     s: &mut Scheduler<P>,
     now: Instant,
 ) -> Vec<Action<P>> {
     std::iter::from_fn(|| s.poll_action(now)).collect()
 }
 
-fn requests(actions: &[Action<u32>]) -> Vec<(u32, usize)> {
+pub(super) fn requests(actions: &[Action<u32>]) -> Vec<(u32, usize)> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -62,7 +62,7 @@ fn requests(actions: &[Action<u32>]) -> Vec<(u32, usize)> {
 }
 
 /// Asserts that the scheduler reported dropping `peer`.
-fn assert_dropped(s: &mut Scheduler<u32>, peer: u32) {
+pub(super) fn assert_dropped(s: &mut Scheduler<u32>, peer: u32) {
     let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
     assert!(
         events
@@ -73,7 +73,13 @@ fn assert_dropped(s: &mut Scheduler<u32>, peer: u32) {
 }
 
 /// Finds a peer and gives it a bitfield in one step.
-fn add_peer(s: &mut Scheduler<u32>, p: u32, class: PeerClass, have: &Bitfield, now: Instant) {
+pub(super) fn add_peer(
+    s: &mut Scheduler<u32>,
+    p: u32,
+    class: PeerClass,
+    have: &Bitfield,
+    now: Instant,
+) {
     s.handle_peer_found(p, class, now);
     s.handle_peer_have(p, have, now);
 }
@@ -232,11 +238,17 @@ fn a_timed_out_request_is_retried_elsewhere_and_two_timeouts_drop_the_peer() {
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
     let reqs = requests(&drain(&mut s, t0));
     assert_eq!(reqs.len(), 1);
-    let deadline = s.poll_timeout().unwrap();
     // The peer already holds everything, so no Have refresh is due: the
-    // next wake-up is the request's deadline.
-    assert_eq!(deadline, t0 + Duration::from_secs(10));
+    // wake-ups are the endgame's moment to duplicate (with nobody idle to
+    // take it), then the request's deadline.
     let t1 = t0 + Duration::from_secs(10);
+    let mut wake = s.poll_timeout().unwrap();
+    while wake < t1 {
+        s.handle_timeout(wake);
+        assert_eq!(requests(&drain(&mut s, wake)), vec![]);
+        wake = s.poll_timeout().unwrap();
+    }
+    assert_eq!(wake, t1);
     s.handle_timeout(t1);
     assert_eq!(s.stats().retries, 1);
     add_peer(&mut s, 2, PeerClass::SameSite, &Bitfield::full(n), t1);
@@ -335,7 +347,7 @@ fn busy_backs_off_the_peer_without_dropping_it() {
 }
 
 #[test]
-fn endgame_duplicates_the_last_request_and_cancels_the_loser() {
+fn endgame_duplicates_a_waiting_last_request_and_cancels_the_loser() {
     let m = manifest(2);
     let n = m.chunks.len();
     let t0 = Instant::now();
@@ -346,11 +358,20 @@ fn endgame_duplicates_the_last_request_and_cancels_the_loser() {
     let mut s = Scheduler::new(&m, &held, cfg(10), t0);
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
     add_peer(&mut s, 2, PeerClass::SameSite, &Bitfield::full(n), t0);
-    let reqs = requests(&drain(&mut s, t0));
+    let mut reqs = requests(&drain(&mut s, t0));
+    assert_eq!(
+        reqs.len(),
+        1,
+        "duplicated before the request could be answered: {reqs:?}"
+    );
+    let hedge = s.poll_timeout().expect("a wake-up to duplicate it");
+    assert_eq!(hedge, t0 + SchedulerConfig::default().endgame_after);
+    s.handle_timeout(hedge);
+    reqs.extend(requests(&drain(&mut s, hedge)));
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     assert_eq!(reqs[0].1, reqs[1].1);
-    s.handle_chunk_arrived(reqs[1].0, reqs[1].1, 10, t0);
-    let acts = drain(&mut s, t0);
+    s.handle_chunk_arrived(reqs[1].0, reqs[1].1, 10, hedge);
+    let acts = drain(&mut s, hedge);
     assert!(acts.contains(&Action::Cancel {
         peer: reqs[0].0,
         index: reqs[0].1
@@ -611,10 +632,14 @@ fn drop_the_only_neighbour(n: usize) -> (Scheduler<u32>, Instant) {
 }
 
 #[test]
-fn a_dropped_neighbours_chunks_stay_off_the_wan_until_its_cool_off_ends() {
+fn a_dropped_neighbours_chunks_stay_off_the_wan_until_its_cool_off_ends_and_it_had_time_to_answer()
+{
     let (mut s, t1) = drop_the_only_neighbour(8);
     assert_eq!(requests(&drain(&mut s, t1)), vec![]);
-    let end = t1 + SchedulerConfig::default().drop_cooloff;
+    // The driver asks it again at the cool-off's end; the answer may take
+    // a request timeout.
+    let c = SchedulerConfig::default();
+    let end = t1 + c.drop_cooloff + c.request_timeout;
     loop {
         let now = s.poll_timeout().expect("a wake-up at the cool-off's end");
         assert!(now <= end, "slept past the cool-off");

@@ -180,6 +180,7 @@ struct LiveFigures<'a> {
     restarts: u32,
     wall_s: f64,
     setup_s: f64,
+    devices: &'a [super::DeviceFigures],
 }
 
 /// Writes the report of a live run into `dir` (created if missing):
@@ -214,6 +215,7 @@ pub fn write_report(
             restarts: run.restarts,
             wall_s: run.wall_s,
             setup_s: run.setup_s,
+            devices: &run.devices,
         },
     };
     let text = serde_json::to_string_pretty(&report).map_err(|e| LiveError::Io {

@@ -17,7 +17,7 @@ use meshota_protocol::{Action, DeviceId, UpdateState};
 
 use super::fleet::{Fleet, Rng};
 use super::track::add;
-use super::{LiveError, LiveEvent, LiveRun};
+use super::{DeviceFigures, LiveError, LiveEvent, LiveRun};
 use crate::scenario::Scenario;
 use crate::virt::Outcome;
 
@@ -457,6 +457,26 @@ async fn drive(
         halted: last_state == RolloutState::Halted,
         ..Outcome::default()
     };
+    let dev_wan_in = fleet.net.device_wan_in();
+    let unused = fleet.unused_chunk_bytes();
+    let devices = recs
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let b = r.bytes();
+            DeviceFigures {
+                site: s.site_of(i as u32),
+                started_s: r.started_at.map(|t| w.secs(t)),
+                committed_s: r.committed_at.map(|t| w.secs(t)),
+                fetches: r.fetches,
+                same_site: b.same_site,
+                other_peers: b.other_peers,
+                origin: b.origin,
+                wan_in: dev_wan_in.get(i).copied().unwrap_or(0),
+                unused: unused.get(i).copied().unwrap_or(0),
+            }
+        })
+        .collect();
     Ok(LiveRun {
         outcome,
         bundle_file_bytes: fleet.release.file_bytes,
@@ -466,5 +486,6 @@ async fn drive(
         restarts: w.restarts,
         wall_s: wall.elapsed().as_secs_f64(),
         setup_s,
+        devices,
     })
 }

@@ -586,6 +586,19 @@ root = "{trust}"
         }
     }
 
+    /// Chunk bytes each running device received and could not use (see
+    /// `NodeStats::unused_chunk_bytes`), since its node last started.
+    pub fn unused_chunk_bytes(&self) -> Vec<u64> {
+        self.devices
+            .iter()
+            .map(|d| {
+                d.running
+                    .as_ref()
+                    .map_or(0, |r| r.node.stats().unused_chunk_bytes)
+            })
+            .collect()
+    }
+
     /// Bytes the origin seeder uploaded (chunk bytes, stored form).
     pub fn origin_bytes(&self) -> u64 {
         self.server

@@ -138,6 +138,34 @@ pub struct LiveRun {
     pub wall_s: f64,
     /// Seconds of setup before the rollout started.
     pub setup_s: f64,
+    /// What each device did, by device index: which devices pulled a
+    /// site's WAN bytes is what a tuning run asks first.
+    pub devices: Vec<DeviceFigures>,
+}
+
+/// One device's figures in a live run; times in seconds from the start.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceFigures {
+    /// Its site.
+    pub site: u32,
+    /// When its first fetch began.
+    pub started_s: Option<f64>,
+    /// When it committed.
+    pub committed_s: Option<f64>,
+    /// Fetch attempts (more than one after a crash or a retry).
+    pub fetches: u32,
+    /// Bytes from same-site peers.
+    pub same_site: u64,
+    /// Bytes from peers on other sites.
+    pub other_peers: u64,
+    /// Bytes from the origin.
+    pub origin: u64,
+    /// Wire bytes it read over its site's WAN link, protocol and waste
+    /// included.
+    pub wan_in: u64,
+    /// Chunk bytes it received and could not use (already held, or the
+    /// download had ended), from any source; since its last restart.
+    pub unused: u64,
 }
 
 /// Runs scenario `s` live, telling `progress` what happens.

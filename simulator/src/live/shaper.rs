@@ -131,6 +131,7 @@ pub struct NetModel {
     origin_up: Bucket,
     site_wan_in: Vec<AtomicU64>,
     site_wan_out: Vec<AtomicU64>,
+    dev_wan_in: Vec<AtomicU64>,
     from_origin: AtomicU64,
     /// Dialing device of each live connection, by (dialer end, listener end).
     dials: Mutex<HashMap<(SocketAddr, SocketAddr), u32>>,
@@ -163,6 +164,7 @@ impl NetModel {
             origin_up: Bucket::new(s.origin_up_bps, now),
             site_wan_in: (0..sites).map(|_| AtomicU64::new(0)).collect(),
             site_wan_out: (0..sites).map(|_| AtomicU64::new(0)).collect(),
+            dev_wan_in: (0..n).map(|_| AtomicU64::new(0)).collect(),
             from_origin: AtomicU64::new(0),
             dials: Mutex::new(HashMap::new()),
             memory_ports: Mutex::new(HashMap::new()),
@@ -190,6 +192,16 @@ impl NetModel {
     /// Bytes that left each site over its WAN uplink.
     pub fn site_wan_out(&self) -> Vec<u64> {
         self.site_wan_out
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Wire bytes each device read over its site's WAN link: with the
+    /// bytes it kept from other sites and the origin, this tells waste
+    /// (late answers, duplicates, control traffic) from imports.
+    pub fn device_wan_in(&self) -> Vec<u64> {
+        self.dev_wan_in
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .collect()
@@ -413,6 +425,9 @@ impl Shaped {
         if self.cross(peer) {
             net.site_down[site].charge(n, now);
             net.site_wan_in[site].fetch_add(n as u64, Ordering::Relaxed);
+            if let Some(d) = net.dev_wan_in.get(self.index) {
+                d.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
         if peer == Endpoint::Outside {
             net.origin_up.charge(n, now);

@@ -16,6 +16,8 @@ use super::backend::SlotEvent;
 /// One device's record.
 #[derive(Debug, Default, Clone)]
 pub struct DeviceTrack {
+    /// When its first fetch began.
+    pub started_at: Option<Instant>,
     /// When its backend committed.
     pub committed_at: Option<Instant>,
     /// When its backend rolled back.
@@ -113,6 +115,7 @@ impl<F: Fetcher> Fetcher for TrackingFetcher<F> {
     ) -> Result<(), String> {
         self.tracker.with(self.index, |d| {
             d.fetches += 1;
+            d.started_at = d.started_at.or_else(|| Some(Instant::now()));
             d.done = add(d.done, d.current);
             d.current = ByteSplit::default();
         });

@@ -43,13 +43,15 @@ impl Sim<'_> {
                 ..SchedulerConfig::default()
             };
         }
+        let request_timeout =
+            Duration::from_micros((chunk_time * u64::from(self.s.max_uploads) * 8).max(30_000_000));
         SchedulerConfig {
             // Neighbours push their news, so their bitfields are asked for
             // once; see the module docs. The origin keeps its refresh.
             have_refresh: Duration::from_secs(24 * 3600),
-            request_timeout: Duration::from_micros(
-                (chunk_time * u64::from(self.s.max_uploads) * 8).max(30_000_000),
-            ),
+            request_timeout,
+            // As in live runs (`Scenario::scheduler_config`).
+            endgame_after: request_timeout / 4,
             min_rate_bps: 1024,
             site_patience: Duration::from_secs(self.s.patience_s),
             busy_backoff: Duration::from_millis(self.s.busy_backoff_ms),

@@ -12,7 +12,7 @@ use super::{
     PROVIDER_REFRESH,
 };
 use crate::p2p::NodeEvent;
-use crate::sched::{Action, SchedEvent};
+use crate::sched::{Action, PeerClass, SchedEvent};
 
 impl Fetches {
     /// Runs every scheduler until it has nothing more to do right now.
@@ -60,7 +60,10 @@ impl Fetches {
         };
         if now >= fetch.providers_at + refresh {
             fetch.providers_at = now;
-            if !net.find_providers(id) {
+            // More far peers are of no use while the site has everything.
+            let site_only = matches!(&fetch.phase, Phase::Download(dl)
+                if dl.grace.is_none() && !dl.sched.site_lacks());
+            if !net.find_providers(id, site_only) {
                 fetch.site_lookup_done = true;
             }
         }
@@ -130,6 +133,13 @@ impl Fetches {
         if dl.sched.poll_timeout().is_some_and(|t| t <= now) {
             dl.sched.handle_timeout(now);
         }
+        if !fetch.far.is_empty() && dl.grace.is_none() && dl.sched.site_lacks() {
+            for peer in std::mem::take(&mut fetch.far) {
+                if !self.connected.contains(&peer) {
+                    net.dial(peer);
+                }
+            }
+        }
         while let Some(action) = dl.sched.poll_action(now) {
             match action {
                 Action::Request {
@@ -138,6 +148,24 @@ impl Fetches {
                     chunk,
                     len,
                 } => {
+                    let class = dl.sched.peer_class(&peer);
+                    if class.is_some_and(|c| c != PeerClass::SameSite) {
+                        // Why a device spends WAN bytes is what tuning a
+                        // fleet asks first (`RUST_LOG=meshota::wan=debug`).
+                        tracing::debug!(
+                            target: "meshota::wan",
+                            site = ?self.site,
+                            %peer,
+                            ?class,
+                            index,
+                            since_start_ms = now.saturating_duration_since(fetch.started).as_millis() as u64,
+                            site_peers = dl.sched.peer_count(PeerClass::SameSite),
+                            site_found = fetch.site_found.len(),
+                            site_heard = fetch.site_found.iter().filter(|p| dl.answered.contains(p)).count(),
+                            "chunk requested over the WAN: {}",
+                            dl.sched.describe(now),
+                        );
+                    }
                     if self.limiter.is_some() || !self.queued.is_empty() {
                         self.queued.push_back((id, peer, index, chunk, len));
                     } else {
@@ -181,7 +209,7 @@ impl Fetches {
                 }
                 SchedEvent::Stalled => {
                     tracing::warn!(manifest = %id.short(), "download stalled");
-                    let _ = net.find_providers(id);
+                    let _ = net.find_providers(id, false);
                     net.event(NodeEvent::FetchStalled { manifest: id });
                 }
                 SchedEvent::Complete => complete = true,

@@ -8,13 +8,15 @@
 //!
 //! Split by concern: this file holds the per-fetch state and the
 //! handlers for network events; `drive` runs the schedulers, timers and
-//! completion; `report` holds the public option, progress, report and
-//! error types.
+//! completion; `verify` checks and stores arriving chunks; `report` holds
+//! the public option, progress, report and error types.
 
 mod drive;
 mod report;
+mod verify;
 
 pub use report::{DownloadReport, FetchError, FetchOptions, FetchProgress};
+pub(crate) use verify::Verified;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -23,16 +25,15 @@ use std::time::{Duration, Instant};
 
 use libp2p::request_response::OutboundRequestId;
 use libp2p::PeerId;
-use meshota_protocol::chunking::decode_chunk;
 use meshota_protocol::{
-    Bitfield, ChunkId, Encoding, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
+    Bitfield, ChunkId, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::serve::{Counters, TokenBucket};
 use super::NodeEvent;
 use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
-use crate::store::{Store, StoredChunk};
+use crate::store::Store;
 
 /// What the fetch loop asks of the network. Implemented by the event loop.
 pub(crate) trait Net {
@@ -40,9 +41,11 @@ pub(crate) trait Net {
     fn send(&mut self, peer: PeerId, request: PeerRequest) -> OutboundRequestId;
     /// Bans a peer node-wide (block list, disconnect, event).
     fn ban(&mut self, peer: PeerId, reason: String);
-    /// Looks up providers of a manifest on Kademlia. False when there is
-    /// nobody to ask, now or later (no DHT peer and no bootstrap).
-    fn find_providers(&mut self, id: ManifestId) -> bool;
+    /// Looks up providers of a manifest on Kademlia: under its site's key
+    /// only if `site_only` (and a site is configured), else under the
+    /// release's too. False when there is nobody to ask, now or later (no
+    /// DHT peer and no bootstrap).
+    fn find_providers(&mut self, id: ManifestId, site_only: bool) -> bool;
     /// Connects to a peer whose addresses are known.
     fn dial(&mut self, peer: PeerId);
     /// Announces on Kademlia that this node holds a manifest. True when a
@@ -65,22 +68,6 @@ enum Tag {
         chunk: ChunkId,
         len: u32,
     },
-}
-
-/// A chunk after verification and storing on the blocking pool.
-pub(crate) struct Verified {
-    manifest: ManifestId,
-    peer: PeerId,
-    index: usize,
-    wire_bytes: u64,
-    result: Result<(), VerifyFailure>,
-}
-
-enum VerifyFailure {
-    /// The peer sent bad data: ban it.
-    Bad(String),
-    /// Our store failed.
-    Store(String),
 }
 
 type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
@@ -150,6 +137,11 @@ struct Fetch {
     wait_provide: bool,
     /// Providers the site lookups found, which the grace waits to hear.
     site_found: HashSet<PeerId>,
+    /// Providers found under the release's key only (so most likely of
+    /// other sites), not dialled while the site has every missing chunk:
+    /// each WAN connection costs kilobytes of handshakes and `Have`
+    /// polls, per device, for peers nobody would fetch from.
+    far: HashSet<PeerId>,
     /// Last Kademlia provider lookup, repeated while sources are lacking.
     providers_at: Instant,
     deadline: Option<(Instant, Duration)>,
@@ -253,6 +245,7 @@ impl Fetches {
             site_lookup_done: false,
             wait_provide: false,
             site_found: HashSet::new(),
+            far: HashSet::new(),
             providers_at: now,
             deadline: opts.timeout.map(|t| (now + t, t)),
             progress: opts.progress,
@@ -263,7 +256,7 @@ impl Fetches {
                 retry_at: None,
             }),
         };
-        fetch.site_lookup_done = !net.find_providers(id);
+        fetch.site_lookup_done = !net.find_providers(id, false);
         self.fetches.insert(id, fetch);
         match manifest {
             Some(m) => self.begin_download(id, Arc::new(m), now, net),
@@ -445,14 +438,25 @@ impl Fetches {
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
         };
+        // The grace decides whether the site lacks anything; until then,
+        // and while it lacks nothing, far peers wait (see `Fetch::far`).
+        let wait = self.site.is_some()
+            && matches!(&fetch.phase, Phase::Download(dl)
+                if dl.grace.is_some() || !dl.sched.site_lacks());
         for p in providers {
             if p == local {
                 continue;
             }
             if site {
                 fetch.site_found.insert(p);
+                fetch.far.remove(&p);
             }
-            if !self.connected.contains(&p) {
+            if self.connected.contains(&p) {
+                continue;
+            }
+            if !site && wait && !fetch.site_found.contains(&p) {
+                fetch.far.insert(p);
+            } else {
                 net.dial(p);
             }
         }
@@ -479,6 +483,8 @@ impl Fetches {
         net: &mut dyn Net,
     ) {
         let Some((id, _, tag)) = self.pending.remove(&rid) else {
+            // Its download ended (a finished fetch forgets its requests).
+            self.count_unused(&response);
             return;
         };
         match tag {
@@ -641,9 +647,19 @@ impl Fetches {
             ..
         }) = self.fetches.get_mut(&id)
         else {
+            self.count_unused(&response);
             return;
         };
         match response {
+            // Held already (a late answer, an endgame loser): nothing to
+            // verify or store.
+            PeerResponse::Chunk { data, .. } if dl.held.get(index) => {
+                let bytes = data.len() as u64;
+                self.counters
+                    .unused_chunk_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                dl.sched.handle_chunk_arrived(peer, index, bytes, now);
+            }
             PeerResponse::Chunk { encoding, data } => {
                 self.spawn_verify(id, peer, index, chunk, len, encoding, data)
             }
@@ -659,105 +675,6 @@ impl Fetches {
                 dl.sched
                     .handle_chunk_failed(peer, index, Failure::Misbehaved(reason.clone()), now);
                 net.ban(peer, reason);
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_verify(
-        &self,
-        manifest: ManifestId,
-        peer: PeerId,
-        index: usize,
-        chunk: ChunkId,
-        len: u32,
-        encoding: Encoding,
-        data: Vec<u8>,
-    ) {
-        let store = self.store.clone();
-        let tx = self.verified_tx.clone();
-        let wire_bytes = data.len() as u64;
-        tokio::task::spawn_blocking(move || {
-            let result = match decode_chunk(encoding, &data, &chunk, len) {
-                Err(e) => Err(VerifyFailure::Bad(e.to_string())),
-                Ok(_) => store
-                    .put_chunk(
-                        &chunk,
-                        &StoredChunk {
-                            encoding,
-                            raw_len: len,
-                            data,
-                        },
-                    )
-                    .map_err(|e| VerifyFailure::Store(e.to_string())),
-            };
-            if result.is_ok() {
-                // One line per chunk fetched and durably stored: the
-                // observable behind "no chunk is fetched twice, even
-                // across a kill -9" (tests/tests/kill9.rs counts them).
-                tracing::debug!(target: "meshota::chunk_stored", chunk = %chunk, wire_bytes, "chunk stored");
-            }
-            // The loop is gone on shutdown; the chunk is stored anyway.
-            let _ = tx.send(Verified {
-                manifest,
-                peer,
-                index,
-                wire_bytes,
-                result,
-            });
-        });
-    }
-
-    /// A chunk came back from verification.
-    pub(crate) fn on_verified(&mut self, v: Verified, now: Instant, net: &mut dyn Net) {
-        let Some(Fetch {
-            phase: Phase::Download(dl),
-            progress,
-            ..
-        }) = self.fetches.get_mut(&v.manifest)
-        else {
-            return;
-        };
-        match v.result {
-            Ok(()) => {
-                self.counters
-                    .downloaded_bytes
-                    .fetch_add(v.wire_bytes, Ordering::Relaxed);
-                self.counters
-                    .downloaded_chunks
-                    .fetch_add(1, Ordering::Relaxed);
-                dl.sched
-                    .handle_chunk_arrived(v.peer, v.index, v.wire_bytes, now);
-                if !dl.held.get(v.index) {
-                    dl.held.set(v.index);
-                    dl.held_count += 1;
-                }
-                if let Some(tx) = progress {
-                    let _ = tx.send(FetchProgress {
-                        held: dl.held_count,
-                        total: dl.manifest.chunks.len(),
-                        bytes: dl.sched.stats().bytes,
-                    });
-                }
-            }
-            Err(VerifyFailure::Bad(reason)) => {
-                tracing::warn!(peer = %v.peer, %reason, "peer sent a bad chunk");
-                dl.sched.handle_chunk_failed(
-                    v.peer,
-                    v.index,
-                    Failure::Misbehaved(reason.clone()),
-                    now,
-                );
-                net.ban(v.peer, reason);
-            }
-            Err(VerifyFailure::Store(reason)) => {
-                tracing::error!(%reason, "store failed while saving a verified chunk");
-                dl.sched.handle_chunk_failed(
-                    v.peer,
-                    v.index,
-                    Failure::Unresponsive(format!("local store failed: {reason}")),
-                    now,
-                );
             }
         }
     }

@@ -1,0 +1,149 @@
+//! Scheduler tests of requests that outlive their timeout and of far
+//! peers: what is awaited, what is asked again, and what crosses the WAN.
+
+use std::time::{Duration, Instant};
+
+use meshota_protocol::Bitfield;
+
+use super::tests::{add_peer, assert_dropped, cfg, drain, manifest, requests};
+use super::*;
+
+#[test]
+fn a_late_answer_is_awaited_and_no_wan_peer_is_asked_for_it_until_the_transport_gives_up() {
+    let m = manifest(3);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut c = cfg(13);
+    c.window_per_peer = 1;
+    // In good standing: not judged by its rate (one late answer is no
+    // proof of a slow peer).
+    c.min_rate_bps = 0;
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), c, t0);
+    add_peer(&mut s, 1, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    let first = requests(&drain(&mut s, t0));
+    assert_eq!(first.len(), 1);
+    let (_, index) = first[0];
+    let late = t0 + Duration::from_secs(10);
+    s.handle_timeout(late);
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), late);
+    let meanwhile = requests(&drain(&mut s, late));
+    assert!(
+        meanwhile.iter().all(|&(_, i)| i != index),
+        "asked the WAN again for a chunk whose answer may still come: {meanwhile:?}"
+    );
+    for (p, i) in meanwhile {
+        s.handle_chunk_arrived(p, i, 10, late);
+    }
+    // The transport gives up at `answer_timeout`: then it is lost.
+    let lost = t0 + SchedulerConfig::default().answer_timeout;
+    let mut now = late;
+    let mut asked = false;
+    while now < lost {
+        now = s
+            .poll_timeout()
+            .expect("a wake-up at the transport's limit");
+        s.handle_timeout(now);
+        for (p, i) in requests(&drain(&mut s, now)) {
+            assert!(
+                i != index || now >= lost,
+                "asked {p} for it at {:?}",
+                now - t0
+            );
+            asked |= i == index;
+            if i != index {
+                s.handle_chunk_arrived(p, i, 10, now);
+            }
+        }
+    }
+    assert_eq!(now, lost);
+    assert!(
+        asked,
+        "the chunk stayed hostage to an answer that cannot come"
+    );
+}
+
+#[test]
+fn a_neighbour_may_step_in_for_a_late_answer_and_the_late_answer_still_counts() {
+    let m = manifest(3);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut c = cfg(14);
+    c.window_per_peer = 1;
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), c, t0);
+    add_peer(&mut s, 1, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    let (_, index) = requests(&drain(&mut s, t0))[0];
+    let late = t0 + Duration::from_secs(10);
+    s.handle_timeout(late);
+    add_peer(&mut s, 2, PeerClass::SameSite, &Bitfield::full(n), late);
+    assert!(requests(&drain(&mut s, late)).contains(&(2, index)));
+    // The far answer lands first: it is used, and the neighbour's is waste.
+    let len = u64::from(m.chunks[index].len);
+    s.handle_chunk_arrived(1, index, len, late);
+    s.handle_chunk_arrived(2, index, len, late);
+    assert_eq!(s.stats().bytes.other_peers, len);
+    assert_eq!(s.stats().duplicate_bytes, len);
+}
+
+#[test]
+fn a_peer_dropped_for_slowness_is_awaited_for_what_it_owes_until_the_request_timeout() {
+    let m = manifest(8);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(15), t0);
+    s.set_local_peer(0);
+    // A far peer: no cool-off rule keeps its chunks off the WAN.
+    add_peer(&mut s, 1, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    let owed = requests(&drain(&mut s, t0));
+    assert!(!owed.is_empty() && owed.iter().all(|(p, _)| *p == 1));
+    // Nothing delivered in 5 s of being busy: dropped as too slow, with
+    // its requests not yet late.
+    let t1 = t0 + Duration::from_secs(5);
+    s.handle_timeout(t1);
+    assert_dropped(&mut s, 1);
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t1);
+    let far = requests(&drain(&mut s, t1));
+    assert!(
+        far.iter().all(|(_, i)| owed.iter().all(|(_, j)| i != j)),
+        "asked another peer for chunks the dropped one is still sending: {far:?}"
+    );
+    for &(p, j) in &far {
+        s.handle_chunk_arrived(p, j, 100, t1);
+    }
+    // One of its answers lands: used, not waste.
+    let (_, i) = owed[0];
+    s.handle_chunk_arrived(1, i, 100, t1);
+    assert_eq!(s.stats().bytes.other_peers, 100 * (far.len() as u64 + 1));
+    assert_eq!(s.stats().duplicate_bytes, 0);
+    // The rest are given up at the request timeout.
+    let t2 = t0 + SchedulerConfig::default().request_timeout;
+    s.handle_timeout(t2);
+    for &(_, j) in &owed[1..] {
+        assert!(
+            s.could_request(Some(&2), j, t2),
+            "chunk {j} still waits on a dropped peer"
+        );
+    }
+}
+
+#[test]
+fn a_far_peer_is_not_polled_while_the_site_has_every_missing_chunk() {
+    let m = manifest(8);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(16), t0);
+    s.set_local_peer(0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::new(n), t0);
+    let polls_of_far = |acts: &[Action<u32>]| {
+        acts.iter()
+            .filter(|a| matches!(a, Action::QueryHave { peer: 2 }))
+            .count()
+    };
+    drain(&mut s, t0);
+    let later = t0 + Duration::from_secs(5);
+    s.handle_timeout(later);
+    assert_eq!(polls_of_far(&drain(&mut s, later)), 0);
+    // The neighbour leaves: the far peer's news matters again.
+    s.handle_peer_lost(1, later);
+    assert_eq!(polls_of_far(&drain(&mut s, later)), 1);
+}
