@@ -147,3 +147,43 @@ fn a_far_peer_is_not_polled_while_the_site_has_every_missing_chunk() {
     s.handle_peer_lost(1, later);
     assert_eq!(polls_of_far(&drain(&mut s, later)), 1);
 }
+
+#[test]
+fn a_far_peer_is_polled_at_the_far_refresh_while_the_site_lacks_chunks() {
+    let m = manifest(8);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(17), t0);
+    s.set_local_peer(0);
+    let mut half = Bitfield::new(n);
+    for i in 0..n / 2 {
+        half.set(i);
+    }
+    add_peer(&mut s, 2, PeerClass::OtherSite, &half, t0);
+    let c = SchedulerConfig::default();
+    assert!(c.far_have_refresh > c.have_refresh);
+    let mut now = t0;
+    // It answers every request at once, so it is never judged slow.
+    let answer = |s: &mut Scheduler<u32>, now: Instant| {
+        let acts = drain(s, now);
+        for (p, i) in requests(&acts) {
+            s.handle_chunk_arrived(p, i, 100_000, now);
+        }
+        acts.iter()
+            .any(|a| matches!(a, Action::QueryHave { peer: 2 }))
+    };
+    assert!(!answer(&mut s, now));
+    let polled_at = loop {
+        now = s.poll_timeout().expect("a wake-up");
+        assert!(
+            now <= t0 + c.far_have_refresh,
+            "never polled; woke at {:?}",
+            now - t0
+        );
+        s.handle_timeout(now);
+        if answer(&mut s, now) {
+            break now;
+        }
+    };
+    assert_eq!(polled_at, t0 + c.far_have_refresh);
+}

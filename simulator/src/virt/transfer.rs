@@ -49,6 +49,7 @@ impl Sim<'_> {
             // Neighbours push their news, so their bitfields are asked for
             // once; see the module docs. The origin keeps its refresh.
             have_refresh: Duration::from_secs(24 * 3600),
+            far_have_refresh: Duration::from_secs(24 * 3600),
             request_timeout,
             // As in live runs (`Scenario::scheduler_config`).
             endgame_after: request_timeout / 4,
