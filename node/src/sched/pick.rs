@@ -57,11 +57,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         // The class rules of the pick: WAN peers only for chunks no site
         // peer holds, the origin only for chunks no peer holds.
         let ready = |p: &PeerState| {
-            let eligible = match p.class {
-                PeerClass::SameSite => true,
-                PeerClass::OtherSite => c.site_avail == 0 && c.in_flight.is_empty(),
-                PeerClass::Origin => c.avail == 0 && c.in_flight.is_empty(),
-            };
+            let eligible = c.may_come_from(p.class);
             p.known
                 && p.has(u)
                 && (eligible || !open)
@@ -185,15 +181,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 continue;
             }
             let c = &self.chunks[u as usize];
-            let eligible = match class {
-                PeerClass::SameSite => p.has(u as usize),
-                // A chunk a neighbour holds is fetched locally, not over
-                // the WAN; nor is one whose late answer may still come.
-                PeerClass::OtherSite => c.site_avail == 0 && c.in_flight.is_empty(),
-                // The origin only serves what no reachable peer holds.
-                PeerClass::Origin => c.avail == 0 && c.in_flight.is_empty(),
-            };
-            if !eligible {
+            if !c.may_come_from(class) {
                 continue;
             }
             let key = (c.avail, c.rank);

@@ -62,6 +62,17 @@ impl<P> ChunkState<P> {
         }
     }
 
+    /// The class rules of a pick: a chunk a neighbour holds is fetched
+    /// locally, not over the WAN, nor is one whose late answer may still
+    /// come; the origin only serves what no reachable peer holds.
+    pub fn may_come_from(&self, class: PeerClass) -> bool {
+        match class {
+            PeerClass::SameSite => true,
+            PeerClass::OtherSite => self.site_avail == 0 && self.in_flight.is_empty(),
+            PeerClass::Origin => self.avail == 0 && self.in_flight.is_empty(),
+        }
+    }
+
     pub fn adjust(&mut self, same_site: bool, add: bool) {
         let step = |v: &mut u32| {
             *v = if add { *v + 1 } else { v.saturating_sub(1) };
