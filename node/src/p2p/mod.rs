@@ -17,6 +17,11 @@
 //!   [`crate::sched::Scheduler`] per fetch, verifying every chunk before
 //!   the store sees it.
 //! - `fetcher`: [`P2pFetcher`], the device agent's fetcher over a node.
+//! - `net`: the fetch loop's view of the swarm (dials, requests, bans,
+//!   provides, lookups).
+//! - `pex`: peer exchange, naming same-site neighbours (with the
+//!   addresses identify reported) in `Have` answers, and reading such
+//!   names back as dial targets.
 //! - [`shape`]: the [`ConnectionShaper`] hook the simulator uses to put
 //!   every TCP connection through its network model.
 //! - `node`: [`Node::spawn`] returns a [`NodeHandle`]; an event loop
@@ -50,7 +55,10 @@ pub mod config;
 mod dht;
 mod fetch;
 mod fetcher;
+#[macro_use]
+mod net;
 mod node;
+mod pex;
 mod serve;
 pub mod shape;
 

@@ -9,18 +9,20 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, GetProvidersOk, QueryResult};
-use libp2p::request_response::{self, OutboundRequestId};
+use libp2p::request_response;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
-use meshota_protocol::{Manifest, ManifestId, PeerRequest, SiteId};
+use meshota_protocol::{ManifestId, PeerRequest, PeerResponse, SiteId};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
 use super::behaviour::{build_swarm, MeshBehaviour, MeshBehaviourEvent};
 use super::config::P2pConfig;
-use super::dht::{keys, no_dht_peer, start_providing, LookupOf, Lookups};
+use super::dht::{no_dht_peer, start_providing, LookupOf, Lookups};
 use super::fetch::{DownloadReport, FetchError, FetchOptions, Fetches, Net, Verified};
+use super::net::LoopNet;
+use super::pex::PeerAddrs;
 use super::serve::{Counters, DelayedResponse, NodeStats, ServeConfig, Server};
 use super::{NodeEvent, P2pError};
 use crate::store::Store;
@@ -162,6 +164,7 @@ impl Node {
             provider_queries: HashMap::new(),
             lookups: Lookups::default(),
             banned: HashSet::new(),
+            addrs: PeerAddrs::default(),
             bootstrap: config.bootstrap.clone(),
             bootstrap_at: now,
         };
@@ -321,138 +324,11 @@ struct EventLoop {
     /// Provider lookups asked for through the handle.
     lookups: Lookups,
     banned: HashSet<PeerId>,
+    /// Listen addresses of connected peers, for peer exchange.
+    addrs: PeerAddrs,
     /// Configured bootstrap addresses, re-dialed while isolated.
     bootstrap: Vec<Multiaddr>,
     bootstrap_at: Instant,
-}
-
-/// The [`Net`] the fetch loop talks to: disjoint borrows of the loop.
-struct LoopNet<'a> {
-    swarm: &'a mut Swarm<MeshBehaviour>,
-    server: &'a mut Server,
-    events: &'a broadcast::Sender<NodeEvent>,
-    provider_queries: &'a mut HashMap<kad::QueryId, LookupOf>,
-    provide_queries: &'a mut HashMap<kad::QueryId, ManifestId>,
-    banned: &'a mut HashSet<PeerId>,
-    seed: bool,
-    site: Option<&'a SiteId>,
-    unprovided: &'a mut HashSet<ManifestId>,
-    unsearched: &'a mut HashMap<ManifestId, bool>,
-    /// No bootstrap peer configured: with an empty routing table, no
-    /// lookup will ever have anyone to ask.
-    no_bootstrap: bool,
-}
-
-impl Net for LoopNet<'_> {
-    fn send(&mut self, peer: PeerId, request: PeerRequest) -> OutboundRequestId {
-        self.swarm
-            .behaviour_mut()
-            .chunks
-            .send_request(&peer, request)
-    }
-
-    fn ban(&mut self, peer: PeerId, reason: String) {
-        if !self.banned.insert(peer) {
-            return;
-        }
-        tracing::warn!(%peer, %reason, "banning peer");
-        // Blocking closes its connections and refuses new ones.
-        self.swarm.behaviour_mut().blocked.block_peer(peer);
-        self.swarm.behaviour_mut().kad.remove_peer(&peer);
-        let _ = self.events.send(NodeEvent::PeerBanned { peer, reason });
-    }
-
-    fn find_providers(&mut self, id: ManifestId, site_only: bool) -> bool {
-        self.look_up(id, false, site_only)
-    }
-
-    fn dial(&mut self, peer: PeerId) {
-        if self.banned.contains(&peer) {
-            return;
-        }
-        if let Err(e) = self.swarm.dial(peer) {
-            tracing::debug!(%peer, error = %e, "dialing a provider failed");
-        }
-    }
-
-    fn provide(&mut self, id: ManifestId) -> bool {
-        if !self.seed {
-            return false;
-        }
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        // With nobody to ask, the records are only stored locally and no
-        // lookup will follow.
-        let nobody = self.no_bootstrap && no_dht_peer(kad);
-        match start_providing(kad, self.unprovided, id, self.site) {
-            Ok(Some(q)) if !nobody => {
-                self.provide_queries.insert(q, id);
-                true
-            }
-            Ok(_) => false,
-            Err(e) => {
-                tracing::warn!(manifest = %id.short(), error = %e, "could not provide manifest");
-                false
-            }
-        }
-    }
-
-    fn remember(&mut self, id: ManifestId, manifest: Arc<Manifest>) {
-        self.server.remember(id, manifest);
-    }
-
-    fn event(&mut self, event: NodeEvent) {
-        let _ = self.events.send(event);
-    }
-}
-
-macro_rules! net {
-    ($s:expr) => {
-        &mut LoopNet {
-            swarm: &mut $s.swarm,
-            server: &mut $s.server,
-            events: &$s.events,
-            provider_queries: &mut $s.provider_queries,
-            provide_queries: &mut $s.provide_queries,
-            banned: &mut $s.banned,
-            seed: $s.seed,
-            site: $s.site.as_ref(),
-            unprovided: &mut $s.unprovided,
-            unsearched: &mut $s.unsearched,
-            no_bootstrap: $s.bootstrap.is_empty(),
-        }
-    };
-}
-
-impl LoopNet<'_> {
-    /// Looks up the providers of `id` under the release key and the
-    /// site's (only the site's if `site_only` and there is a site); false
-    /// when there is nobody to ask, now or later.
-    fn look_up(&mut self, id: ManifestId, after_provide: bool, site_only: bool) -> bool {
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        if no_dht_peer(kad) {
-            // A lookup now would end at once, having asked nobody, and a
-            // fetch would take that for "no site neighbours": asked again
-            // when the first DHT peer turns up.
-            if self.no_bootstrap {
-                return false;
-            }
-            *self.unsearched.entry(id).or_default() |= after_provide;
-            return true;
-        }
-        let site_only = site_only && self.site.is_some();
-        for (key, site) in keys(&id, self.site) {
-            if site_only && !site {
-                continue;
-            }
-            let of = LookupOf {
-                manifest: id,
-                site,
-                after_provide,
-            };
-            self.provider_queries.insert(kad.get_providers(key), of);
-        }
-        true
-    }
 }
 
 impl EventLoop {
@@ -623,6 +499,7 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
+                self.addrs.remove(&peer_id);
                 let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
                 self.fetches.peer_disconnected(peer_id, now);
             }
@@ -647,6 +524,9 @@ impl EventLoop {
         match ev {
             MeshBehaviourEvent::Chunks(ev) => self.on_chunks(ev, now),
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if self.swarm.is_connected(&peer_id) {
+                    self.addrs.insert(peer_id, info.listen_addrs.clone());
+                }
                 // Only DHT servers go into the routing table (Kademlia
                 // adds those it talks to by itself, too). A client answers
                 // no queries, and a server that listed clients would hand
@@ -676,7 +556,7 @@ impl EventLoop {
                     net!(self).provide(id);
                 }
                 for (id, after_provide) in std::mem::take(&mut self.unsearched) {
-                    net!(self).look_up(id, after_provide, false);
+                    net!(self).look_up(id, after_provide);
                 }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -687,7 +567,7 @@ impl EventLoop {
                 // Stored (or failed for good): whoever provided before us
                 // is listed now, and whoever provides after us finds us.
                 if let Some(manifest) = self.provide_queries.remove(&id) {
-                    net!(self).look_up(manifest, true, false);
+                    net!(self).look_up(manifest, true);
                 }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -742,10 +622,37 @@ impl EventLoop {
             } => {
                 let fetching = matches!(&request, PeerRequest::Have { manifest, .. }
                     if self.fetches.is_fetching(manifest));
-                if let Some((channel, response)) = self
+                // Only a neighbour hears what we import, and whom we know
+                // if it asks.
+                let (hints, imports) = match &request {
+                    PeerRequest::Have {
+                        manifest,
+                        site: Some(site),
+                        peers,
+                    } if self.site.as_ref() == Some(site) => (
+                        match peers {
+                            true => self
+                                .addrs
+                                .hints(self.fetches.site_neighbours(manifest, peer)),
+                            false => Vec::new(),
+                        },
+                        self.fetches.importing(manifest),
+                    ),
+                    _ => (Vec::new(), None),
+                };
+                if let Some((channel, mut response)) = self
                     .server
                     .handle(peer, request_id, request, channel, fetching, now)
                 {
+                    if let PeerResponse::Have {
+                        neighbours,
+                        importing,
+                        ..
+                    } = &mut response
+                    {
+                        *neighbours = hints;
+                        *importing = imports;
+                    }
                     let _ = self
                         .swarm
                         .behaviour_mut()

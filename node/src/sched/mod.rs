@@ -17,6 +17,10 @@
 //!   before pulling the chunk itself, so if the home cannot get it one
 //!   device steps in, not all. Members that gained nothing for
 //!   `site_patience` are stalled and do not hold up the line.
+//! - **A neighbour's import is waited for.** `Have` answers between
+//!   neighbours carry the chunks the answerer is importing
+//!   ([`Scheduler::importing`]); no one else in the site pulls those over
+//!   the WAN until `answer_timeout` (`importing`).
 //! - **Origin last, and about once.** The origin serves only chunks no
 //!   reachable peer holds, and then only to the chunk's rendezvous home
 //!   among all known fetching peers. Devices rarely know the whole fleet,
@@ -50,6 +54,7 @@
 //!   of no use.
 
 mod describe;
+mod importing;
 mod origin;
 mod peers;
 mod pick;
@@ -58,6 +63,8 @@ mod state;
 mod tests;
 #[cfg(test)]
 mod tests_flights;
+#[cfg(test)]
+mod tests_importing;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -272,6 +279,10 @@ pub struct Scheduler<P> {
     /// Reused buffer of the peers ready for a request, so polling does
     /// not allocate.
     ready: Vec<(usize, P)>,
+    /// What each same-site peer last said it imports (see `importing`).
+    importers: BTreeMap<P, importing::Bits>,
+    /// The union of `importers`, one bit per distinct chunk.
+    site_importing: importing::Bits,
     me: Option<u64>,
     actions: VecDeque<Action<P>>,
     events: VecDeque<SchedEvent<P>>,
@@ -329,6 +340,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             site_cooling: BTreeMap::new(),
             used: BTreeSet::new(),
             ready: Vec::new(),
+            importers: BTreeMap::new(),
+            site_importing: importing::Bits::new(),
             me: None,
             actions: VecDeque::new(),
             events: VecDeque::new(),
@@ -704,6 +717,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if !keep_flights {
             self.end_flights(peer, now, false);
         }
+        self.forget_importer(peer);
         let p = self.peers.remove(peer)?;
         self.former.insert(*peer, p.class);
         Some(p)

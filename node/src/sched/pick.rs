@@ -11,7 +11,7 @@ use super::{Action, PeerClass, Scheduler};
 
 /// Whose rendezvous decides a WAN pull.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Scope {
+pub(super) enum Scope {
     /// Same-site members still fetching: one WAN pull per site.
     Site,
     /// Every known fetching peer: one origin pull per fleet.
@@ -197,11 +197,17 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 } else {
                     Scope::Site
                 };
-                let rank = self.home_rank(u, scope, now);
-                if rank > 0 {
+                // A neighbour awaiting it from the WAN is waited for until
+                // its transport would give up; so is the home.
+                let (rank, wait) = if self.site_imports(u) {
+                    (1, self.cfg.answer_timeout)
+                } else {
+                    let rank = self.home_rank(u, scope, now);
                     // The k-th in line waits k patiences, so when the home
                     // cannot get the chunk, one device (not all) steps in.
-                    let wait = self.cfg.site_patience * rank;
+                    (rank, self.cfg.site_patience * rank)
+                };
+                if rank > 0 {
                     match c.deferred_since {
                         Some(since) if now >= since + wait => {}
                         Some(_) => continue,
@@ -243,7 +249,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// many peers in `scope` that are fetching, still lack it, and have
     /// gained a chunk within the patience (so are alive) weigh less for
     /// it. Zero means this device is the chunk's home.
-    fn home_rank(&self, u: u32, scope: Scope, now: Instant) -> u32 {
+    pub(super) fn home_rank(&self, u: u32, scope: Scope, now: Instant) -> u32 {
         let Some(me) = self.me else {
             return 0;
         };

@@ -8,8 +8,8 @@ use libp2p::PeerId;
 use meshota_protocol::{ManifestId, PeerRequest};
 
 use super::{
-    DownloadReport, FetchError, Fetches, Net, Phase, Tag, MANIFEST_RETRY, MANIFEST_STALL,
-    PROVIDER_REFRESH,
+    have_request, DownloadReport, FetchError, Fetches, Net, Phase, Tag, MANIFEST_RETRY,
+    MANIFEST_STALL, PROVIDER_REFRESH,
 };
 use crate::p2p::NodeEvent;
 use crate::sched::{Action, PeerClass, SchedEvent};
@@ -52,18 +52,21 @@ impl Fetches {
         // soon. While downloading, keep looking now and then: peers that
         // started on the same release after us are found only this way
         // (clients are in no routing table), and without them a device
-        // waits out the origin's dedup window for every chunk.
+        // waits out the origin's dedup window for every chunk. Not while
+        // the site holds all we miss: a lookup could then only add site
+        // peers, which find us anyway (we provide, they look up the site's
+        // key), and each one cost kilobytes of WAN (provider records with
+        // addresses): most of the 50-80 KB a device that imported nothing
+        // read over the WAN at 1,000 devices.
         let refresh = match &fetch.phase {
-            Phase::Manifest(_) => PROVIDER_REFRESH,
-            Phase::Download(dl) if dl.known.is_empty() => PROVIDER_REFRESH,
-            Phase::Download(_) => PROVIDER_REFRESH * 2,
+            Phase::Manifest(_) => Some(PROVIDER_REFRESH),
+            Phase::Download(dl) if dl.known.is_empty() => Some(PROVIDER_REFRESH),
+            Phase::Download(dl) if dl.grace.is_none() && !dl.sched.site_lacks() => None,
+            Phase::Download(_) => Some(PROVIDER_REFRESH * 2),
         };
-        if now >= fetch.providers_at + refresh {
+        if refresh.is_some_and(|r| now >= fetch.providers_at + r) {
             fetch.providers_at = now;
-            // More far peers are of no use while the site has everything.
-            let site_only = matches!(&fetch.phase, Phase::Download(dl)
-                if dl.grace.is_none() && !dl.sched.site_lacks());
-            if !net.find_providers(id, site_only) {
+            if !net.find_providers(id) {
                 fetch.site_lookup_done = true;
             }
         }
@@ -105,13 +108,7 @@ impl Fetches {
         dl.have_retry.retain(|(at, _)| *at > now);
         for peer in due {
             if self.connected.contains(&peer) {
-                let rid = net.send(
-                    peer,
-                    PeerRequest::Have {
-                        manifest: id,
-                        site: self.site.clone(),
-                    },
-                );
+                let rid = net.send(peer, have_request(id, &self.site, dl.grace.is_some()));
                 self.pending.insert(rid, (id, peer, Tag::Have));
             }
         }
@@ -162,6 +159,7 @@ impl Fetches {
                             site_peers = dl.sched.peer_count(PeerClass::SameSite),
                             site_found = fetch.site_found.len(),
                             site_heard = fetch.site_found.iter().filter(|p| dl.answered.contains(p)).count(),
+                            standing = ?dl.sched.site_standing(index, now),
                             "chunk requested over the WAN: {}",
                             dl.sched.describe(now),
                         );
@@ -178,13 +176,7 @@ impl Fetches {
                     }
                 }
                 Action::QueryHave { peer } => {
-                    let rid = net.send(
-                        peer,
-                        PeerRequest::Have {
-                            manifest: id,
-                            site: self.site.clone(),
-                        },
-                    );
+                    let rid = net.send(peer, have_request(id, &self.site, dl.grace.is_some()));
                     self.pending.insert(rid, (id, peer, Tag::Have));
                 }
                 // Request-response cannot cancel; a late answer is a
@@ -209,7 +201,7 @@ impl Fetches {
                 }
                 SchedEvent::Stalled => {
                     tracing::warn!(manifest = %id.short(), "download stalled");
-                    let _ = net.find_providers(id, false);
+                    let _ = net.find_providers(id);
                     net.event(NodeEvent::FetchStalled { manifest: id });
                 }
                 SchedEvent::Complete => complete = true,

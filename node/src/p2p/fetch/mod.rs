@@ -24,12 +24,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::request_response::OutboundRequestId;
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use meshota_protocol::{
     Bitfield, ChunkId, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::pex;
 use super::serve::{Counters, TokenBucket};
 use super::NodeEvent;
 use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
@@ -41,13 +42,15 @@ pub(crate) trait Net {
     fn send(&mut self, peer: PeerId, request: PeerRequest) -> OutboundRequestId;
     /// Bans a peer node-wide (block list, disconnect, event).
     fn ban(&mut self, peer: PeerId, reason: String);
-    /// Looks up providers of a manifest on Kademlia: under its site's key
-    /// only if `site_only` (and a site is configured), else under the
-    /// release's too. False when there is nobody to ask, now or later (no
-    /// DHT peer and no bootstrap).
-    fn find_providers(&mut self, id: ManifestId, site_only: bool) -> bool;
+    /// Looks up providers of a manifest on Kademlia, under the release's
+    /// key and its site's. False when there is nobody to ask, now or later
+    /// (no DHT peer and no bootstrap).
+    fn find_providers(&mut self, id: ManifestId) -> bool;
     /// Connects to a peer whose addresses are known.
     fn dial(&mut self, peer: PeerId);
+    /// Connects to a peer at these addresses (a neighbour named by peer
+    /// exchange), unless connected or dialling already.
+    fn dial_at(&mut self, peer: PeerId, addrs: Vec<Multiaddr>);
     /// Announces on Kademlia that this node holds a manifest. True when a
     /// lookup of the site will follow once the announcement is stored
     /// (see [`Fetches::lookup_finished`]).
@@ -167,6 +170,16 @@ pub(crate) struct Fetches {
     verified_tx: mpsc::UnboundedSender<Verified>,
 }
 
+/// A `Have` request; it asks for neighbours (peer exchange) while the
+/// asker is still finding its site, i.e. during the discovery grace.
+fn have_request(manifest: ManifestId, site: &Option<SiteId>, finding: bool) -> PeerRequest {
+    PeerRequest::Have {
+        manifest,
+        site: site.clone(),
+        peers: finding && site.is_some(),
+    }
+}
+
 fn class_of(ours: &Option<SiteId>, theirs: &Option<SiteId>, origin: bool) -> PeerClass {
     if origin {
         PeerClass::Origin
@@ -256,7 +269,7 @@ impl Fetches {
                 retry_at: None,
             }),
         };
-        fetch.site_lookup_done = !net.find_providers(id, false);
+        fetch.site_lookup_done = !net.find_providers(id);
         self.fetches.insert(id, fetch);
         match manifest {
             Some(m) => self.begin_download(id, Arc::new(m), now, net),
@@ -336,13 +349,7 @@ impl Fetches {
         };
         for &peer in &self.connected {
             dl.queried.insert(peer);
-            let rid = net.send(
-                peer,
-                PeerRequest::Have {
-                    manifest: id,
-                    site: self.site.clone(),
-                },
-            );
+            let rid = net.send(peer, have_request(id, &self.site, true));
             self.pending.insert(rid, (id, peer, Tag::Have));
         }
         fetch.phase = Phase::Download(Box::new(dl));
@@ -378,6 +385,37 @@ impl Fetches {
             .collect()
     }
 
+    /// Same-site peers of the download of `id` that fetch or hold it,
+    /// other than `asker`: what peer exchange names to a neighbour.
+    pub(crate) fn site_neighbours(&self, id: &ManifestId, asker: PeerId) -> Vec<PeerId> {
+        let Some(Fetch {
+            phase: Phase::Download(dl),
+            ..
+        }) = self.fetches.get(id)
+        else {
+            return Vec::new();
+        };
+        dl.known
+            .iter()
+            .filter(|&&p| p != asker && dl.sched.peer_class(&p) == Some(PeerClass::SameSite))
+            .copied()
+            .collect()
+    }
+
+    /// What the download of `id` awaits from the WAN (see
+    /// [`Scheduler::importing`]); `None` when nothing.
+    pub(crate) fn importing(&self, id: &ManifestId) -> Option<Bitfield> {
+        let Some(Fetch {
+            phase: Phase::Download(dl),
+            ..
+        }) = self.fetches.get(id)
+        else {
+            return None;
+        };
+        let b = dl.sched.importing();
+        (b.count() > 0).then_some(b)
+    }
+
     /// A connection to a new peer is up: include it in every fetch.
     pub(crate) fn peer_connected(&mut self, peer: PeerId, net: &mut dyn Net) {
         self.connected.insert(peer);
@@ -390,13 +428,7 @@ impl Fetches {
                 Phase::Manifest(_) => self.ask_manifest(id, net),
                 Phase::Download(dl) => {
                     if dl.queried.insert(peer) {
-                        let rid = net.send(
-                            peer,
-                            PeerRequest::Have {
-                                manifest: id,
-                                site: self.site.clone(),
-                            },
-                        );
+                        let rid = net.send(peer, have_request(id, &self.site, dl.grace.is_some()));
                         self.pending.insert(rid, (id, peer, Tag::Have));
                     }
                 }
@@ -577,11 +609,10 @@ impl Fetches {
         now: Instant,
         net: &mut dyn Net,
     ) {
-        let Some(Fetch {
-            phase: Phase::Download(dl),
-            ..
-        }) = self.fetches.get_mut(&id)
-        else {
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        let Phase::Download(dl) = &mut fetch.phase else {
             return;
         };
         match response {
@@ -590,15 +621,40 @@ impl Fetches {
                 site,
                 origin,
                 fetching,
+                neighbours,
+                importing,
             } => {
-                if let Err(e) = bitfield.check(dl.manifest.chunks.len()) {
+                let chunks = dl.manifest.chunks.len();
+                if let Err(e) = bitfield.check(chunks) {
                     net.ban(peer, format!("sent an unusable bitfield: {e}"));
+                    return;
+                }
+                if let Some(Err(e)) = importing.as_ref().map(|b| b.check(chunks)) {
+                    net.ban(peer, format!("sent an unusable importing bitfield: {e}"));
                     return;
                 }
                 // Found again on every answer: a peer dropped for a while
                 // comes back once its cool-off is over.
                 dl.answered.insert(peer);
                 let class = class_of(&self.site, &site, origin);
+                // Named neighbours count as site providers found: the
+                // grace waits to hear them, as it does for the DHT's. Only
+                // while the site lacks chunks: when the neighbours known
+                // hold all we miss, more of them change no WAN decision
+                // and only add connections and polls (at 1,000 devices
+                // every wave-2 device then knew most of its site).
+                if class == PeerClass::SameSite && dl.sched.site_lacks() {
+                    for (p, addrs) in pex::parse_hints(neighbours) {
+                        if p == self.local {
+                            continue;
+                        }
+                        fetch.site_found.insert(p);
+                        fetch.far.remove(&p);
+                        if !self.connected.contains(&p) {
+                            net.dial_at(p, addrs);
+                        }
+                    }
+                }
                 // Without a site every peer is "another site" and nothing
                 // is saved by waiting: only origins are held back then.
                 let hold = match class {
@@ -615,6 +671,8 @@ impl Fetches {
                 dl.known.insert(peer);
                 dl.sched.handle_peer_fetching(peer, fetching);
                 dl.sched.handle_peer_have(peer, &bitfield, now);
+                dl.sched
+                    .handle_peer_importing(peer, importing.as_ref(), now);
             }
             PeerResponse::NotFound | PeerResponse::Busy => {
                 // It lacks the manifest for now (or stopped seeding); ask
