@@ -675,62 +675,6 @@ async fn a_device_pulls_nothing_over_the_wan_while_its_site_neighbour_is_still_b
     .await
 }
 
-/// Discovery, not storage: runs on `MemStore` only.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_finds_a_site_neighbour_it_was_never_told_of_through_peer_exchange() {
-    bounded(async {
-        // No DHT to speak of. The device knows the origin and one neighbour,
-        // which is itself fetching slowly from a same-site holder of the
-        // whole bundle; only the neighbour knows the holder. Without peer
-        // exchange the device's grace ends as soon as the two it knows
-        // have answered, and it pulls from the origin its share of every
-        // chunk the neighbour lacks.
-        let b = Bundle::new(&payload(1 << 20, 13));
-        let os: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*os);
-        let origin = spawn(P2pConfig::loopback().origin(), os);
-        // Kademlia clients: a server's lookups would dial the holder
-        // through the neighbour's routing table.
-        let in_site = |mut cfg: P2pConfig| {
-            cfg.site = Some(SiteId::new("s").unwrap());
-            cfg.kad_server = false;
-            cfg
-        };
-        let hs: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*hs);
-        let holder = spawn(in_site(P2pConfig::loopback()), hs);
-        let mut slow = in_site(P2pConfig::loopback());
-        slow.download_limit_bps = Some(32 * 1024);
-        let neighbour = spawn(slow, Arc::new(MemStore::new()));
-        connect(&neighbour, &holder).await;
-        let fetching = {
-            let n = neighbour.clone();
-            let id = b.id;
-            tokio::spawn(async move { n.fetch(id, FetchOptions::default()).await })
-        };
-        // It names only neighbours it has heard from.
-        while neighbour.stats().downloaded_chunks == 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let sd: Arc<dyn Store> = Arc::new(MemStore::new());
-        let device = spawn(in_site(P2pConfig::loopback()), sd.clone());
-        connect(&device, &origin).await;
-        connect(&device, &neighbour).await;
-        let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
-        assert_byte_identical(&*sd, &b);
-        assert_eq!(report.bytes.origin, 0, "{report:?}");
-        assert_eq!(report.bytes.same_site, fetched(&report), "{report:?}");
-        let peers = device.connected_peers().await.unwrap();
-        assert!(peers.contains(&holder.peer_id()), "{peers:?}");
-        for n in [&origin, &holder, &neighbour, &device] {
-            n.shutdown().await;
-        }
-        // Shut down mid-fetch: its result is an error, not a hang.
-        assert!(fetching.await.unwrap().is_err());
-    })
-    .await
-}
-
 /// Slowness, not storage: runs on `MemStore` only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_peer_is_dropped_and_the_download_completes() {

@@ -22,11 +22,6 @@ pub enum PeerRequest {
         manifest: ManifestId,
         /// The asker's site.
         site: Option<SiteId>,
-        /// Also name same-site neighbours fetching or holding it
-        /// ([`PeerResponse::Have::neighbours`]). Asked only while the asker
-        /// is still finding its site, so steady bitfield polls stay small.
-        #[serde(default)]
-        peers: bool,
     },
     /// Send this chunk.
     Get {
@@ -61,17 +56,6 @@ pub enum PeerResponse {
         /// a neighbour that is not updating must not be waited for.
         #[serde(default)]
         fetching: bool,
-        /// Peer exchange: the responder's same-site neighbours that fetch
-        /// or hold the manifest, when the asker is of the same site and
-        /// asked for them. Devices of a site that start together know
-        /// only the few peers they dialled, and the DHT lists a site's
-        /// providers late under load (and at most 20 per key); each then
-        /// takes itself for the site's importer of chunks its unknown
-        /// neighbours pull too. Naming neighbours over the LAN spreads
-        /// the site's membership in a round or two. A hint is only a
-        /// dial target: the named peer's class comes from its own answer.
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        neighbours: Vec<PeerHint>,
         /// Chunks the responder has asked of other sites or the origin and
         /// awaits, indexed like `bitfield`; given to same-site askers only.
         /// A neighbour waits for them rather than pulling them over the
@@ -101,22 +85,6 @@ pub enum PeerResponse {
 
 impl Message for PeerResponse {
     const KIND: Kind = Kind::PeerResponse;
-}
-
-/// Most neighbours one `Have` answer names; a receiver ignores the rest.
-pub const MAX_HINTS: usize = 16;
-/// Most addresses given per neighbour; a receiver ignores the rest.
-pub const MAX_HINT_ADDRS: usize = 4;
-
-/// A neighbour named by peer exchange (see [`PeerResponse::Have`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerHint {
-    /// The neighbour's libp2p peer id, in its binary form. Kept as bytes
-    /// so this crate stays free of libp2p; the node parses it.
-    #[serde(with = "serde_bytes")]
-    pub peer: Vec<u8>,
-    /// Its listen addresses, as binary multiaddrs.
-    pub addrs: Vec<serde_bytes::ByteBuf>,
 }
 
 /// One bit per manifest chunk.
@@ -220,7 +188,7 @@ mod tests {
         assert_eq!(Bitfield::full(9).count(), 9);
     }
 
-    /// The `Have` answer of a node from before peer exchange.
+    /// The `Have` answer of a node from before import claims.
     #[derive(Serialize, Deserialize)]
     #[serde(rename_all = "kebab-case")]
     enum OldPeerMessage {
@@ -237,7 +205,7 @@ mod tests {
     }
 
     #[test]
-    fn a_have_answer_from_a_node_without_peer_exchange_decodes_with_no_neighbours() {
+    fn a_have_answer_from_a_node_without_import_claims_decodes_with_none() {
         let old = OldPeerMessage::Have {
             bitfield: Bitfield::full(3),
             site: None,
@@ -247,11 +215,10 @@ mod tests {
         let bytes = crate::codec::encode(&old).unwrap();
         match crate::codec::decode::<PeerResponse>(&bytes).unwrap() {
             PeerResponse::Have {
-                neighbours,
                 fetching,
                 importing,
                 ..
-            } => assert!(neighbours.is_empty() && fetching && importing.is_none()),
+            } => assert!(fetching && importing.is_none()),
             other => panic!("decoded {other:?}"),
         }
     }

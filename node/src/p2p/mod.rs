@@ -19,9 +19,6 @@
 //! - `fetcher`: [`P2pFetcher`], the device agent's fetcher over a node.
 //! - `net`: the fetch loop's view of the swarm (dials, requests, bans,
 //!   provides, lookups).
-//! - `pex`: peer exchange, naming same-site neighbours (with the
-//!   addresses identify reported) in `Have` answers, and reading such
-//!   names back as dial targets.
 //! - [`shape`]: the [`ConnectionShaper`] hook the simulator uses to put
 //!   every TCP connection through its network model.
 //! - `node`: [`Node::spawn`] returns a [`NodeHandle`]; an event loop
@@ -58,7 +55,6 @@ mod fetcher;
 #[macro_use]
 mod net;
 mod node;
-mod pex;
 mod serve;
 pub mod shape;
 

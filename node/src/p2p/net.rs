@@ -7,8 +7,7 @@ use std::sync::Arc;
 
 use libp2p::kad;
 use libp2p::request_response::OutboundRequestId;
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::{Multiaddr, PeerId, Swarm};
+use libp2p::{PeerId, Swarm};
 use meshota_protocol::{Manifest, ManifestId, PeerRequest, SiteId};
 use tokio::sync::broadcast;
 
@@ -64,19 +63,6 @@ impl Net for LoopNet<'_> {
         }
         if let Err(e) = self.swarm.dial(peer) {
             tracing::debug!(%peer, error = %e, "dialing a provider failed");
-        }
-    }
-
-    fn dial_at(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        if self.banned.contains(&peer) {
-            return;
-        }
-        let opts = DialOpts::peer_id(peer)
-            .condition(PeerCondition::DisconnectedAndNotDialing)
-            .addresses(addrs)
-            .build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, error = %e, "dialing a named neighbour failed");
         }
     }
 

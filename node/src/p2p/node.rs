@@ -22,7 +22,6 @@ use super::config::P2pConfig;
 use super::dht::{no_dht_peer, start_providing, LookupOf, Lookups};
 use super::fetch::{DownloadReport, FetchError, FetchOptions, Fetches, Net, Verified};
 use super::net::LoopNet;
-use super::pex::PeerAddrs;
 use super::serve::{Counters, DelayedResponse, NodeStats, ServeConfig, Server};
 use super::{NodeEvent, P2pError};
 use crate::store::Store;
@@ -164,7 +163,6 @@ impl Node {
             provider_queries: HashMap::new(),
             lookups: Lookups::default(),
             banned: HashSet::new(),
-            addrs: PeerAddrs::default(),
             bootstrap: config.bootstrap.clone(),
             bootstrap_at: now,
         };
@@ -324,8 +322,6 @@ struct EventLoop {
     /// Provider lookups asked for through the handle.
     lookups: Lookups,
     banned: HashSet<PeerId>,
-    /// Listen addresses of connected peers, for peer exchange.
-    addrs: PeerAddrs,
     /// Configured bootstrap addresses, re-dialed while isolated.
     bootstrap: Vec<Multiaddr>,
     bootstrap_at: Instant,
@@ -499,7 +495,6 @@ impl EventLoop {
                 num_established: 0,
                 ..
             } => {
-                self.addrs.remove(&peer_id);
                 let _ = self.events.send(NodeEvent::PeerDisconnected(peer_id));
                 self.fetches.peer_disconnected(peer_id, now);
             }
@@ -524,9 +519,6 @@ impl EventLoop {
         match ev {
             MeshBehaviourEvent::Chunks(ev) => self.on_chunks(ev, now),
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                if self.swarm.is_connected(&peer_id) {
-                    self.addrs.insert(peer_id, info.listen_addrs.clone());
-                }
                 // Only DHT servers go into the routing table (Kademlia
                 // adds those it talks to by itself, too). A client answers
                 // no queries, and a server that listed clients would hand
@@ -622,35 +614,19 @@ impl EventLoop {
             } => {
                 let fetching = matches!(&request, PeerRequest::Have { manifest, .. }
                     if self.fetches.is_fetching(manifest));
-                // Only a neighbour hears what we import, and whom we know
-                // if it asks.
-                let (hints, imports) = match &request {
+                // Only a neighbour hears what we import.
+                let imports = match &request {
                     PeerRequest::Have {
                         manifest,
                         site: Some(site),
-                        peers,
-                    } if self.site.as_ref() == Some(site) => (
-                        match peers {
-                            true => self
-                                .addrs
-                                .hints(self.fetches.site_neighbours(manifest, peer)),
-                            false => Vec::new(),
-                        },
-                        self.fetches.importing(manifest),
-                    ),
-                    _ => (Vec::new(), None),
+                    } if self.site.as_ref() == Some(site) => self.fetches.importing(manifest),
+                    _ => None,
                 };
                 if let Some((channel, mut response)) = self
                     .server
                     .handle(peer, request_id, request, channel, fetching, now)
                 {
-                    if let PeerResponse::Have {
-                        neighbours,
-                        importing,
-                        ..
-                    } = &mut response
-                    {
-                        *neighbours = hints;
+                    if let PeerResponse::Have { importing, .. } = &mut response {
                         *importing = imports;
                     }
                     let _ = self

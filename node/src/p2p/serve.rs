@@ -357,7 +357,6 @@ impl Server {
         };
         PeerResponse::Have {
             bitfield,
-            neighbours: Vec::new(),
             importing: None,
             site: self.config.site.clone(),
             origin: self.config.origin,

@@ -97,11 +97,10 @@ proptest! {
         let mut bf = Bitfield::new(bits.len());
         for (i, b) in bits.iter().enumerate() { if *b { bf.set(i) } }
         rt(&PeerRequest::Get { chunk: ChunkId::from_bytes(id) });
-        rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: Some(SiteId::new("x").unwrap()), peers: true });
+        rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: Some(SiteId::new("x").unwrap()) });
         rt(&PeerRequest::Manifest { id: crate::ManifestId::from_bytes(id) });
-        rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: true, fetching: false, neighbours: vec![], importing: None });
-        let hint = crate::PeerHint { peer: id.to_vec(), addrs: vec![serde_bytes::ByteBuf::from(data.clone())] };
-        rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: false, fetching: true, neighbours: vec![hint], importing: Some(bf) });
+        rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: true, fetching: false, importing: None });
+        rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: false, fetching: true, importing: Some(bf) });
         rt(&PeerResponse::Chunk { encoding: Encoding::Zstd, data: data.clone() });
         rt(&PeerResponse::Manifest { data });
         rt(&PeerResponse::NotFound);

@@ -108,7 +108,7 @@ impl Fetches {
         dl.have_retry.retain(|(at, _)| *at > now);
         for peer in due {
             if self.connected.contains(&peer) {
-                let rid = net.send(peer, have_request(id, &self.site, dl.grace.is_some()));
+                let rid = net.send(peer, have_request(id, &self.site));
                 self.pending.insert(rid, (id, peer, Tag::Have));
             }
         }
@@ -176,7 +176,7 @@ impl Fetches {
                     }
                 }
                 Action::QueryHave { peer } => {
-                    let rid = net.send(peer, have_request(id, &self.site, dl.grace.is_some()));
+                    let rid = net.send(peer, have_request(id, &self.site));
                     self.pending.insert(rid, (id, peer, Tag::Have));
                 }
                 // Request-response cannot cancel; a late answer is a

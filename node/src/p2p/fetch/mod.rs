@@ -24,13 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::request_response::OutboundRequestId;
-use libp2p::{Multiaddr, PeerId};
+use libp2p::PeerId;
 use meshota_protocol::{
     Bitfield, ChunkId, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::pex;
 use super::serve::{Counters, TokenBucket};
 use super::NodeEvent;
 use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
@@ -48,9 +47,6 @@ pub(crate) trait Net {
     fn find_providers(&mut self, id: ManifestId) -> bool;
     /// Connects to a peer whose addresses are known.
     fn dial(&mut self, peer: PeerId);
-    /// Connects to a peer at these addresses (a neighbour named by peer
-    /// exchange), unless connected or dialling already.
-    fn dial_at(&mut self, peer: PeerId, addrs: Vec<Multiaddr>);
     /// Announces on Kademlia that this node holds a manifest. True when a
     /// lookup of the site will follow once the announcement is stored
     /// (see [`Fetches::lookup_finished`]).
@@ -170,13 +166,12 @@ pub(crate) struct Fetches {
     verified_tx: mpsc::UnboundedSender<Verified>,
 }
 
-/// A `Have` request; it asks for neighbours (peer exchange) while the
-/// asker is still finding its site, i.e. during the discovery grace.
-fn have_request(manifest: ManifestId, site: &Option<SiteId>, finding: bool) -> PeerRequest {
+/// A `Have` request, which carries our site so that a neighbour's answer
+/// can tell us what it imports.
+fn have_request(manifest: ManifestId, site: &Option<SiteId>) -> PeerRequest {
     PeerRequest::Have {
         manifest,
         site: site.clone(),
-        peers: finding && site.is_some(),
     }
 }
 
@@ -349,7 +344,7 @@ impl Fetches {
         };
         for &peer in &self.connected {
             dl.queried.insert(peer);
-            let rid = net.send(peer, have_request(id, &self.site, true));
+            let rid = net.send(peer, have_request(id, &self.site));
             self.pending.insert(rid, (id, peer, Tag::Have));
         }
         fetch.phase = Phase::Download(Box::new(dl));
@@ -385,23 +380,6 @@ impl Fetches {
             .collect()
     }
 
-    /// Same-site peers of the download of `id` that fetch or hold it,
-    /// other than `asker`: what peer exchange names to a neighbour.
-    pub(crate) fn site_neighbours(&self, id: &ManifestId, asker: PeerId) -> Vec<PeerId> {
-        let Some(Fetch {
-            phase: Phase::Download(dl),
-            ..
-        }) = self.fetches.get(id)
-        else {
-            return Vec::new();
-        };
-        dl.known
-            .iter()
-            .filter(|&&p| p != asker && dl.sched.peer_class(&p) == Some(PeerClass::SameSite))
-            .copied()
-            .collect()
-    }
-
     /// What the download of `id` awaits from the WAN (see
     /// [`Scheduler::importing`]); `None` when nothing.
     pub(crate) fn importing(&self, id: &ManifestId) -> Option<Bitfield> {
@@ -428,7 +406,7 @@ impl Fetches {
                 Phase::Manifest(_) => self.ask_manifest(id, net),
                 Phase::Download(dl) => {
                     if dl.queried.insert(peer) {
-                        let rid = net.send(peer, have_request(id, &self.site, dl.grace.is_some()));
+                        let rid = net.send(peer, have_request(id, &self.site));
                         self.pending.insert(rid, (id, peer, Tag::Have));
                     }
                 }
@@ -609,10 +587,11 @@ impl Fetches {
         now: Instant,
         net: &mut dyn Net,
     ) {
-        let Some(fetch) = self.fetches.get_mut(&id) else {
-            return;
-        };
-        let Phase::Download(dl) = &mut fetch.phase else {
+        let Some(Fetch {
+            phase: Phase::Download(dl),
+            ..
+        }) = self.fetches.get_mut(&id)
+        else {
             return;
         };
         match response {
@@ -621,7 +600,6 @@ impl Fetches {
                 site,
                 origin,
                 fetching,
-                neighbours,
                 importing,
             } => {
                 let chunks = dl.manifest.chunks.len();
@@ -637,24 +615,6 @@ impl Fetches {
                 // comes back once its cool-off is over.
                 dl.answered.insert(peer);
                 let class = class_of(&self.site, &site, origin);
-                // Named neighbours count as site providers found: the
-                // grace waits to hear them, as it does for the DHT's. Only
-                // while the site lacks chunks: when the neighbours known
-                // hold all we miss, more of them change no WAN decision
-                // and only add connections and polls (at 1,000 devices
-                // every wave-2 device then knew most of its site).
-                if class == PeerClass::SameSite && dl.sched.site_lacks() {
-                    for (p, addrs) in pex::parse_hints(neighbours) {
-                        if p == self.local {
-                            continue;
-                        }
-                        fetch.site_found.insert(p);
-                        fetch.far.remove(&p);
-                        if !self.connected.contains(&p) {
-                            net.dial_at(p, addrs);
-                        }
-                    }
-                }
                 // Without a site every peer is "another site" and nothing
                 // is saved by waiting: only origins are held back then.
                 let hold = match class {
