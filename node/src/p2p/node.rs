@@ -614,12 +614,10 @@ impl EventLoop {
             } => {
                 let fetching = matches!(&request, PeerRequest::Have { manifest, .. }
                     if self.fetches.is_fetching(manifest));
-                // Only a neighbour hears what we import.
                 let imports = match &request {
-                    PeerRequest::Have {
-                        manifest,
-                        site: Some(site),
-                    } if self.site.as_ref() == Some(site) => self.fetches.importing(manifest),
+                    PeerRequest::Have { manifest, site } => {
+                        self.fetches.importing_for(manifest, site.as_ref())
+                    }
                     _ => None,
                 };
                 if let Some((channel, mut response)) = self

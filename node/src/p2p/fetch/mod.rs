@@ -381,8 +381,16 @@ impl Fetches {
     }
 
     /// What the download of `id` awaits from the WAN (see
-    /// [`Scheduler::importing`]); `None` when nothing.
-    pub(crate) fn importing(&self, id: &ManifestId) -> Option<Bitfield> {
+    /// [`Scheduler::importing`]), told to an asker of our site only;
+    /// `None` when nothing or another site asks.
+    pub(crate) fn importing_for(
+        &self,
+        id: &ManifestId,
+        asker: Option<&SiteId>,
+    ) -> Option<Bitfield> {
+        if asker.is_none() || asker != self.site.as_ref() {
+            return None;
+        }
         let Some(Fetch {
             phase: Phase::Download(dl),
             ..
