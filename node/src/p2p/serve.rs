@@ -88,6 +88,7 @@ pub(crate) struct Counters {
     pub(crate) downloaded_chunks: AtomicU64,
     pub(crate) chunk_requests_sent: AtomicU64,
     pub(crate) unused_chunk_bytes: AtomicU64,
+    pub(crate) manifests_served: AtomicU64,
 }
 
 /// A snapshot of a node's transfer counters.
@@ -113,6 +114,8 @@ pub struct NodeStats {
     /// download had ended. Request-response cannot cancel an answer in
     /// flight, so every give-up can cost a whole chunk on the link.
     pub unused_chunk_bytes: u64,
+    /// Manifests sent to peers.
+    pub manifests_served: u64,
 }
 
 impl Counters {
@@ -127,6 +130,7 @@ impl Counters {
             downloaded_chunks: l(&self.downloaded_chunks),
             chunk_requests_sent: l(&self.chunk_requests_sent),
             unused_chunk_bytes: l(&self.unused_chunk_bytes),
+            manifests_served: l(&self.manifests_served),
         }
     }
 }
@@ -257,7 +261,12 @@ impl Server {
         let response = match request {
             PeerRequest::Have { manifest, .. } => self.have(&manifest, fetching, now),
             PeerRequest::Manifest { id } => match self.store.get_manifest(&id) {
-                Ok(Some(data)) => PeerResponse::Manifest { data },
+                Ok(Some(data)) => {
+                    self.counters
+                        .manifests_served
+                        .fetch_add(1, Ordering::Relaxed);
+                    PeerResponse::Manifest { data }
+                }
                 Ok(None) => self.not_found(),
                 Err(e) => {
                     tracing::warn!(error = %e, "store failed serving a manifest");

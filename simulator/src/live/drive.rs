@@ -459,6 +459,8 @@ async fn drive(
     };
     let dev_wan_in = fleet.net.device_wan_in();
     let unused = fleet.unused_chunk_bytes();
+    let origin_in = fleet.net.device_origin_in();
+    let far_conns = fleet.net.device_far_conns();
     let devices = recs
         .iter()
         .enumerate()
@@ -474,6 +476,8 @@ async fn drive(
                 origin: b.origin,
                 wan_in: dev_wan_in.get(i).copied().unwrap_or(0),
                 unused: unused.get(i).copied().unwrap_or(0),
+                origin_wan_in: origin_in.get(i).copied().unwrap_or(0),
+                far_conns: far_conns.get(i).copied().unwrap_or(0),
             }
         })
         .collect();

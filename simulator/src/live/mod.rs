@@ -163,6 +163,12 @@ pub struct DeviceFigures {
     /// Wire bytes it read over its site's WAN link, protocol and waste
     /// included.
     pub wan_in: u64,
+    /// Of `wan_in`, wire bytes read from the origin (chunks, `Have`
+    /// answers, the DHT).
+    pub origin_wan_in: u64,
+    /// Connections it had with devices of other sites, either end
+    /// dialling.
+    pub far_conns: u64,
     /// Chunk bytes it received and could not use (already held, or the
     /// download had ended), from any source; since its last restart.
     pub unused: u64,

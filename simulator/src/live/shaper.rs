@@ -132,6 +132,8 @@ pub struct NetModel {
     site_wan_in: Vec<AtomicU64>,
     site_wan_out: Vec<AtomicU64>,
     dev_wan_in: Vec<AtomicU64>,
+    dev_origin_in: Vec<AtomicU64>,
+    dev_far_conns: Vec<AtomicU64>,
     from_origin: AtomicU64,
     /// Dialing device of each live connection, by (dialer end, listener end).
     dials: Mutex<HashMap<(SocketAddr, SocketAddr), u32>>,
@@ -165,6 +167,8 @@ impl NetModel {
             site_wan_in: (0..sites).map(|_| AtomicU64::new(0)).collect(),
             site_wan_out: (0..sites).map(|_| AtomicU64::new(0)).collect(),
             dev_wan_in: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            dev_origin_in: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            dev_far_conns: (0..n).map(|_| AtomicU64::new(0)).collect(),
             from_origin: AtomicU64::new(0),
             dials: Mutex::new(HashMap::new()),
             memory_ports: Mutex::new(HashMap::new()),
@@ -205,6 +209,26 @@ impl NetModel {
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Wire bytes each device read from the origin (chunks, `Have`
+    /// answers and the DHT, whose lone server the origin is).
+    pub fn device_origin_in(&self) -> Vec<u64> {
+        load_all(&self.dev_origin_in)
+    }
+
+    /// Connections each device had with devices of other sites (either
+    /// end dialling): what being found by far devices costs its WAN.
+    pub fn device_far_conns(&self) -> Vec<u64> {
+        load_all(&self.dev_far_conns)
+    }
+
+    fn count_far(&self, index: usize, site: u32, peer: Endpoint) {
+        if matches!(peer, Endpoint::Device { site: s, .. } if s != site) {
+            if let Some(c) = self.dev_far_conns.get(index) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Wire bytes devices read from outside the fleet (the origin).
@@ -288,6 +312,9 @@ impl ConnectionShaper for DeviceShaper {
             }
             ConnInfo::Memory { dialer: false, .. } => (None, Lookup::Hello([0; 4], 0), None, None),
         };
+        if let Some(p) = peer {
+            self.net.count_far(self.index as usize, self.site, p);
+        }
         Box::new(Shaped {
             inner: io,
             net: self.net.clone(),
@@ -304,6 +331,10 @@ impl ConnectionShaper for DeviceShaper {
             write_sleep: None,
         })
     }
+}
+
+fn load_all(v: &[AtomicU64]) -> Vec<u64> {
+    v.iter().map(|a| a.load(Ordering::Relaxed)).collect()
 }
 
 /// Read data waiting out its latency.
@@ -359,6 +390,7 @@ impl Shaped {
             Some(index) => {
                 let p = self.net.device(index);
                 self.peer = Some(p);
+                self.net.count_far(self.index, self.site, p);
                 p
             }
             None => {
@@ -379,7 +411,9 @@ impl Shaped {
         let k = (4 - got).min(buf.len());
         hello[got..got + k].copy_from_slice(&buf[..k]);
         if got + k == 4 {
-            self.peer = Some(self.net.device(u32::from_le_bytes(hello)));
+            let p = self.net.device(u32::from_le_bytes(hello));
+            self.peer = Some(p);
+            self.net.count_far(self.index, self.site, p);
             self.lookup = Lookup::Done;
         } else {
             self.lookup = Lookup::Hello(hello, got + k);
@@ -432,6 +466,9 @@ impl Shaped {
         if peer == Endpoint::Outside {
             net.origin_up.charge(n, now);
             net.from_origin.fetch_add(n as u64, Ordering::Relaxed);
+            if let Some(d) = net.dev_origin_in.get(self.index) {
+                d.fetch_add(n as u64, Ordering::Relaxed);
+            }
         }
         peer
     }

@@ -7,10 +7,7 @@ use std::time::Instant;
 use libp2p::PeerId;
 use meshota_protocol::{ManifestId, PeerRequest};
 
-use super::{
-    have_request, DownloadReport, FetchError, Fetches, Net, Phase, Tag, MANIFEST_RETRY,
-    MANIFEST_STALL, PROVIDER_REFRESH,
-};
+use super::{have_request, DownloadReport, FetchError, Fetches, Net, Phase, Tag, PROVIDER_REFRESH};
 use crate::p2p::NodeEvent;
 use crate::sched::{Action, PeerClass, SchedEvent};
 
@@ -71,29 +68,8 @@ impl Fetches {
             }
         }
         let dl = match &mut fetch.phase {
-            Phase::Manifest(search) => {
-                // Every peer asked: start over after a pause. A request
-                // still outstanding then only lengthens the pause; an
-                // answer that never comes once stopped a device's search
-                // for good (300-device live run, seed 11).
-                let exhausted = self.connected.iter().all(|p| search.asked.contains(p));
-                if search.outstanding == 0 || exhausted {
-                    let pause = if search.outstanding == 0 {
-                        MANIFEST_RETRY
-                    } else {
-                        MANIFEST_STALL
-                    };
-                    match search.retry_at {
-                        None => search.retry_at = Some(now + pause),
-                        Some(at) if now >= at => {
-                            search.retry_at = None;
-                            search.asked.clear();
-                            search.outstanding = 0;
-                            self.ask_manifest(id, net);
-                        }
-                        Some(at) => search.retry_at = Some(at.min(now + pause)),
-                    }
-                }
+            Phase::Manifest(_) => {
+                self.drive_manifest(id, now, net);
                 return;
             }
             Phase::Download(dl) => dl,
@@ -131,10 +107,11 @@ impl Fetches {
             dl.sched.handle_timeout(now);
         }
         if !fetch.far.is_empty() && dl.grace.is_none() && dl.sched.site_lacks() {
-            for peer in std::mem::take(&mut fetch.far) {
-                if !self.connected.contains(&peer) {
-                    net.dial(peer);
-                }
+            // Wanted now: found again, this time dialled at once.
+            fetch.far.clear();
+            fetch.providers_at = now;
+            if !net.find_providers(id) {
+                fetch.site_lookup_done = true;
             }
         }
         while let Some(action) = dl.sched.poll_action(now) {
@@ -312,11 +289,7 @@ impl Fetches {
                 at(d);
             }
             match &f.phase {
-                Phase::Manifest(s) => {
-                    // Woken now and then even while waiting on answers,
-                    // so a search with every peer asked gets its pause.
-                    at(s.retry_at.unwrap_or(now + MANIFEST_RETRY));
-                }
+                Phase::Manifest(s) => at(s.wake_at(now)),
                 Phase::Download(dl) => {
                     if let Some(t) = dl.grace {
                         at(t);

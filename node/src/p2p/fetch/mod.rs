@@ -7,11 +7,13 @@
 //! run on the blocking pool and come back as [`Verified`].
 //!
 //! Split by concern: this file holds the per-fetch state and the
-//! handlers for network events; `drive` runs the schedulers, timers and
-//! completion; `verify` checks and stores arriving chunks; `report` holds
-//! the public option, progress, report and error types.
+//! handlers for network events; `manifest` resolves the manifest;
+//! `drive` runs the schedulers, timers and completion; `verify` checks
+//! and stores arriving chunks; `report` holds the public option,
+//! progress, report and error types.
 
 mod drive;
+mod manifest;
 mod report;
 mod verify;
 
@@ -34,6 +36,7 @@ use super::serve::{Counters, TokenBucket};
 use super::NodeEvent;
 use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
 use crate::store::Store;
+use manifest::ManifestSearch;
 
 /// What the fetch loop asks of the network. Implemented by the event loop.
 pub(crate) trait Net {
@@ -71,13 +74,6 @@ enum Tag {
 
 type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
 
-/// How long to wait before asking peers for a manifest again.
-const MANIFEST_RETRY: Duration = Duration::from_millis(500);
-/// Pause before asking every peer again for a manifest while an earlier
-/// request is still unanswered.
-const MANIFEST_STALL: Duration = Duration::from_secs(10);
-/// Peers asked for a manifest at once.
-const MANIFEST_PARALLEL: usize = 3;
 /// Least time between provider lookups for one fetch.
 const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
 /// Longest wait for the site's peers to be found and heard before peers
@@ -87,12 +83,6 @@ const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
 /// `Have` answers taking seconds) ran out of it and pulled from the WAN;
 /// 15 s cut the origin's share from 4.1–5.2 to 2.65 bundles.
 const DISCOVERY_GRACE: Duration = Duration::from_secs(15);
-
-struct ManifestSearch {
-    asked: HashSet<PeerId>,
-    outstanding: usize,
-    retry_at: Option<Instant>,
-}
 
 struct Download {
     manifest: Arc<Manifest>,
@@ -139,8 +129,14 @@ struct Fetch {
     /// Providers found under the release's key only (so most likely of
     /// other sites), not dialled while the site has every missing chunk:
     /// each WAN connection costs kilobytes of handshakes and `Have`
-    /// polls, per device, for peers nobody would fetch from.
+    /// polls, per device, for peers nobody would fetch from. Only a
+    /// lookup knows their addresses (Kademlia keeps a provider's addresses
+    /// with the query that found it), so when they are wanted they are
+    /// looked up again, not dialled from here.
     far: HashSet<PeerId>,
+    /// Far providers are wanted while the manifest is sought: nobody
+    /// connected had it.
+    want_far: bool,
     /// Last Kademlia provider lookup, repeated while sources are lacking.
     providers_at: Instant,
     deadline: Option<(Instant, Duration)>,
@@ -254,47 +250,18 @@ impl Fetches {
             wait_provide: false,
             site_found: HashSet::new(),
             far: HashSet::new(),
+            want_far: false,
             providers_at: now,
             deadline: opts.timeout.map(|t| (now + t, t)),
             progress: opts.progress,
             replies: vec![reply],
-            phase: Phase::Manifest(ManifestSearch {
-                asked: HashSet::new(),
-                outstanding: 0,
-                retry_at: None,
-            }),
+            phase: Phase::Manifest(ManifestSearch::new(now)),
         };
         fetch.site_lookup_done = !net.find_providers(id);
         self.fetches.insert(id, fetch);
         match manifest {
             Some(m) => self.begin_download(id, Arc::new(m), now, net),
-            None => self.ask_manifest(id, net),
-        }
-    }
-
-    /// Asks more connected peers for the manifest, up to the parallel cap.
-    fn ask_manifest(&mut self, id: ManifestId, net: &mut dyn Net) {
-        let Some(Fetch {
-            phase: Phase::Manifest(search),
-            ..
-        }) = self.fetches.get_mut(&id)
-        else {
-            return;
-        };
-        let candidates: Vec<PeerId> = self
-            .connected
-            .iter()
-            .filter(|p| !search.asked.contains(p))
-            .copied()
-            .collect();
-        for peer in candidates {
-            if search.outstanding >= MANIFEST_PARALLEL {
-                break;
-            }
-            search.asked.insert(peer);
-            search.outstanding += 1;
-            let rid = net.send(peer, PeerRequest::Manifest { id });
-            self.pending.insert(rid, (id, peer, Tag::Manifest));
+            None => self.ask_manifest(id, now, net),
         }
     }
 
@@ -358,12 +325,9 @@ impl Fetches {
                 let age = now.saturating_duration_since(f.started).as_secs();
                 match &f.phase {
                     Phase::Manifest(s) => format!(
-                        "{}: {age} s, seeking the manifest from {} connected peers \
-                         ({} asked, {} outstanding)",
+                        "{}: {age} s, seeking the manifest from {} connected peers ({s})",
                         id.short(),
                         self.connected.len(),
-                        s.asked.len(),
-                        s.outstanding
                     ),
                     Phase::Download(dl) => format!(
                         "{}: {age} s, {} connected, {} queried, {} answered, \
@@ -403,7 +367,7 @@ impl Fetches {
     }
 
     /// A connection to a new peer is up: include it in every fetch.
-    pub(crate) fn peer_connected(&mut self, peer: PeerId, net: &mut dyn Net) {
+    pub(crate) fn peer_connected(&mut self, peer: PeerId, now: Instant, net: &mut dyn Net) {
         self.connected.insert(peer);
         let ids: Vec<ManifestId> = self.fetches.keys().copied().collect();
         for id in ids {
@@ -411,7 +375,7 @@ impl Fetches {
                 continue;
             };
             match &mut fetch.phase {
-                Phase::Manifest(_) => self.ask_manifest(id, net),
+                Phase::Manifest(_) => self.ask_manifest(id, now, net),
                 Phase::Download(dl) => {
                     if dl.queried.insert(peer) {
                         let rid = net.send(peer, have_request(id, &self.site));
@@ -427,9 +391,7 @@ impl Fetches {
         self.connected.remove(&peer);
         for fetch in self.fetches.values_mut() {
             match &mut fetch.phase {
-                Phase::Manifest(search) => {
-                    search.asked.remove(&peer);
-                }
+                Phase::Manifest(search) => search.forget(&peer),
                 Phase::Download(dl) => {
                     dl.queried.remove(&peer);
                     dl.held_back.retain(|(p, ..)| *p != peer);
@@ -458,9 +420,12 @@ impl Fetches {
         };
         // The grace decides whether the site lacks anything; until then,
         // and while it lacks nothing, far peers wait (see `Fetch::far`).
+        // So they do while the manifest is sought (see `manifest`).
         let wait = self.site.is_some()
-            && matches!(&fetch.phase, Phase::Download(dl)
-                if dl.grace.is_some() || !dl.sched.site_lacks());
+            && match &fetch.phase {
+                Phase::Manifest(_) => !fetch.want_far,
+                Phase::Download(dl) => dl.grace.is_some() || !dl.sched.site_lacks(),
+            };
         for p in providers {
             if p == local {
                 continue;
@@ -530,10 +495,7 @@ impl Fetches {
             return;
         };
         match (&mut fetch.phase, tag) {
-            (Phase::Manifest(search), Tag::Manifest) => {
-                search.outstanding = search.outstanding.saturating_sub(1);
-                self.ask_manifest(id, net);
-            }
+            (Phase::Manifest(_), Tag::Manifest) => self.manifest_failed(id, now, net),
             (Phase::Download(dl), Tag::Have) => {
                 dl.answered.insert(peer);
                 if dl.known.contains(&peer) {
@@ -548,42 +510,6 @@ impl Fetches {
                     .handle_chunk_failed(peer, index, Failure::Unresponsive(reason), now);
             }
             _ => {}
-        }
-    }
-
-    fn on_manifest(
-        &mut self,
-        id: ManifestId,
-        peer: PeerId,
-        response: PeerResponse,
-        now: Instant,
-        net: &mut dyn Net,
-    ) {
-        let Some(Fetch {
-            phase: Phase::Manifest(search),
-            ..
-        }) = self.fetches.get_mut(&id)
-        else {
-            return; // Already resolved by another peer.
-        };
-        search.outstanding = search.outstanding.saturating_sub(1);
-        match response {
-            PeerResponse::Manifest { data } => match Manifest::decode(&data) {
-                Ok((got, m)) if got == id => {
-                    if let Err(e) = self.store.put_manifest(&id, &data) {
-                        self.finish(id, Err(e.into()), net);
-                        return;
-                    }
-                    self.begin_download(id, Arc::new(m), now, net);
-                }
-                Ok((got, _)) => net.ban(
-                    peer,
-                    format!("sent manifest {} for requested {}", got.short(), id.short()),
-                ),
-                Err(e) => net.ban(peer, format!("sent an invalid manifest: {e}")),
-            },
-            PeerResponse::NotFound | PeerResponse::Busy => self.ask_manifest(id, net),
-            other => net.ban(peer, format!("answered a manifest request with {other:?}")),
         }
     }
 
