@@ -21,15 +21,7 @@ async fn a_node_connected_only_to_a_neighbour_finds_the_origin_through_kademlia(
         let mut cfg = P2pConfig::loopback();
         cfg.bootstrap = vec![addr(&origin).await];
         let neighbour = spawn(cfg, Arc::new(MemStore::new()));
-        // Wait until the neighbour is connected to the origin.
-        while !neighbour
-            .connected_peers()
-            .await
-            .unwrap()
-            .contains(&origin.peer_id())
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        until_connected(&neighbour, &origin).await;
         let sd: Arc<dyn Store> = Arc::new(MemStore::new());
         let mut cfg = P2pConfig::loopback();
         cfg.bootstrap = vec![addr(&neighbour).await];

@@ -197,17 +197,17 @@ pub fn dht_client(origin: &Multiaddr, site: Option<&str>) -> P2pConfig {
     cfg
 }
 
+/// Waits until `n` is connected to `to`.
+pub async fn until_connected(n: &NodeHandle, to: &NodeHandle) {
+    while !n.connected_peers().await.unwrap().contains(&to.peer_id()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Provides `id` from `n` once it is connected to `origin`, the DHT
 /// server: provided earlier, the record would only be stored locally.
 pub async fn provide_via(n: &NodeHandle, origin: &NodeHandle, id: ManifestId) {
-    while !n
-        .connected_peers()
-        .await
-        .unwrap()
-        .contains(&origin.peer_id())
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_connected(n, origin).await;
     n.provide(id).await.unwrap();
 }
 
