@@ -487,8 +487,7 @@ impl EventLoop {
                 }
                 if num_established.get() == 1 {
                     let _ = self.events.send(NodeEvent::PeerConnected(peer_id));
-                    self.fetches
-                        .peer_connected(peer_id, Instant::now(), net!(self));
+                    self.fetches.peer_connected(peer_id, now, net!(self));
                 }
             }
             SwarmEvent::ConnectionClosed {
