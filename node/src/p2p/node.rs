@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 
 use super::behaviour::{build_swarm, MeshBehaviour, MeshBehaviourEvent};
 use super::config::P2pConfig;
-use super::dht::{no_dht_peer, start_providing, LookupOf, Lookups};
+use super::dht::{end_at_first_listing, no_dht_peer, start_providing, LookupOf, Lookups};
 use super::fetch::{DownloadReport, FetchError, FetchOptions, Fetches, Net, Verified};
 use super::net::LoopNet;
 use super::serve::{Counters, DelayedResponse, NodeStats, ServeConfig, Server};
@@ -568,25 +568,7 @@ impl EventLoop {
                 stats,
                 ..
             }) => {
-                // libp2p-kad goes on to query every provider it was told
-                // of as if it were a DHT node: it dials each. The release
-                // key lists the same first ~20 devices to the whole fleet,
-                // so at 1,000 devices each of those took ~1,400 connections
-                // (1.3-1.6 MB of handshakes read over its site's WAN) and
-                // then answered `Have` polls from all of them. The first
-                // DHT node holding records for the key has its list (at
-                // most k = 20, the same on every node that holds it), so
-                // the lookup ends there; later lookups catch newcomers.
-                // (Kademlia's first step lists the local store's records,
-                // with no DHT node asked yet: not that.)
-                let remote_listed = stats.num_successes() > 0
-                    && matches!(&r, Ok(GetProvidersOk::FoundProviders { providers, .. })
-                        if !providers.is_empty());
-                if remote_listed {
-                    if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                        q.finish();
-                    }
-                }
+                end_at_first_listing(&mut self.swarm.behaviour_mut().kad, id, &r, &stats);
                 if self.lookups.on_result(id, &r) {
                     return;
                 }

@@ -289,7 +289,7 @@ impl Fetches {
                 at(d);
             }
             match &f.phase {
-                Phase::Manifest(s) => at(s.wake_at(now)),
+                Phase::Manifest(s) => at(s.wake_at(f.started, now)),
                 Phase::Download(dl) => {
                     if let Some(t) = dl.grace {
                         at(t);

@@ -35,26 +35,16 @@ const SITE_WAIT: Duration = Duration::from_secs(3);
 const WIDE_STEP: Duration = Duration::from_secs(3);
 
 /// The search for a manifest's bytes.
+#[derive(Default)]
 pub(super) struct ManifestSearch {
     asked: HashSet<PeerId>,
     outstanding: usize,
     retry_at: Option<Instant>,
-    started: Instant,
     /// Since when peers outside the site may be asked.
     wide_since: Option<Instant>,
 }
 
 impl ManifestSearch {
-    pub(super) fn new(now: Instant) -> Self {
-        Self {
-            asked: HashSet::new(),
-            outstanding: 0,
-            retry_at: None,
-            started: now,
-            wide_since: None,
-        }
-    }
-
     pub(super) fn forget(&mut self, peer: &PeerId) {
         self.asked.remove(peer);
     }
@@ -62,9 +52,10 @@ impl ManifestSearch {
     /// When the search next needs a look: woken now and then even while
     /// waiting on answers, so a search with every peer asked gets its
     /// pause and a widening one asks one more peer per [`WIDE_STEP`].
-    pub(super) fn wake_at(&self, now: Instant) -> Instant {
+    /// `started`: when the fetch began.
+    pub(super) fn wake_at(&self, started: Instant, now: Instant) -> Instant {
         let wide = match self.wide_since {
-            None => self.started + SITE_WAIT,
+            None => started + SITE_WAIT,
             Some(_) => now + WIDE_STEP,
         };
         self.retry_at.unwrap_or(now + RETRY).min(wide)
@@ -96,6 +87,7 @@ impl Fetches {
             phase: Phase::Manifest(search),
             site_found,
             site_lookup_done,
+            started,
             ..
         }) = self.fetches.get_mut(&id)
         else {
@@ -114,7 +106,7 @@ impl Fetches {
                 && site.is_empty()
                 && search.outstanding == 0
                 && site_found.iter().all(|p| search.asked.contains(p));
-            if self.site.is_none() || site_done || now >= search.started + SITE_WAIT {
+            if self.site.is_none() || site_done || now >= *started + SITE_WAIT {
                 search.wide_since = Some(now);
             }
         }

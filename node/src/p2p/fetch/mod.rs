@@ -255,7 +255,7 @@ impl Fetches {
             deadline: opts.timeout.map(|t| (now + t, t)),
             progress: opts.progress,
             replies: vec![reply],
-            phase: Phase::Manifest(ManifestSearch::new(now)),
+            phase: Phase::Manifest(ManifestSearch::default()),
         };
         fetch.site_lookup_done = !net.find_providers(id);
         self.fetches.insert(id, fetch);
