@@ -164,7 +164,7 @@ async fn listed(oa: &Multiaddr, site: &str, holder: PeerId, id: ManifestId) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_takes_the_manifest_from_its_site_and_never_dials_far_providers_its_site_can_replace(
+async fn a_device_takes_the_manifest_from_its_site_and_never_looks_up_far_providers_its_site_can_replace(
 ) {
     bounded(async {
         // The release's key lists three far holders (and the origin holds
@@ -201,6 +201,11 @@ async fn a_device_takes_the_manifest_from_its_site_and_never_dials_far_providers
         assert_eq!(report.bytes.same_site, fetched(&report), "{report:?}");
         assert_eq!(near.stats().manifests_served, 1);
         assert_eq!(origin.stats().manifests_served, 0);
+        // Its site held everything, so the release's key (which names the
+        // far holders) was never even asked.
+        let stats = device.stats();
+        assert!(stats.provider_lookups > 0, "{stats:?}");
+        assert_eq!(stats.release_lookups, 0, "{stats:?}");
         let connected = device.connected_peers().await.unwrap();
         for f in &far {
             assert_eq!(f.stats().manifests_served, 0);
@@ -233,6 +238,7 @@ async fn a_device_whose_site_has_nothing_gets_the_manifest_from_a_far_provider()
         assert_byte_identical(&*sd, &b);
         assert_eq!(report.bytes.other_peers, fetched(&report), "{report:?}");
         assert_eq!(far.stats().manifests_served, 1);
+        assert!(device.stats().release_lookups > 0);
         for n in [&origin, &far, &device] {
             n.shutdown().await;
         }

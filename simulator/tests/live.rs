@@ -65,6 +65,13 @@ fn every_device_commits_and_the_figures_add_up() {
     }
     // Reads from the origin carry its uploads plus protocol overhead.
     assert!(run.origin_wire_bytes >= run.outcome.origin_bytes);
+    // One connection to the origin each: the fetch's dial of the seeder
+    // its announcement names reuses the bootstrap connection (a second
+    // one was a handshake and identify over the site's WAN per device).
+    for d in &run.devices {
+        assert_eq!(d.origin_conns, 1, "{d:?}");
+        assert!(d.lookups > 0, "{d:?}");
+    }
     // Commit times are sorted, within the run, and after the first wave.
     let t = &run.outcome.commit_times_s;
     assert!(t.windows(2).all(|w| w[0] <= w[1]));

@@ -12,10 +12,18 @@ use meshota_protocol::{Manifest, ManifestId, PeerRequest, SiteId};
 use tokio::sync::broadcast;
 
 use super::behaviour::MeshBehaviour;
-use super::dht::{keys, no_dht_peer, start_providing, LookupOf};
+use super::dht::{lookup_keys, no_dht_peer, start_providing, LookupOf};
 use super::fetch::Net;
 use super::serve::Server;
 use super::NodeEvent;
+
+/// A lookup asked for while the routing table was empty, made once a
+/// DHT peer turns up (the flags of every such ask, or-ed).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Unsearched {
+    pub(super) after_provide: bool,
+    pub(super) release: bool,
+}
 
 /// The [`Net`] the fetch loop talks to: disjoint borrows of the loop.
 pub(super) struct LoopNet<'a> {
@@ -28,7 +36,7 @@ pub(super) struct LoopNet<'a> {
     pub(super) seed: bool,
     pub(super) site: Option<&'a SiteId>,
     pub(super) unprovided: &'a mut HashSet<ManifestId>,
-    pub(super) unsearched: &'a mut HashMap<ManifestId, bool>,
+    pub(super) unsearched: &'a mut HashMap<ManifestId, Unsearched>,
     /// No bootstrap peer configured: with an empty routing table, no
     /// lookup will ever have anyone to ask.
     pub(super) no_bootstrap: bool,
@@ -53,8 +61,8 @@ impl Net for LoopNet<'_> {
         let _ = self.events.send(NodeEvent::PeerBanned { peer, reason });
     }
 
-    fn find_providers(&mut self, id: ManifestId) -> bool {
-        self.look_up(id, false)
+    fn find_providers(&mut self, id: ManifestId, far: bool) -> bool {
+        self.look_up(id, false, far)
     }
 
     fn dial(&mut self, peer: PeerId) {
@@ -116,9 +124,10 @@ macro_rules! net {
 }
 
 impl LoopNet<'_> {
-    /// Looks up the providers of `id` under the release key and the
-    /// site's; false when there is nobody to ask, now or later.
-    pub(super) fn look_up(&mut self, id: ManifestId, after_provide: bool) -> bool {
+    /// Looks up the providers of `id` under the site's key, and the
+    /// release's too when `release` (see [`lookup_keys`]); false when there
+    /// is nobody to ask, now or later.
+    pub(super) fn look_up(&mut self, id: ManifestId, after_provide: bool, release: bool) -> bool {
         let kad = &mut self.swarm.behaviour_mut().kad;
         if no_dht_peer(kad) {
             // A lookup now would end at once, having asked nobody, and a
@@ -127,16 +136,19 @@ impl LoopNet<'_> {
             if self.no_bootstrap {
                 return false;
             }
-            *self.unsearched.entry(id).or_default() |= after_provide;
+            let u = self.unsearched.entry(id).or_default();
+            u.after_provide |= after_provide;
+            u.release |= release;
             return true;
         }
-        for (key, site) in keys(&id, self.site) {
+        for (key, site) in lookup_keys(&id, self.site, release) {
             let of = LookupOf {
                 manifest: id,
                 site,
                 after_provide,
             };
             self.provider_queries.insert(kad.get_providers(key), of);
+            self.server.count_lookup(!site);
         }
         true
     }

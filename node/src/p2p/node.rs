@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::kad::{self, GetProvidersOk, QueryResult};
+use libp2p::multiaddr::Protocol;
 use libp2p::request_response;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
@@ -21,7 +22,7 @@ use super::behaviour::{build_swarm, MeshBehaviour, MeshBehaviourEvent};
 use super::config::P2pConfig;
 use super::dht::{end_at_first_listing, no_dht_peer, start_providing, LookupOf, Lookups};
 use super::fetch::{DownloadReport, FetchError, FetchOptions, Fetches, Net, Verified};
-use super::net::LoopNet;
+use super::net::{LoopNet, Unsearched};
 use super::serve::{Counters, DelayedResponse, NodeStats, ServeConfig, Server};
 use super::{NodeEvent, P2pError};
 use crate::store::Store;
@@ -30,7 +31,7 @@ use crate::store::Store;
 const EVENT_CAPACITY: usize = 1024;
 /// Longest the loop sleeps without anything due.
 const IDLE_TICK: Duration = Duration::from_secs(1);
-/// With no connection at all, bootstrap peers are dialed again this often.
+/// While isolated, bootstrap peers are dialed again this often.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(10);
 
 enum Command {
@@ -303,7 +304,7 @@ struct EventLoop {
     unprovided: HashSet<ManifestId>,
     /// Manifests to look up once the routing table has a peer, and
     /// whether after this node's provide.
-    unsearched: HashMap<ManifestId, bool>,
+    unsearched: HashMap<ManifestId, Unsearched>,
     /// Provides of a fetch in flight, each followed by a site lookup.
     provide_queries: HashMap<kad::QueryId, ManifestId>,
     server: Server,
@@ -378,15 +379,20 @@ impl EventLoop {
         self.fetches.shutdown();
     }
 
-    /// Dials the bootstrap peers again while the node has no connection,
-    /// or no DHT peer: neighbours alone cannot name providers.
+    /// Dials the bootstrap peers again while the node has no DHT peer
+    /// (neighbours alone cannot name providers), or has no connection at
+    /// all while it fetches. Not while an idle node's connections have
+    /// timed out: the routing table still holds the DHT peers and
+    /// Kademlia dials them when asked, and a fetch dials its seeders. An
+    /// idle device redialled every idle timeout plus 10 s, a handshake
+    /// each time over its site's WAN, and for the origin a steady stream
+    /// of them from the whole fleet.
     fn redial_bootstrap(&mut self, now: Instant) {
         if self.bootstrap.is_empty() || now < self.bootstrap_at + BOOTSTRAP_RETRY {
             return;
         }
-        if self.swarm.connected_peers().next().is_some()
-            && !no_dht_peer(&mut self.swarm.behaviour_mut().kad)
-        {
+        let isolated = self.fetches.is_busy() && self.swarm.connected_peers().next().is_none();
+        if !isolated && !no_dht_peer(&mut self.swarm.behaviour_mut().kad) {
             return;
         }
         self.bootstrap_at = now;
@@ -407,6 +413,18 @@ impl EventLoop {
                 }
             }
             Command::Dial(addr, reply) => {
+                // Every fetch dials the seeders its announcement names; a
+                // second connection to one already connected cost each
+                // simulated device a handshake, identify and pings over
+                // its site's WAN.
+                let named = addr.iter().last().and_then(|p| match p {
+                    Protocol::P2p(peer) => Some(peer),
+                    _ => None,
+                });
+                if let Some(peer) = named.filter(|p| self.swarm.is_connected(p)) {
+                    let _ = reply.send(Ok(peer));
+                    return;
+                }
                 let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
                 let cid = opts.connection_id();
                 match self.swarm.dial(opts) {
@@ -547,8 +565,8 @@ impl EventLoop {
                 for id in std::mem::take(&mut self.unprovided) {
                     net!(self).provide(id);
                 }
-                for (id, after_provide) in std::mem::take(&mut self.unsearched) {
-                    net!(self).look_up(id, after_provide);
+                for (id, u) in std::mem::take(&mut self.unsearched) {
+                    net!(self).look_up(id, u.after_provide, u.release);
                 }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -559,7 +577,8 @@ impl EventLoop {
                 // Stored (or failed for good): whoever provided before us
                 // is listed now, and whoever provides after us finds us.
                 if let Some(manifest) = self.provide_queries.remove(&id) {
-                    net!(self).look_up(manifest, true);
+                    let far = self.fetches.far_wanted(&manifest);
+                    net!(self).look_up(manifest, true, far);
                 }
             }
             MeshBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {

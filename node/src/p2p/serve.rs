@@ -89,6 +89,8 @@ pub(crate) struct Counters {
     pub(crate) chunk_requests_sent: AtomicU64,
     pub(crate) unused_chunk_bytes: AtomicU64,
     pub(crate) manifests_served: AtomicU64,
+    pub(crate) provider_lookups: AtomicU64,
+    pub(crate) release_lookups: AtomicU64,
 }
 
 /// A snapshot of a node's transfer counters.
@@ -116,6 +118,14 @@ pub struct NodeStats {
     pub unused_chunk_bytes: u64,
     /// Manifests sent to peers.
     pub manifests_served: u64,
+    /// Kademlia provider queries started, one per key asked. Each answer
+    /// lists up to 20 providers with their addresses (about 1.2 KB), so on
+    /// a metered uplink this is what finding peers costs.
+    pub provider_lookups: u64,
+    /// Of those, queries under the release's key, which name providers
+    /// of any site: made only while peers beyond the site are wanted (or
+    /// with no site configured).
+    pub release_lookups: u64,
 }
 
 impl Counters {
@@ -131,6 +141,8 @@ impl Counters {
             chunk_requests_sent: l(&self.chunk_requests_sent),
             unused_chunk_bytes: l(&self.unused_chunk_bytes),
             manifests_served: l(&self.manifests_served),
+            provider_lookups: l(&self.provider_lookups),
+            release_lookups: l(&self.release_lookups),
         }
     }
 }
@@ -201,6 +213,15 @@ impl Server {
             served_to: HashMap::new(),
             counters,
             delayed,
+        }
+    }
+
+    /// Counts a provider query started (see `NodeStats::provider_lookups`).
+    pub(crate) fn count_lookup(&self, release: bool) {
+        let c = &self.counters;
+        c.provider_lookups.fetch_add(1, Ordering::Relaxed);
+        if release {
+            c.release_lookups.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -458,9 +458,10 @@ async fn drive(
         ..Outcome::default()
     };
     let dev_wan_in = fleet.net.device_wan_in();
-    let unused = fleet.unused_chunk_bytes();
+    let stats = fleet.node_stats();
     let origin_in = fleet.net.device_origin_in();
     let far_conns = fleet.net.device_far_conns();
+    let origin_conns = fleet.net.device_origin_conns();
     let devices = recs
         .iter()
         .enumerate()
@@ -475,8 +476,10 @@ async fn drive(
                 other_peers: b.other_peers,
                 origin: b.origin,
                 wan_in: dev_wan_in.get(i).copied().unwrap_or(0),
-                unused: unused.get(i).copied().unwrap_or(0),
+                unused: stats.get(i).map_or(0, |s| s.unused_chunk_bytes),
+                lookups: stats.get(i).map_or(0, |s| s.provider_lookups),
                 origin_wan_in: origin_in.get(i).copied().unwrap_or(0),
+                origin_conns: origin_conns.get(i).copied().unwrap_or(0),
                 far_conns: far_conns.get(i).copied().unwrap_or(0),
             }
         })

@@ -14,7 +14,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use meshota_broker::server::Server;
 use meshota_node::agent::mqtt::{self, DaemonError};
-use meshota_node::p2p::{Node, NodeEvent, NodeHandle, P2pConfig, P2pFetcher};
+use meshota_node::p2p::{Node, NodeEvent, NodeHandle, NodeStats, P2pConfig, P2pFetcher};
 use meshota_protocol::{ManifestId, ReleaseId, SecretKey, Signed, SiteId};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -586,15 +586,15 @@ root = "{trust}"
         }
     }
 
-    /// Chunk bytes each running device received and could not use (see
-    /// `NodeStats::unused_chunk_bytes`), since its node last started.
-    pub fn unused_chunk_bytes(&self) -> Vec<u64> {
+    /// Each running device's node counters, since its node last started
+    /// (zero for a device that is down).
+    pub fn node_stats(&self) -> Vec<NodeStats> {
         self.devices
             .iter()
             .map(|d| {
                 d.running
                     .as_ref()
-                    .map_or(0, |r| r.node.stats().unused_chunk_bytes)
+                    .map_or_else(NodeStats::default, |r| r.node.stats())
             })
             .collect()
     }

@@ -166,6 +166,11 @@ pub struct DeviceFigures {
     /// Of `wan_in`, wire bytes read from the origin (chunks, `Have`
     /// answers, the DHT).
     pub origin_wan_in: u64,
+    /// Connections it had with the origin (each a handshake and identify).
+    pub origin_conns: u64,
+    /// Provider queries its node started (see
+    /// `NodeStats::provider_lookups`), since its last restart.
+    pub lookups: u64,
     /// Connections it had with devices of other sites, either end
     /// dialling.
     pub far_conns: u64,

@@ -134,6 +134,7 @@ pub struct NetModel {
     dev_wan_in: Vec<AtomicU64>,
     dev_origin_in: Vec<AtomicU64>,
     dev_far_conns: Vec<AtomicU64>,
+    dev_origin_conns: Vec<AtomicU64>,
     from_origin: AtomicU64,
     /// Dialing device of each live connection, by (dialer end, listener end).
     dials: Mutex<HashMap<(SocketAddr, SocketAddr), u32>>,
@@ -169,6 +170,7 @@ impl NetModel {
             dev_wan_in: (0..n).map(|_| AtomicU64::new(0)).collect(),
             dev_origin_in: (0..n).map(|_| AtomicU64::new(0)).collect(),
             dev_far_conns: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            dev_origin_conns: (0..n).map(|_| AtomicU64::new(0)).collect(),
             from_origin: AtomicU64::new(0),
             dials: Mutex::new(HashMap::new()),
             memory_ports: Mutex::new(HashMap::new()),
@@ -223,11 +225,20 @@ impl NetModel {
         load_all(&self.dev_far_conns)
     }
 
-    fn count_far(&self, index: usize, site: u32, peer: Endpoint) {
-        if matches!(peer, Endpoint::Device { site: s, .. } if s != site) {
-            if let Some(c) = self.dev_far_conns.get(index) {
-                c.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Connections each device had with the origin: each costs a
+    /// handshake and identify over its site's WAN.
+    pub fn device_origin_conns(&self) -> Vec<u64> {
+        load_all(&self.dev_origin_conns)
+    }
+
+    fn count_conn(&self, index: usize, site: u32, peer: Endpoint) {
+        let counter = match peer {
+            Endpoint::Device { site: s, .. } if s != site => &self.dev_far_conns,
+            Endpoint::Outside => &self.dev_origin_conns,
+            Endpoint::Device { .. } => return,
+        };
+        if let Some(c) = counter.get(index) {
+            c.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -313,7 +324,7 @@ impl ConnectionShaper for DeviceShaper {
             ConnInfo::Memory { dialer: false, .. } => (None, Lookup::Hello([0; 4], 0), None, None),
         };
         if let Some(p) = peer {
-            self.net.count_far(self.index as usize, self.site, p);
+            self.net.count_conn(self.index as usize, self.site, p);
         }
         Box::new(Shaped {
             inner: io,
@@ -390,12 +401,14 @@ impl Shaped {
             Some(index) => {
                 let p = self.net.device(index);
                 self.peer = Some(p);
-                self.net.count_far(self.index, self.site, p);
+                self.net.count_conn(self.index, self.site, p);
                 p
             }
             None => {
                 if final_answer {
                     self.peer = Some(Endpoint::Outside);
+                    self.net
+                        .count_conn(self.index, self.site, Endpoint::Outside);
                 }
                 Endpoint::Outside
             }
@@ -413,7 +426,7 @@ impl Shaped {
         if got + k == 4 {
             let p = self.net.device(u32::from_le_bytes(hello));
             self.peer = Some(p);
-            self.net.count_far(self.index, self.site, p);
+            self.net.count_conn(self.index, self.site, p);
             self.lookup = Lookup::Done;
         } else {
             self.lookup = Lookup::Hello(hello, got + k);

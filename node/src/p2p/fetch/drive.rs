@@ -55,7 +55,14 @@ impl Fetches {
         // key), and each one cost kilobytes of WAN (provider records with
         // addresses): most of the 50-80 KB a device that imported nothing
         // read over the WAN at 1,000 devices.
+        //
+        // Nor while a site provider is connected and far peers are not
+        // wanted: newcomers of the site find us (we provide), and wave-3
+        // devices of a 1,000-device run, slowed by the loaded host, made
+        // four to six lookups each.
+        let site_near = fetch.site_found.iter().any(|p| self.connected.contains(p));
         let refresh = match &fetch.phase {
+            _ if site_near && !fetch.far_wanted() => None,
             Phase::Manifest(_) => Some(PROVIDER_REFRESH),
             Phase::Download(dl) if dl.known.is_empty() => Some(PROVIDER_REFRESH),
             Phase::Download(dl) if dl.grace.is_none() && !dl.sched.site_lacks() => None,
@@ -63,7 +70,9 @@ impl Fetches {
         };
         if refresh.is_some_and(|r| now >= fetch.providers_at + r) {
             fetch.providers_at = now;
-            if !net.find_providers(id) {
+            let far = fetch.far_wanted();
+            fetch.far_looked |= far;
+            if !net.find_providers(id, far) {
                 fetch.site_lookup_done = true;
             }
         }
@@ -106,11 +115,17 @@ impl Fetches {
         if dl.sched.poll_timeout().is_some_and(|t| t <= now) {
             dl.sched.handle_timeout(now);
         }
-        if !fetch.far.is_empty() && dl.grace.is_none() && dl.sched.site_lacks() {
-            // Wanted now: found again, this time dialled at once.
+        // Far peers wanted for the first time, or found while unwanted:
+        // looked up (again), this time dialled at once. Later lookups come
+        // with the refresh above.
+        if (!fetch.far_looked || !fetch.far.is_empty())
+            && dl.grace.is_none()
+            && dl.sched.site_lacks()
+        {
             fetch.far.clear();
+            fetch.far_looked = true;
             fetch.providers_at = now;
-            if !net.find_providers(id) {
+            if !net.find_providers(id, true) {
                 fetch.site_lookup_done = true;
             }
         }
@@ -178,7 +193,7 @@ impl Fetches {
                 }
                 SchedEvent::Stalled => {
                     tracing::warn!(manifest = %id.short(), "download stalled");
-                    let _ = net.find_providers(id);
+                    let _ = net.find_providers(id, true);
                     net.event(NodeEvent::FetchStalled { manifest: id });
                 }
                 SchedEvent::Complete => complete = true,
@@ -266,6 +281,11 @@ impl Fetches {
                 let _ = r.send(Err(FetchError::Shutdown));
             }
         }
+    }
+
+    /// Whether any fetch is running.
+    pub(crate) fn is_busy(&self) -> bool {
+        !self.fetches.is_empty()
     }
 
     /// Whether this node is fetching `id` (for `Have` answers).

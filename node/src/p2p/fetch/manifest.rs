@@ -174,14 +174,13 @@ impl Fetches {
         let in_vain = exhausted && (search.outstanding == 0 || now >= since + WIDE_STEP);
         if in_vain && !fetch.want_far {
             // Nobody connected has it (or says so in time): the release's
-            // other providers are all that is left, found again to be
-            // dialled at once (see `Fetch::far`).
+            // other providers are all that is left, looked up (again) to
+            // be dialled at once (see `Fetch::far`).
             fetch.want_far = true;
-            if !fetch.far.is_empty() {
-                fetch.far.clear();
-                fetch.providers_at = now;
-                let _ = net.find_providers(id);
-            }
+            fetch.far_looked = true;
+            fetch.far.clear();
+            fetch.providers_at = now;
+            let _ = net.find_providers(id, true);
         }
         if search.outstanding == 0 || exhausted {
             let pause = if search.outstanding == 0 {

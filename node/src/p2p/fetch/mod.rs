@@ -44,10 +44,12 @@ pub(crate) trait Net {
     fn send(&mut self, peer: PeerId, request: PeerRequest) -> OutboundRequestId;
     /// Bans a peer node-wide (block list, disconnect, event).
     fn ban(&mut self, peer: PeerId, reason: String);
-    /// Looks up providers of a manifest on Kademlia, under the release's
-    /// key and its site's. False when there is nobody to ask, now or later
-    /// (no DHT peer and no bootstrap).
-    fn find_providers(&mut self, id: ManifestId) -> bool;
+    /// Looks up providers of a manifest on Kademlia, under its site's key,
+    /// and under the release's too when `far` (peers of other sites are
+    /// wanted; see [`Fetches::far_wanted`]) or with no site. False when
+    /// there is nobody to ask, now or later (no DHT peer and no
+    /// bootstrap).
+    fn find_providers(&mut self, id: ManifestId, far: bool) -> bool;
     /// Connects to a peer whose addresses are known.
     fn dial(&mut self, peer: PeerId);
     /// Announces on Kademlia that this node holds a manifest. True when a
@@ -137,12 +139,24 @@ struct Fetch {
     /// Far providers are wanted while the manifest is sought: nobody
     /// connected had it.
     want_far: bool,
+    /// A lookup under the release's key has been made (see
+    /// [`Fetches::far_wanted`]).
+    far_looked: bool,
     /// Last Kademlia provider lookup, repeated while sources are lacking.
     providers_at: Instant,
     deadline: Option<(Instant, Duration)>,
     progress: Option<watch::Sender<FetchProgress>>,
     replies: Vec<Reply>,
     phase: Phase,
+}
+
+impl Fetch {
+    fn far_wanted(&self) -> bool {
+        match &self.phase {
+            Phase::Manifest(_) => self.want_far,
+            Phase::Download(dl) => dl.grace.is_none() && dl.sched.site_lacks(),
+        }
+    }
 }
 
 /// Every fetch in progress on one node.
@@ -251,13 +265,14 @@ impl Fetches {
             site_found: HashSet::new(),
             far: HashSet::new(),
             want_far: false,
+            far_looked: false,
             providers_at: now,
             deadline: opts.timeout.map(|t| (now + t, t)),
             progress: opts.progress,
             replies: vec![reply],
             phase: Phase::Manifest(ManifestSearch::default()),
         };
-        fetch.site_lookup_done = !net.find_providers(id);
+        fetch.site_lookup_done = !net.find_providers(id, false);
         self.fetches.insert(id, fetch);
         match manifest {
             Some(m) => self.begin_download(id, Arc::new(m), now, net),
@@ -315,6 +330,15 @@ impl Fetches {
             self.pending.insert(rid, (id, peer, Tag::Have));
         }
         fetch.phase = Phase::Download(Box::new(dl));
+    }
+
+    /// Whether the fetch of `id` wants peers of other sites, so its
+    /// lookups ask the release's key too: while the manifest is sought,
+    /// once nobody connected had it; while downloading, once the grace is
+    /// over and the site lacks a chunk. A device whose site holds the
+    /// release asks only its site's key.
+    pub(crate) fn far_wanted(&self, id: &ManifestId) -> bool {
+        self.fetches.get(id).is_some_and(Fetch::far_wanted)
     }
 
     /// One line per fetch on where it stands (see [`Scheduler::describe`]).
