@@ -302,8 +302,7 @@ struct EventLoop {
     site: Option<SiteId>,
     /// Manifests to provide once the routing table has a peer.
     unprovided: HashSet<ManifestId>,
-    /// Manifests to look up once the routing table has a peer, and
-    /// whether after this node's provide.
+    /// Manifests to look up once the routing table has a peer, and how.
     unsearched: HashMap<ManifestId, Unsearched>,
     /// Provides of a fetch in flight, each followed by a site lookup.
     provide_queries: HashMap<kad::QueryId, ManifestId>,
