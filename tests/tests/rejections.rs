@@ -118,6 +118,7 @@ fn a_node_given_a_forged_announcement_on_the_broker_installs_nothing_and_reports
         not_before: 0,
         expires_at: now + 3600,
         sequence: now,
+        devices: Vec::new(),
     };
     let forged_gate = Announcement {
         release: release.clone(),

@@ -51,6 +51,14 @@
 //!   failures seen so far; only further ones count toward a new halt. A
 //!   completed rollout no longer halts; its status still shows late
 //!   failures.
+//! - **Every site in the first wave.** When the first percent wave
+//!   starts, each site (as devices' statuses name it) whose eligible
+//!   devices all lie above the wave's share gets its lowest-bucket device
+//!   named in the gate and targeted by that wave, up to [`MAX_NAMED`]
+//!   sites. A site with no device in the first wave had all its devices
+//!   start together later, with nothing on their LAN, and pulled 2-3
+//!   copies over its uplink. Named devices count toward that wave and are
+//!   not throttled by `max_parallel`.
 //! - **Operator commands.** `pause` freezes the share; `resume` continues;
 //!   `abort` issues a gate with action `Stop`, so devices that have not
 //!   installed yet stop, and is final. `rollback` aborts and also lists the
@@ -102,7 +110,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use meshota_protocol::{
-    Action, ByteSplit, Compatible, DeviceId, Group, ReleaseId, RolloutGate, RolloutId, UpdateState,
+    Action, ByteSplit, Compatible, DeviceId, Group, ReleaseId, RolloutGate, RolloutId, SiteId,
+    UpdateState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -112,6 +121,10 @@ pub use status::{RolloutState, RolloutStatus, WaveCounts, WaveStatus};
 pub use wave::WaveKind;
 
 use wave::{Histogram, Tally, Wave};
+
+/// Most devices a first wave names (see `RolloutGate::devices`); fewer
+/// when their names would not fit in a gate.
+pub const MAX_NAMED: usize = 64;
 
 /// Default gate lifetime: a day, re-signed every twelve hours.
 pub const DEFAULT_GATE_LIFETIME_SECS: u64 = 24 * 60 * 60;
@@ -228,6 +241,7 @@ impl RolloutSpec {
             not_before: u64::MAX,
             expires_at: u64::MAX,
             sequence: u64::MAX,
+            devices: Vec::new(),
         };
         if meshota_protocol::codec::encode(&widest).is_err() {
             return Err(PlanError::TooManyGroups(self.groups.len()));
@@ -289,6 +303,8 @@ pub struct DeviceInfo {
     pub groups: Vec<Group>,
     /// Its device class.
     pub compatible: Compatible,
+    /// Its site, as its latest status said.
+    pub site: Option<SiteId>,
 }
 
 /// A verified report from a device, reduced to what the planner uses.
@@ -442,6 +458,10 @@ struct DeviceRec {
     /// Latest cumulative bytes for this release.
     #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
     bytes: Option<ByteSplit>,
+    /// Its site, for [`Core::named`]. Not in snapshots, which are capped
+    /// at 1 MiB (about 42 bytes a device); statuses tell it again.
+    #[serde(skip)]
+    site: Option<SiteId>,
 }
 
 /// Everything a restart must keep; the snapshot is exactly this.
@@ -464,6 +484,10 @@ struct Core {
     halt: Option<HaltReason>,
     devices: BTreeMap<DeviceId, DeviceRec>,
     outputs: VecDeque<PlannerOutput>,
+    /// Devices the first percent wave took by name, one for each site its
+    /// share left out, listed in every gate (see `RolloutGate::devices`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    named: Vec<DeviceId>,
 }
 
 /// Indexes over [`Core`], rebuilt on restore and never persisted.
@@ -502,7 +526,7 @@ struct Derived {
 /// let mut planner = Planner::new(RolloutId::digest(b"rollout"), spec, now)?;
 /// for i in 0..100 {
 ///     let id = DeviceId::new(format!("dev-{i}"))?;
-///     planner.handle_device(DeviceInfo { id, groups: vec![], compatible: compatible.clone() }, now);
+///     planner.handle_device(DeviceInfo { id, groups: vec![], compatible: compatible.clone(), site: None }, now);
 /// }
 /// let wake = planner.poll_timeout().unwrap_or(now);
 /// planner.handle_timeout(wake);
@@ -551,6 +575,7 @@ impl Planner {
             halt: None,
             devices: BTreeMap::new(),
             outputs: VecDeque::new(),
+            named: Vec::new(),
         };
         let mut p = Self {
             core,

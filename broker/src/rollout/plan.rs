@@ -1,12 +1,14 @@
 //! The planner's inputs, decisions and timers.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use meshota_protocol::release::{bucket, FULL_SHARE};
-use meshota_protocol::{Action, ByteSplit, DeviceId, RolloutGate, UpdateState};
+use meshota_protocol::{Action, ByteSplit, DeviceId, RolloutGate, SiteId, UpdateState};
 
 use super::wave::{reaches, Phase, Tally, WaveKind};
 use super::{
     CommandError, Derived, DeviceInfo, DeviceRec, DeviceReport, HaltReason, Planner,
-    PlannerCommand, PlannerOutput, ReportOutcome, RolloutState,
+    PlannerCommand, PlannerOutput, ReportOutcome, RolloutState, MAX_NAMED,
 };
 
 fn add_bytes(a: ByteSplit, b: ByteSplit) -> ByteSplit {
@@ -44,7 +46,8 @@ impl Planner {
             .groups
             .iter()
             .any(|g| self.core.spec.groups.contains(g));
-        if let Some(rec) = self.core.devices.get(&info.id) {
+        if let Some(rec) = self.core.devices.get_mut(&info.id) {
+            rec.site.clone_from(&info.site);
             if rec.wave.is_some() || rec.in_group == in_group {
                 return;
             }
@@ -59,6 +62,7 @@ impl Planner {
             targeted_at: None,
             last: prev.and_then(|r| r.last),
             bytes: prev.and_then(|r| r.bytes),
+            site: info.site.clone(),
         };
         self.core.devices.insert(info.id.clone(), rec);
         if !in_group {
@@ -518,6 +522,12 @@ impl Planner {
         self.core
             .outputs
             .push_back(PlannerOutput::WaveStarted { wave: k });
+        let first_percent = prev == 0
+            && matches!(
+                self.core.waves.get(k).map(|w| w.kind),
+                Some(WaveKind::Percent(_))
+            );
+        let named = first_percent && self.name_left_out_sites(k, goal, now);
         if self.core.waves.get(k).map(|w| w.kind) == Some(WaveKind::Groups) {
             let members: Vec<DeviceId> = self
                 .core
@@ -530,12 +540,63 @@ impl Planner {
                 self.target(&id, k, now);
             }
             self.issue_gate(now);
-        } else if !self.step_share(k, now) && self.core.gate.is_none() {
+        } else if !self.step_share(k, now) && (self.core.gate.is_none() || named) {
             // The first wave publishes a gate even before it can target
             // anyone, so the release is announced and re-signed from the
-            // start.
+            // start; and at once when it named devices, which would
+            // otherwise wait for the next re-signing.
             self.issue_gate(now);
         }
+    }
+
+    /// Names, and targets in wave `k`, the lowest-bucket device of each
+    /// site none of whose devices the share `goal` (nor the group wave)
+    /// takes: at most [`MAX_NAMED`], and no more than fit in a gate.
+    /// Returns whether it named any.
+    fn name_left_out_sites(&mut self, k: usize, goal: u16, now: u64) -> bool {
+        let mut covered: BTreeSet<&SiteId> = BTreeSet::new();
+        let mut lowest: BTreeMap<&SiteId, (u16, &DeviceId)> = BTreeMap::new();
+        for (id, r) in &self.core.devices {
+            let Some(site) = &r.site else {
+                continue;
+            };
+            if r.in_group || r.wave.is_some() || r.bucket < goal {
+                covered.insert(site);
+            } else if lowest.get(site).is_none_or(|(b, _)| r.bucket < *b) {
+                lowest.insert(site, (r.bucket, id));
+            }
+        }
+        let mut named: Vec<DeviceId> = lowest
+            .into_iter()
+            .filter(|(site, _)| !covered.contains(site))
+            .map(|(_, (_, id))| id.clone())
+            .take(MAX_NAMED)
+            .collect();
+        // Every gate lists them all; one that could not be encoded could
+        // never be signed.
+        while !named.is_empty() && !self.gate_fits(&named) {
+            named.pop();
+        }
+        for id in &named {
+            self.target(id, k, now);
+        }
+        self.core.named = named;
+        !self.core.named.is_empty()
+    }
+
+    /// Whether a gate naming `devices` (and the spec's groups) encodes.
+    fn gate_fits(&self, devices: &[DeviceId]) -> bool {
+        let widest = RolloutGate {
+            release_id: self.core.spec.release_id,
+            share_bp: FULL_SHARE,
+            groups: self.core.spec.groups.clone(),
+            action: self.core.spec.action,
+            not_before: u64::MAX,
+            expires_at: u64::MAX,
+            sequence: u64::MAX,
+            devices: devices.to_vec(),
+        };
+        meshota_protocol::codec::encode(&widest).is_ok()
     }
 
     /// Grows wave `k`'s share toward its goal as far as `max_parallel`
@@ -599,6 +660,7 @@ impl Planner {
             not_before: c.spec.not_before,
             expires_at: now.saturating_add(lifetime),
             sequence: c.next_sequence,
+            devices: c.named.clone(),
         };
         c.next_sequence = c.next_sequence.saturating_add(1);
         c.resign_at = now.saturating_add(lifetime / 2);

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use meshota_protocol::{ByteSplit, ReleaseId, RolloutId};
+use meshota_protocol::{ByteSplit, DeviceId, ReleaseId, RolloutId};
 use serde::{Deserialize, Serialize};
 
 use super::wave::{Phase, WaveKind};
@@ -113,6 +113,10 @@ pub struct RolloutStatus {
     pub gate_expires_at: Option<u64>,
     /// Devices of the release's class the registry knows.
     pub eligible_devices: usize,
+    /// Devices the first wave took by name, one for each site its share
+    /// left out (see `RolloutGate::devices`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_devices: Vec<DeviceId>,
     /// Per wave.
     pub waves: Vec<WaveStatus>,
     /// All devices' latest download byte counts for this release, summed.
@@ -175,6 +179,7 @@ impl Planner {
             gate_sequence: c.gate.as_ref().map(|g| g.sequence),
             gate_expires_at: c.gate.as_ref().map(|g| g.expires_at),
             eligible_devices: c.devices.len(),
+            named_devices: c.named.clone(),
             waves,
             bytes,
             bytes_from_peers: bytes.same_site.saturating_add(bytes.other_peers),
@@ -207,6 +212,13 @@ impl fmt::Display for RolloutStatus {
         writeln!(f, ", {} eligible devices", self.eligible_devices)?;
         if let Some(r) = &self.halt_reason {
             writeln!(f, "halted: {r}")?;
+        }
+        if !self.named_devices.is_empty() {
+            writeln!(
+                f,
+                "{} devices named into the first wave, one for each site its share left out",
+                self.named_devices.len()
+            )?;
         }
         writeln!(
             f,

@@ -88,6 +88,7 @@ fn device_info(rec: &DeviceRecord) -> Option<DeviceInfo> {
         id: rec.id.clone(),
         groups: rec.groups.clone(),
         compatible: rec.compatible.clone()?,
+        site: rec.site.clone(),
     })
 }
 
@@ -345,6 +346,7 @@ impl Inner {
                     id: device.clone(),
                     groups: s.groups.clone(),
                     compatible: compatible.clone(),
+                    site: Some(s.site.clone()),
                 };
                 for e in self.entries.values_mut().filter(|e| !e.retired) {
                     e.planner.handle_device(info.clone(), now);

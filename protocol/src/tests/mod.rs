@@ -57,6 +57,7 @@ impl World {
             not_before: 0,
             expires_at: NOW + 86_400,
             sequence,
+            devices: Vec::new(),
         }
     }
     pub fn sign_gate(&self, g: &RolloutGate) -> Signed<RolloutGate> {

@@ -372,20 +372,27 @@ async fn drive(
             .map_err(|e| LiveError::Rollout(e.to_string()))?;
         let st = &view.status;
         last_state = st.state;
+        // Devices the planner named into the first wave, one for each
+        // site its share left out, act whatever their bucket.
+        let named: Vec<bool> = fleet
+            .devices
+            .iter()
+            .map(|d| st.named_devices.iter().any(|n| n.as_str() == d.id))
+            .collect();
         for (i, b) in buckets.iter().enumerate() {
-            if *b < st.share_bp && w.opened[i].is_none() {
+            if (*b < st.share_bp || named[i]) && w.opened[i].is_none() {
                 w.opened[i] = Some(now);
             }
         }
         for (k, wave) in st.waves.iter().enumerate().take(seen.len()) {
             if wave.started_at.is_some() && seen[k].0.is_none() {
                 seen[k].0 = Some(w.secs(now));
-                let opened = buckets.iter().filter(|b| **b < wave.goal_bp).count();
+                let within = |i: usize, goal: u16| buckets[i] < goal || named[i];
+                let opened = (0..n).filter(|&i| within(i, wave.goal_bp)).count();
                 let before = match k {
                     0 => 0,
-                    _ => buckets
-                        .iter()
-                        .filter(|b| **b < st.waves[k - 1].goal_bp)
+                    _ => (0..n)
+                        .filter(|&i| within(i, st.waves[k - 1].goal_bp))
                         .count(),
                 };
                 progress(LiveEvent::WaveStarted {

@@ -135,6 +135,10 @@ impl Control {
                 id,
                 groups: Vec::new(),
                 compatible: self.compatible.clone(),
+                // Virtual devices report no site to the planner, so it
+                // names none (see `RolloutGate::devices`): virtual runs
+                // keep their figures until that is modelled.
+                site: None,
             };
             p.handle_device(info, EPOCH);
         }

@@ -261,6 +261,7 @@ fn devices_that_register_after_an_abort_are_not_targeted() {
             id: dev(77),
             groups: Vec::new(),
             compatible: compat(),
+            site: None,
         },
         h.now,
     );

@@ -15,6 +15,7 @@ mod gates;
 mod persist;
 mod random;
 mod reports;
+mod sites;
 mod waves;
 
 const T0: u64 = 1_800_000_000;
@@ -62,6 +63,7 @@ impl Harness {
                 id: dev(i),
                 groups: groups(i),
                 compatible: compat(),
+                site: None,
             };
             fleet.insert(info.id.clone(), info.groups.clone());
             p.handle_device(info, T0 - 100);

@@ -88,6 +88,7 @@ fn restore_refuses_garbage_and_other_kinds() {
         not_before: 0,
         expires_at: 0,
         sequence: 1,
+        devices: Vec::new(),
     })
     .unwrap();
     assert!(matches!(

@@ -104,6 +104,7 @@ fn run(seed: u64) {
                         id: dev(d),
                         groups,
                         compatible,
+                        site: None,
                     },
                     now,
                 );

@@ -179,6 +179,7 @@ fn an_empty_registry_does_not_open_the_whole_fleet() {
         id: dev(1),
         groups: Vec::new(),
         compatible: compat(),
+        site: None,
     };
     h.fleet.insert(dev(1), Vec::new());
     h.p.handle_device(info, h.now);
@@ -216,6 +217,7 @@ fn devices_that_join_an_open_share_are_targeted_and_others_are_ignored() {
             id: dev(50),
             groups: Vec::new(),
             compatible: compat(),
+            site: None,
         },
         h.now,
     );
@@ -224,6 +226,7 @@ fn devices_that_join_an_open_share_are_targeted_and_others_are_ignored() {
             id: dev(51),
             groups: Vec::new(),
             compatible: Compatible::new("x86").unwrap(),
+            site: None,
         },
         h.now,
     );
@@ -274,6 +277,7 @@ fn a_rollout_whose_not_before_has_passed_is_due_at_once() {
             id: dev(1),
             groups: Vec::new(),
             compatible: compat(),
+            site: None,
         },
         T0,
     );
@@ -327,6 +331,7 @@ fn a_removed_device_no_longer_holds_its_wave_below_the_threshold() {
             id: t[0].clone(),
             groups: Vec::new(),
             compatible: Compatible::new("retired").unwrap(),
+            site: None,
         },
         h.now,
     );

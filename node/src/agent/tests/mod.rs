@@ -89,6 +89,7 @@ impl World {
             not_before: 0,
             expires_at: NOW + 30 * 86_400,
             sequence,
+            devices: Vec::new(),
         }
     }
     pub fn sign_gate(&self, g: &RolloutGate) -> Signed<RolloutGate> {
