@@ -445,11 +445,7 @@ impl Fetches {
         // The grace decides whether the site lacks anything; until then,
         // and while it lacks nothing, far peers wait (see `Fetch::far`).
         // So they do while the manifest is sought (see `manifest`).
-        let wait = self.site.is_some()
-            && match &fetch.phase {
-                Phase::Manifest(_) => !fetch.want_far,
-                Phase::Download(dl) => dl.grace.is_some() || !dl.sched.site_lacks(),
-            };
+        let wait = self.site.is_some() && !fetch.far_wanted();
         for p in providers {
             if p == local {
                 continue;
