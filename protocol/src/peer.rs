@@ -62,6 +62,18 @@ pub enum PeerResponse {
         /// WAN too.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         importing: Option<Bitfield>,
+        /// Chunks the responder's other same-site neighbours said they
+        /// import (their own `importing`, never relayed further), so a
+        /// claim reaches two hops of the site. Given to same-site askers
+        /// only, and without the asker's own claims.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relayed: Option<Bitfield>,
+        /// The rendezvous keys of the responder's same-site neighbours
+        /// that fetch this manifest, so that the asker ranks itself
+        /// against the members it does not know directly. Given to
+        /// same-site askers only; at most 256.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        roster: Vec<u64>,
     },
     /// A chunk, stored form.
     Chunk {
@@ -217,8 +229,10 @@ mod tests {
             PeerResponse::Have {
                 fetching,
                 importing,
+                relayed,
+                roster,
                 ..
-            } => assert!(fetching && importing.is_none()),
+            } => assert!(fetching && importing.is_none() && relayed.is_none() && roster.is_empty()),
             other => panic!("decoded {other:?}"),
         }
     }

@@ -633,18 +633,27 @@ impl EventLoop {
             } => {
                 let fetching = matches!(&request, PeerRequest::Have { manifest, .. }
                     if self.fetches.is_fetching(manifest));
-                let imports = match &request {
+                let news = match &request {
                     PeerRequest::Have { manifest, site } => {
-                        self.fetches.importing_for(manifest, site.as_ref())
+                        self.fetches
+                            .site_news_for(manifest, site.as_ref(), &peer, now)
                     }
-                    _ => None,
+                    _ => Default::default(),
                 };
                 if let Some((channel, mut response)) = self
                     .server
                     .handle(peer, request_id, request, channel, fetching, now)
                 {
-                    if let PeerResponse::Have { importing, .. } = &mut response {
-                        *importing = imports;
+                    if let PeerResponse::Have {
+                        importing,
+                        relayed,
+                        roster,
+                        ..
+                    } = &mut response
+                    {
+                        *importing = news.importing;
+                        *relayed = news.relayed;
+                        *roster = news.roster;
                     }
                     let _ = self
                         .swarm

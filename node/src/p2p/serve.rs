@@ -388,6 +388,8 @@ impl Server {
         PeerResponse::Have {
             bitfield,
             importing: None,
+            relayed: None,
+            roster: Vec::new(),
             site: self.config.site.clone(),
             origin: self.config.origin,
             fetching,

@@ -15,6 +15,7 @@
 //! bundles a site in chunks kept in all but one site, where it had
 //! imported 1.0–1.5.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
@@ -55,13 +56,65 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// latest word replaces the one before; `None`: nothing). Ignored for
     /// a peer of another class or unknown.
     pub fn handle_peer_importing(&mut self, peer: P, importing: Option<&Bitfield>, now: Instant) {
-        self.now_hint = now;
-        if self.peers.get(&peer).map(|p| p.class) != Some(PeerClass::SameSite) {
+        self.take_claim(peer, importing, false, now);
+    }
+
+    /// A same-site `peer` relayed what its other neighbours import (see
+    /// [`Self::relayed_for`]); waited for like its own claims. Two hops
+    /// matter when a site's devices start together: each knows only
+    /// some of the site, so several take themselves for a chunk's home,
+    /// and a claim one hop away reached too few of them. With 50 devices a
+    /// site starting together (300 devices, one wave), sites imported up
+    /// to 4.7 copies.
+    pub fn handle_peer_relayed(&mut self, peer: P, relayed: Option<&Bitfield>, now: Instant) {
+        self.take_claim(peer, relayed, true, now);
+    }
+
+    fn take_claim(&mut self, peer: P, positions: Option<&Bitfield>, relayed: bool, now: Instant) {
+        self.touch(now);
+        let Some(bits) = self.site_bits(&peer, positions) else {
             return;
+        };
+        let map = if relayed {
+            &mut self.relays
+        } else {
+            &mut self.importers
+        };
+        if Self::replace(map, peer, bits) {
+            self.recount_importing();
+        }
+    }
+
+    /// What to relay to same-site neighbour `asker`: the chunks the other
+    /// neighbours said they import themselves. Relays are never relayed
+    /// again, and the asker's own claims are left out, so no claim comes
+    /// back to its maker or outlives its maker's next answer by more than
+    /// one refresh.
+    pub fn relayed_for(&self, asker: &P) -> Bitfield {
+        let mut b = Bitfield::new(self.pos_to_unique.len());
+        let mut all: Bits = smallvec::smallvec![0; self.chunks.len().div_ceil(64)];
+        for (_, bits) in self.importers.iter().filter(|(p, _)| *p != asker) {
+            for (a, b) in all.iter_mut().zip(bits) {
+                *a |= b;
+            }
+        }
+        for (u, c) in self.chunks.iter().enumerate() {
+            if all.get(u / 64).is_some_and(|w| w & (1 << (u % 64)) != 0) {
+                b.set(c.pos);
+            }
+        }
+        b
+    }
+
+    /// The distinct-chunk bits of a same-site peer's claim (`Some` of
+    /// nothing for `None`), or `None` when the peer is not of our site.
+    fn site_bits(&self, peer: &P, positions: Option<&Bitfield>) -> Option<Option<Bits>> {
+        if self.peers.get(peer).map(|p| p.class) != Some(PeerClass::SameSite) {
+            return None;
         }
         let mut bits: Bits = smallvec::smallvec![0; self.chunks.len().div_ceil(64)];
         let mut any = false;
-        if let Some(b) = importing {
+        if let Some(b) = positions {
             for (i, &u) in self.pos_to_unique.iter().enumerate() {
                 if b.get(i) {
                     bits[u as usize / 64] |= 1 << (u % 64);
@@ -69,26 +122,29 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 }
             }
         }
-        let changed = if any {
-            self.importers.insert(peer, bits.clone()) != Some(bits)
-        } else {
-            self.importers.remove(&peer).is_some()
-        };
-        if changed {
-            self.recount_importing();
+        Some(any.then_some(bits))
+    }
+
+    /// Sets or clears `peer`'s entry; whether anything changed.
+    fn replace(map: &mut BTreeMap<P, Bits>, peer: P, bits: Option<Bits>) -> bool {
+        match bits {
+            Some(bits) => map.insert(peer, bits.clone()) != Some(bits),
+            None => map.remove(&peer).is_some(),
         }
     }
 
-    /// Forgets what a peer that left said it imports.
+    /// Forgets what a peer that left said it imports or relayed.
     pub(super) fn forget_importer(&mut self, peer: &P) {
-        if self.importers.remove(peer).is_some() {
+        let a = self.importers.remove(peer).is_some();
+        let b = self.relays.remove(peer).is_some();
+        if a || b {
             self.recount_importing();
         }
     }
 
     fn recount_importing(&mut self) {
         let mut all: Bits = smallvec::smallvec![0; self.chunks.len().div_ceil(64)];
-        for bits in self.importers.values() {
+        for bits in self.importers.values().chain(self.relays.values()) {
             for (a, b) in all.iter_mut().zip(bits) {
                 *a |= b;
             }

@@ -15,12 +15,16 @@
 //!   that chunk among the site's members still fetching. The others line
 //!   up behind it by the same hash: the k-th waits k × `site_patience`
 //!   before pulling the chunk itself, so if the home cannot get it one
-//!   device steps in, not all. Members that gained nothing for
-//!   `site_patience` are stalled and do not hold up the line.
+//!   device steps in, not all. Members that gained nothing for a few
+//!   patiences are stalled and do not hold up the line.
+//!   A device ranks itself against the neighbours it knows and the
+//!   members they list (`roster`), so devices that know different parts
+//!   of the site agree on the home.
 //! - **A neighbour's import is waited for.** `Have` answers between
 //!   neighbours carry the chunks the answerer is importing
-//!   ([`Scheduler::importing`]); no one else in the site pulls those over
-//!   the WAN until `answer_timeout` (`importing`).
+//!   ([`Scheduler::importing`]), and those its other neighbours said they
+//!   import ([`Scheduler::relayed_for`]); no one else in the site pulls
+//!   those over the WAN until `answer_timeout` (`importing`).
 //! - **Origin last, and about once.** The origin serves only chunks no
 //!   reachable peer holds, and then only to the chunk's rendezvous home
 //!   among all known fetching peers. Devices rarely know the whole fleet,
@@ -58,6 +62,7 @@ mod importing;
 mod origin;
 mod peers;
 mod pick;
+mod roster;
 mod state;
 #[cfg(test)]
 mod tests;
@@ -65,6 +70,8 @@ mod tests;
 mod tests_flights;
 #[cfg(test)]
 mod tests_importing;
+#[cfg(test)]
+mod tests_roster;
 mod timers;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -76,6 +83,7 @@ use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
 pub use origin::OriginDedup;
 use peers::PeerTable;
+pub use roster::MAX_ROSTER;
 use state::{ChunkSet, ChunkState, Flight, PeerState};
 
 /// Where a peer sits relative to us; decides preference and accounting.
@@ -281,7 +289,13 @@ pub struct Scheduler<P> {
     ready: Vec<(usize, P)>,
     /// What each same-site peer last said it imports (see `importing`).
     importers: BTreeMap<P, importing::Bits>,
-    /// The union of `importers`, one bit per distinct chunk.
+    /// What each same-site peer last relayed of its own neighbours' claims.
+    relays: BTreeMap<P, importing::Bits>,
+    /// Same-site members heard of from neighbours (see `roster`).
+    roster: roster::Roster,
+    /// The last answer of `wan_turn`, and when it was given.
+    wan_turn_cache: std::cell::Cell<Option<(Instant, bool)>>,
+    /// The union of `importers` and `relays`, one bit per distinct chunk.
     site_importing: importing::Bits,
     me: Option<u64>,
     actions: VecDeque<Action<P>>,
@@ -341,6 +355,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             used: BTreeSet::new(),
             ready: Vec::new(),
             importers: BTreeMap::new(),
+            relays: BTreeMap::new(),
+            roster: BTreeMap::new(),
+            wan_turn_cache: std::cell::Cell::new(None),
             site_importing: importing::Bits::new(),
             me: None,
             actions: VecDeque::new(),
@@ -361,12 +378,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Without it every chunk is pulled as if this device were its home.
     pub fn set_local_peer(&mut self, me: P) {
         self.me = Some(state::peer_hash(&me));
+        self.wan_turn_cache.set(None);
     }
 
     /// A peer that serves this manifest was found, or its class changed.
     /// Banned peers and dropped peers in cool-off are ignored.
     pub fn handle_peer_found(&mut self, peer: P, class: PeerClass, now: Instant) {
-        self.now_hint = now;
+        self.touch(now);
         if self.banned.contains(&peer) {
             return;
         }
@@ -394,8 +412,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 })
                 .count()
         };
+        let hash = state::peer_hash(&peer);
+        self.known_directly(hash);
         let p = self.peers.get_or_insert_with(peer, || {
-            let mut p = PeerState::new(class, state::peer_hash(&peer), n, now);
+            let mut p = PeerState::new(class, hash, n, now);
             for _ in 0..owed {
                 p.begin_request(now);
             }
@@ -416,6 +436,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Whether `peer` is itself fetching this manifest (from its `Have`
     /// answer). Only fetching peers take part in the rendezvous.
     pub fn handle_peer_fetching(&mut self, peer: P, fetching: bool) {
+        self.wan_turn_cache.set(None);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.fetching = fetching;
         }
@@ -424,7 +445,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// A peer's full bitfield, by manifest position. A field of the wrong
     /// length is a protocol violation and bans the peer.
     pub fn handle_peer_have(&mut self, peer: P, have: &Bitfield, now: Instant) {
-        self.now_hint = now;
+        self.touch(now);
         if !self.peers.contains_key(&peer) {
             return;
         }
@@ -467,7 +488,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// costs O(chunks). An index outside the manifest is a protocol
     /// violation and bans the peer, as a bitfield of the wrong length does.
     pub fn handle_peer_has(&mut self, peer: P, index: usize, now: Instant) {
-        self.now_hint = now;
+        self.touch(now);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -491,7 +512,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// A peer went away (disconnected, or does not serve this manifest).
     pub fn handle_peer_lost(&mut self, peer: P, now: Instant) {
-        self.now_hint = now;
+        self.touch(now);
         self.site_cooling.remove(&peer);
         self.remove_peer(&peer, now, false);
     }
@@ -499,7 +520,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// The chunk at `index` arrived from `peer`, and the driver verified
     /// and stored it. Late duplicates are counted as waste, not progress.
     pub fn handle_chunk_arrived(&mut self, peer: P, index: usize, wire_bytes: u64, now: Instant) {
-        self.now_hint = now;
+        self.touch(now);
         let Some(&u) = self.pos_to_unique.get(index) else {
             return;
         };
@@ -539,7 +560,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// A request for the chunk at `index` failed.
     pub fn handle_chunk_failed(&mut self, peer: P, index: usize, failure: Failure, now: Instant) {
-        self.now_hint = now;
+        self.touch(now);
         let Some(&u) = self.pos_to_unique.get(index) else {
             return;
         };
@@ -550,7 +571,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// A `Have` query to `peer` failed.
     pub fn handle_query_failed(&mut self, peer: P, failure: Failure, now: Instant) {
-        self.now_hint = now;
+        self.touch(now);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.have_pending = None;
             p.have_due = now + self.cfg.have_refresh;
@@ -566,6 +587,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// The next thing to do, if any. Call until `None` after every input.
     pub fn poll_action(&mut self, now: Instant) -> Option<Action<P>> {
+        // Not an input: a `wan_turn` answer stays good while polling.
         self.now_hint = now;
         if let Some(a) = self.actions.pop_front() {
             return Some(a);

@@ -4,7 +4,7 @@
 use std::cell::OnceCell;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::state::{mix, Flight, PeerState};
 use super::{Action, PeerClass, Scheduler};
@@ -17,6 +17,19 @@ pub(super) enum Scope {
     /// Every known fetching peer: one origin pull per fleet.
     Fleet,
 }
+
+/// A member of the line that gained no chunk for this many patiences is
+/// stalled and no longer waited for. Not one patience: when a site's
+/// devices start together, nobody gains anything while the first imports
+/// cross the site's busy link, and with every member stalled after one
+/// patience each device took itself for every chunk's home. At 300
+/// devices in one wave most of the 2–5 copies a site imported were asked
+/// that way. A member that is stuck for good holds each chunk it ranks
+/// first for back by a few patiences more.
+pub(super) const STALL_PATIENCES: u32 = 4;
+
+/// How long an answer of [`Scheduler::wan_turn`] is reused.
+const WAN_TURN_CACHE: Duration = Duration::from_millis(250);
 
 /// The pick order of peer classes.
 const CLASSES: [PeerClass; 3] = [PeerClass::SameSite, PeerClass::OtherSite, PeerClass::Origin];
@@ -81,14 +94,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// have it by now; the origin may have stopped withholding it). A
     /// peer of another site (or the origin) only while the site lacks
     /// something: its news could not be used otherwise, and each `Have`
-    /// round trip crosses the WAN. `site_lacks` caches
-    /// [`Self::site_lacks`] over one walk of the peers.
-    pub(super) fn wants_refresh(&self, p: &PeerState, site_lacks: &OnceCell<bool>) -> bool {
+    /// round trip crosses the WAN. Beyond the site, only while this device
+    /// would pull over the WAN ([`Self::wan_turn`], cached in `wan_turn`
+    /// over one walk of the peers).
+    pub(super) fn wants_refresh(&self, p: &PeerState, wan_turn: &OnceCell<bool>) -> bool {
         if !p.known {
             return true;
         }
         (p.useful as usize) < self.missing.len()
-            && (p.class == PeerClass::SameSite || *site_lacks.get_or_init(|| self.site_lacks()))
+            && (p.class == PeerClass::SameSite || *wan_turn.get_or_init(|| self.wan_turn()))
     }
 
     pub(super) fn due_have_query(&mut self, now: Instant) -> Option<P> {
@@ -226,15 +240,48 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         best.map(|(u, _)| u)
     }
 
-    /// Whether some missing chunk has no source on this site: no
-    /// same-site peer holds it, nor one in cool-off. Only then can peers
-    /// of other sites be of use, so a driver may leave them undialled and
-    /// unsearched until it is true.
-    pub fn site_lacks(&self) -> bool {
+    /// Takes in the time of an input, which may change what
+    /// [`Self::wan_turn`] answers.
+    pub(super) fn touch(&mut self, now: Instant) {
+        self.now_hint = now;
+        self.wan_turn_cache.set(None);
+    }
+
+    /// Whether this device would pull a chunk over the WAN now, given a
+    /// peer beyond its site that holds it: one the site lacks, for which
+    /// it is the site's home, or its turn in line has come (counted from
+    /// the chunk's deferral, or from the start while nothing deferred it),
+    /// and that no neighbour imports. Only then are peers of other sites
+    /// of use to it, so a driver may leave them undialled, unpolled and
+    /// unsearched until it is true. Wanting them whenever the site lacked
+    /// a chunk made every device of a site that started together dial some 20 far providers and
+    /// poll them: 0.3–0.6 bundles a site of WAN bytes that were not
+    /// chunks (300 devices, one wave).
+    pub fn wan_turn(&self) -> bool {
         let now = self.now_hint;
-        self.missing
-            .iter()
-            .any(|&u| self.chunks[u as usize].site_avail == 0 && !self.cooling_site_holds(u, now))
+        // Drivers ask on every wake-up, and each answer ranks this device
+        // for every missing chunk: at 1,000 devices that was a tenth of
+        // the run's CPU. A quarter-second-old answer serves as well.
+        if let Some((at, turn)) = self.wan_turn_cache.get() {
+            if now >= at && now < at + WAN_TURN_CACHE {
+                return turn;
+            }
+        }
+        let turn = self.missing.iter().any(|&u| {
+            let c = &self.chunks[u as usize];
+            if c.site_avail != 0 || self.cooling_site_holds(u, now) {
+                return false;
+            }
+            let (rank, wait) = if self.site_imports(u) {
+                (1, self.cfg.answer_timeout)
+            } else {
+                let rank = self.home_rank(u, Scope::Site, now);
+                (rank, self.cfg.site_patience * rank)
+            };
+            rank == 0 || now >= c.deferred_since.unwrap_or(self.started) + wait
+        });
+        self.wan_turn_cache.set(Some((now, turn)));
+        turn
     }
 
     /// Whether a same-site peer in cool-off held chunk `u` when it was
@@ -246,17 +293,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     /// This device's place in line to pull chunk `u` over the WAN: how
-    /// many peers in `scope` that are fetching, still lack it, and have
-    /// gained a chunk within the patience (so are alive) weigh less for
-    /// it. Zero means this device is the chunk's home.
+    /// many peers in `scope` that are fetching, still lack it, and are not
+    /// stalled ([`STALL_PATIENCES`]) weigh less for it, with, for the
+    /// site, the members heard of through neighbours (`roster`). Zero
+    /// means this device is the chunk's home.
     pub(super) fn home_rank(&self, u: u32, scope: Scope, now: Instant) -> u32 {
         let Some(me) = self.me else {
             return 0;
         };
         let c = &self.chunks[u as usize];
         let mine = mix(me ^ c.hash);
-        let patience = self.cfg.site_patience;
-        let ahead = self
+        let stall = self.cfg.site_patience * STALL_PATIENCES;
+        let mut ahead = self
             .peers
             .values()
             .filter(|q| {
@@ -267,10 +315,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 member
                     && q.fetching
                     && !q.has(u as usize)
-                    && now < q.last_gain + patience
+                    && now < q.last_gain + stall
                     && mix(q.hash ^ c.hash) < mine
             })
             .count();
+        if scope == Scope::Site {
+            ahead += self.roster_ahead(c.hash, mine, now);
+        }
         u32::try_from(ahead).unwrap_or(u32::MAX)
     }
 

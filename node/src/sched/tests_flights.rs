@@ -187,3 +187,42 @@ fn a_far_peer_is_polled_at_the_far_refresh_while_the_site_lacks_chunks() {
     };
     assert_eq!(polled_at, t0 + c.far_have_refresh);
 }
+
+#[test]
+fn peers_beyond_the_site_are_wanted_only_when_this_device_would_pull_over_the_wan() {
+    let m = manifest(1);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let patience = SchedulerConfig::default().site_patience;
+    let fresh = || {
+        let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(18), t0);
+        s.set_local_peer(0);
+        s
+    };
+    // Alone in its site, it is the home of the chunk the site lacks.
+    assert!(fresh().wan_turn());
+    // A fetching neighbour ahead of it in line: its turn comes one
+    // patience later.
+    let ahead = (1..100)
+        .find(|&p| {
+            let mut s = fresh();
+            add_peer(&mut s, p, PeerClass::SameSite, &Bitfield::new(n), t0);
+            s.handle_peer_fetching(p, true);
+            s.site_standing(0, t0) == Some((1, false))
+        })
+        .expect("some peer ranks ahead");
+    let mut s = fresh();
+    add_peer(&mut s, ahead, PeerClass::SameSite, &Bitfield::new(n), t0);
+    s.handle_peer_fetching(ahead, true);
+    assert!(!s.wan_turn());
+    s.handle_timeout(t0 + patience);
+    assert!(s.wan_turn());
+    // A neighbour's claim is waited for longer than the line.
+    s.handle_peer_importing(ahead, Some(&Bitfield::full(n)), t0 + patience);
+    assert!(!s.wan_turn());
+    // The site holds it: nothing to pull over the WAN.
+    s.handle_peer_importing(ahead, None, t0 + patience);
+    assert!(s.wan_turn());
+    s.handle_peer_have(ahead, &Bitfield::full(n), t0 + patience);
+    assert!(!s.wan_turn());
+}

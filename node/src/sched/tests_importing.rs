@@ -1,5 +1,6 @@
 //! Scheduler tests of what a site imports: the chunks this device claims
-//! to its neighbours, and waiting for a neighbour's claim.
+//! to its neighbours, and waiting for a neighbour's claim or one it
+//! relays.
 
 use std::time::{Duration, Instant};
 
@@ -12,21 +13,45 @@ fn positions(b: &Bitfield) -> Vec<usize> {
     (0..b.len()).filter(|&i| b.get(i)).collect()
 }
 
+/// How neighbour 1 tells device 0 of imports: its own claim, or a relay
+/// of its own neighbours' claims.
+#[derive(Clone, Copy)]
+enum Claim {
+    None,
+    Own,
+    Relayed,
+}
+
+fn claim(s: &mut Scheduler<u32>, peer: u32, how: Claim, n: usize, t: Instant) {
+    let all = Bitfield::full(n);
+    match how {
+        Claim::None => {}
+        Claim::Own => s.handle_peer_importing(peer, Some(&all), t),
+        Claim::Relayed => s.handle_peer_relayed(peer, Some(&all), t),
+    }
+}
+
 /// Device 0 with a far peer (2) holding everything, and a neighbour (1)
-/// holding nothing yet that claims to import every chunk; without its
-/// claim device 0 would be the home of some and pull them at once.
-fn behind_an_importer(seed: u64, t0: Instant) -> Scheduler<u32> {
+/// holding nothing yet that claims, as `how` says, that every chunk is
+/// imported; without the claim device 0 would be the home of some and
+/// pull them at once.
+fn behind(how: Claim, seed: u64, t0: Instant) -> Scheduler<u32> {
     let m = manifest(6);
     let n = m.chunks.len();
     let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(seed), t0);
     s.set_local_peer(0);
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
     s.handle_peer_fetching(1, true);
-    s.handle_peer_importing(1, Some(&Bitfield::full(n)), t0);
+    claim(&mut s, 1, how, n, t0);
     add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t0);
-    // What a far peer says it imports means nothing to our site.
-    s.handle_peer_importing(2, Some(&Bitfield::full(n)), t0);
+    // What a far peer says means nothing to our site.
+    claim(&mut s, 2, Claim::Own, n, t0);
+    claim(&mut s, 2, Claim::Relayed, n, t0);
     s
+}
+
+fn behind_an_importer(seed: u64, t0: Instant) -> Scheduler<u32> {
+    behind(Claim::Own, seed, t0)
 }
 
 #[test]
@@ -53,9 +78,8 @@ fn a_neighbours_claim_ends_with_its_next_answer_or_when_it_leaves() {
     let t0 = Instant::now();
     let mut s = behind_an_importer(22, t0);
     assert_eq!(requests(&drain(&mut s, t0)), vec![]);
-    // Its next answer claims nothing: the line decides again. The
-    // neighbour holds nothing and gained nothing within the patience, so
-    // it is not waited for.
+    // Its next answer claims nothing: the line decides again, and a
+    // patience in line has passed for the chunks it ranks first for.
     let t1 = t0 + SchedulerConfig::default().site_patience;
     let n = manifest(6).chunks.len();
     s.handle_peer_have(1, &Bitfield::new(n), t1);
@@ -94,4 +118,52 @@ fn what_this_device_awaits_from_the_wan_is_claimed_and_nothing_else() {
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t1);
     assert!(!requests(&drain(&mut s, t1)).is_empty());
     assert_eq!(positions(&s.importing()), Vec::<usize>::new());
+}
+
+#[test]
+fn a_claim_relayed_from_two_hops_away_is_waited_for_like_a_neighbours_own() {
+    let t0 = Instant::now();
+    // Without the relay this device is the home of some chunks.
+    assert!(!requests(&drain(&mut behind(Claim::None, 24, t0), t0)).is_empty());
+    let mut s = behind(Claim::Relayed, 24, t0);
+    assert_eq!(requests(&drain(&mut s, t0)), vec![]);
+    let later = t0 + SchedulerConfig::default().site_patience * 3;
+    s.handle_timeout(later);
+    assert_eq!(requests(&drain(&mut s, later)), vec![]);
+    // The relay's next answer relays nothing: the line decides again.
+    s.handle_peer_relayed(1, None, later);
+    assert!(!requests(&drain(&mut s, later)).is_empty());
+}
+
+#[test]
+fn a_relay_carries_the_other_neighbours_own_claims_only() {
+    let m = manifest(6);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(25), t0);
+    s.set_local_peer(0);
+    let one = |i: usize| {
+        let mut b = Bitfield::new(n);
+        b.set(i);
+        b
+    };
+    for p in [1, 3] {
+        add_peer(&mut s, p, PeerClass::SameSite, &Bitfield::new(n), t0);
+    }
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    s.handle_peer_importing(1, Some(&one(0)), t0);
+    s.handle_peer_importing(3, Some(&one(1)), t0);
+    // Relays and far claims are not relayed again.
+    s.handle_peer_relayed(1, Some(&one(2)), t0);
+    s.handle_peer_importing(2, Some(&one(3)), t0);
+    assert_eq!(
+        positions(&s.relayed_for(&1)),
+        vec![1],
+        "the asker's own left out"
+    );
+    assert_eq!(positions(&s.relayed_for(&3)), vec![0]);
+    assert_eq!(positions(&s.relayed_for(&9)), vec![0, 1]);
+    // A neighbour that leaves takes its claims and relays with it.
+    s.handle_peer_lost(1, t0);
+    assert_eq!(positions(&s.relayed_for(&9)), vec![1]);
 }

@@ -10,7 +10,7 @@ use super::{SchedEvent, Scheduler};
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Expires requests, queries and slow peers whose time has come.
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.now_hint = now;
+        self.touch(now);
         let expired: Vec<(u32, P, bool)> = self
             .in_flight
             .iter()

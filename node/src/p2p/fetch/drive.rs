@@ -65,7 +65,7 @@ impl Fetches {
             _ if site_near && !fetch.far_wanted() => None,
             Phase::Manifest(_) => Some(PROVIDER_REFRESH),
             Phase::Download(dl) if dl.known.is_empty() => Some(PROVIDER_REFRESH),
-            Phase::Download(dl) if dl.grace.is_none() && !dl.sched.site_lacks() => None,
+            Phase::Download(dl) if dl.grace.is_none() && !dl.sched.wan_turn() => None,
             Phase::Download(_) => Some(PROVIDER_REFRESH * 2),
         };
         if refresh.is_some_and(|r| now >= fetch.providers_at + r) {
@@ -118,9 +118,7 @@ impl Fetches {
         // Far peers wanted for the first time, or found while unwanted:
         // looked up (again), this time dialled at once. Later lookups come
         // with the refresh above.
-        if (!fetch.far_looked || !fetch.far.is_empty())
-            && dl.grace.is_none()
-            && dl.sched.site_lacks()
+        if (!fetch.far_looked || !fetch.far.is_empty()) && dl.grace.is_none() && dl.sched.wan_turn()
         {
             fetch.far.clear();
             fetch.far_looked = true;
@@ -144,6 +142,7 @@ impl Fetches {
                         tracing::debug!(
                             target: "meshota::wan",
                             site = ?self.site,
+                            me = %self.local,
                             %peer,
                             ?class,
                             index,

@@ -76,6 +76,14 @@ enum Tag {
 
 type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
 
+/// Most providers of other sites a fetch with a site keeps dialled at
+/// once. A lookup under the release's key names up to 20, and each
+/// connection costs a handshake and `Have` polls over both sites' WAN
+/// links; a device pulls only the chunks it is the site's home for, which
+/// a few far peers serve as well as twenty. Which ones is a hash of both
+/// peer ids, so the fleet does not crowd the same few.
+const MAX_FAR_DIALS: usize = 8;
+
 /// Least time between provider lookups for one fetch.
 const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
 /// Longest wait for the site's peers to be found and heard before peers
@@ -142,6 +150,8 @@ struct Fetch {
     /// A lookup under the release's key has been made (see
     /// [`Fetches::far_wanted`]).
     far_looked: bool,
+    /// Providers of other sites this fetch dialled (see [`MAX_FAR_DIALS`]).
+    far_dialled: HashSet<PeerId>,
     /// Last Kademlia provider lookup, repeated while sources are lacking.
     providers_at: Instant,
     deadline: Option<(Instant, Duration)>,
@@ -154,7 +164,7 @@ impl Fetch {
     fn far_wanted(&self) -> bool {
         match &self.phase {
             Phase::Manifest(_) => self.want_far,
-            Phase::Download(dl) => dl.grace.is_none() && dl.sched.site_lacks(),
+            Phase::Download(dl) => dl.grace.is_none() && dl.sched.wan_turn(),
         }
     }
 }
@@ -174,6 +184,15 @@ pub(crate) struct Fetches {
     limiter: Option<TokenBucket>,
     queued: VecDeque<(ManifestId, PeerId, usize, ChunkId, u32)>,
     verified_tx: mpsc::UnboundedSender<Verified>,
+}
+
+/// What a `Have` answer tells a same-site asker about this site's
+/// download (see [`Fetches::site_news_for`]).
+#[derive(Debug, Default)]
+pub(crate) struct SiteNews {
+    pub importing: Option<Bitfield>,
+    pub relayed: Option<Bitfield>,
+    pub roster: Vec<u64>,
 }
 
 /// A `Have` request, which carries our site so that a neighbour's answer
@@ -264,6 +283,7 @@ impl Fetches {
             wait_provide: false,
             site_found: HashSet::new(),
             far: HashSet::new(),
+            far_dialled: HashSet::new(),
             want_far: false,
             far_looked: false,
             providers_at: now,
@@ -335,8 +355,9 @@ impl Fetches {
     /// Whether the fetch of `id` wants peers of other sites, so its
     /// lookups ask the release's key too: while the manifest is sought,
     /// once nobody connected had it; while downloading, once the grace is
-    /// over and the site lacks a chunk. A device whose site holds the
-    /// release asks only its site's key.
+    /// over and it is this device's turn to pull a chunk its site lacks
+    /// ([`Scheduler::wan_turn`]). A device whose site holds the release
+    /// asks only its site's key.
     pub(crate) fn far_wanted(&self, id: &ManifestId) -> bool {
         self.fetches.get(id).is_some_and(Fetch::far_wanted)
     }
@@ -368,26 +389,36 @@ impl Fetches {
             .collect()
     }
 
-    /// What the download of `id` awaits from the WAN (see
-    /// [`Scheduler::importing`]), told to an asker of our site only;
-    /// `None` when nothing or another site asks.
-    pub(crate) fn importing_for(
+    /// What a `Have` answer to a same-site `asker` carries of the
+    /// download of `id`: what it awaits from the WAN
+    /// ([`Scheduler::importing`]), what its other site neighbours said
+    /// they await ([`Scheduler::relayed_for`]), and those of them that
+    /// fetch it too ([`Scheduler::fetching_neighbours`]). Nothing for an
+    /// asker of another site.
+    pub(crate) fn site_news_for(
         &self,
         id: &ManifestId,
-        asker: Option<&SiteId>,
-    ) -> Option<Bitfield> {
-        if asker.is_none() || asker != self.site.as_ref() {
-            return None;
+        asker_site: Option<&SiteId>,
+        asker: &PeerId,
+        now: Instant,
+    ) -> SiteNews {
+        if asker_site.is_none() || asker_site != self.site.as_ref() {
+            return SiteNews::default();
         }
         let Some(Fetch {
             phase: Phase::Download(dl),
             ..
         }) = self.fetches.get(id)
         else {
-            return None;
+            return SiteNews::default();
         };
-        let b = dl.sched.importing();
-        (b.count() > 0).then_some(b)
+        let own = dl.sched.importing();
+        let relayed = dl.sched.relayed_for(asker);
+        SiteNews {
+            importing: (own.count() > 0).then_some(own),
+            relayed: (relayed.count() > 0).then_some(relayed),
+            roster: dl.sched.fetching_neighbours(asker, now),
+        }
     }
 
     /// A connection to a new peer is up: include it in every fetch.
@@ -446,6 +477,17 @@ impl Fetches {
         // and while it lacks nothing, far peers wait (see `Fetch::far`).
         // So they do while the manifest is sought (see `manifest`).
         let wait = self.site.is_some() && !fetch.far_wanted();
+        let mut providers: Vec<PeerId> = providers.into_iter().collect();
+        let me = local.to_bytes();
+        providers.sort_by_cached_key(|p| {
+            let mut h = blake3::Hasher::new();
+            h.update(&me);
+            h.update(&p.to_bytes());
+            *h.finalize().as_bytes()
+        });
+        // Those dialled by earlier lookups (seconds ago) and still up.
+        let connected = &self.connected;
+        fetch.far_dialled.retain(|q| connected.contains(q));
         for p in providers {
             if p == local {
                 continue;
@@ -457,8 +499,14 @@ impl Fetches {
             if self.connected.contains(&p) {
                 continue;
             }
-            if !site && wait && !fetch.site_found.contains(&p) {
+            let far = !site && !fetch.site_found.contains(&p);
+            if far && wait {
                 fetch.far.insert(p);
+            } else if far && self.site.is_some() {
+                if fetch.far_dialled.len() < MAX_FAR_DIALS {
+                    fetch.far_dialled.insert(p);
+                    net.dial(p);
+                }
             } else {
                 net.dial(p);
             }
@@ -555,15 +603,19 @@ impl Fetches {
                 origin,
                 fetching,
                 importing,
+                relayed,
+                roster,
             } => {
                 let chunks = dl.manifest.chunks.len();
                 if let Err(e) = bitfield.check(chunks) {
                     net.ban(peer, format!("sent an unusable bitfield: {e}"));
                     return;
                 }
-                if let Some(Err(e)) = importing.as_ref().map(|b| b.check(chunks)) {
-                    net.ban(peer, format!("sent an unusable importing bitfield: {e}"));
-                    return;
+                for (what, b) in [("importing", &importing), ("relayed", &relayed)] {
+                    if let Some(Err(e)) = b.as_ref().map(|b| b.check(chunks)) {
+                        net.ban(peer, format!("sent an unusable {what} bitfield: {e}"));
+                        return;
+                    }
                 }
                 // Found again on every answer: a peer dropped for a while
                 // comes back once its cool-off is over.
@@ -587,6 +639,8 @@ impl Fetches {
                 dl.sched.handle_peer_have(peer, &bitfield, now);
                 dl.sched
                     .handle_peer_importing(peer, importing.as_ref(), now);
+                dl.sched.handle_peer_relayed(peer, relayed.as_ref(), now);
+                dl.sched.handle_peer_roster(peer, &roster, now);
             }
             PeerResponse::NotFound | PeerResponse::Busy => {
                 // It lacks the manifest for now (or stopped seeding); ask
