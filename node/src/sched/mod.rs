@@ -83,7 +83,7 @@ use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
 pub use origin::OriginDedup;
 use peers::PeerTable;
-pub use roster::MAX_ROSTER;
+pub use roster::{MAX_ROSTER, MAX_ROSTER_RANK};
 use state::{ChunkSet, ChunkState, Flight, PeerState};
 
 /// Where a peer sits relative to us; decides preference and accounting.

@@ -28,6 +28,13 @@ use super::{PeerClass, Scheduler};
 /// than this is ranked against part of it, as before the roster.
 pub const MAX_ROSTER: usize = 256;
 
+/// Most places in line that members heard of can put this device back.
+/// Whether any of them ranks ahead is what keeps a device from taking
+/// itself for a chunk's home; how many only spaces out the line behind a
+/// home that fails. Capped, a same-site peer listing made-up keys delays
+/// each chunk by at most this many patiences, not by hundreds.
+pub const MAX_ROSTER_RANK: usize = 3;
+
 /// Rendezvous keys heard of, with when each was last heard.
 pub(super) type Roster = BTreeMap<u64, Instant>;
 
@@ -81,7 +88,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     /// How many members heard of only through neighbours rank ahead of
-    /// this device (weight `mine`) for the chunk of hash `chunk`.
+    /// this device (weight `mine`) for the chunk of hash `chunk`, up to
+    /// [`MAX_ROSTER_RANK`].
     pub(super) fn roster_ahead(&self, chunk: u64, mine: u64, now: Instant) -> usize {
         if self.roster.is_empty() {
             return 0;
@@ -90,6 +98,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.roster
             .iter()
             .filter(|(k, heard)| now < **heard + patience && mix(**k ^ chunk) < mine)
+            .take(MAX_ROSTER_RANK)
             .count()
     }
 }

@@ -111,3 +111,23 @@ fn the_roster_lists_fetching_neighbours_of_the_site_but_not_the_asker() {
     want.sort_unstable();
     assert_eq!(all, want);
 }
+
+#[test]
+fn made_up_members_put_a_device_back_by_a_few_places_at_most() {
+    let t0 = Instant::now();
+    let mut s = device(0, &[1], t0);
+    let n = manifest(CHUNKS).chunks.len();
+    let before: Vec<u32> = (0..n).map(|i| s.site_standing(i, t0).unwrap().0).collect();
+    let fake: Vec<u64> = (1000..1000 + MAX_ROSTER as u32)
+        .map(|p| peer_hash(&p))
+        .collect();
+    s.handle_peer_roster(1, &fake, t0);
+    let after: Vec<u32> = (0..n).map(|i| s.site_standing(i, t0).unwrap().0).collect();
+    assert!(after.iter().sum::<u32>() > before.iter().sum::<u32>());
+    for (was, now) in before.iter().zip(&after) {
+        assert!(
+            now <= &(was + MAX_ROSTER_RANK as u32),
+            "{before:?} -> {after:?}"
+        );
+    }
+}
