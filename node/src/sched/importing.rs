@@ -92,12 +92,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// one refresh.
     pub fn relayed_for(&self, asker: &P) -> Bitfield {
         let mut b = Bitfield::new(self.pos_to_unique.len());
-        let mut all: Bits = smallvec::smallvec![0; self.chunks.len().div_ceil(64)];
-        for (_, bits) in self.importers.iter().filter(|(p, _)| *p != asker) {
-            for (a, b) in all.iter_mut().zip(bits) {
-                *a |= b;
-            }
-        }
+        let all = self.union(
+            self.importers
+                .iter()
+                .filter(|(p, _)| *p != asker)
+                .map(|(_, bits)| bits),
+        );
         for (u, c) in self.chunks.iter().enumerate() {
             if all.get(u / 64).is_some_and(|w| w & (1 << (u % 64)) != 0) {
                 b.set(c.pos);
@@ -143,13 +143,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     fn recount_importing(&mut self) {
+        self.site_importing = self.union(self.importers.values().chain(self.relays.values()));
+    }
+
+    /// The union of claims, one bit per distinct chunk.
+    fn union<'a>(&self, claims: impl Iterator<Item = &'a Bits>) -> Bits {
         let mut all: Bits = smallvec::smallvec![0; self.chunks.len().div_ceil(64)];
-        for bits in self.importers.values().chain(self.relays.values()) {
+        for bits in claims {
             for (a, b) in all.iter_mut().zip(bits) {
                 *a |= b;
             }
         }
-        self.site_importing = all;
+        all
     }
 
     /// For the WAN log: this device's place in its site's line for the

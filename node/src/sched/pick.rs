@@ -211,16 +211,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 } else {
                     Scope::Site
                 };
-                // A neighbour awaiting it from the WAN is waited for until
-                // its transport would give up; so is the home.
-                let (rank, wait) = if self.site_imports(u) {
-                    (1, self.cfg.answer_timeout)
-                } else {
-                    let rank = self.home_rank(u, scope, now);
-                    // The k-th in line waits k patiences, so when the home
-                    // cannot get the chunk, one device (not all) steps in.
-                    (rank, self.cfg.site_patience * rank)
-                };
+                let (rank, wait) = self.place_in_line(u, scope, now);
                 if rank > 0 {
                     match c.deferred_since {
                         Some(since) if now >= since + wait => {}
@@ -254,9 +245,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// and that no neighbour imports. Only then are peers of other sites
     /// of use to it, so a driver may leave them undialled, unpolled and
     /// unsearched until it is true. Wanting them whenever the site lacked
-    /// a chunk made every device of a site that started together dial some 20 far providers and
-    /// poll them: 0.3–0.6 bundles a site of WAN bytes that were not
-    /// chunks (300 devices, one wave).
+    /// a chunk made every device of a site that started together dial
+    /// some 20 far providers and poll them: 0.3–0.6 bundles a site of WAN
+    /// bytes that were not chunks (300 devices, one wave).
     pub fn wan_turn(&self) -> bool {
         let now = self.now_hint;
         // Drivers ask on every wake-up, and each answer ranks this device
@@ -272,12 +263,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             if c.site_avail != 0 || self.cooling_site_holds(u, now) {
                 return false;
             }
-            let (rank, wait) = if self.site_imports(u) {
-                (1, self.cfg.answer_timeout)
-            } else {
-                let rank = self.home_rank(u, Scope::Site, now);
-                (rank, self.cfg.site_patience * rank)
-            };
+            let (rank, wait) = self.place_in_line(u, Scope::Site, now);
             rank == 0 || now >= c.deferred_since.unwrap_or(self.started) + wait
         });
         self.wan_turn_cache.set(Some((now, turn)));
@@ -292,6 +278,30 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             .any(|(until, p)| *until > now && p.has(u as usize))
     }
 
+    /// This device's place in line to pull chunk `u` over the WAN, and
+    /// how long after the chunk's deferral that place lets it pull.
+    fn place_in_line(&self, u: u32, scope: Scope, now: Instant) -> (u32, Duration) {
+        // A neighbour awaiting it from the WAN is waited for until its
+        // transport would give up; so is the home.
+        if self.site_imports(u) {
+            return (1, self.cfg.answer_timeout);
+        }
+        // The k-th in line waits k patiences, so when the home cannot get
+        // the chunk, one device (not all) steps in.
+        let rank = self.home_rank(u, scope, now);
+        (rank, self.cfg.site_patience * rank)
+    }
+
+    /// Whether a directly known peer stands in `scope`'s line: a member,
+    /// fetching, and not stalled ([`STALL_PATIENCES`]).
+    pub(super) fn in_line(&self, q: &PeerState, scope: Scope, now: Instant) -> bool {
+        let member = match scope {
+            Scope::Site => q.class == PeerClass::SameSite,
+            Scope::Fleet => q.class != PeerClass::Origin,
+        };
+        member && q.fetching && now < q.last_gain + self.cfg.site_patience * STALL_PATIENCES
+    }
+
     /// This device's place in line to pull chunk `u` over the WAN: how
     /// many peers in `scope` that are fetching, still lack it, and are not
     /// stalled ([`STALL_PATIENCES`]) weigh less for it, with, for the
@@ -303,20 +313,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         };
         let c = &self.chunks[u as usize];
         let mine = mix(me ^ c.hash);
-        let stall = self.cfg.site_patience * STALL_PATIENCES;
         let mut ahead = self
             .peers
             .values()
             .filter(|q| {
-                let member = match scope {
-                    Scope::Site => q.class == PeerClass::SameSite,
-                    Scope::Fleet => q.class != PeerClass::Origin,
-                };
-                member
-                    && q.fetching
-                    && !q.has(u as usize)
-                    && now < q.last_gain + stall
-                    && mix(q.hash ^ c.hash) < mine
+                self.in_line(q, scope, now) && !q.has(u as usize) && mix(q.hash ^ c.hash) < mine
             })
             .count();
         if scope == Scope::Site {

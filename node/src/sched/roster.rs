@@ -20,8 +20,8 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::Instant;
 
-use super::pick::STALL_PATIENCES;
-use super::state::{mix, PeerState};
+use super::pick::Scope;
+use super::state::mix;
 use super::{PeerClass, Scheduler};
 
 /// Most keys one answer carries or one device remembers. A site larger
@@ -39,13 +39,13 @@ pub const MAX_ROSTER_RANK: usize = 3;
 pub(super) type Roster = BTreeMap<u64, Instant>;
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
-    /// The rendezvous keys of the same-site neighbours fetching this
-    /// release and not stalled, but
-    /// `asker`: what a `Have` answer to a same-site asker lists.
+    /// The rendezvous keys of the same-site neighbours in line (fetching
+    /// this release, not stalled) but `asker`: what a `Have` answer to a
+    /// same-site asker lists.
     pub fn fetching_neighbours(&self, asker: &P, now: Instant) -> Vec<u64> {
         self.peers
             .iter()
-            .filter(|(p, q)| *p != asker && self.in_line(q, now))
+            .filter(|(p, q)| *p != asker && self.in_line(q, Scope::Site, now))
             .map(|(_, q)| q.hash)
             .take(MAX_ROSTER)
             .collect()
@@ -71,14 +71,6 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
             self.roster.insert(k, now);
         }
-    }
-
-    /// Whether a directly known peer stands in the site's line: of our
-    /// site, fetching, and not stalled.
-    pub(super) fn in_line(&self, q: &PeerState, now: Instant) -> bool {
-        q.class == PeerClass::SameSite
-            && q.fetching
-            && now < q.last_gain + self.cfg.site_patience * STALL_PATIENCES
     }
 
     /// A peer now known directly leaves the roster, so it is not
