@@ -83,7 +83,7 @@ pub fn publish_bundle(
                 &StoredChunk {
                     encoding: c.encoding,
                     raw_len: c.chunk.len,
-                    data: c.stored,
+                    data: c.stored.into(),
                 },
             )?;
         }

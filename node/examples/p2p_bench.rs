@@ -47,6 +47,18 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// User + system CPU seconds of this process so far (Linux
+/// `/proc/self/stat`, in clock ticks of 10 ms): what moving the bytes
+/// costs, which bounds how many devices one host can simulate.
+fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name, which may hold spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 struct Bundle {
     id: ManifestId,
     encoded: Vec<u8>,
@@ -73,7 +85,7 @@ impl Bundle {
                 StoredChunk {
                     encoding,
                     raw_len: c.data.len() as u32,
-                    data: stored,
+                    data: stored.into(),
                 },
             ));
             Ok(())
@@ -123,13 +135,19 @@ async fn throughput(mib: usize) -> BenchResult<()> {
     let a = spawn(P2pConfig::loopback(), sa)?;
     let n = spawn(P2pConfig::loopback(), Arc::new(MemStore::new()))?;
     connect(&n, &a).await?;
+    let cpu0 = process_cpu_s();
     let t0 = Instant::now();
     let r = n.fetch(b.id, FetchOptions::default()).await?;
     let secs = t0.elapsed().as_secs_f64();
+    let cpu = process_cpu_s().zip(cpu0).map(|(b, a)| b - a);
     println!(
-        "throughput: {mib} MiB payload ({} chunks) in {secs:.2} s = {:.1} MiB/s (report {:?})",
+        "throughput: {mib} MiB payload ({} chunks) in {secs:.2} s = {:.1} MiB/s, {} (report {:?})",
         b.chunks.len(),
         b.payload as f64 / MIB as f64 / secs,
+        cpu.map_or("cpu unknown".into(), |c| format!(
+            "{c:.2} s cpu = {:.2} ms cpu per MiB (both ends)",
+            c * 1000.0 / mib as f64
+        )),
         r.bytes
     );
     a.shutdown().await;

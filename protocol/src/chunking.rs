@@ -4,6 +4,7 @@
 //! of a payload moves only the chunks around it; every other chunk keeps its
 //! BLAKE3 id and is already on the device. That is what makes deltas free.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use serde::{Deserialize, Serialize};
@@ -220,15 +221,33 @@ pub fn decode_chunk(
     id: &ChunkId,
     declared: u32,
 ) -> Result<Vec<u8>, ChunkError> {
+    open_chunk(encoding, stored, id, declared).map(Cow::into_owned)
+}
+
+/// [`decode_chunk`] without the copy of a raw chunk: its raw bytes are the
+/// stored ones, checked where they lie. Every chunk a device receives is
+/// checked once on arrival and again when it is installed, so the copy
+/// was a chunk-sized allocation each time for nothing.
+///
+/// # Errors
+/// As [`decode_chunk`].
+pub fn open_chunk<'a>(
+    encoding: Encoding,
+    stored: &'a [u8],
+    id: &ChunkId,
+    declared: u32,
+) -> Result<Cow<'a, [u8]>, ChunkError> {
     let declared = declared.min(MAX_CHUNK_LEN);
     let raw = match encoding {
-        Encoding::Raw => stored.to_vec(),
-        Encoding::Zstd => zstd::bulk::Decompressor::new()
-            .and_then(|mut d| d.decompress(stored, declared as usize))
-            .map_err(|e| ChunkError::Decompress {
-                declared,
-                reason: e.to_string(),
-            })?,
+        Encoding::Raw => Cow::Borrowed(stored),
+        Encoding::Zstd => Cow::Owned(
+            zstd::bulk::Decompressor::new()
+                .and_then(|mut d| d.decompress(stored, declared as usize))
+                .map_err(|e| ChunkError::Decompress {
+                    declared,
+                    reason: e.to_string(),
+                })?,
+        ),
     };
     verify_chunk(&raw, id, declared)?;
     Ok(raw)
@@ -361,6 +380,23 @@ pub(crate) mod tests {
         assert_eq!(decode_chunk(enc, &stored, &id, 100_000).unwrap(), raw);
         let random = noise(50_000, 9);
         assert_eq!(encode_chunk(&random).0, Encoding::Raw);
+    }
+
+    #[test]
+    fn a_raw_chunk_is_checked_where_it_lies_and_a_bad_one_still_refused() {
+        let raw = noise(50_000, 10);
+        let id = ChunkId::digest(&raw);
+        let opened = open_chunk(Encoding::Raw, &raw, &id, 50_000).unwrap();
+        assert!(matches!(opened, Cow::Borrowed(b) if b.as_ptr() == raw.as_ptr()));
+        let mut bad = raw.clone();
+        bad[7] ^= 1;
+        assert!(matches!(
+            open_chunk(Encoding::Raw, &bad, &id, 50_000),
+            Err(ChunkError::HashMismatch { .. })
+        ));
+        let (enc, stored) = encode_chunk(&vec![3u8; 50_000]);
+        let id = ChunkId::digest(&vec![3u8; 50_000]);
+        assert_eq!(open_chunk(enc, &stored, &id, 50_000).unwrap().len(), 50_000);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Messages of the peer-to-peer chunk protocol `/meshota/chunks/1`, and the
 //! compact bitfield peers use to say which chunks of a manifest they hold.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::chunking::Encoding;
@@ -79,9 +80,9 @@ pub enum PeerResponse {
     Chunk {
         /// How `data` is encoded.
         encoding: Encoding,
-        /// The bytes.
-        #[serde(with = "serde_bytes")]
-        data: Vec<u8>,
+        /// The bytes: shared with the store that served them, so a
+        /// response costs no copy before it is encoded.
+        data: Bytes,
     },
     /// An encoded manifest.
     Manifest {

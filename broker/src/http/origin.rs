@@ -31,7 +31,12 @@ pub(super) struct ChunkQuery {
     form: Option<String>,
 }
 
-fn immutable(etag: &str, body: Vec<u8>, content_type: &'static str, req: &HeaderMap) -> Response {
+fn immutable(
+    etag: &str,
+    body: impl Into<axum::body::Bytes>,
+    content_type: &'static str,
+    req: &HeaderMap,
+) -> Response {
     let tag = format!("\"{etag}\"");
     let mut headers = HeaderMap::new();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
@@ -46,7 +51,7 @@ fn immutable(etag: &str, body: Vec<u8>, content_type: &'static str, req: &Header
     if matches {
         return (StatusCode::NOT_MODIFIED, headers).into_response();
     }
-    (StatusCode::OK, headers, body).into_response()
+    (StatusCode::OK, headers, body.into()).into_response()
 }
 
 pub(super) async fn chunk(

@@ -156,7 +156,7 @@ fn an_incomplete_or_corrupt_download_never_produces_a_slot_record() {
     let bad = crate::store::StoredChunk {
         encoding: meshota_protocol::Encoding::Raw,
         raw_len: c.len,
-        data: vec![0u8; c.len as usize],
+        data: vec![0u8; c.len as usize].into(),
     };
     crate::store::Store::put_chunk(&store, &c.id, &bad).unwrap();
     let err = b

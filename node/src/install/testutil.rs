@@ -66,7 +66,7 @@ pub(crate) fn put_payload_except(
                 &StoredChunk {
                     encoding,
                     raw_len: c.data.len() as u32,
-                    data,
+                    data: data.into(),
                 },
             )
             .unwrap();

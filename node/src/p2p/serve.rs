@@ -307,10 +307,13 @@ impl Server {
                     Ok(Some(stored)) => {
                         let mut data = stored.data;
                         if self.config.corrupt_uploads {
-                            let mid = data.len() / 2;
-                            if let Some(b) = data.get_mut(mid) {
+                            // A test-only fault: the copy costs nothing real.
+                            let mut bad = data.to_vec();
+                            let mid = bad.len() / 2;
+                            if let Some(b) = bad.get_mut(mid) {
                                 *b ^= 0xa5;
                             }
+                            data = bad.into();
                         }
                         let size = data.len() as u64;
                         self.in_flight.insert(request_id, size);

@@ -16,6 +16,7 @@
 
 use std::collections::HashSet;
 
+use bytes::Bytes;
 use meshota_protocol::{Bitfield, ChunkId, Encoding, Manifest, ManifestId};
 
 mod mem;
@@ -33,8 +34,10 @@ pub struct StoredChunk {
     pub encoding: Encoding,
     /// Raw length, needed to cap decompression.
     pub raw_len: u32,
-    /// The stored bytes.
-    pub data: Vec<u8>,
+    /// The stored bytes, shared rather than copied by reads: a device
+    /// serving a chunk or verifying its payload reads every chunk it holds
+    /// at least once more.
+    pub data: Bytes,
 }
 
 /// Why a store operation failed.

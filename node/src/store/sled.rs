@@ -29,6 +29,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use bytes::Bytes;
 use meshota_protocol::{ChunkId, Encoding, ManifestId, MAX_CHUNK_LEN};
 
 use super::{reachable, GcStats, Store, StoreError, StoredChunk};
@@ -212,7 +213,7 @@ fn decode_record(id: &ChunkId, record: &[u8]) -> Result<StoredChunk, StoreError>
     Ok(StoredChunk {
         encoding,
         raw_len,
-        data: data.to_vec(),
+        data: Bytes::copy_from_slice(data),
     })
 }
 

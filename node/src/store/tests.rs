@@ -78,7 +78,7 @@ fn stored(raw: &[u8]) -> StoredChunk {
     StoredChunk {
         encoding,
         raw_len: raw.len() as u32,
-        data,
+        data: data.into(),
     }
 }
 
@@ -386,6 +386,18 @@ fn mem_store_clones_share_one_store() {
 }
 
 #[test]
+fn reading_a_chunk_from_memory_shares_its_bytes_instead_of_copying() {
+    let store = MemStore::new();
+    let raw = noise(300_000, 9);
+    let id = ChunkId::digest(&raw);
+    store.put_chunk(&id, &stored(&raw)).unwrap();
+    let a = store.get_chunk(&id).unwrap().unwrap();
+    let b = store.get_chunk(&id).unwrap().unwrap();
+    // Serving and installing read every chunk again: one buffer for all.
+    assert_eq!(a.data.as_ptr(), b.data.as_ptr());
+}
+
+#[test]
 fn a_reopened_sled_store_keeps_chunks_manifests_roots_and_usage() {
     let dir = tempfile::tempdir().unwrap();
     let [v1, v2, _] = three_releases();
@@ -486,7 +498,7 @@ fn corrupt_sled_chunk_records_are_reported_as_corrupt_not_a_panic() {
     let fixed = StoredChunk {
         encoding: Encoding::Raw,
         raw_len: 5,
-        data: b"empty".to_vec(),
+        data: b"empty".to_vec().into(),
     };
     store.put_chunk(id, &fixed).unwrap();
     assert_verifies(&store, id, b"empty");

@@ -116,7 +116,7 @@ impl Bundle {
                 StoredChunk {
                     encoding,
                     raw_len: c.data.len() as u32,
-                    data: stored,
+                    data: stored.into(),
                 },
             ));
             Ok(())

@@ -101,7 +101,7 @@ proptest! {
         rt(&PeerRequest::Manifest { id: crate::ManifestId::from_bytes(id) });
         rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: true, fetching: false, importing: None, relayed: None, roster: vec![] });
         rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: false, fetching: true, importing: Some(bf.clone()), relayed: Some(bf), roster: vec![1, u64::MAX] });
-        rt(&PeerResponse::Chunk { encoding: Encoding::Zstd, data: data.clone() });
+        rt(&PeerResponse::Chunk { encoding: Encoding::Zstd, data: data.clone().into() });
         rt(&PeerResponse::Manifest { data });
         rt(&PeerResponse::NotFound);
         rt(&PeerResponse::Busy);

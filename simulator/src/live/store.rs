@@ -139,12 +139,17 @@ mod tests {
         let c = StoredChunk {
             encoding: Encoding::Raw,
             raw_len: 1,
-            data: b"x".to_vec(),
+            data: b"x".to_vec().into(),
         };
         a.put_chunk(&id, &c).unwrap();
-        assert_eq!(a.get_chunk(&id).unwrap(), Some(c));
+        assert_eq!(a.get_chunk(&id).unwrap(), Some(c.clone()));
         assert!(!b.has_chunk(&id).unwrap());
         assert_eq!(b.get_chunk(&id).unwrap(), None);
         assert_eq!(a.usage().unwrap(), (1, 1));
+
+        // Once both hold it, both read the one pooled buffer.
+        b.put_chunk(&id, &c).unwrap();
+        let (x, y) = (a.get_chunk(&id).unwrap(), b.get_chunk(&id).unwrap());
+        assert_eq!(x.map(|x| x.data.as_ptr()), y.map(|y| y.data.as_ptr()));
     }
 }

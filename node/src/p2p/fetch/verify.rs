@@ -4,8 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use bytes::Bytes;
 use libp2p::PeerId;
-use meshota_protocol::chunking::decode_chunk;
+use meshota_protocol::chunking::open_chunk;
 use meshota_protocol::{ChunkId, Encoding, ManifestId, PeerResponse};
 
 use super::{Fetch, FetchProgress, Fetches, Net, Phase};
@@ -46,13 +47,13 @@ impl Fetches {
         chunk: ChunkId,
         len: u32,
         encoding: Encoding,
-        data: Vec<u8>,
+        data: Bytes,
     ) {
         let store = self.store.clone();
         let tx = self.verified_tx.clone();
         let wire_bytes = data.len() as u64;
         tokio::task::spawn_blocking(move || {
-            let result = match decode_chunk(encoding, &data, &chunk, len) {
+            let result = match open_chunk(encoding, &data, &chunk, len) {
                 Err(e) => Err(VerifyFailure::Bad(e.to_string())),
                 Ok(_) => store
                     .put_chunk(
