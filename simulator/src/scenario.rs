@@ -308,6 +308,20 @@ mod tests {
     }
 
     #[test]
+    fn the_one_wave_example_is_the_scenario_the_bound_describes() {
+        let s = Scenario::from_toml(include_str!("../scenarios/one-wave-1000.toml")).unwrap();
+        s.validate().unwrap();
+        assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
+        assert_eq!(
+            (s.waves.clone(), s.install_s, s.health_s),
+            (vec![100], 0, 0)
+        );
+        // Its comment prices the staged plan at 3 × (5 + 2) + 2 × 10 s.
+        let d = Scenario::default();
+        assert_eq!((d.install_s, d.health_s, d.soak_s), (5, 2, 10));
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let err = Scenario::from_toml("waves = [50, 10, 100]").unwrap_err();
         assert!(err.to_string().contains("waves"), "{err}");

@@ -32,7 +32,9 @@ pub struct Summary {
     pub time_to_90_s: Option<f64>,
     /// Seconds until every committing device committed.
     pub time_to_100_s: Option<f64>,
-    /// The Kumar–Ross lower bound for one wave of the whole fleet.
+    /// The Kumar–Ross lower bound for one wave of the whole fleet: a
+    /// transfer bound, blind to waves, soak, install and health time
+    /// (`simulator/scenarios/one-wave-1000.toml` is the scenario it fits).
     pub bound_s: f64,
     /// The same scenario with peer-to-peer off: time until all committed.
     pub baseline_time_to_100_s: Option<f64>,
