@@ -57,6 +57,7 @@
 //!   chunk twice: at 1,000 devices 31 % of all chunk bytes received were
 //!   of no use.
 
+mod config;
 mod describe;
 mod importing;
 mod origin;
@@ -81,6 +82,7 @@ use std::time::{Duration, Instant};
 
 use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
+pub use config::SchedulerConfig;
 pub use origin::OriginDedup;
 use peers::PeerTable;
 pub use roster::{MAX_ROSTER, MAX_ROSTER_RANK};
@@ -95,79 +97,6 @@ pub enum PeerClass {
     OtherSite,
     /// The origin seeder: WAN bytes, used last.
     Origin,
-}
-
-/// Tuning knobs. The defaults suit devices on real networks.
-#[derive(Debug, Clone)]
-pub struct SchedulerConfig {
-    /// Requests in flight per peer.
-    pub window_per_peer: usize,
-    /// Requests in flight to an origin.
-    pub origin_window: usize,
-    /// A request not answered within this is late: the peer gets a
-    /// strike, and a same-site peer may be asked for the chunk too.
-    pub request_timeout: Duration,
-    /// The transport's own limit on one request (request-response gives
-    /// up after it). Until then a late answer may still come, so no WAN
-    /// peer is asked for the chunk: a second WAN request would most
-    /// likely pay for it twice.
-    pub answer_timeout: Duration,
-    /// How often to re-ask a peer which chunks it holds.
-    pub have_refresh: Duration,
-    /// How often to re-ask the origin, when it withholds chunks it has
-    /// just served to someone else (see [`OriginDedup`]).
-    pub origin_have_refresh: Duration,
-    /// How often to re-ask a peer of another site. Each round trip
-    /// crosses two WAN links, and a device that provided a release early
-    /// is asked by much of the fleet: at 1,000 devices, asking every
-    /// second made wave 1's devices read about 0.5 MB each of such
-    /// answers and questions. Far peers only serve chunks the site lacks,
-    /// so hearing of them a little later costs little.
-    pub far_have_refresh: Duration,
-    /// A peer delivering slower than this (while busy serving us) is dropped.
-    pub min_rate_bps: u64,
-    /// Endgame starts when this few chunks are missing.
-    pub endgame_chunks: usize,
-    /// In the endgame, a request is duplicated to an idle neighbour only
-    /// once it has waited this long: the endgame rescues the tail from a
-    /// slow peer, and a duplicate of a request about to be answered only
-    /// burns a neighbour's upload slot (at 1,000 devices, immediate
-    /// duplicates were most of the 1.7 GB of chunk bytes received for
-    /// nothing).
-    pub endgame_after: Duration,
-    /// How long to wait for a chunk's site or fleet home to pull it before
-    /// pulling it ourselves over the WAN.
-    pub site_patience: Duration,
-    /// First back-off after a `Busy`; doubles per consecutive `Busy`.
-    pub busy_backoff: Duration,
-    /// How long a dropped (not banned) peer is ignored.
-    pub drop_cooloff: Duration,
-    /// With no chunk arriving for this long, emit [`SchedEvent::Stalled`].
-    pub stall_timeout: Duration,
-    /// Seed for tie-breaks; give each device a different one.
-    pub seed: u64,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self {
-            window_per_peer: 4,
-            origin_window: 4,
-            request_timeout: Duration::from_secs(10),
-            answer_timeout: Duration::from_secs(60),
-            have_refresh: Duration::from_secs(1),
-            origin_have_refresh: Duration::from_secs(5),
-            far_have_refresh: Duration::from_secs(5),
-            min_rate_bps: 4 * 1024,
-            endgame_chunks: 8,
-            endgame_after: Duration::from_millis(2500),
-            site_patience: Duration::from_secs(8),
-            busy_backoff: Duration::from_millis(250),
-            drop_cooloff: Duration::from_secs(30),
-            stall_timeout: Duration::from_secs(120),
-            seed: 0,
-        }
-    }
 }
 
 /// What the driver should do next.
