@@ -59,8 +59,9 @@ where
     }
     // Reserved up front only up to a typical chunk's size: a frame that
     // grows from nothing is reallocated, copied and zeroed a dozen times
-    // on its way to 256 KiB, and on a busy host that churn of fresh pages
-    // was a fifth of the CPU. Past the reserve the buffer grows with the
+    // on its way to 256 KiB, and on a busy host the kernel zeroing fresh
+    // pages for such buffers was a fifth of the CPU (BENCHMARKS.md).
+    // Past the reserve the buffer grows with the
     // bytes that arrive, never with the claim, so a peer that lies about
     // the length costs at most `PREALLOC` per stream.
     let mut buf = Vec::with_capacity(len.min(PREALLOC));
