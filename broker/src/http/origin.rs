@@ -12,12 +12,13 @@
 //! max-age=31536000, immutable` and `ETag: "<id>"` (suffixed `-stored`
 //! for the stored form).
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use meshota_protocol::chunking::decode_chunk;
+use meshota_protocol::chunking::open_chunk;
 use meshota_protocol::{ChunkId, Encoding, ManifestId};
 use serde::Deserialize;
 
@@ -101,8 +102,13 @@ pub(super) async fn chunk(
         r
     } else {
         let raw = blocking(move || {
-            decode_chunk(chunk.encoding, &chunk.data, &id, chunk.raw_len)
-                .map_err(|e| ApiError::internal(format!("stored chunk {id} is corrupt: {e}")))
+            let raw = open_chunk(chunk.encoding, &chunk.data, &id, chunk.raw_len)
+                .map_err(|e| ApiError::internal(format!("stored chunk {id} is corrupt: {e}")))?;
+            // A raw chunk is served from the store's own buffer.
+            Ok(match raw {
+                Cow::Borrowed(_) => chunk.data.clone(),
+                Cow::Owned(v) => v.into(),
+            })
         })
         .await?;
         let len = raw.len();

@@ -84,6 +84,23 @@ type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
 /// peer ids, so the fleet does not crowd the same few.
 const MAX_FAR_DIALS: usize = 8;
 
+/// Which of `candidates` (far providers not connected) to dial, with
+/// `dialled` already up: up to [`MAX_FAR_DIALS`] in all, in an order of
+/// this device's own (BLAKE3 of both peer ids), so devices spread over
+/// the providers rather than crowd the first few a lookup names.
+fn far_dials(local: &PeerId, mut candidates: Vec<PeerId>, dialled: usize) -> Vec<PeerId> {
+    let me = local.to_bytes();
+    candidates.sort_by_cached_key(|p| {
+        let mut h = blake3::Hasher::new();
+        h.update(&me);
+        h.update(&p.to_bytes());
+        *h.finalize().as_bytes()
+    });
+    candidates.dedup();
+    candidates.truncate(MAX_FAR_DIALS.saturating_sub(dialled));
+    candidates
+}
+
 /// Least time between provider lookups for one fetch.
 const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
 /// Longest wait for the site's peers to be found and heard before peers
@@ -477,17 +494,10 @@ impl Fetches {
         // and while it lacks nothing, far peers wait (see `Fetch::far`).
         // So they do while the manifest is sought (see `manifest`).
         let wait = self.site.is_some() && !fetch.far_wanted();
-        let mut providers: Vec<PeerId> = providers.into_iter().collect();
-        let me = local.to_bytes();
-        providers.sort_by_cached_key(|p| {
-            let mut h = blake3::Hasher::new();
-            h.update(&me);
-            h.update(&p.to_bytes());
-            *h.finalize().as_bytes()
-        });
         // Those dialled by earlier lookups (seconds ago) and still up.
         let connected = &self.connected;
         fetch.far_dialled.retain(|q| connected.contains(q));
+        let mut far_candidates = Vec::new();
         for p in providers {
             if p == local {
                 continue;
@@ -503,13 +513,14 @@ impl Fetches {
             if far && wait {
                 fetch.far.insert(p);
             } else if far && self.site.is_some() {
-                if fetch.far_dialled.len() < MAX_FAR_DIALS {
-                    fetch.far_dialled.insert(p);
-                    net.dial(p);
-                }
+                far_candidates.push(p);
             } else {
                 net.dial(p);
             }
+        }
+        for p in far_dials(&local, far_candidates, fetch.far_dialled.len()) {
+            fetch.far_dialled.insert(p);
+            net.dial(p);
         }
     }
 
@@ -703,5 +714,39 @@ impl Fetches {
                 net.ban(peer, reason);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    #[test]
+    fn a_device_dials_at_most_eight_far_providers_counting_those_already_up() {
+        let (me, far) = (PeerId::random(), peers(20));
+        assert_eq!(far_dials(&me, far.clone(), 0).len(), MAX_FAR_DIALS);
+        assert_eq!(far_dials(&me, far.clone(), 5).len(), MAX_FAR_DIALS - 5);
+        assert!(far_dials(&me, far.clone(), MAX_FAR_DIALS).is_empty());
+        assert!(far_dials(&me, far, MAX_FAR_DIALS + 3).is_empty());
+    }
+
+    #[test]
+    fn each_device_picks_its_own_far_providers_whatever_order_the_lookup_gave() {
+        let far = peers(20);
+        let me = PeerId::random();
+        let mut reversed = far.clone();
+        reversed.reverse();
+        let mine = far_dials(&me, far.clone(), 0);
+        assert_eq!(far_dials(&me, reversed, 0), mine);
+        // Twenty devices choosing eight of twenty: if all crowded the same
+        // eight, the union would be eight.
+        let chosen: HashSet<PeerId> = (0..20)
+            .flat_map(|_| far_dials(&PeerId::random(), far.clone(), 0))
+            .collect();
+        assert!(chosen.len() > MAX_FAR_DIALS, "{}", chosen.len());
     }
 }
