@@ -107,6 +107,26 @@ struct Signer {
 
 impl Signer {
     fn sign(&mut self, body: ReportBody, now: u64) -> Result<Queued, DaemonError> {
+        let q = self.sign_unqueued(body, now)?;
+        self.outbox.push(q.seq, q.kind, &q.bytes)?;
+        Ok(q)
+    }
+
+    /// [`Self::sign`] with the durable write (a file, two fsyncs and a
+    /// directory listing) on the blocking pool. On the runtime's own
+    /// threads it held up every task sharing them: the p2p loop on a
+    /// device with a slow SD card, and in the simulator a thousand
+    /// devices on two threads.
+    async fn sign_queued(&mut self, body: ReportBody, now: u64) -> Result<Queued, DaemonError> {
+        let q = self.sign_unqueued(body, now)?;
+        let (outbox, seq, kind, bytes) = (self.outbox.clone(), q.seq, q.kind, q.bytes.clone());
+        tokio::task::spawn_blocking(move || outbox.push(seq, kind, &bytes))
+            .await
+            .map_err(|e| DaemonError::Agent(format!("queueing a report: {e}")))??;
+        Ok(q)
+    }
+
+    fn sign_unqueued(&mut self, body: ReportBody, now: u64) -> Result<Queued, DaemonError> {
         let kind = match body {
             ReportBody::Status(_) => QueuedKind::Status,
             ReportBody::Event(_) => QueuedKind::Event,
@@ -119,7 +139,6 @@ impl Signer {
             body,
         };
         let bytes = codec::encode(&SignedReport::sign(&report, &self.key)?)?;
-        self.outbox.push(seq, kind, &bytes)?;
         Ok(Queued { seq, kind, bytes })
     }
 
@@ -496,7 +515,9 @@ pub async fn run_with_backend(
                 tokio::select! {
                     () = &mut shutdown => break 'run,
                     _ = heartbeat.tick() => {
-                        let q = signer.sign(ReportBody::Status(last_status.clone()), clock.now())?;
+                        let q = signer
+                            .sign_queued(ReportBody::Status(last_status.clone()), clock.now())
+                            .await?;
                         send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
                     msg = rep_rx.recv() => {
@@ -516,7 +537,7 @@ pub async fn run_with_backend(
                         if let ReportBody::Status(s) = &body {
                             last_status = s.clone();
                         }
-                        let q = signer.sign(body, clock.now())?;
+                        let q = signer.sign_queued(body, clock.now()).await?;
                         send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
                     ev = &mut poll => break ev,

@@ -52,7 +52,7 @@ pub struct Queued {
 }
 
 /// The on-disk queue.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Outbox {
     dir: PathBuf,
 }

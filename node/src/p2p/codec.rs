@@ -3,9 +3,9 @@
 //! Every message is one frame: a 4-byte big-endian length, then the bytes
 //! of [`meshota_protocol::codec::encode`]. A declared length above the
 //! kind's limit ([`Kind::max_size`]) is refused before anything is
-//! allocated, and the body is read through `take(len)`, so a peer that
-//! lies about the length or streams past it costs at most one capped
-//! frame of memory.
+//! allocated, and exactly `len` bytes of the body are read, into a buffer
+//! grown with the bytes that arrive, so a peer that lies about the
+//! length or streams past it costs at most one capped frame of memory.
 
 use std::io;
 
@@ -57,21 +57,26 @@ where
             T::KIND
         )));
     }
-    // Reserved up front only up to a typical chunk's size: a frame that
-    // grows from nothing is reallocated, copied and zeroed a dozen times
-    // on its way to 256 KiB, and on a busy host the kernel zeroing fresh
-    // pages for such buffers was a fifth of the CPU (BENCHMARKS.md).
-    // Past the reserve the buffer grows with the
-    // bytes that arrive, never with the claim, so a peer that lies about
-    // the length costs at most `PREALLOC` per stream.
-    let mut buf = Vec::with_capacity(len.min(PREALLOC));
-    io.take(len as u64).read_to_end(&mut buf).await?;
-    if buf.len() != len {
-        return Err(invalid(format!(
-            "{} frame truncated: {} of {len} bytes",
-            T::KIND,
-            buf.len()
-        )));
+    // Read into exactly the declared length, in steps of at most
+    // `PREALLOC`: the buffer grows with the bytes that arrive, never with
+    // the claim, so a peer that lies about the length costs at most
+    // `PREALLOC` per stream. `read_to_end` zero-filled its spare room
+    // and, once the frame was in, grew the full buffer by 32 bytes to
+    // look for the end: a second allocation and copy of every chunk.
+    let mut buf = vec![0u8; len.min(PREALLOC)];
+    let mut filled = 0;
+    while filled < len {
+        if filled == buf.len() {
+            buf.resize(filled + (len - filled).min(PREALLOC), 0);
+        }
+        let n = io.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            return Err(invalid(format!(
+                "{} frame truncated: {filled} of {len} bytes",
+                T::KIND
+            )));
+        }
+        filled += n;
     }
     codec::decode(&buf).map_err(invalid)
 }
@@ -172,6 +177,45 @@ mod tests {
         block_on(write_message(&mut buf, &res)).unwrap();
         let back: PeerResponse = block_on(read_message(&mut buf.as_slice())).unwrap();
         assert_eq!(back, res);
+    }
+
+    /// Hands out at most 7 bytes a read, like a stream whose frames
+    /// arrive in pieces.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            out: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let n = out.len().min(7).min(self.0.len());
+            out[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn frames_in_pieces_and_past_the_reserve_are_read_whole_and_no_further() {
+        // 1.5 MiB: three times the reserve, so the buffer grows twice.
+        let big = PeerResponse::Chunk {
+            encoding: Encoding::Raw,
+            data: (0..1_572_864u32)
+                .map(|i| i as u8)
+                .collect::<Vec<u8>>()
+                .into(),
+        };
+        let small = PeerResponse::NotFound;
+        let mut wire = Vec::new();
+        block_on(write_message(&mut wire, &big)).unwrap();
+        block_on(write_message(&mut wire, &small)).unwrap();
+        let mut io = Trickle(&wire);
+        let first: PeerResponse = block_on(read_message(&mut io)).unwrap();
+        assert_eq!(first, big);
+        let second: PeerResponse = block_on(read_message(&mut io)).unwrap();
+        assert_eq!(second, small);
+        assert!(io.0.is_empty());
     }
 
     #[test]
