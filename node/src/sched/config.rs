@@ -46,8 +46,17 @@ pub struct SchedulerConfig {
     /// How long to wait for a chunk's site or fleet home to pull it before
     /// pulling it ourselves over the WAN.
     pub site_patience: Duration,
-    /// First back-off after a `Busy`; doubles per consecutive `Busy`.
+    /// First back-off after a `Busy`; doubles per consecutive `Busy`, up
+    /// to `busy_backoff_max`.
     pub busy_backoff: Duration,
+    /// Longest back-off after `Busy` answers in a row. Near the end of a
+    /// download every neighbour holds the missing chunks and most of them
+    /// are busy: with the doubling capped at 4 s, a device that met
+    /// five refusals sat idle for seconds while slots came free, and
+    /// those devices were the run's tail. 1,000 devices in one wave
+    /// (virtual time, 18 seeds): time to 100 % 1.55–1.76 × the bound
+    /// with a 4 s cap, 1.38–1.53 × with 1 s, for 1.6 × the refusals.
+    pub busy_backoff_max: Duration,
     /// How long a dropped (not banned) peer is ignored.
     pub drop_cooloff: Duration,
     /// With no chunk arriving for this long, emit [`SchedEvent::Stalled`].
@@ -71,6 +80,7 @@ impl Default for SchedulerConfig {
             endgame_after: Duration::from_millis(2500),
             site_patience: Duration::from_secs(8),
             busy_backoff: Duration::from_millis(250),
+            busy_backoff_max: Duration::from_secs(1),
             drop_cooloff: Duration::from_secs(30),
             stall_timeout: Duration::from_secs(120),
             seed: 0,

@@ -612,10 +612,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 }
             }
             Failure::Busy => {
-                let base = self.cfg.busy_backoff;
+                let (base, max) = (self.cfg.busy_backoff, self.cfg.busy_backoff_max);
                 if let Some(p) = self.peers.get_mut(&peer) {
-                    p.busy_in_row = (p.busy_in_row + 1).min(5);
-                    p.busy_until = now + base * (1 << (p.busy_in_row - 1));
+                    p.busy_in_row = (p.busy_in_row + 1).min(16);
+                    p.busy_until = now + base.saturating_mul(1 << (p.busy_in_row - 1)).min(max);
                 }
             }
             Failure::Misbehaved(reason) => self.ban(peer, reason),

@@ -347,6 +347,34 @@ fn busy_backs_off_the_peer_without_dropping_it() {
 }
 
 #[test]
+fn busy_answers_in_a_row_double_the_back_off_up_to_its_cap() {
+    // One chunk, so each round is one request and one refusal.
+    let m = manifest(1);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(9), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    let (base, max) = (cfg(9).busy_backoff, cfg(9).busy_backoff_max);
+    let mut now = t0;
+    let mut waits = Vec::new();
+    for _ in 0..8 {
+        let reqs = requests(&drain(&mut s, now));
+        let &[(p, i)] = reqs.as_slice() else {
+            panic!("one request once the back-off ends: {reqs:?}");
+        };
+        s.handle_chunk_failed(p, i, Failure::Busy, now);
+        let until = s.busy_until(&1).expect("the peer is still known");
+        waits.push(until - now);
+        now = until;
+    }
+    assert_eq!(waits[0], base);
+    assert_eq!(waits[1], base * 2);
+    assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+    assert_eq!(*waits.last().unwrap(), max, "{waits:?}");
+    assert!(waits.iter().all(|w| *w <= max), "{waits:?}");
+}
+
+#[test]
 fn endgame_duplicates_a_waiting_last_request_and_cancels_the_loser() {
     let m = manifest(2);
     let n = m.chunks.len();
