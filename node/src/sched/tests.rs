@@ -233,11 +233,11 @@ fn a_timed_out_request_is_retried_elsewhere_and_two_timeouts_drop_the_peer() {
     let n = m.chunks.len();
     let t0 = Instant::now();
     let mut c = cfg(6);
-    c.window_per_peer = 1;
+    c.window_per_peer = 2;
     let mut s = Scheduler::new(&m, &Bitfield::new(n), c, t0);
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
     let reqs = requests(&drain(&mut s, t0));
-    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs.len(), 2);
     // The peer already holds everything, so no Have refresh is due: the
     // wake-ups are the endgame's moment to duplicate (with nobody idle to
     // take it), then the request's deadline.
@@ -249,15 +249,20 @@ fn a_timed_out_request_is_retried_elsewhere_and_two_timeouts_drop_the_peer() {
         wake = s.poll_timeout().unwrap();
     }
     assert_eq!(wake, t1);
+    // Both requests time out: two in a row drop the peer.
     s.handle_timeout(t1);
-    assert_eq!(s.stats().retries, 1);
+    assert_eq!(s.stats().retries, 2);
+    assert_dropped(&mut s, 1);
     add_peer(&mut s, 2, PeerClass::SameSite, &Bitfield::full(n), t1);
     let again = requests(&drain(&mut s, t1));
-    assert!(again.contains(&(2, reqs[0].1)) || again.contains(&(1, reqs[0].1)));
-    let t2 = t1 + Duration::from_secs(10);
-    s.handle_timeout(t2);
-    assert_dropped(&mut s, 1);
+    for (_, i) in &reqs {
+        assert!(
+            again.contains(&(2, *i)),
+            "{i} not asked of peer 2: {again:?}"
+        );
+    }
     // A dropped peer found again during its cool-off is ignored.
+    let t2 = t1 + Duration::from_secs(10);
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t2);
     assert!(requests(&drain(&mut s, t2)).iter().all(|(p, _)| *p != 1));
 }
@@ -311,6 +316,41 @@ fn a_trickling_peer_is_dropped_but_not_banned() {
     }
     assert!(dropped);
     assert_eq!(s.stats().bans, 0);
+}
+
+#[test]
+fn a_peer_is_not_judged_slow_before_its_first_chunk_lands() {
+    // A slow uplink serving a full window at once: nothing lands for 8 s
+    // (past the 5 s rate window, inside the 10 s request timeout), then
+    // the whole window does.
+    let m = manifest(20);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    // The test's chunks are a few KiB: a minimum they clear in 8 s.
+    let mut c = cfg(8);
+    c.min_rate_bps = 1024;
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), c.clone(), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t0);
+    let reqs = requests(&drain(&mut s, t0));
+    assert!(reqs.len() > 1, "a window of requests: {reqs:?}");
+    let quiet = t0 + Duration::from_secs(8);
+    assert!(quiet < t0 + c.request_timeout);
+    let bytes: u64 = reqs.iter().map(|&(_, i)| u64::from(m.chunks[i].len)).sum();
+    assert!(bytes > 8 * c.min_rate_bps, "{bytes} B in 8 s");
+    s.handle_timeout(quiet);
+    let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, SchedEvent::Dropped { .. })),
+        "{events:?}"
+    );
+    for (p, i) in reqs {
+        s.handle_chunk_arrived(p, i, u64::from(m.chunks[i].len), quiet);
+    }
+    s.handle_timeout(quiet + Duration::from_millis(1));
+    assert!(!std::iter::from_fn(|| s.poll_event()).any(|e| matches!(e, SchedEvent::Dropped { .. })));
+    assert_eq!(s.peer_count(PeerClass::SameSite), 1);
 }
 
 #[test]
