@@ -322,6 +322,17 @@ mod tests {
     }
 
     #[test]
+    fn the_slow_uplink_example_parses_with_the_rates_its_comment_names() {
+        let s = Scenario::from_toml(include_str!("../scenarios/slow-uplink-30.toml")).unwrap();
+        s.validate().unwrap();
+        assert_eq!((s.devices, s.sites, s.bundle_bytes), (30, 3, 4 << 20));
+        assert_eq!((s.device_up_bps, s.device_down_bps), (125_000, 1_250_000));
+        // Its comment quotes the bound.
+        let bound = kumar_ross_bound_s(&s);
+        assert!((bound - 25.2).abs() < 0.05, "{bound}");
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let err = Scenario::from_toml("waves = [50, 10, 100]").unwrap_err();
         assert!(err.to_string().contains("waves"), "{err}");
