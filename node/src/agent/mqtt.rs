@@ -549,10 +549,22 @@ pub async fn run_with_backend(
                 backoff = Duration::from_secs(1);
                 tracing::info!("connected to {}", cfg.mqtt.url);
                 if let Some(floor) = resign_floor.take() {
-                    let mut again = signer.resign_below(floor, clock.now())?;
-                    // The retained status may be the will: say we are back.
-                    again.push(signer.sign(ReportBody::Status(last_status.clone()), clock.now())?);
-                    for q in again {
+                    let (now, status) = (clock.now(), ReportBody::Status(last_status.clone()));
+                    // Re-signing reads, rewrites and fsyncs the queue: on
+                    // the blocking pool, as a broker restart brings every
+                    // device back at once (see `Signer::sign_queued`).
+                    let (s, again) = tokio::task::spawn_blocking(move || {
+                        let again = signer.resign_below(floor, now).and_then(|mut again| {
+                            // The retained status may be the will: say we are back.
+                            again.push(signer.sign(status, now)?);
+                            Ok(again)
+                        });
+                        (signer, again)
+                    })
+                    .await
+                    .map_err(|e| DaemonError::Agent(format!("re-signing queued reports: {e}")))?;
+                    signer = s;
+                    for q in again? {
                         send(&client, topic_of(q.kind), q, &mut unassigned).await;
                     }
                 }
