@@ -341,3 +341,117 @@ fn reports_made_while_the_broker_is_down_are_kept_and_delivered_after_it_returns
         );
     }
 }
+
+/// A TCP relay to the broker whose connections the test can cut, as a
+/// flaky link would; new connections still pass.
+struct Relay {
+    port: u16,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(broker: u16) -> Self {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>> = Default::default();
+        let seen = conns.clone();
+        // Lives as long as the test process, like the broker's thread.
+        std::thread::spawn(move || {
+            for client in l.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", broker)) else {
+                    continue;
+                };
+                seen.lock()
+                    .unwrap()
+                    .extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                let ends = [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ];
+                for (mut from, mut to) in ends {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Self { port, conns }
+    }
+
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn after_a_dropped_connection_the_device_says_it_is_back_above_its_published_will() {
+    let broker = free_port();
+    start_broker(broker);
+    let relay = Relay::start(broker);
+    let tmp = tempfile::tempdir().unwrap();
+    let w = world();
+    let (cfg, _) = device_config(tmp.path(), relay.port, &w);
+
+    // The operator listens on the broker itself, not through the relay.
+    let mut o = MqttOptions::new("operator", "127.0.0.1", broker);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 64);
+    let fleet = meshota_protocol::FleetId::new("fleet").unwrap();
+    let device = DeviceId::new("dev-1").unwrap();
+    let status_topic = Topic::Status { fleet, device }.to_string();
+    client.subscribe(status_topic, QoS::AtLeastOnce).unwrap();
+    // Statuses as (counter, online), unverified: the counters are the point.
+    let mut next_status = |deadline: Instant| -> Option<(u64, bool)> {
+        while Instant::now() < deadline {
+            if let Ok(Ok(MqttEvent::Incoming(Packet::Publish(p)))) =
+                conn.recv_timeout(Duration::from_millis(200))
+            {
+                let signed: SignedReport = codec::decode(&p.payload).unwrap();
+                let r = signed.claimed().unwrap();
+                if let ReportBody::Status(s) = r.body {
+                    return Some((r.counter, s.online));
+                }
+            }
+        }
+        None
+    };
+
+    let (stop_tx, daemon) = spawn_daemon(cfg, MemStore::new(), preloaded());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match next_status(deadline) {
+            Some((_, true)) => break,
+            Some(_) => continue,
+            None => panic!("the device never said it was online"),
+        }
+    }
+
+    // The link drops: the broker publishes the device's will.
+    relay.cut();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let will = loop {
+        match next_status(deadline) {
+            Some((c, false)) => break c,
+            Some(_) => continue,
+            None => panic!("the broker published no will"),
+        }
+    };
+    // The device comes back through the relay and says so, signed above
+    // the will, so the control plane does not take it for a replay.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let back = loop {
+        match next_status(deadline) {
+            Some((c, true)) => break c,
+            Some(_) => continue,
+            None => panic!("the device never said it was back"),
+        }
+    };
+    assert!(back > will, "back at {back}, will at {will}");
+    let _ = stop_tx.send(());
+    daemon.join().unwrap().unwrap();
+}
