@@ -303,24 +303,7 @@ fn reports_made_while_the_broker_is_down_are_kept_and_delivered_after_it_returns
 
     // The broker comes back; an operator listens; the device restarts.
     start_broker(port);
-    let mut o = MqttOptions::new("operator", "127.0.0.1", port);
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut conn) = Client::new(o, 64);
-    let fleet = meshota_protocol::FleetId::new("fleet").unwrap();
-    let device = DeviceId::new("dev-1").unwrap();
-    let status_topic = Topic::Status { fleet, device }.to_string();
-    client
-        .subscribe(status_topic.clone(), QoS::AtLeastOnce)
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut subscribed = false;
-    while !subscribed && Instant::now() < deadline {
-        subscribed = matches!(
-            conn.recv_timeout(Duration::from_millis(200)),
-            Ok(Ok(MqttEvent::Incoming(Packet::SubAck(_))))
-        );
-    }
-    assert!(subscribed, "operator could not subscribe");
+    let (_client, mut conn) = status_listener(port);
     let (stop_tx, daemon) = spawn_daemon(cfg, MemStore::new(), preloaded());
     let mut delivered = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -340,6 +323,28 @@ fn reports_made_while_the_broker_is_down_are_kept_and_delivered_after_it_returns
             "report {c} queued offline never arrived: {delivered:?}"
         );
     }
+}
+
+/// An operator on the broker at `port`, subscribed (acknowledged) to
+/// `dev-1`'s status topic. Keep the client: dropping it ends the session.
+fn status_listener(port: u16) -> (Client, rumqttc::Connection) {
+    let mut o = MqttOptions::new("operator", "127.0.0.1", port);
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut conn) = Client::new(o, 64);
+    let fleet = meshota_protocol::FleetId::new("fleet").unwrap();
+    let device = DeviceId::new("dev-1").unwrap();
+    let status_topic = Topic::Status { fleet, device }.to_string();
+    client.subscribe(status_topic, QoS::AtLeastOnce).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut subscribed = false;
+    while !subscribed && Instant::now() < deadline {
+        subscribed = matches!(
+            conn.recv_timeout(Duration::from_millis(200)),
+            Ok(Ok(MqttEvent::Incoming(Packet::SubAck(_))))
+        );
+    }
+    assert!(subscribed, "operator could not subscribe");
+    (client, conn)
 }
 
 /// A TCP relay to the broker whose connections the test can cut, as a
@@ -398,13 +403,7 @@ fn after_a_dropped_connection_the_device_says_it_is_back_above_its_published_wil
     let (cfg, _) = device_config(tmp.path(), relay.port, &w);
 
     // The operator listens on the broker itself, not through the relay.
-    let mut o = MqttOptions::new("operator", "127.0.0.1", broker);
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut conn) = Client::new(o, 64);
-    let fleet = meshota_protocol::FleetId::new("fleet").unwrap();
-    let device = DeviceId::new("dev-1").unwrap();
-    let status_topic = Topic::Status { fleet, device }.to_string();
-    client.subscribe(status_topic, QoS::AtLeastOnce).unwrap();
+    let (_client, mut conn) = status_listener(broker);
     // Statuses as (counter, online), unverified: the counters are the point.
     let mut next_status = |deadline: Instant| -> Option<(u64, bool)> {
         while Instant::now() < deadline {
