@@ -98,6 +98,21 @@ pub struct RolloutGate {
     /// before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<DeviceId>,
+    /// Devices not eligible whose bucket lies below this share download
+    /// the release, and only download it: the planner opens the next
+    /// wave's share here, so by the time that wave opens its devices hold
+    /// the bundle and only install. Signed like the rest, and it can only
+    /// ever start a download. Absent from the encoding when zero, so
+    /// gates without it encode as before; devices of builds before it
+    /// ignore it and simply fetch when their wave opens.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prefetch_bp: u16,
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 impl Message for RolloutGate {
@@ -181,6 +196,22 @@ pub fn eligible(device: &DeviceId, device_groups: &[Group], gate: &RolloutGate) 
         || gate.devices.contains(device)
 }
 
+/// What a device does about a gate: the gate's action when it is
+/// [`eligible`], a download alone when its bucket lies below the gate's
+/// prefetch share, and nothing otherwise. A `Stop` gate prefetches nobody.
+pub fn action_for(
+    device: &DeviceId,
+    device_groups: &[Group],
+    gate: &RolloutGate,
+) -> Option<Action> {
+    if eligible(device, device_groups, gate) {
+        return Some(gate.action);
+    }
+    let prefetch = gate.action != Action::Stop
+        && bucket(device, &gate.release_id) < gate.prefetch_bp.min(FULL_SHARE);
+    prefetch.then_some(Action::Download)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +226,7 @@ mod tests {
             expires_at: 10,
             sequence: 1,
             devices: Vec::new(),
+            prefetch_bp: 0,
         }
     }
 
@@ -257,7 +289,63 @@ mod tests {
         let gate = gate(ReleaseId::digest(b"x"), 100, vec![]);
         let bytes = crate::codec::encode(&gate).unwrap();
         assert!(!bytes.windows(7).any(|w| w == b"devices"));
+        assert!(!bytes.windows(11).any(|w| w == b"prefetch_bp"));
         let back: RolloutGate = crate::codec::decode(&bytes).unwrap();
         assert_eq!(back, gate);
+    }
+
+    #[test]
+    fn devices_below_the_prefetch_share_only_download_and_the_rest_do_nothing() {
+        let rel = ReleaseId::digest(b"x");
+        let mut gate = gate(rel, 1_000, vec![]);
+        gate.prefetch_bp = 5_000;
+        let mut counts = [0usize; 3];
+        for i in 0..2_000 {
+            let d = dev(i);
+            let b = bucket(&d, &rel);
+            let a = action_for(&d, &[], &gate);
+            if b < 1_000 {
+                assert_eq!(a, Some(Action::InstallAndActivate), "bucket {b}");
+                counts[0] += 1;
+            } else if b < 5_000 {
+                assert_eq!(a, Some(Action::Download), "bucket {b}");
+                counts[1] += 1;
+            } else {
+                assert_eq!(a, None, "bucket {b}");
+                counts[2] += 1;
+            }
+        }
+        assert!(counts.iter().all(|c| *c > 100), "{counts:?}");
+        // A stopped rollout starts no download.
+        gate.action = Action::Stop;
+        assert!((0..2_000).all(|i| {
+            let d = dev(i);
+            bucket(&d, &rel) < 1_000 || action_for(&d, &[], &gate).is_none()
+        }));
+    }
+
+    #[test]
+    fn a_gate_with_a_prefetch_share_survives_the_codec_and_old_readers_skip_it() {
+        let mut gate = gate(ReleaseId::digest(b"x"), 100, vec![]);
+        gate.prefetch_bp = 2_500;
+        let bytes = crate::codec::encode(&gate).unwrap();
+        let back: RolloutGate = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(back, gate);
+        // A build before the field reads the same bytes without it.
+        #[derive(Debug, Serialize, Deserialize)]
+        struct OldGate {
+            release_id: ReleaseId,
+            share_bp: u16,
+            groups: Vec<Group>,
+            action: Action,
+            not_before: u64,
+            expires_at: u64,
+            sequence: u64,
+        }
+        impl Message for OldGate {
+            const KIND: Kind = Kind::RolloutGate;
+        }
+        let old: OldGate = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(old.share_bp, 100);
     }
 }

@@ -108,6 +108,10 @@ struct RunArgs {
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// Once a wave has fetched, the next wave's devices download the
+    /// release while it installs and soaks (the rollout's `--prefetch`).
+    #[arg(long)]
+    prefetch: bool,
     /// Skip the peer-to-peer-off baseline run.
     #[arg(long)]
     no_baseline: bool,
@@ -285,6 +289,9 @@ fn scenario(a: &RunArgs) -> anyhow::Result<Scenario> {
     }
     if let Some(v) = a.seed {
         s.seed = v;
+    }
+    if a.prefetch {
+        s.prefetch = true;
     }
     s.validate()?;
     Ok(s)

@@ -52,6 +52,10 @@ pub struct Scenario {
     /// Minimum time a wave holds before the next starts, seconds (the
     /// planner's `soak_secs`).
     pub soak_s: u64,
+    /// Once a wave has fetched, the next wave's devices download the
+    /// release while it installs and soaks (the planner's `prefetch`), so
+    /// that wave only installs when it opens.
+    pub prefetch: bool,
     /// Percent of a wave that must commit before the next starts (the
     /// planner's `success_threshold_pct`).
     pub success_threshold_pct: u8,
@@ -115,6 +119,7 @@ impl Default for Scenario {
             origin_dedup_s: 30,
             waves: vec![10, 50, 100],
             soak_s: 10,
+            prefetch: false,
             success_threshold_pct: 95,
             error_threshold_pct: 5,
             install_s: 5,

@@ -192,3 +192,37 @@ fn a_fleet_short_of_upload_slots_still_commits_and_replays_exactly() {
         serde_json::to_string(&b).unwrap()
     );
 }
+
+#[test]
+fn with_prefetch_later_waves_find_the_bundle_in_place_and_only_install() {
+    let plan = |prefetch| Scenario {
+        waves: vec![10, 50, 100],
+        soak_s: 30,
+        prefetch,
+        ..small()
+    };
+    let (s, p) = (plan(false), plan(true));
+    let staged = virt::run(&s, true, &mut |_| {}).unwrap();
+    let prefetched = virt::run(&p, true, &mut |_| {}).unwrap();
+    for out in [&staged, &prefetched] {
+        assert!(out.completed && out.failed == 0);
+        assert_eq!(out.waves.len(), 3);
+    }
+    // From the last wave's start to its last commit: an install and a
+    // health check when the bundle is already there; a download more
+    // when it is not.
+    let install = (p.install_s + p.health_s) as f64;
+    let tail = |out: &virt::Outcome| {
+        let last = out.commit_times_s.iter().copied().fold(0.0, f64::max);
+        last - out.waves[2].0
+    };
+    assert!(tail(&prefetched) < install + 1.0, "{}", tail(&prefetched));
+    assert!(tail(&staged) > install + 1.0, "{}", tail(&staged));
+    // Prefetching costs the origin no more copies.
+    assert!(
+        prefetched.origin_bytes <= staged.origin_bytes,
+        "{} > {}",
+        prefetched.origin_bytes,
+        staged.origin_bytes
+    );
+}

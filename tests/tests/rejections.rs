@@ -119,6 +119,7 @@ fn a_node_given_a_forged_announcement_on_the_broker_installs_nothing_and_reports
         expires_at: now + 3600,
         sequence: now,
         devices: Vec::new(),
+        prefetch_bp: 0,
     };
     let forged_gate = Announcement {
         release: release.clone(),

@@ -73,6 +73,51 @@ fn a_two_wave_rollout_takes_five_nodes_to_committed_with_byte_identical_slots() 
 }
 
 #[test]
+fn with_prefetch_the_next_wave_downloads_during_the_soak_and_installs_nothing() {
+    let (lab, release) = fleet(23, 0);
+    // The first wave's soak outlasts the test, so the second wave never
+    // opens here.
+    let rollout = lab.create_rollout_with(
+        &release,
+        &["--waves", "20,100", "--soak", "1h", "--prefetch"],
+    );
+    let status = eventually("the first wave commits and the rest fetch", WAIT, || {
+        let status = rollout_state(&lab, &rollout);
+        // 20 %, plus a device of each site that share leaves out.
+        let first = status["waves"][0]["counts"]["targeted"].as_u64()? as usize;
+        let devs = lab.devices();
+        let committed = devs.iter().filter(|d| d["state"] == "committed").count();
+        let fetched = devs.iter().filter(|d| d["state"] == "downloaded").count();
+        (first > 0 && committed == first && fetched == NODES - first).then_some(status)
+    });
+    assert_eq!(status["current_wave"], 0, "{status}");
+    assert_eq!(status["prefetch"], true, "{status}");
+    assert!(
+        status["prefetch_bp"].as_u64().unwrap() > status["share_bp"].as_u64().unwrap(),
+        "{status}"
+    );
+    // They hold the bundle and wait, as each device itself says, and
+    // none has switched slots.
+    let waiting: Vec<_> = lab
+        .nodes
+        .iter()
+        .filter(|n| n.status()["state"] == "downloaded")
+        .collect();
+    assert!(!waiting.is_empty());
+    assert_eq!(
+        waiting.len(),
+        NODES - status["waves"][0]["counts"]["targeted"].as_u64().unwrap() as usize
+    );
+    for n in waiting {
+        assert!(
+            n.active_payload().is_none_or(|p| p != lab.payload),
+            "{}",
+            n.id
+        );
+    }
+}
+
+#[test]
 fn a_rollout_and_the_registry_resume_after_the_broker_is_sigkilled_mid_rollout() {
     // Capped downloads (about four seconds each) keep the rollout in
     // flight when the broker dies.

@@ -51,6 +51,13 @@ pub enum RolloutCmd {
         /// not reporting.
         #[arg(long, default_value = "10m")]
         report_timeout: String,
+        /// Once a wave's devices have fetched the release, let the next
+        /// wave's devices download it (download only) while this one
+        /// installs and soaks, so the next installs at once when it opens.
+        /// If the rollout halts, those devices hold a bundle they may never
+        /// install.
+        #[arg(long)]
+        prefetch: bool,
         /// Server, token and output format.
         #[command(flatten)]
         server: ServerArgs,
@@ -140,6 +147,7 @@ impl RolloutCmd {
                 max_parallel,
                 gate_lifetime,
                 report_timeout,
+                prefetch,
                 server,
             } => {
                 let now = crate::now();
@@ -175,6 +183,7 @@ impl RolloutCmd {
                     report_timeout_secs: Some(
                         parse_duration(report_timeout).map_err(|e| usage("--report-timeout", e))?,
                     ),
+                    prefetch: *prefetch,
                 };
                 let v = server.client()?.create_rollout(&req)?;
                 if server.json {

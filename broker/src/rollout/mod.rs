@@ -59,6 +59,15 @@
 //!   start together later, with nothing on their LAN, and pulled 2-3
 //!   copies over its uplink. Named devices count toward that wave and are
 //!   not throttled by `max_parallel`.
+//! - **Prefetch** (`prefetch`, off by default). Once a running wave has
+//!   its whole share and `success_threshold_pct` of its devices got past
+//!   downloading, the gate's `prefetch_bp` opens the next percent wave's
+//!   share to downloads only, so that wave's devices hold the bundle
+//!   when it opens and only install. Prefetching devices are
+//!   not targeted: they hold no `max_parallel` slot and count toward no
+//!   wave until their own opens (their reports are kept, so a device that
+//!   already downloaded counts as downloading, not silent). A halted,
+//!   paused or aborted rollout prefetches nobody new.
 //! - **Operator commands.** `pause` freezes the share; `resume` continues;
 //!   `abort` issues a gate with action `Stop`, so devices that have not
 //!   installed yet stop, and is final. `rollback` aborts and also lists the
@@ -161,6 +170,13 @@ pub struct RolloutSpec {
     pub report_timeout_secs: u64,
     /// The sequence of the first gate; above all this key signed before.
     pub first_sequence: u64,
+    /// Once a wave has fetched, the devices of the next one download the
+    /// release (and only download it) while it installs and soaks, so
+    /// that wave installs at once when it opens. A halt or pause
+    /// withdraws it; downloads under way finish. Absent from older
+    /// snapshots, where it is off.
+    #[serde(default)]
+    pub prefetch: bool,
 }
 
 impl RolloutSpec {
@@ -182,6 +198,7 @@ impl RolloutSpec {
             gate_lifetime_secs: DEFAULT_GATE_LIFETIME_SECS,
             report_timeout_secs: DEFAULT_REPORT_TIMEOUT_SECS,
             first_sequence,
+            prefetch: false,
         }
     }
 
@@ -242,6 +259,7 @@ impl RolloutSpec {
             expires_at: u64::MAX,
             sequence: u64::MAX,
             devices: Vec::new(),
+            prefetch_bp: meshota_protocol::release::FULL_SHARE,
         };
         if meshota_protocol::codec::encode(&widest).is_err() {
             return Err(PlanError::TooManyGroups(self.groups.len()));

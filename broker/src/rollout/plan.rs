@@ -430,9 +430,14 @@ impl Planner {
                 break;
             }
         }
+        let prefetch_changed = self
+            .core
+            .gate
+            .as_ref()
+            .is_some_and(|g| g.prefetch_bp != self.prefetch_share(g.share_bp));
         if self.core.gate.is_some()
             && self.core.state != RolloutState::Aborted
-            && now >= self.core.resign_at
+            && (now >= self.core.resign_at || prefetch_changed)
         {
             self.issue_gate(now);
         }
@@ -595,6 +600,7 @@ impl Planner {
             expires_at: u64::MAX,
             sequence: u64::MAX,
             devices: devices.to_vec(),
+            prefetch_bp: FULL_SHARE,
         };
         meshota_protocol::codec::encode(&widest).is_ok()
     }
@@ -651,6 +657,8 @@ impl Planner {
         } else {
             c.spec.action
         };
+        let prefetch_bp = self.prefetch_share(share_bp);
+        let c = &mut self.core;
         let lifetime = c.spec.gate_lifetime_secs;
         let gate = RolloutGate {
             release_id: c.spec.release_id,
@@ -661,10 +669,51 @@ impl Planner {
             expires_at: now.saturating_add(lifetime),
             sequence: c.next_sequence,
             devices: c.named.clone(),
+            prefetch_bp,
         };
         c.next_sequence = c.next_sequence.saturating_add(1);
         c.resign_at = now.saturating_add(lifetime / 2);
         c.gate = Some(gate.clone());
         c.outputs.push_back(PlannerOutput::PublishGate(gate));
+    }
+
+    /// The share the next percent wave will open, to download only; zero
+    /// when nothing beyond `share_bp` is to be prefetched.
+    ///
+    /// Only once the current wave has its whole share and has fetched:
+    /// `success_threshold_pct` of its devices got past downloading. The
+    /// prefetch then fills the wave's install, health check and soak,
+    /// when the network is idle. Prefetching from the wave's start made
+    /// two waves fetch at once: 1,000 live devices took 152.7 s against
+    /// 115-123 s, and the origin served 2.1 copies, because the first
+    /// wave no longer seeded each site alone.
+    fn prefetch_share(&self, share_bp: u16) -> u16 {
+        let c = &self.core;
+        if !c.spec.prefetch || c.state != RolloutState::Running {
+            return 0;
+        }
+        let Some(k) = c.current else {
+            return 0;
+        };
+        let (Some(w), Some(t)) = (c.waves.get(k), self.derived.tallies.get(k)) else {
+            return 0;
+        };
+        let fetched = t.targeted()
+            - t.get(Phase::Unreported)
+            - t.get(Phase::Idle)
+            - t.get(Phase::Downloading);
+        if w.share_bp < w.goal_bp || !reaches(fetched, t.targeted(), c.spec.success_threshold_pct) {
+            return 0;
+        }
+        let Some(WaveKind::Percent(p)) = c.waves.get(k + 1).map(|w| w.kind) else {
+            return 0;
+        };
+        let goal = c.waves.get(k).map_or(share_bp, |w| w.goal_bp.max(share_bp));
+        let next = self.derived.hist.goal_for(p, goal);
+        if next > share_bp {
+            next
+        } else {
+            0
+        }
     }
 }

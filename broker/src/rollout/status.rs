@@ -107,6 +107,13 @@ pub struct RolloutStatus {
     pub current_wave: Option<usize>,
     /// The share of the live gate, in basis points.
     pub share_bp: u16,
+    /// Whether the next wave downloads ahead (`RolloutSpec::prefetch`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prefetch: bool,
+    /// The live gate's prefetch share: devices below it and outside
+    /// `share_bp` download and wait (see `RolloutGate::prefetch_bp`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub prefetch_bp: u16,
     /// The sequence of the last gate issued.
     pub gate_sequence: Option<u64>,
     /// When the last gate issued expires.
@@ -176,6 +183,8 @@ impl Planner {
             halt_reason: c.halt.as_ref().map(ToString::to_string),
             current_wave: c.current,
             share_bp: c.gate.as_ref().map_or(0, |g| g.share_bp),
+            prefetch: c.spec.prefetch,
+            prefetch_bp: c.gate.as_ref().map_or(0, |g| g.prefetch_bp),
             gate_sequence: c.gate.as_ref().map(|g| g.sequence),
             gate_expires_at: c.gate.as_ref().map(|g| g.expires_at),
             eligible_devices: c.devices.len(),
@@ -186,6 +195,12 @@ impl Planner {
             bytes_from_origin: bytes.origin,
         }
     }
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 fn pct(bp: u16) -> String {
@@ -206,6 +221,11 @@ impl fmt::Display for RolloutStatus {
             write!(f, ", wave {w}")?;
         }
         write!(f, ", share {}", pct(self.share_bp))?;
+        if self.prefetch_bp > 0 {
+            write!(f, ", downloading ahead to {}", pct(self.prefetch_bp))?;
+        } else if self.prefetch {
+            write!(f, ", prefetch on")?;
+        }
         if let (Some(seq), Some(exp)) = (self.gate_sequence, self.gate_expires_at) {
             write!(f, ", gate #{seq} expires at {exp}")?;
         }

@@ -264,6 +264,7 @@ impl Inner {
         }
         spec.not_before = req.not_before.unwrap_or(now);
         spec.max_parallel = req.max_parallel;
+        spec.prefetch = req.prefetch;
         if let Some(v) = req.gate_lifetime_secs {
             spec.gate_lifetime_secs = v;
         }

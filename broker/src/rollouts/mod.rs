@@ -81,6 +81,9 @@ pub struct CreateRollout {
     /// Seconds after which a silent targeted device is not reporting.
     #[serde(default)]
     pub report_timeout_secs: Option<u64>,
+    /// The next wave downloads while the current one runs.
+    #[serde(default)]
+    pub prefetch: bool,
 }
 
 impl CreateRollout {
@@ -100,6 +103,7 @@ impl CreateRollout {
             max_parallel: None,
             gate_lifetime_secs: None,
             report_timeout_secs: None,
+            prefetch: false,
         }
     }
 }

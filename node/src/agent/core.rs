@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use meshota_protocol::release::eligible;
+use meshota_protocol::release::action_for;
 use meshota_protocol::verify::verify_announcement_checked;
 use meshota_protocol::{
     codec, Action, Announcement, CheckedSignatures, DeviceContext, Event, ReleaseId, ReportBody,
@@ -363,9 +363,11 @@ impl Agent {
             self.wake_at(gate.not_before);
             return;
         }
-        if !eligible(&self.cfg.device, &self.cfg.groups, gate) {
+        // A prefetching device downloads and stops at `Downloaded`; the
+        // gate of its own wave then finds the bundle held.
+        let Some(action) = action_for(&self.cfg.device, &self.cfg.groups, gate) else {
             return;
-        }
+        };
         match self.state.phase {
             UpdateState::Idle
             | UpdateState::Committed
@@ -384,7 +386,7 @@ impl Agent {
                 _ => self.fetch(&held),
             },
             UpdateState::Downloaded => {
-                if matches!(gate.action, Action::Install | Action::InstallAndActivate)
+                if matches!(action, Action::Install | Action::InstallAndActivate)
                     && self.may_disrupt(now)
                 {
                     self.go(UpdateState::Installing);
@@ -393,7 +395,7 @@ impl Agent {
             }
             UpdateState::Installing => self.install(&held),
             UpdateState::Installed => {
-                if gate.action == Action::InstallAndActivate && self.may_disrupt(now) {
+                if action == Action::InstallAndActivate && self.may_disrupt(now) {
                     self.state.slot_before = self.state.slot.clone();
                     self.persist();
                     self.actions

@@ -161,6 +161,7 @@ fn start_rollout(fleet: &Fleet) -> Result<String, LiveError> {
         error_threshold: Some(100),
         soak_secs: Some(s.soak_s),
         action: Some(Action::InstallAndActivate),
+        prefetch: s.prefetch,
         ..CreateRollout::new(fleet.release.id)
     };
     let view = fleet

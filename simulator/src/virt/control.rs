@@ -127,6 +127,7 @@ impl Control {
         let mut spec = RolloutSpec::new(self.release_id, self.compatible.clone(), 1);
         spec.waves.clone_from(&s.waves);
         spec.soak_secs = s.soak_s;
+        spec.prefetch = s.prefetch;
         spec.success_threshold_pct = s.success_threshold_pct;
         spec.error_threshold_pct = s.error_threshold_pct;
         let mut p = Planner::new(RolloutId::digest(b"sim"), spec, EPOCH)?;

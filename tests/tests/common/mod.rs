@@ -460,18 +460,14 @@ impl Lab {
 
     /// `meshota rollout create --waves WAVES --soak 0s`; returns its id.
     pub fn create_rollout_in(&self, release: &str, waves: &str) -> String {
-        let out = self
-            .meshota(&[
-                "rollout",
-                "create",
-                "--release",
-                release,
-                "--waves",
-                waves,
-                "--soak",
-                "0s",
-            ])
-            .success();
+        self.create_rollout_with(release, &["--waves", waves, "--soak", "0s"])
+    }
+
+    /// `meshota rollout create --release RELEASE ARGS…`; returns its id.
+    pub fn create_rollout_with(&self, release: &str, args: &[&str]) -> String {
+        let mut all = vec!["rollout", "create", "--release", release];
+        all.extend_from_slice(args);
+        let out = self.meshota(&all).success();
         let id = out.stdout.trim().to_string();
         assert!(
             !id.is_empty() && !id.contains(char::is_whitespace),

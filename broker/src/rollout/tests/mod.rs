@@ -13,6 +13,7 @@ use super::*;
 mod control;
 mod gates;
 mod persist;
+mod prefetch;
 mod random;
 mod reports;
 mod sites;

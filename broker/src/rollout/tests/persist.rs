@@ -89,6 +89,7 @@ fn restore_refuses_garbage_and_other_kinds() {
         expires_at: 0,
         sequence: 1,
         devices: Vec::new(),
+        prefetch_bp: 0,
     })
     .unwrap();
     assert!(matches!(

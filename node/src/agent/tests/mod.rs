@@ -90,6 +90,7 @@ impl World {
             expires_at: NOW + 30 * 86_400,
             sequence,
             devices: Vec::new(),
+            prefetch_bp: 0,
         }
     }
     pub fn sign_gate(&self, g: &RolloutGate) -> Signed<RolloutGate> {

@@ -105,6 +105,45 @@ fn a_device_outside_the_gate_share_and_groups_waits() {
 }
 
 #[test]
+fn a_device_in_the_prefetch_share_downloads_and_installs_only_when_its_wave_opens() {
+    let w = world();
+    let rig = Rig::new();
+    let (_, m1) = rig.payload(1);
+    let mut a = fresh(agent_config(&w));
+    let release = w.sign_release(&w.release(&m1, 1));
+    let gate = |seq: u64, share_bp: u16, prefetch_bp: u16| {
+        let mut g = w.gate(&release, seq, Action::InstallAndActivate);
+        g.share_bp = share_bp;
+        g.prefetch_bp = prefetch_bp;
+        Announcement {
+            release: release.clone(),
+            gate: w.sign_gate(&g),
+            bootstrap: vec![],
+            http_origin: None,
+        }
+    };
+    // Outside the share and the prefetch share: nothing.
+    a.handle_announcement(gate(1, 0, 0), NOW);
+    assert_eq!(a.phase(), UpdateState::Idle);
+    // Inside the prefetch share: a download, and nothing after it.
+    a.handle_announcement(gate(2, 0, 10_000), NOW + 1);
+    assert_eq!(a.phase(), UpdateState::Downloading);
+    assert!(has(&drain(&mut a), |x| matches!(
+        x,
+        AgentAction::Fetch { .. }
+    )));
+    a.handle_fetch_done(Ok(()), NOW + 2);
+    assert_eq!(a.phase(), UpdateState::Downloaded);
+    assert!(!has(&drain(&mut a), is_install));
+    // Its wave opens: it installs what it holds, fetching nothing again.
+    a.handle_announcement(gate(3, 10_000, 10_000), NOW + 3);
+    let acts = drain(&mut a);
+    assert!(has(&acts, is_install));
+    assert!(!has(&acts, |x| matches!(x, AgentAction::Fetch { .. })));
+    assert_eq!(a.phase(), UpdateState::Installing);
+}
+
+#[test]
 fn the_maintenance_window_defers_install_and_then_proceeds() {
     let w = world();
     let rig = Rig::new();
