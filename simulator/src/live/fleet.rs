@@ -103,8 +103,43 @@ pub struct Fleet {
     pub drops: Arc<AtomicU64>,
     trust: PathBuf,
     mqtt: std::net::SocketAddr,
+    // Before the files, after the server: the broker's tasks stop with it.
+    _broker_rt: BrokerRuntime,
     // Last, so the broker and devices are gone before the files are.
     _tmp: tempfile::TempDir,
+}
+
+/// The broker deployment's own threads. A real broker runs on its own
+/// machine; on the devices' runtime its MQTT client waited behind a
+/// thousand devices' tasks, and while a wave prefetched, reports reached
+/// the control plane at about 40 a second: the planner saw a wave's
+/// last commit 22-29 s late (BENCHMARKS.md, "prefetch").
+struct BrokerRuntime(Option<tokio::runtime::Runtime>);
+
+impl BrokerRuntime {
+    fn new() -> Result<Self, LiveError> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("meshota-broker")
+            .enable_all()
+            .build()
+            .map(|rt| Self(Some(rt)))
+            .map_err(io("starting the broker's runtime"))
+    }
+
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.0.as_ref().map(|rt| rt.handle().clone())
+    }
+}
+
+impl Drop for BrokerRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime may block, which inside the fleet's own
+        // runtime would panic; its tasks have stopped with the server.
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LiveError {
@@ -173,6 +208,7 @@ fn write_payload(path: &Path, bytes: u64, seed: u64) -> Result<(), LiveError> {
 async fn setup_release(
     s: &Scenario,
     dir: &Path,
+    broker_rt: &BrokerRuntime,
 ) -> Result<(Server, ReleaseInfo, Arc<SecretKey>, PathBuf), LiveError> {
     use meshota_broker::bundle_tool::create::{create, CreateOptions};
     use meshota_broker::cli::keys::{init, InitOptions, RoleSpec};
@@ -221,7 +257,14 @@ async fn setup_release(
     cfg.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     cfg.p2p_origin_dedup_secs = s.origin_dedup_s;
     cfg.max_connections = (s.devices as usize) * 2 + 100;
-    let server = Server::spawn(cfg).await?;
+    // Spawned from the broker's runtime, its tasks stay there.
+    let server = match broker_rt.handle() {
+        Some(h) => h
+            .spawn(Server::spawn(cfg))
+            .await
+            .map_err(|e| rel(format!("starting the broker: {e}")))??,
+        None => Server::spawn(cfg).await?,
+    };
     let trust = server
         .trust()
         .cloned()
@@ -279,7 +322,9 @@ impl Fleet {
             .prefix("meshota-sim-")
             .tempdir()
             .map_err(io("create a temporary directory"))?;
-        let (server, release, rollout_key, trust) = setup_release(s, tmp.path()).await?;
+        let broker_rt = BrokerRuntime::new()?;
+        let (server, release, rollout_key, trust) =
+            setup_release(s, tmp.path(), &broker_rt).await?;
         let mqtt = server
             .mqtt_addr()
             .ok_or_else(|| rel("the broker has no MQTT listener"))?;
@@ -327,6 +372,7 @@ impl Fleet {
             drops: Arc::default(),
             trust,
             mqtt,
+            _broker_rt: broker_rt,
             _tmp: tmp,
         })
     }
