@@ -430,11 +430,12 @@ impl Planner {
                 break;
             }
         }
-        let prefetch_changed = self
-            .core
-            .gate
-            .as_ref()
-            .is_some_and(|g| g.prefetch_bp != self.prefetch_share(g.share_bp));
+        // The share itself is a scan of the histogram, so only when the
+        // gate's prefetch looks out of step with the wave's progress.
+        let prefetch_changed = self.core.gate.as_ref().is_some_and(|g| {
+            self.prefetch_ready() != (g.prefetch_bp > 0)
+                && g.prefetch_bp != self.prefetch_share(g.share_bp)
+        });
         if self.core.gate.is_some()
             && self.core.state != RolloutState::Aborted
             && (now >= self.core.resign_at || prefetch_changed)
@@ -689,22 +690,12 @@ impl Planner {
     /// wave no longer seeded each site alone.
     fn prefetch_share(&self, share_bp: u16) -> u16 {
         let c = &self.core;
-        if !c.spec.prefetch || c.state != RolloutState::Running {
+        if !self.prefetch_ready() {
             return 0;
         }
         let Some(k) = c.current else {
             return 0;
         };
-        let (Some(w), Some(t)) = (c.waves.get(k), self.derived.tallies.get(k)) else {
-            return 0;
-        };
-        let fetched = t.targeted()
-            - t.get(Phase::Unreported)
-            - t.get(Phase::Idle)
-            - t.get(Phase::Downloading);
-        if w.share_bp < w.goal_bp || !reaches(fetched, t.targeted(), c.spec.success_threshold_pct) {
-            return 0;
-        }
         let Some(WaveKind::Percent(p)) = c.waves.get(k + 1).map(|w| w.kind) else {
             return 0;
         };
@@ -715,5 +706,31 @@ impl Planner {
         } else {
             0
         }
+    }
+
+    /// Whether the running wave is ready for the next one to prefetch
+    /// (see [`Self::prefetch_share`]); cheap, unlike the share.
+    fn prefetch_ready(&self) -> bool {
+        let c = &self.core;
+        if !c.spec.prefetch || c.state != RolloutState::Running {
+            return false;
+        }
+        let Some(k) = c.current else {
+            return false;
+        };
+        if !matches!(
+            c.waves.get(k + 1).map(|w| w.kind),
+            Some(WaveKind::Percent(_))
+        ) {
+            return false;
+        }
+        let (Some(w), Some(t)) = (c.waves.get(k), self.derived.tallies.get(k)) else {
+            return false;
+        };
+        let fetched = t.targeted()
+            - t.get(Phase::Unreported)
+            - t.get(Phase::Idle)
+            - t.get(Phase::Downloading);
+        w.share_bp >= w.goal_bp && reaches(fetched, t.targeted(), c.spec.success_threshold_pct)
     }
 }
