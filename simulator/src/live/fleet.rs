@@ -103,28 +103,35 @@ pub struct Fleet {
     pub drops: Arc<AtomicU64>,
     trust: PathBuf,
     mqtt: std::net::SocketAddr,
+    /// Where the devices' MQTT sessions run (see [`SideRuntime`]).
+    agents_rt: SideRuntime,
     // Before the files, after the server: the broker's tasks stop with it.
-    _broker_rt: BrokerRuntime,
+    _broker_rt: SideRuntime,
     // Last, so the broker and devices are gone before the files are.
     _tmp: tempfile::TempDir,
 }
 
-/// The broker deployment's own threads. A real broker runs on its own
-/// machine; on the devices' runtime its MQTT client waited behind a
-/// thousand devices' tasks, and while a wave prefetched, reports reached
-/// the control plane at about 40 a second: the planner saw a wave's
-/// last commit 22-29 s late (BENCHMARKS.md, "prefetch").
-struct BrokerRuntime(Option<tokio::runtime::Runtime>);
+/// A one-thread runtime beside the devices' data plane.
+///
+/// - **The broker deployment** runs on one: a real broker has a machine
+///   of its own. On the devices' runtime its MQTT client waited behind a
+///   thousand devices' tasks, and while a wave prefetched, reports reached
+///   the control plane at about 40 a second: the planner saw a wave's
+///   last commit 22-29 s late (BENCHMARKS.md, "prefetch").
+/// - **The devices' MQTT sessions** run on another: a real device's
+///   telemetry waits for its own CPU, not behind 999 other devices'
+///   transfers. Their fetches still run on the fleet's runtime.
+struct SideRuntime(Option<tokio::runtime::Runtime>);
 
-impl BrokerRuntime {
-    fn new() -> Result<Self, LiveError> {
+impl SideRuntime {
+    fn new(name: &str) -> Result<Self, LiveError> {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
-            .thread_name("meshota-broker")
+            .thread_name(name)
             .enable_all()
             .build()
             .map(|rt| Self(Some(rt)))
-            .map_err(io("starting the broker's runtime"))
+            .map_err(io(format!("starting the {name} runtime")))
     }
 
     fn handle(&self) -> Option<tokio::runtime::Handle> {
@@ -132,10 +139,11 @@ impl BrokerRuntime {
     }
 }
 
-impl Drop for BrokerRuntime {
+impl Drop for SideRuntime {
     fn drop(&mut self) {
         // Dropping a runtime may block, which inside the fleet's own
-        // runtime would panic; its tasks have stopped with the server.
+        // runtime would panic; its tasks have stopped with the server
+        // and the devices.
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
         }
@@ -208,7 +216,7 @@ fn write_payload(path: &Path, bytes: u64, seed: u64) -> Result<(), LiveError> {
 async fn setup_release(
     s: &Scenario,
     dir: &Path,
-    broker_rt: &BrokerRuntime,
+    broker_rt: &SideRuntime,
 ) -> Result<(Server, ReleaseInfo, Arc<SecretKey>, PathBuf), LiveError> {
     use meshota_broker::bundle_tool::create::{create, CreateOptions};
     use meshota_broker::cli::keys::{init, InitOptions, RoleSpec};
@@ -322,7 +330,8 @@ impl Fleet {
             .prefix("meshota-sim-")
             .tempdir()
             .map_err(io("create a temporary directory"))?;
-        let broker_rt = BrokerRuntime::new()?;
+        let broker_rt = SideRuntime::new("meshota-broker")?;
+        let agents_rt = SideRuntime::new("meshota-agents")?;
         let (server, release, rollout_key, trust) =
             setup_release(s, tmp.path(), &broker_rt).await?;
         let mqtt = server
@@ -372,6 +381,7 @@ impl Fleet {
             drops: Arc::default(),
             trust,
             mqtt,
+            agents_rt,
             _broker_rt: broker_rt,
             _tmp: tmp,
         })
@@ -538,15 +548,14 @@ root = "{trust}"
         );
         let (stop, stop_rx) = oneshot::channel::<()>();
         let store: Arc<dyn meshota_node::store::Store> = d.store.clone();
-        let agent = tokio::spawn(mqtt::run_with_backend(
-            cfg,
-            store,
-            Box::new(fetcher),
-            Box::new(backend),
-            async {
+        let session =
+            mqtt::run_with_backend(cfg, store, Box::new(fetcher), Box::new(backend), async {
                 let _ = stop_rx.await;
-            },
-        ));
+            });
+        let agent = match self.agents_rt.handle() {
+            Some(h) => h.spawn(session),
+            None => tokio::spawn(session),
+        };
         self.devices[i].running = Some(Running { node, stop, agent });
         Ok(())
     }
