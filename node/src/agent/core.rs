@@ -709,8 +709,16 @@ impl Agent {
             return;
         }
         self.awaiting = None;
-        if let Err(e) = result {
-            self.error("E_COMMIT_FAILED", e, self.state.installed_release);
+        match result {
+            Err(e) => self.error("E_COMMIT_FAILED", e, self.state.installed_release),
+            Ok(()) => {
+                if let Some(m) = self.state.held.as_ref().map(|h| h.release.manifest_id) {
+                    self.state.committed_manifest(m);
+                    self.persist();
+                }
+                let keep = self.state.keep_manifests();
+                self.actions.push_back(AgentAction::PruneStore { keep });
+            }
         }
         self.step(now);
     }

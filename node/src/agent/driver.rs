@@ -371,6 +371,19 @@ impl LocalDriver {
                 let r = self.backend.rollback().map_err(|e| e.to_string());
                 self.agent.handle_rollback_done(r, clock());
             }
+            AgentAction::PruneStore { keep } => {
+                // Only disk space is at stake: a failure is logged, and the
+                // next commit tries again.
+                match crate::store::prune_to(&*self.store, &keep) {
+                    Ok(gc) => tracing::info!(
+                        removed_chunks = gc.removed_chunks,
+                        removed_bytes = gc.removed_bytes,
+                        kept_chunks = gc.kept_chunks,
+                        "pruned the chunk store to the committed releases"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "could not prune the chunk store"),
+                }
+            }
             AgentAction::Reboot => return Ok(true),
             AgentAction::Resync => self.reporter.resync(),
         }

@@ -201,6 +201,13 @@ pub enum AgentAction {
         /// The release being left, if known.
         release: Option<ReleaseId>,
     },
+    /// Keep only these manifests' chunks in the store (and their
+    /// manifests); the rest may be removed. Failing changes nothing but
+    /// disk use, so there is no answer.
+    PruneStore {
+        /// The manifests to keep.
+        keep: Vec<ManifestId>,
+    },
     /// Reboot the device (the backend needs it to switch slots).
     Reboot,
     /// Re-read retained announcements (resubscribe), for `check-now`.

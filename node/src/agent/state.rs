@@ -3,7 +3,8 @@
 
 use meshota_protocol::semver::Version;
 use meshota_protocol::{
-    Announcement, Kind, Message, Release, ReleaseId, RolloutGate, TrustChain, UpdateState,
+    Announcement, Kind, ManifestId, Message, Release, ReleaseId, RolloutGate, TrustChain,
+    UpdateState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -81,6 +82,12 @@ pub struct AgentState {
     /// the shipped root at every start (see [`super::Agent::new`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trust_chain: Option<TrustChain>,
+    /// Manifests of the committed release and of the one committed
+    /// before it: what the chunk store keeps after a commit (see
+    /// [`AgentState::keep_manifests`]). Absent from states written
+    /// before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub installed_manifests: Vec<ManifestId>,
 }
 
 impl Default for AgentState {
@@ -107,6 +114,7 @@ impl Default for AgentState {
             cancel_requested: false,
             reboot_pending: false,
             trust_chain: None,
+            installed_manifests: Vec::new(),
         }
     }
 }
@@ -119,6 +127,28 @@ impl AgentState {
     /// The release the current phase refers to.
     pub fn target(&self) -> Option<ReleaseId> {
         self.held.as_ref().map(|h| h.release_id)
+    }
+
+    /// Records `manifest` as committed, keeping the one before it.
+    pub(crate) fn committed_manifest(&mut self, manifest: ManifestId) {
+        self.installed_manifests.retain(|m| *m != manifest);
+        self.installed_manifests.insert(0, manifest);
+        self.installed_manifests.truncate(2);
+    }
+
+    /// What the chunk store must keep: the committed release (peers fetch
+    /// it from this device, and the next release's unchanged chunks come
+    /// from it), the one before it (a delta back to it is free too), and
+    /// any release waiting to be taken up. Everything else, such as a
+    /// release rolled back or prefetched and never opened, may go.
+    pub fn keep_manifests(&self) -> Vec<ManifestId> {
+        let mut keep = self.installed_manifests.clone();
+        for h in [&self.held, &self.next].into_iter().flatten() {
+            if !keep.contains(&h.release.manifest_id) {
+                keep.push(h.release.manifest_id);
+            }
+        }
+        keep
     }
 
     /// Remembers a release as given up, keeping the list bounded.

@@ -191,3 +191,22 @@ fn reachable(
     }
     Ok(Some(keep))
 }
+
+/// Keeps only `keep`'s manifests and their chunks: sets them as the
+/// roots and collects the rest. Manifests the store does not hold are
+/// left out of the roots, since one unknown root makes a collection keep
+/// everything; their chunks are not known here anyway.
+///
+/// # Errors
+/// [`StoreError`] from the backend; the store is then unchanged or only
+/// partly collected, never missing a kept chunk.
+pub fn prune_to(store: &dyn Store, keep: &[ManifestId]) -> Result<GcStats, StoreError> {
+    let mut roots = Vec::with_capacity(keep.len());
+    for m in keep {
+        if store.get_manifest(m)?.is_some() && !roots.contains(m) {
+            roots.push(*m);
+        }
+    }
+    store.set_roots(&roots)?;
+    store.gc()
+}

@@ -39,6 +39,7 @@ on_both_stores!(
     gc_keeps_the_active_and_previous_release_and_removes_the_rest,
     gc_removes_no_chunk_while_a_root_manifest_is_missing,
     gc_refuses_a_corrupt_root_manifest_and_removes_nothing,
+    pruning_to_releases_it_lacks_still_removes_the_rest,
     usage_counts_each_chunk_once_with_its_stored_bytes,
     chunks_put_from_many_threads_all_land,
 );
@@ -293,6 +294,25 @@ fn gc_keeps_the_active_and_previous_release_and_removes_the_rest(store: &dyn Sto
         ),
         (keep.len() as u64, 0, 0)
     );
+}
+
+fn pruning_to_releases_it_lacks_still_removes_the_rest(store: &dyn Store) {
+    let [v1, v2, v3] = three_releases();
+    v1.put(store);
+    v2.put(store);
+    // v3 was committed before this store existed (or its manifest was
+    // lost): as a root it would make the collection keep everything.
+    let stats = super::prune_to(store, &[v2.id, v3.id, v2.id]).unwrap();
+    assert!(stats.removed_chunks > 0, "{stats:?}");
+    assert_eq!(store.roots().unwrap(), vec![v2.id]);
+    assert_eq!(store.get_manifest(&v1.id).unwrap(), None);
+    assert_eq!(
+        store.held(&v2.manifest).unwrap().count(),
+        v2.manifest.chunks.len()
+    );
+    for id in v1.ids().difference(&v2.ids()) {
+        assert!(!store.has_chunk(id).unwrap());
+    }
 }
 
 fn gc_removes_no_chunk_while_a_root_manifest_is_missing(store: &dyn Store) {

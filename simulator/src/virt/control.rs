@@ -324,7 +324,7 @@ impl Sim<'_> {
                     };
                     dev.agent.handle_boot(slot, t);
                 }
-                AgentAction::Resync => {}
+                AgentAction::Resync | AgentAction::PruneStore { .. } => {}
             }
         }
         if let Some(w) = self.devices[d as usize].agent.poll_timeout() {

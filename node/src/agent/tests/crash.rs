@@ -12,7 +12,6 @@ use super::*;
 fn crash_after(k: usize, healthy: bool) -> Option<(UpdateState, Rig, Vec<u8>, Vec<u8>)> {
     let rig = Rig::new();
     let (p1, m1) = rig.payload(1);
-    let (p2, m2) = rig.payload(2);
     let mut d = rig.start(NOW);
     d.agent.handle_announcement(
         rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
@@ -21,6 +20,9 @@ fn crash_after(k: usize, healthy: bool) -> Option<(UpdateState, Rig, Vec<u8>, Ve
     let d = settle(&rig, d, NOW);
     assert_eq!(d.agent.phase(), UpdateState::Committed);
     drop(d);
+    // After the commit, as a fetch would bring it (a commit prunes the
+    // store to the committed releases).
+    let (p2, m2) = rig.payload(2);
 
     rig.set_healthy(healthy);
     let ann = rig.world.announce(&m2, 2, 2, Action::InstallAndActivate);
@@ -78,13 +80,13 @@ fn a_crash_at_any_point_of_an_unhealthy_update_ends_rolled_back() {
 fn a_crash_between_the_slot_switch_and_the_state_write_is_a_trial_boot() {
     let rig = Rig::new();
     let (_, m1) = rig.payload(1);
-    let (p2, m2) = rig.payload(2);
     let mut d = rig.start(NOW);
     d.agent.handle_announcement(
         rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
         NOW,
     );
     let mut d = settle(&rig, d, NOW);
+    let (p2, m2) = rig.payload(2);
     d.agent
         .handle_announcement(rig.world.announce(&m2, 2, 2, Action::Install), NOW);
     let d = settle(&rig, d, NOW);

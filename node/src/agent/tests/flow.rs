@@ -114,7 +114,6 @@ fn every_transition_publishes_a_status_after_its_state_change_event() {
 fn a_failing_health_check_rolls_back_reports_it_and_keeps_the_old_slot_active() {
     let rig = Rig::new();
     let (p1, m1) = rig.payload(1);
-    let (_, m2) = rig.payload(2);
     let mut d = rig.start(NOW);
     d.agent.handle_announcement(
         rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
@@ -122,6 +121,7 @@ fn a_failing_health_check_rolls_back_reports_it_and_keeps_the_old_slot_active() 
     );
     let mut d = settle(&rig, d, NOW);
     rig.reports.take_events();
+    let (_, m2) = rig.payload(2);
 
     rig.set_healthy(false);
     d.agent.handle_announcement(
@@ -296,6 +296,47 @@ fn download_only_stops_at_downloaded_and_a_later_gate_continues() {
     let d = settle(&rig, d, NOW + 2);
     assert_eq!(d.agent.phase(), Committed);
     assert_eq!(rig.active_payload().unwrap(), p1);
+}
+
+#[test]
+fn after_each_commit_the_store_keeps_only_the_committed_and_the_previous_release() {
+    use crate::store::Store as _;
+    let rig = Rig::new();
+    let mut d = rig.start(NOW);
+    let mut manifests = Vec::new();
+    for minor in 1..=3 {
+        // Each payload reaches the store just before its announcement,
+        // as a fetch would bring it.
+        let (_, m) = rig.payload(minor);
+        d.agent.handle_announcement(
+            rig.world
+                .announce(&m, minor, minor, Action::InstallAndActivate),
+            NOW + minor,
+        );
+        d = settle(&rig, d, NOW + minor);
+        assert_eq!(d.agent.phase(), Committed);
+        manifests.push(m);
+    }
+    let id = |m: &Manifest| m.id().unwrap();
+    let store = rig.store.as_ref();
+    assert_eq!(store.get_manifest(&id(&manifests[0])).unwrap(), None);
+    for m in &manifests[1..] {
+        assert!(store.get_manifest(&id(m)).unwrap().is_some());
+        assert_eq!(store.held(m).unwrap().count(), m.chunks.len());
+    }
+    let kept: std::collections::HashSet<_> = manifests[1..]
+        .iter()
+        .flat_map(|m| m.chunks.iter().map(|c| c.id))
+        .collect();
+    let gone: Vec<_> = manifests[0]
+        .chunks
+        .iter()
+        .filter(|c| !kept.contains(&c.id))
+        .collect();
+    assert!(!gone.is_empty());
+    assert!(gone.iter().all(|c| !store.has_chunk(&c.id).unwrap()));
+    // The store's own count agrees: two releases' chunks and no more.
+    assert_eq!(store.usage().unwrap().0, kept.len() as u64);
 }
 
 #[test]
