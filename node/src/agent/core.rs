@@ -379,6 +379,10 @@ impl Agent {
                 self.state.target_slot = None;
                 self.state.trial_boots = 0;
                 self.go(UpdateState::Downloading);
+                // A release rolled back, cancelled or prefetched and never
+                // opened goes before the next one comes in.
+                let keep = self.state.keep_manifests();
+                self.actions.push_back(AgentAction::PruneStore { keep });
                 self.fetch(&held);
             }
             UpdateState::Downloading => match self.fetch_retry_at {

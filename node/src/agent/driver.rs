@@ -379,7 +379,7 @@ impl LocalDriver {
                         removed_chunks = gc.removed_chunks,
                         removed_bytes = gc.removed_bytes,
                         kept_chunks = gc.kept_chunks,
-                        "pruned the chunk store to the committed releases"
+                        "pruned the chunk store"
                     ),
                     Err(e) => tracing::warn!(error = %e, "could not prune the chunk store"),
                 }

@@ -340,6 +340,48 @@ fn after_each_commit_the_store_keeps_only_the_committed_and_the_previous_release
 }
 
 #[test]
+fn a_rolled_back_release_is_pruned_before_the_next_download_starts() {
+    let rig = Rig::new();
+    let (_, m1) = rig.payload(1);
+    let mut d = rig.start(NOW);
+    d.agent.handle_announcement(
+        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
+        NOW,
+    );
+    let mut d = settle(&rig, d, NOW);
+    rig.set_healthy(false);
+    let (_, m2) = rig.payload(2);
+    d.agent.handle_announcement(
+        rig.world.announce(&m2, 2, 2, Action::InstallAndActivate),
+        NOW + 1,
+    );
+    let mut d = settle(&rig, d, NOW + 1);
+    assert_eq!(d.agent.phase(), RolledBack);
+    // The next release: the store is pruned to the committed one and the
+    // newcomer before its download starts, so v2 does not wait for v3's
+    // commit to leave.
+    let (_, m3) = rig.payload(3);
+    d.agent.handle_announcement(
+        rig.world.announce(&m3, 3, 3, Action::InstallAndActivate),
+        NOW + 2,
+    );
+    let acts = std::iter::from_fn(|| d.agent.poll_action()).collect::<Vec<_>>();
+    let prune = acts
+        .iter()
+        .position(|x| matches!(x, AgentAction::PruneStore { .. }))
+        .expect("a prune before the fetch");
+    let fetch = acts
+        .iter()
+        .position(|x| matches!(x, AgentAction::Fetch { .. }))
+        .unwrap();
+    assert!(prune < fetch);
+    let AgentAction::PruneStore { keep } = &acts[prune] else {
+        unreachable!()
+    };
+    assert_eq!(keep, &vec![m1.id().unwrap(), m3.id().unwrap()]);
+}
+
+#[test]
 fn an_incomplete_download_is_retried_with_backoff_and_then_fails() {
     let w = world();
     let rig = Rig::new();
@@ -372,7 +414,6 @@ fn an_incomplete_download_is_retried_with_backoff_and_then_fails() {
 fn a_release_announced_during_a_trial_is_taken_up_after_the_commit() {
     let rig = Rig::new();
     let (_, m1) = rig.payload(1);
-    let (p2, m2) = rig.payload(2);
     let mut d = rig.start(NOW);
     d.agent.handle_announcement(
         rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
@@ -388,6 +429,7 @@ fn a_release_announced_during_a_trial_is_taken_up_after_the_commit() {
     }
     assert_eq!(d.agent.phase(), Activated);
     assert_eq!(d.agent.status().slot.as_deref(), Some("a"));
+    let (p2, m2) = rig.payload(2);
     d.agent.handle_announcement(
         rig.world.announce(&m2, 2, 2, Action::InstallAndActivate),
         NOW,
