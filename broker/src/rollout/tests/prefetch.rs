@@ -142,3 +142,20 @@ fn a_stopped_rollout_prefetches_nobody() {
     assert_eq!(h.gate().prefetch_bp, 0);
     assert!(downloading_only(&h).is_empty());
 }
+
+#[test]
+fn a_pause_withdraws_the_prefetch_share_and_a_resume_restores_it() {
+    let mut h = Harness::plain(prefetching(spec()), 100);
+    h.at(T0);
+    let t = h.targeted();
+    fetch(&mut h, &t);
+    let open = h.gate().prefetch_bp;
+    assert!(open > h.gate().share_bp);
+    h.p.handle_command(PlannerCommand::Pause, h.now).unwrap();
+    h.drain();
+    assert_eq!(h.gate().prefetch_bp, 0);
+    assert!(downloading_only(&h).is_empty());
+    h.p.handle_command(PlannerCommand::Resume, h.now).unwrap();
+    h.drain();
+    assert_eq!(h.gate().prefetch_bp, open);
+}
