@@ -11,13 +11,7 @@ use super::*;
 /// phase, or `None` when `k` is past the end of an uninterrupted run.
 fn crash_after(k: usize, healthy: bool) -> Option<(UpdateState, Rig, Vec<u8>, Vec<u8>)> {
     let rig = Rig::new();
-    let (p1, m1) = rig.payload(1);
-    let mut d = rig.start(NOW);
-    d.agent.handle_announcement(
-        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
-        NOW,
-    );
-    let d = settle(&rig, d, NOW);
+    let (d, p1, _) = rig.on_v1();
     assert_eq!(d.agent.phase(), UpdateState::Committed);
     drop(d);
     // After the commit, as a fetch would bring it (a commit prunes the
@@ -79,13 +73,7 @@ fn a_crash_at_any_point_of_an_unhealthy_update_ends_rolled_back() {
 #[test]
 fn a_crash_between_the_slot_switch_and_the_state_write_is_a_trial_boot() {
     let rig = Rig::new();
-    let (_, m1) = rig.payload(1);
-    let mut d = rig.start(NOW);
-    d.agent.handle_announcement(
-        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
-        NOW,
-    );
-    let mut d = settle(&rig, d, NOW);
+    let (mut d, _, _) = rig.on_v1();
     let (p2, m2) = rig.payload(2);
     d.agent
         .handle_announcement(rig.world.announce(&m2, 2, 2, Action::Install), NOW);
@@ -136,13 +124,8 @@ fn the_persisted_state_survives_a_restart_and_keeps_replay_protection() {
 #[test]
 fn a_corrupt_state_file_is_set_aside_and_the_slots_decide() {
     let rig = Rig::new();
-    let (p1, m1) = rig.payload(1);
-    let mut d = rig.start(NOW);
-    d.agent.handle_announcement(
-        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
-        NOW,
-    );
-    drop(settle(&rig, d, NOW));
+    let (d, p1, _) = rig.on_v1();
+    drop(d);
     let file = rig
         .tmp
         .path()

@@ -8,13 +8,7 @@ use crate::install::Activation;
 #[test]
 fn an_update_goes_through_every_state_and_the_slot_is_byte_identical_to_the_payload() {
     let rig = Rig::new();
-    let (p1, m1) = rig.payload(1);
-    let mut d = rig.start(NOW);
-    d.agent.handle_announcement(
-        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
-        NOW,
-    );
-    let d = settle(&rig, d, NOW);
+    let (d, p1, m1) = rig.on_v1();
     assert_eq!(d.agent.phase(), Committed);
     let statuses: Vec<_> = rig
         .reports
@@ -113,13 +107,7 @@ fn every_transition_publishes_a_status_after_its_state_change_event() {
 #[test]
 fn a_failing_health_check_rolls_back_reports_it_and_keeps_the_old_slot_active() {
     let rig = Rig::new();
-    let (p1, m1) = rig.payload(1);
-    let mut d = rig.start(NOW);
-    d.agent.handle_announcement(
-        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
-        NOW,
-    );
-    let mut d = settle(&rig, d, NOW);
+    let (mut d, p1, _) = rig.on_v1();
     rig.reports.take_events();
     let (_, m2) = rig.payload(2);
 
@@ -342,13 +330,7 @@ fn after_each_commit_the_store_keeps_only_the_committed_and_the_previous_release
 #[test]
 fn a_rolled_back_release_is_pruned_before_the_next_download_starts() {
     let rig = Rig::new();
-    let (_, m1) = rig.payload(1);
-    let mut d = rig.start(NOW);
-    d.agent.handle_announcement(
-        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
-        NOW,
-    );
-    let mut d = settle(&rig, d, NOW);
+    let (mut d, _, m1) = rig.on_v1();
     rig.set_healthy(false);
     let (_, m2) = rig.payload(2);
     d.agent.handle_announcement(

@@ -273,6 +273,21 @@ impl Rig {
         LocalDriver::start(self.cfg.clone(), parts, now).unwrap()
     }
 
+    /// A driver that took v1 (install and activate) at `NOW` and settled:
+    /// committed while the rig is healthy. Returns v1's payload and
+    /// manifest too. Later payloads go into the store after this, as a
+    /// fetch would bring them: the commit prunes the store.
+    pub fn on_v1(&self) -> (LocalDriver, Vec<u8>, Manifest) {
+        let (p1, m1) = self.payload(1);
+        let mut d = self.start(NOW);
+        d.agent.handle_announcement(
+            self.world
+                .announce(&m1, 1, 1, meshota_protocol::Action::InstallAndActivate),
+            NOW,
+        );
+        (settle(self, d, NOW), p1, m1)
+    }
+
     pub fn payload(&self, minor: u64) -> (Vec<u8>, Manifest) {
         let data = noise(300_000 + minor as usize * 1000, minor);
         let m = put_payload(self.store.as_ref(), &data, v(minor), InstallKind::Image);

@@ -243,13 +243,7 @@ fn cancel_gives_up_an_update_that_is_not_activated() {
 #[test]
 fn an_operator_rollback_after_commit_returns_to_the_previous_release() {
     let rig = Rig::new();
-    let (p1, m1) = rig.payload(1);
-    let mut d = rig.start(NOW);
-    d.agent.handle_announcement(
-        rig.world.announce(&m1, 1, 1, Action::InstallAndActivate),
-        NOW,
-    );
-    let mut d = settle(&rig, d, NOW);
+    let (mut d, p1, _) = rig.on_v1();
     let (_, m2) = rig.payload(2);
     d.agent.handle_announcement(
         rig.world.announce(&m2, 2, 2, Action::InstallAndActivate),
