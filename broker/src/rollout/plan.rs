@@ -433,7 +433,7 @@ impl Planner {
         // The share itself is a scan of the histogram, so only when the
         // gate's prefetch looks out of step with the wave's progress.
         let prefetch_changed = self.core.gate.as_ref().is_some_and(|g| {
-            self.prefetch_ready() != (g.prefetch_bp > 0)
+            self.prefetch_next().is_some() != (g.prefetch_bp > 0)
                 && g.prefetch_bp != self.prefetch_share(g.share_bp)
         });
         if self.core.gate.is_some()
@@ -689,18 +689,10 @@ impl Planner {
     /// 115-123 s, and the origin served 2.1 copies, because the first
     /// wave no longer seeded each site alone.
     fn prefetch_share(&self, share_bp: u16) -> u16 {
-        let c = &self.core;
-        if !self.prefetch_ready() {
-            return 0;
-        }
-        let Some(k) = c.current else {
+        let Some((goal, pct)) = self.prefetch_next() else {
             return 0;
         };
-        let Some(WaveKind::Percent(p)) = c.waves.get(k + 1).map(|w| w.kind) else {
-            return 0;
-        };
-        let goal = c.waves.get(k).map_or(share_bp, |w| w.goal_bp.max(share_bp));
-        let next = self.derived.hist.goal_for(p, goal);
+        let next = self.derived.hist.goal_for(pct, goal.max(share_bp));
         if next > share_bp {
             next
         } else {
@@ -708,29 +700,25 @@ impl Planner {
         }
     }
 
-    /// Whether the running wave is ready for the next one to prefetch
-    /// (see [`Self::prefetch_share`]); cheap, unlike the share.
-    fn prefetch_ready(&self) -> bool {
+    /// When the running wave is ready for the next one to prefetch (see
+    /// [`Self::prefetch_share`]): that wave's goal and the next wave's
+    /// percent. Cheap, unlike the share.
+    fn prefetch_next(&self) -> Option<(u16, u8)> {
         let c = &self.core;
         if !c.spec.prefetch || c.state != RolloutState::Running {
-            return false;
+            return None;
         }
-        let Some(k) = c.current else {
-            return false;
+        let k = c.current?;
+        let WaveKind::Percent(pct) = c.waves.get(k + 1)?.kind else {
+            return None;
         };
-        if !matches!(
-            c.waves.get(k + 1).map(|w| w.kind),
-            Some(WaveKind::Percent(_))
-        ) {
-            return false;
-        }
-        let (Some(w), Some(t)) = (c.waves.get(k), self.derived.tallies.get(k)) else {
-            return false;
-        };
+        let (w, t) = (c.waves.get(k)?, self.derived.tallies.get(k)?);
         let fetched = t.targeted()
             - t.get(Phase::Unreported)
             - t.get(Phase::Idle)
             - t.get(Phase::Downloading);
-        w.share_bp >= w.goal_bp && reaches(fetched, t.targeted(), c.spec.success_threshold_pct)
+        let ready =
+            w.share_bp >= w.goal_bp && reaches(fetched, t.targeted(), c.spec.success_threshold_pct);
+        ready.then_some((w.goal_bp, pct))
     }
 }
