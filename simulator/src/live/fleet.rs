@@ -121,21 +121,24 @@ pub struct Fleet {
 /// - **The devices' MQTT sessions** run on another: a real device's
 ///   telemetry waits for its own CPU, not behind 999 other devices'
 ///   transfers. Their fetches still run on the fleet's runtime.
-struct SideRuntime(Option<tokio::runtime::Runtime>);
+struct SideRuntime {
+    // `None` only once dropped.
+    rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
 
 impl SideRuntime {
     fn new(name: &str) -> Result<Self, LiveError> {
-        tokio::runtime::Builder::new_multi_thread()
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name(name)
             .enable_all()
             .build()
-            .map(|rt| Self(Some(rt)))
-            .map_err(io(format!("starting the {name} runtime")))
-    }
-
-    fn handle(&self) -> Option<tokio::runtime::Handle> {
-        self.0.as_ref().map(|rt| rt.handle().clone())
+            .map_err(io(format!("starting the {name} runtime")))?;
+        Ok(Self {
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+        })
     }
 }
 
@@ -144,7 +147,7 @@ impl Drop for SideRuntime {
         // Dropping a runtime may block, which inside the fleet's own
         // runtime would panic; its tasks have stopped with the server
         // and the devices.
-        if let Some(rt) = self.0.take() {
+        if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
     }
@@ -266,13 +269,11 @@ async fn setup_release(
     cfg.p2p_origin_dedup_secs = s.origin_dedup_s;
     cfg.max_connections = (s.devices as usize) * 2 + 100;
     // Spawned from the broker's runtime, its tasks stay there.
-    let server = match broker_rt.handle() {
-        Some(h) => h
-            .spawn(Server::spawn(cfg))
-            .await
-            .map_err(|e| rel(format!("starting the broker: {e}")))??,
-        None => Server::spawn(cfg).await?,
-    };
+    let server = broker_rt
+        .handle
+        .spawn(Server::spawn(cfg))
+        .await
+        .map_err(|e| rel(format!("starting the broker: {e}")))??;
     let trust = server
         .trust()
         .cloned()
@@ -552,10 +553,7 @@ root = "{trust}"
             mqtt::run_with_backend(cfg, store, Box::new(fetcher), Box::new(backend), async {
                 let _ = stop_rx.await;
             });
-        let agent = match self.agents_rt.handle() {
-            Some(h) => h.spawn(session),
-            None => tokio::spawn(session),
-        };
+        let agent = self.agents_rt.handle.spawn(session);
         self.devices[i].running = Some(Running { node, stop, agent });
         Ok(())
     }
