@@ -105,14 +105,16 @@ pub struct RolloutGate {
     /// ever start a download. Absent from the encoding when zero, so
     /// gates without it encode as before; devices of builds before it
     /// ignore it and simply fetch when their wave opens.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "no_share")]
     pub prefetch_bp: u16,
 }
 
-// serde's `skip_serializing_if` passes a reference.
+/// Whether a share in basis points is zero: for `skip_serializing_if`
+/// on optional shares (which passes a reference), here and in documents
+/// that show them.
 #[allow(clippy::trivially_copy_pass_by_ref)]
-fn is_zero(v: &u16) -> bool {
-    *v == 0
+pub fn no_share(bp: &u16) -> bool {
+    *bp == 0
 }
 
 impl Message for RolloutGate {

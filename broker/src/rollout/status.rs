@@ -112,7 +112,7 @@ pub struct RolloutStatus {
     pub prefetch: bool,
     /// The live gate's prefetch share: devices below it and outside
     /// `share_bp` download and wait (see `RolloutGate::prefetch_bp`).
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "meshota_protocol::release::no_share")]
     pub prefetch_bp: u16,
     /// The sequence of the last gate issued.
     pub gate_sequence: Option<u64>,
@@ -195,12 +195,6 @@ impl Planner {
             bytes_from_origin: bytes.origin,
         }
     }
-}
-
-// serde's `skip_serializing_if` passes a reference.
-#[allow(clippy::trivially_copy_pass_by_ref)]
-fn is_zero(v: &u16) -> bool {
-    *v == 0
 }
 
 fn pct(bp: u16) -> String {
