@@ -31,6 +31,14 @@ fn fetch(h: &mut Harness, devices: &[DeviceId]) {
     }
 }
 
+/// Starts the rollout and has the whole first wave fetch; returns it.
+fn start_and_fetch(h: &mut Harness) -> Vec<DeviceId> {
+    h.at(T0);
+    let wave0 = h.targeted();
+    fetch(h, &wave0);
+    wave0
+}
+
 #[test]
 fn the_next_wave_downloads_once_the_current_one_has_fetched() {
     let mut s = prefetching(spec());
@@ -88,9 +96,7 @@ fn prefetching_devices_count_toward_no_wave_until_theirs_opens() {
     s.waves = vec![10, 100];
     s.max_parallel = Some(10);
     let mut h = Harness::plain(s, 100);
-    h.at(T0);
-    let wave0 = h.targeted();
-    fetch(&mut h, &wave0);
+    let wave0 = start_and_fetch(&mut h);
     let next = downloading_only(&h);
     assert_eq!(next.len(), 90);
     for d in &next {
@@ -113,9 +119,7 @@ fn a_halt_withdraws_the_prefetch_share_at_once() {
     s.waves = vec![50, 100];
     s.error_threshold_pct = 10;
     let mut h = Harness::plain(s, 40);
-    h.at(T0);
-    let t = h.targeted();
-    fetch(&mut h, &t);
+    let t = start_and_fetch(&mut h);
     assert!(h.gate().prefetch_bp > h.gate().share_bp);
     let seq = h.gate().sequence;
     h.report(&t[0], UpdateState::Failed);
@@ -132,9 +136,7 @@ fn a_halt_withdraws_the_prefetch_share_at_once() {
 #[test]
 fn a_stopped_rollout_prefetches_nobody() {
     let mut h = Harness::plain(prefetching(spec()), 100);
-    h.at(T0);
-    let t = h.targeted();
-    fetch(&mut h, &t);
+    start_and_fetch(&mut h);
     assert!(!downloading_only(&h).is_empty());
     h.p.handle_command(PlannerCommand::Abort, h.now).unwrap();
     h.drain();
@@ -146,9 +148,7 @@ fn a_stopped_rollout_prefetches_nobody() {
 #[test]
 fn a_pause_withdraws_the_prefetch_share_and_a_resume_restores_it() {
     let mut h = Harness::plain(prefetching(spec()), 100);
-    h.at(T0);
-    let t = h.targeted();
-    fetch(&mut h, &t);
+    start_and_fetch(&mut h);
     let open = h.gate().prefetch_bp;
     assert!(open > h.gate().share_bp);
     h.p.handle_command(PlannerCommand::Pause, h.now).unwrap();
