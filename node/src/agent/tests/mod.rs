@@ -96,6 +96,15 @@ impl World {
     pub fn sign_gate(&self, g: &RolloutGate) -> Signed<RolloutGate> {
         Signed::sign(g, &[&self.rollout_key]).unwrap()
     }
+    /// `release` under gate `g`, signed by the rollout key, with no hints.
+    pub fn announce_with(&self, release: Signed<Release>, g: &RolloutGate) -> Announcement {
+        Announcement {
+            release,
+            gate: self.sign_gate(g),
+            bootstrap: vec![],
+            http_origin: None,
+        }
+    }
     /// A valid announcement of `m` with release sequence `seq` and gate
     /// sequence `gate_seq`.
     pub fn announce(&self, m: &Manifest, seq: u64, gate_seq: u64, action: Action) -> Announcement {

@@ -66,12 +66,7 @@ fn not_before_defers_the_start_until_then() {
     let release = w.sign_release(&w.release(&m1, 1));
     let mut g = w.gate(&release, 1, Action::InstallAndActivate);
     g.not_before = NOW + 500;
-    let ann = Announcement {
-        release,
-        gate: w.sign_gate(&g),
-        bootstrap: vec![],
-        http_origin: None,
-    };
+    let ann = w.announce_with(release, &g);
     a.handle_announcement(ann, NOW);
     assert_eq!(a.phase(), UpdateState::Idle);
     assert_eq!(a.poll_timeout(), Some(NOW + 500));
@@ -90,12 +85,7 @@ fn a_device_outside_the_gate_share_and_groups_waits() {
     let mut g = w.gate(&release, 1, Action::InstallAndActivate);
     g.share_bp = 0;
     g.groups = vec![Group::new("canary").unwrap()];
-    let ann = Announcement {
-        release,
-        gate: w.sign_gate(&g),
-        bootstrap: vec![],
-        http_origin: None,
-    };
+    let ann = w.announce_with(release, &g);
     a.handle_announcement(ann.clone(), NOW);
     assert_eq!(a.phase(), UpdateState::Idle);
     cfg.groups = vec![Group::new("canary").unwrap()];
@@ -115,12 +105,7 @@ fn a_device_in_the_prefetch_share_downloads_and_installs_only_when_its_wave_open
         let mut g = w.gate(&release, seq, Action::InstallAndActivate);
         g.share_bp = share_bp;
         g.prefetch_bp = prefetch_bp;
-        Announcement {
-            release: release.clone(),
-            gate: w.sign_gate(&g),
-            bootstrap: vec![],
-            http_origin: None,
-        }
+        w.announce_with(release.clone(), &g)
     };
     // Outside the share and the prefetch share: nothing.
     a.handle_announcement(gate(1, 0, 0), NOW);
