@@ -318,6 +318,9 @@ async fn a_trickling_peer_is_dropped_and_the_download_completes() {
         b.seed(&*st);
         let mut slow = P2pConfig::loopback();
         slow.upload_limit_bps = Some(1024);
+        // It takes every request and trickles, as a hostile peer or an
+        // old build would, instead of answering `Busy` past a short queue.
+        slow.upload_queue_max = Duration::MAX;
         let trickler = spawn(slow, st);
         let sd: Arc<dyn Store> = Arc::new(MemStore::new());
         let mut cfg = P2pConfig::loopback();
@@ -344,6 +347,49 @@ async fn a_trickling_peer_is_dropped_and_the_download_completes() {
         for n in [&origin, &trickler, &device] {
             n.shutdown().await;
         }
+    })
+    .await
+}
+
+/// Policy, not storage: runs on `MemStore` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_uploader_answers_busy_rather_than_queue_requests_for_long() {
+    bounded(async {
+        let b = Bundle::new(&payload(512 << 10, 12));
+        let so: Arc<dyn Store> = Arc::new(MemStore::new());
+        b.seed(&*so);
+        let origin = spawn(P2pConfig::loopback().origin(), so);
+        // About 0.25 s a (16 KiB) chunk: the default 1.5 s queue holds
+        // about six, and a device asking for sixteen at once hears `Busy`
+        // for the rest. Without the queue limit the slots (32) take all.
+        let capped = |queue: Duration| {
+            let st: Arc<dyn Store> = Arc::new(MemStore::new());
+            b.seed(&*st);
+            let mut cfg = P2pConfig::loopback();
+            cfg.upload_limit_bps = Some(64 << 10);
+            cfg.upload_queue_max = queue;
+            spawn(cfg, st)
+        };
+        for (queue, busy) in [
+            (P2pConfig::default().upload_queue_max, true),
+            (Duration::MAX, false),
+        ] {
+            let seed = capped(queue);
+            let sd: Arc<dyn Store> = Arc::new(MemStore::new());
+            let mut cfg = P2pConfig::loopback();
+            cfg.scheduler.window_per_peer = 16;
+            let device = spawn(cfg, sd.clone());
+            connect(&device, &seed).await;
+            connect(&device, &origin).await;
+            device.fetch(b.id, FetchOptions::default()).await.unwrap();
+            assert_byte_identical(&*sd, &b);
+            let stats = seed.stats();
+            assert_eq!(stats.busy > 0, busy, "queue {queue:?}: {stats:?}");
+            assert!(stats.uploaded_chunks > 0, "queue {queue:?}: {stats:?}");
+            seed.shutdown().await;
+            device.shutdown().await;
+        }
+        origin.shutdown().await;
     })
     .await
 }

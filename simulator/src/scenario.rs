@@ -42,6 +42,14 @@ pub struct Scenario {
     pub wan_peers: u32,
     /// Concurrent uploads a device serves before answering `Busy`.
     pub max_uploads: u32,
+    /// Each device's upload cap (the node's `p2p.max_upload_bps`) in
+    /// percent of `device_up_bps`; 0 for none. A cap just under the
+    /// uplink paces a device's uploads: it hands its link one chunk at a
+    /// time, each at the full rate, instead of its upload slots sharing
+    /// the link side by side. Each chunk then lands, and can be passed
+    /// on, up to `max_uploads` times sooner, which matters most on slow
+    /// uplinks.
+    pub upload_cap_pct: u32,
     /// Concurrent uploads the origin serves.
     pub origin_max_uploads: u32,
     /// Seconds the origin withholds a chunk it has just served, so the
@@ -115,6 +123,7 @@ impl Default for Scenario {
             lan_peers: 32,
             wan_peers: 2,
             max_uploads: 4,
+            upload_cap_pct: 0,
             origin_max_uploads: 64,
             origin_dedup_s: 30,
             waves: vec![10, 50, 100],
@@ -226,6 +235,12 @@ impl Scenario {
                 return bad(field, "must be a percent between 1 and 100");
             }
         }
+        if self.upload_cap_pct > 100 {
+            return bad(
+                "upload_cap_pct",
+                "must be a percent of the uplink between 0 (no cap) and 100",
+            );
+        }
         if self.max_uploads == 0 || self.origin_max_uploads == 0 {
             return bad("max_uploads", "upload slots must be at least 1");
         }
@@ -235,6 +250,18 @@ impl Scenario {
     /// Site of device `d`.
     pub fn site_of(&self, d: u32) -> u32 {
         d % self.sites
+    }
+
+    /// The upload cap each device configures, bytes per second.
+    pub fn device_upload_cap_bps(&self) -> Option<u64> {
+        (self.upload_cap_pct > 0)
+            .then(|| (self.device_up_bps * u64::from(self.upload_cap_pct) / 100).max(1))
+    }
+
+    /// The rate a device's uploads can reach: its uplink, or its cap.
+    pub fn device_upload_bps(&self) -> u64 {
+        self.device_upload_cap_bps()
+            .map_or(self.device_up_bps, |c| c.min(self.device_up_bps))
     }
 
     /// The chunk scheduler of device `d`, tuned to the scenario's rates.
@@ -344,6 +371,26 @@ mod tests {
         let err = Scenario::from_toml("devices = 0").unwrap_err();
         assert!(err.to_string().contains("devices"), "{err}");
         assert!(Scenario::from_toml("no_such_field = 1").is_err());
+        let err = Scenario::from_toml("upload_cap_pct = 120").unwrap_err();
+        assert!(err.to_string().contains("upload_cap_pct"), "{err}");
+    }
+
+    #[test]
+    fn an_upload_cap_is_a_share_of_the_uplink_and_none_by_default() {
+        let d = Scenario::default();
+        assert_eq!(d.device_upload_cap_bps(), None);
+        assert_eq!(d.device_upload_bps(), d.device_up_bps);
+        let s = Scenario::from_toml("device_up_bps = 250000\nupload_cap_pct = 95").unwrap();
+        assert_eq!(s.device_upload_cap_bps(), Some(237_500));
+        assert_eq!(s.device_upload_bps(), 237_500);
+        // The bound is the links' capacity, whatever the devices cap.
+        assert_eq!(
+            kumar_ross_bound_s(&s),
+            kumar_ross_bound_s(&Scenario {
+                upload_cap_pct: 0,
+                ..s.clone()
+            })
+        );
     }
 
     #[test]

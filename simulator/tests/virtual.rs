@@ -226,3 +226,36 @@ fn with_prefetch_later_waves_find_the_bundle_in_place_and_only_install() {
         staged.origin_bytes
     );
 }
+
+#[test]
+fn a_capped_uplink_holds_its_rate_and_refuses_requests_it_could_not_start_soon() {
+    // Slots enough that only the queue limit can refuse (29 peers with
+    // four requests each cannot fill 1,000): a 64 KiB chunk takes about
+    // 1 s at the cap, so a capped device takes about two requests at a
+    // time.
+    let plan = |upload_cap_pct| Scenario {
+        device_up_bps: 125_000,
+        max_uploads: 1000,
+        upload_cap_pct,
+        ..small()
+    };
+    let (open, capped) = (plan(0), plan(50));
+    let a = virt::run(&open, true, &mut |_| {}).unwrap();
+    let b = virt::run(&capped, true, &mut |_| {}).unwrap();
+    for (s, out) in [(&open, &a), (&capped, &b)] {
+        let sum = Summary::new(s, out, None);
+        assert!(sum.ok && sum.committed == s.devices, "{sum:?}");
+    }
+    // The fleet cannot beat the bound of the uplinks it allows itself.
+    let half = Scenario {
+        device_up_bps: 62_500,
+        ..open.clone()
+    };
+    let t = |out: &virt::Outcome| out.commit_times_s.iter().copied().fold(0.0, f64::max);
+    let bound = meshota_sim::scenario::kumar_ross_bound_s(&half);
+    assert!(t(&b) >= bound, "{} < {bound}", t(&b));
+    // Only the queue limit refuses `Busy` here: the slots never fill.
+    let busy = |out: &virt::Outcome| out.events_by_kind.get("refused_busy").copied().unwrap_or(0);
+    assert_eq!(busy(&a), 0);
+    assert!(busy(&b) > 0);
+}

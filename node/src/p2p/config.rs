@@ -29,13 +29,23 @@ pub struct P2pConfig {
     /// Seed-only origin: answers `Have` with `origin: true`, never
     /// fetches, and provides every store root on Kademlia at start.
     pub seed_only: bool,
-    /// Upload limit in bytes per second (`None`: unlimited).
+    /// Upload limit in bytes per second (`None`: unlimited). Chunk
+    /// responses are paced one after another at this rate, each sent
+    /// whole once the one before it has had its time, so just under the
+    /// uplink rate each goes out at the full rate rather than a share.
     pub upload_limit_bps: Option<u64>,
     /// Download limit in bytes per second (`None`: unlimited). Enforced by
     /// holding back requests, so at most one request window overshoots.
     pub download_limit_bps: Option<u64>,
     /// Chunk uploads in flight at once; more are answered `Busy`.
     pub max_concurrent_uploads: usize,
+    /// With an upload limit, a chunk request is answered `Busy` when the
+    /// uploads already accepted would hold its answer back longer than
+    /// this: the requester does better asking an idle neighbour than
+    /// queueing here. On a slow uplink that leaves one or two uploads
+    /// queued where the slots would allow many, each waiting seconds.
+    /// No effect without a limit.
+    pub upload_queue_max: Duration,
     /// Established connections in total.
     pub max_connections: u32,
     /// Established connections per peer.
@@ -89,6 +99,7 @@ impl Default for P2pConfig {
             upload_limit_bps: None,
             download_limit_bps: None,
             max_concurrent_uploads: 32,
+            upload_queue_max: Duration::from_millis(1500),
             max_connections: 256,
             max_connections_per_peer: 2,
             max_memory_fraction: Some(0.9),

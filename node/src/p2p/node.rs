@@ -124,6 +124,7 @@ impl Node {
                 corrupt_uploads: config.corrupt_uploads,
                 max_concurrent_uploads: config.max_concurrent_uploads,
                 upload_limit_bps: config.upload_limit_bps,
+                upload_queue_max: config.upload_queue_max,
                 origin_dedup_window: config.origin_dedup_window,
             },
             counters.clone(),

@@ -2,9 +2,11 @@
 //! bandwidth limit and a cap on concurrent uploads.
 //!
 //! The event loop owns a [`Server`]. A request is answered at once when
-//! no bandwidth limit applies; otherwise a task waits out the limiter's
-//! delay and hands the response back to the loop through a channel, so
-//! the loop itself never sleeps.
+//! no bandwidth limit applies; otherwise the limiter paces chunk answers
+//! one after another ([`TokenBucket::pace`]): a task waits out each
+//! one's turn and hands it back to the loop through a channel, so the
+//! loop itself never sleeps. A request whose turn would come too late
+//! (`upload_queue_max`) is answered `Busy` instead.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,6 +66,35 @@ impl TokenBucket {
         } else {
             Duration::from_secs_f64(-self.tokens / self.rate)
         }
+    }
+
+    /// Reserves `bytes` to be sent as soon as the debt of earlier
+    /// reservations is paid, and returns how long that is: the bytes
+    /// are sent first and paid for after.
+    ///
+    /// This is what uploads use. Paying first would hold each response
+    /// back for its own size before the link even starts on it, so a
+    /// chunk would land about one chunk time later than it must; paying
+    /// after hands the link one whole chunk at a time, each right when
+    /// the one before it should have drained. At a cap near the uplink
+    /// rate, uploads then go out one after another at the full rate
+    /// instead of side by side at a share of it, and each chunk reaches
+    /// its peer (and can be served on from there) as early as it can.
+    pub fn pace(&mut self, bytes: u64, now: Instant) -> Duration {
+        self.refill(now);
+        let wait = if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.rate)
+        };
+        self.tokens -= bytes as f64;
+        wait
+    }
+
+    /// How long bytes reserved now would wait: the debt still to pay.
+    pub fn backlog(&mut self, now: Instant) -> Duration {
+        self.ready_at(now)
+            .map_or(Duration::ZERO, |t| t.saturating_duration_since(now))
     }
 
     /// When the balance will be non-negative again (`None`: it is now).
@@ -161,6 +192,8 @@ pub(crate) struct ServeConfig {
     pub(crate) corrupt_uploads: bool,
     pub(crate) max_concurrent_uploads: usize,
     pub(crate) upload_limit_bps: Option<u64>,
+    /// See `P2pConfig::upload_queue_max`.
+    pub(crate) upload_queue_max: Duration,
     /// Origin only: how long a served chunk is withheld (zero: never).
     pub(crate) origin_dedup_window: Duration,
 }
@@ -295,7 +328,11 @@ impl Server {
                 }
             },
             PeerRequest::Get { chunk } => {
-                if self.in_flight.len() >= self.config.max_concurrent_uploads {
+                let queued_too_long = self
+                    .limiter
+                    .as_mut()
+                    .is_some_and(|l| l.backlog(now) > self.config.upload_queue_max);
+                if queued_too_long || self.in_flight.len() >= self.config.max_concurrent_uploads {
                     self.counters.busy.fetch_add(1, Ordering::Relaxed);
                     return Some((channel, PeerResponse::Busy));
                 }
@@ -325,7 +362,7 @@ impl Server {
                         let delay = self
                             .limiter
                             .as_mut()
-                            .map(|l| l.reserve(size, now))
+                            .map(|l| l.pace(size, now))
                             .unwrap_or(Duration::ZERO);
                         if delay.is_zero() {
                             response
@@ -449,6 +486,26 @@ mod tests {
         assert!((d.as_secs_f64() - 1.0).abs() < 0.01, "{d:?}");
         assert!(b.ready_at(t0).is_some());
         assert!(b.ready_at(t0 + Duration::from_secs(2)).is_none());
+    }
+
+    #[test]
+    fn paced_uploads_go_out_one_after_another_at_the_capped_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(100_000, t0);
+        // Four 100 kB chunks asked at once: the first goes at once, and
+        // each next one a second after the one before it (less the
+        // 16 KiB burst the bucket starts with).
+        let waits: Vec<f64> = (0..4).map(|_| b.pace(100_000, t0).as_secs_f64()).collect();
+        let want = [0.0, 0.836, 1.836, 2.836];
+        for (got, want) in waits.iter().zip(want) {
+            assert!((got - want).abs() < 0.01, "{waits:?}");
+        }
+        assert!((b.backlog(t0).as_secs_f64() - 3.836).abs() < 0.01);
+        // Once the backlog is paid and the link idle a while, a chunk
+        // goes at once again.
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(b.backlog(later), Duration::ZERO);
+        assert_eq!(b.pace(100_000, later), Duration::ZERO);
     }
 
     #[test]

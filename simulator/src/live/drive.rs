@@ -485,6 +485,8 @@ async fn drive(
                 origin: b.origin,
                 wan_in: dev_wan_in.get(i).copied().unwrap_or(0),
                 unused: stats.get(i).map_or(0, |s| s.unused_chunk_bytes),
+                uploaded: stats.get(i).map_or(0, |s| s.uploaded_bytes),
+                busy: stats.get(i).map_or(0, |s| s.busy),
                 lookups: stats.get(i).map_or(0, |s| s.provider_lookups),
                 origin_wan_in: origin_in.get(i).copied().unwrap_or(0),
                 origin_conns: origin_conns.get(i).copied().unwrap_or(0),

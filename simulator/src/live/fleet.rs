@@ -418,6 +418,7 @@ impl Fleet {
             mdns: false,
             bootstrap: self.origin.clone(),
             max_concurrent_uploads: s.max_uploads as usize,
+            upload_limit_bps: s.device_upload_cap_bps(),
             corrupt_uploads: d.malicious,
             shaper: Some(self.net.shaper(d.index)),
             // The simulated device is small; the host is not the device.

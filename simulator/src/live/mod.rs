@@ -177,6 +177,12 @@ pub struct DeviceFigures {
     /// Chunk bytes it received and could not use (already held, or the
     /// download had ended), from any source; since its last restart.
     pub unused: u64,
+    /// Chunk bytes it served to peers, since its last restart: against
+    /// its uplink and the run's length, how busy its upload was.
+    pub uploaded: u64,
+    /// `Busy` answers it gave (all its upload slots taken), since its
+    /// last restart.
+    pub busy: u64,
 }
 
 /// Runs scenario `s` live, telling `progress` what happens.

@@ -266,6 +266,10 @@ struct Sim<'a> {
     origin_up: Link,
     origin_slots: UploadSlots,
     origin_dedup: OriginDedup,
+    /// With an upload cap, how long a request may wait for its turn on a
+    /// device's uplink before the device answers `Busy`, as a capped
+    /// node does (`P2pConfig::upload_queue_max`).
+    upload_queue_max: Option<Micros>,
     /// Devices that have started fetching (or finished): what a Kademlia
     /// provider lookup would return.
     providers: Vec<u32>,
@@ -311,7 +315,9 @@ impl<'a> Sim<'a> {
                 started: false,
                 malicious: rng.unit() < s.malicious_rate,
                 health_fails: rng.unit() < s.health_fail_rate,
-                up: Link::new(s.device_up_bps),
+                // Virtual links already serve in order, so a cap only
+                // lowers the rate.
+                up: Link::new(s.device_upload_bps()),
                 down: Link::new(s.device_down_bps),
                 uploads: UploadSlots::default(),
             });
@@ -330,6 +336,11 @@ impl<'a> Sim<'a> {
                 Duration::from_secs(s.origin_dedup_s)
             } else {
                 Duration::ZERO
+            }),
+            upload_queue_max: s.device_upload_cap_bps().map(|_| {
+                meshota_node::p2p::P2pConfig::default()
+                    .upload_queue_max
+                    .as_micros() as Micros
             }),
             providers: Vec::new(),
             site_providers: vec![Vec::new(); s.sites as usize],

@@ -32,6 +32,11 @@ impl Link {
         }
     }
 
+    /// How long a transfer starting at `at` would wait for its turn.
+    pub fn backlog(&self, at: Micros) -> Micros {
+        self.free_at.saturating_sub(at)
+    }
+
     fn busy_for(&self, bytes: u64) -> Micros {
         bytes.saturating_mul(1_000_000) / self.rate
     }

@@ -400,7 +400,11 @@ impl Sim<'_> {
         }
         let (si, di) = (src as usize, dst as usize);
         let has = self.devices[si].held.get(index as usize);
-        let free = has && self.devices[si].uploads.try_take(now, self.s.max_uploads);
+        let queued_too_long = self
+            .upload_queue_max
+            .is_some_and(|max| self.devices[si].up.backlog(now + lat) > max);
+        let free =
+            has && !queued_too_long && self.devices[si].uploads.try_take(now, self.s.max_uploads);
         if !free {
             let ev = Ev::Refused {
                 dst,
