@@ -180,8 +180,8 @@ pub struct DeviceFigures {
     /// Chunk bytes it served to peers, since its last restart: against
     /// its uplink and the run's length, how busy its upload was.
     pub uploaded: u64,
-    /// `Busy` answers it gave (all its upload slots taken), since its
-    /// last restart.
+    /// `Busy` answers it gave (its upload slots all taken, or, under an
+    /// upload cap, its queue too long), since its last restart.
     pub busy: u64,
 }
 
