@@ -9,6 +9,8 @@
 //! - [`virt`]: virtual-time mode. A discrete-event model of the network
 //!   and the broker around the production cores (device agent, chunk
 //!   scheduler, rollout planner), fast enough for 100,000 devices.
+//! - [`payload`]: the simulated release's payload and its chunks, the
+//!   same bytes in both modes.
 //! - [`summary`]: the figures every run reports, against the origin-only
 //!   baseline and the theoretical bound.
 //! - [`progress`]: what a run reports while it goes, and the progress bar.
@@ -23,6 +25,7 @@
 
 pub mod live;
 pub mod load;
+pub mod payload;
 pub mod progress;
 pub mod report;
 pub mod scenario;

@@ -196,22 +196,12 @@ impl Rng {
     }
 }
 
-/// Writes `bytes` of seeded random payload to `path`.
+/// Writes `bytes` of the seeded payload ([`crate::payload`]) to `path`.
 fn write_payload(path: &Path, bytes: u64, seed: u64) -> Result<(), LiveError> {
     let f = std::fs::File::create(path).map_err(io(format!("create {}", path.display())))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
-    let mut rng = Rng::new(seed ^ 0xB0D7);
-    let mut left = bytes;
-    let mut block = [0u8; 8192];
-    while left > 0 {
-        for c in block.chunks_mut(8) {
-            c.copy_from_slice(&rng.next_u64().to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        w.write_all(&block[..n])
-            .map_err(io(format!("write {}", path.display())))?;
-        left -= n as u64;
-    }
+    std::io::copy(&mut crate::payload::Payload::new(bytes, seed), &mut w)
+        .map_err(io(format!("write {}", path.display())))?;
     w.flush().map_err(io(format!("write {}", path.display())))
 }
 

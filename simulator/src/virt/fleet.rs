@@ -1,5 +1,5 @@
 //! Who knows whom: each device's bounded neighbour set, the reverse
-//! ("who hears my news") lists, the synthetic manifest and the seeded
+//! ("who hears my news") lists, the release's manifest and the seeded
 //! random numbers of a run.
 //!
 //! A real node keeps a bounded number of connections, so a device knows
@@ -9,7 +9,7 @@
 //! lookup returns when it starts fetching. Never the whole fleet: that is
 //! what keeps a 100,000-device run linear in the fleet size.
 
-use meshota_protocol::{ChunkId, ChunkRef, IdError, Manifest};
+use meshota_protocol::{ChunkRef, Manifest};
 
 use crate::scenario::Scenario;
 
@@ -106,29 +106,21 @@ impl Topology {
     }
 }
 
-/// A synthetic manifest: the scheduler only needs ids and lengths, the
-/// release only the manifest's id.
-pub(super) fn manifest(s: &Scenario) -> Result<Manifest, IdError> {
-    let avg = s.chunk_avg;
-    let mut chunks = Vec::new();
-    let mut left = s.bundle_bytes;
-    while left > 0 {
-        let len = left.min(u64::from(avg)) as u32;
-        let id = ChunkId::digest(&(chunks.len() as u64).to_le_bytes());
-        chunks.push(ChunkRef { id, len });
-        left -= u64::from(len);
-    }
+/// The release's manifest: the chunks of the payload a live run would
+/// build its bundle from ([`crate::payload`]). The scheduler only needs
+/// their ids and lengths, and the release only the manifest's id.
+pub(super) fn manifest(s: &Scenario) -> Result<Manifest, super::VirtError> {
+    let chunks = crate::payload::chunks(s)?
+        .into_iter()
+        .map(|(id, len)| ChunkRef { id, len })
+        .collect();
     Ok(Manifest {
         name: "sim".into(),
         version: meshota_protocol::semver::Version::new(1, 0, 0),
         compatible: meshota_protocol::Compatible::new("sim")?,
         payload_size: s.bundle_bytes,
         payload_hash: meshota_protocol::PayloadHash::digest(b"sim"),
-        chunker: meshota_protocol::ChunkerParams {
-            min: avg / 4,
-            avg,
-            max: avg.saturating_mul(4),
-        },
+        chunker: crate::payload::chunker_params(s),
         chunks,
         kind: meshota_protocol::InstallKind::Image,
         created_at: 0,

@@ -71,6 +71,9 @@ pub enum VirtError {
     /// An id of the synthetic release was invalid.
     #[error("synthetic release: {0}")]
     Id(#[from] meshota_protocol::IdError),
+    /// The scenario's payload could not be cut into chunks.
+    #[error("cutting the payload into chunks: {0}")]
+    Chunking(#[from] meshota_protocol::chunking::ChunkError),
     /// The synthetic manifest could not be encoded.
     #[error("synthetic manifest: {0}")]
     Manifest(#[from] meshota_protocol::manifest::ManifestError),
