@@ -259,3 +259,37 @@ fn a_capped_uplink_holds_its_rate_and_refuses_requests_it_could_not_start_soon()
     assert_eq!(busy(&a), 0);
     assert!(busy(&b) > 0);
 }
+
+#[test]
+fn a_small_wave_over_many_sites_finds_far_holders_instead_of_waiting_out_the_origin() {
+    // Wave 1 is two devices a site, and their fixed neighbours beyond
+    // the site are mostly later waves' devices. Most chunks reach a site
+    // through another site's wave-1 device, since the origin withholds
+    // what it has just served (`origin_dedup_s`). The devices must look
+    // those holders up while they want them, as live nodes do, not sit
+    // out the withholding.
+    let s = Scenario {
+        devices: 100,
+        sites: 5,
+        bundle_bytes: 16 * 1024 * 1024,
+        chunk_avg: 256 * 1024,
+        waves: vec![10, 100],
+        soak_s: 1,
+        install_s: 0,
+        health_s: 0,
+        lan_peers: 8,
+        wan_peers: 2,
+        origin_dedup_s: 60,
+        ..Scenario::default()
+    };
+    let out = virt::run(&s, true, &mut |_| {}).unwrap();
+    let sum = Summary::new(&s, &out, None);
+    assert!(sum.ok && sum.committed == s.devices, "{sum:?}");
+    let (start, end) = out.waves[0];
+    assert!(
+        end - start < 30.0,
+        "wave 1 waited out the origin: {start} to {end} s"
+    );
+    // And the origin still served about one copy.
+    assert!(sum.origin_bytes < s.bundle_bytes * 3 / 2, "{sum:?}");
+}

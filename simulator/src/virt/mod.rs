@@ -152,6 +152,8 @@ struct Device {
     poke: Option<Micros>,
     /// Requests this device has outstanding.
     inflight: u32,
+    /// When its next provider lookup beyond its site may go out.
+    far_lookup_at: Micros,
     started: bool,
     malicious: bool,
     health_fails: bool,
@@ -315,6 +317,7 @@ impl<'a> Sim<'a> {
                 agent_wake: None,
                 poke: None,
                 inflight: 0,
+                far_lookup_at: 0,
                 started: false,
                 malicious: rng.unit() < s.malicious_rate,
                 health_fails: rng.unit() < s.health_fail_rate,
