@@ -127,13 +127,7 @@ impl Sim<'_> {
     /// leave a WAN pull to, and every site would pull each chunk many
     /// times.
     fn discover(&mut self, d: u32, now: Micros) {
-        let n = self.providers.len() as u64;
-        if n >= 2 {
-            for _ in 0..self.s.wan_peers * 2 {
-                let pick = self.providers[self.rng.below(n) as usize];
-                self.topo.link(d, pick);
-            }
-        }
+        self.link_fleet_providers(d);
         let site = self.devices[d as usize].site as usize;
         let local = self.site_providers[site].len() as u64;
         let t = self.at(now);
@@ -161,20 +155,29 @@ impl Sim<'_> {
     /// 21.6 s live.
     fn far_lookup(&mut self, d: u32, now: Micros) {
         self.devices[d as usize].far_lookup_at = now + FAR_LOOKUP_EVERY;
-        let n = self.providers.len() as u64;
-        if n < 2 {
-            return;
-        }
         let t = self.at(now);
-        for _ in 0..self.s.wan_peers * 2 {
-            let pick = self.providers[self.rng.below(n) as usize];
-            if self.topo.link(d, pick) {
-                let class = self.class_of(d, pick);
-                if let Some(s) = self.devices[d as usize].sched.as_mut() {
-                    s.handle_peer_found(pick, class, t);
-                }
+        for pick in self.link_fleet_providers(d) {
+            let class = self.class_of(d, pick);
+            if let Some(s) = self.devices[d as usize].sched.as_mut() {
+                s.handle_peer_found(pick, class, t);
             }
         }
+    }
+
+    /// What one fleet-wide provider lookup gives `d`: `2 × wan_peers`
+    /// random providers, linked as its neighbours. Returns those it did
+    /// not know yet.
+    fn link_fleet_providers(&mut self, d: u32) -> Vec<u32> {
+        let n = self.providers.len() as u64;
+        if n < 2 {
+            return Vec::new();
+        }
+        (0..self.s.wan_peers * 2)
+            .filter_map(|_| {
+                let pick = self.providers[self.rng.below(n) as usize];
+                self.topo.link(d, pick).then_some(pick)
+            })
+            .collect()
     }
 
     pub(super) fn rediscover(&mut self, dst: u32, peer: u32, now: Micros) {
