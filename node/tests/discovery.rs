@@ -15,9 +15,7 @@ use common::*;
 async fn a_node_connected_only_to_a_neighbour_finds_the_origin_through_kademlia() {
     bounded(async {
         let b = Bundle::new(&payload(1 << 20, 8));
-        let so: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*so);
-        let origin = spawn(P2pConfig::loopback().origin(), so);
+        let origin = spawn(P2pConfig::loopback().origin(), b.in_memory());
         let mut cfg = P2pConfig::loopback();
         cfg.bootstrap = vec![addr(&origin).await];
         let neighbour = spawn(cfg, Arc::new(MemStore::new()));
@@ -45,9 +43,7 @@ async fn kademlia_clients_find_each_other_through_the_origins_provider_records()
         let b = Bundle::new(&payload(1 << 20, 10));
         let origin = spawn(P2pConfig::loopback().origin(), Arc::new(MemStore::new()));
         let oa = addr(&origin).await;
-        let sh: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*sh);
-        let holder = spawn(dht_client(&oa, None), sh);
+        let holder = spawn(dht_client(&oa, None), b.in_memory());
         provide_via(&holder, &origin, b.id).await;
         let sd: Arc<dyn Store> = Arc::new(MemStore::new());
         let device = spawn(dht_client(&oa, None), sd.clone());
@@ -87,9 +83,7 @@ async fn a_client_finds_its_site_neighbour_though_the_release_key_lists_only_oth
             provide_via(&n, &origin, b.id).await;
             far.push(n);
         }
-        let held: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*held);
-        let neighbour = spawn(client("near"), held);
+        let neighbour = spawn(client("near"), b.in_memory());
         provide_via(&neighbour, &origin, b.id).await;
         let sd: Arc<dyn Store> = Arc::new(MemStore::new());
         let device = spawn(client("near"), sd.clone());
@@ -120,16 +114,12 @@ async fn a_device_pulls_nothing_over_the_wan_while_its_site_neighbour_is_still_b
         // found (the start race that cost each site about one bundle per
         // wave at 1,000 devices).
         let b = Bundle::new(&payload(1 << 20, 12));
-        let os: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*os);
-        let origin = spawn(P2pConfig::loopback().origin(), os);
+        let origin = spawn(P2pConfig::loopback().origin(), b.in_memory());
         let oa = addr(&origin).await;
         let client = |site: &str| dht_client(&oa, Some(site));
         let mut holders = Vec::new();
         for site in ["far", "near"] {
-            let held: Arc<dyn Store> = Arc::new(MemStore::new());
-            b.seed(&*held);
-            let n = spawn(client(site), held);
+            let n = spawn(client(site), b.in_memory());
             provide_via(&n, &origin, b.id).await;
             holders.push(n);
         }
@@ -173,22 +163,16 @@ async fn a_device_takes_the_manifest_from_its_site_and_never_looks_up_far_provid
         // of a release, and asking whoever was connected for the manifest
         // fetched it over the WAN on most devices.
         let b = Bundle::new(&payload(1 << 20, 13));
-        let os: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*os);
-        let origin = spawn(P2pConfig::loopback().origin(), os);
+        let origin = spawn(P2pConfig::loopback().origin(), b.in_memory());
         let oa = addr(&origin).await;
         let client = |site: &str| dht_client(&oa, Some(site));
         let mut far = Vec::new();
         for _ in 0..3 {
-            let held: Arc<dyn Store> = Arc::new(MemStore::new());
-            b.seed(&*held);
-            let n = spawn(client("far"), held);
+            let n = spawn(client("far"), b.in_memory());
             provide_via(&n, &origin, b.id).await;
             far.push(n);
         }
-        let held: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*held);
-        let near = spawn(client("near"), held);
+        let near = spawn(client("near"), b.in_memory());
         provide_via(&near, &origin, b.id).await;
         listed(&oa, "near", near.peer_id(), b.id).await;
         for f in &far {
@@ -227,9 +211,7 @@ async fn a_device_whose_site_has_nothing_gets_the_manifest_from_a_far_provider()
         let b = Bundle::new(&payload(1 << 20, 14));
         let origin = spawn(P2pConfig::loopback().origin(), Arc::new(MemStore::new()));
         let oa = addr(&origin).await;
-        let held: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*held);
-        let far = spawn(dht_client(&oa, Some("far")), held);
+        let far = spawn(dht_client(&oa, Some("far")), b.in_memory());
         provide_via(&far, &origin, b.id).await;
         listed(&oa, "near", far.peer_id(), b.id).await;
         let sd: Arc<dyn Store> = Arc::new(MemStore::new());

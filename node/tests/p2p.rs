@@ -311,11 +311,8 @@ async fn upload_limit<B: Backend>() {
 async fn a_trickling_peer_is_dropped_and_the_download_completes() {
     bounded(async {
         let b = Bundle::new(&payload(1 << 20, 9));
-        let so: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*so);
-        let origin = spawn(P2pConfig::loopback().origin(), so);
-        let st: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*st);
+        let origin = spawn(P2pConfig::loopback().origin(), b.in_memory());
+        let st = b.in_memory();
         let mut slow = P2pConfig::loopback();
         slow.upload_limit_bps = Some(1024);
         // It takes every request and trickles, as a hostile peer or an
@@ -356,15 +353,12 @@ async fn a_trickling_peer_is_dropped_and_the_download_completes() {
 async fn a_capped_uploader_answers_busy_rather_than_queue_requests_for_long() {
     bounded(async {
         let b = Bundle::new(&payload(512 << 10, 12));
-        let so: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*so);
-        let origin = spawn(P2pConfig::loopback().origin(), so);
+        let origin = spawn(P2pConfig::loopback().origin(), b.in_memory());
         // About 0.25 s a (16 KiB) chunk: the default 1.5 s queue holds
         // about six, and a device asking for sixteen at once hears `Busy`
         // for the rest. Without the queue limit the slots (32) take all.
         let capped = |queue: Duration| {
-            let st: Arc<dyn Store> = Arc::new(MemStore::new());
-            b.seed(&*st);
+            let st = b.in_memory();
             let mut cfg = P2pConfig::loopback();
             cfg.upload_limit_bps = Some(64 << 10);
             cfg.upload_queue_max = queue;
@@ -399,8 +393,7 @@ async fn a_capped_uploader_answers_busy_rather_than_queue_requests_for_long() {
 async fn a_node_that_does_not_seed_serves_nothing() {
     bounded(async {
         let b = Bundle::new(&payload(256 << 10, 10));
-        let sa: Arc<dyn Store> = Arc::new(MemStore::new());
-        b.seed(&*sa);
+        let sa = b.in_memory();
         let mut metered = P2pConfig::loopback();
         metered.seed = false;
         let a = spawn(metered, sa);

@@ -142,6 +142,13 @@ impl Bundle {
         store.set_roots(&roots).unwrap();
     }
 
+    /// A memory store holding this bundle, as a seed or origin would.
+    pub fn in_memory(&self) -> Arc<dyn Store> {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        self.seed(&*store);
+        store
+    }
+
     pub fn raw_size(&self) -> u64 {
         self.manifest.payload_size
     }
