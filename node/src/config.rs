@@ -184,6 +184,10 @@ pub struct P2pSection {
     /// Download cap in bytes per second; 0 = none.
     #[serde(default)]
     pub max_download_bps: u64,
+    /// Under an upload cap, the most accepted uploads may wait before a
+    /// new request is answered `Busy`, in milliseconds.
+    #[serde(default = "default_upload_queue_ms")]
+    pub upload_queue_ms: u64,
     /// Find LAN neighbours with mDNS.
     #[serde(default = "yes")]
     pub mdns: bool,
@@ -200,10 +204,15 @@ impl Default for P2pSection {
             seed: true,
             max_upload_bps: 0,
             max_download_bps: 0,
+            upload_queue_ms: default_upload_queue_ms(),
             mdns: true,
             bootstrap: Vec::new(),
         }
     }
+}
+
+fn default_upload_queue_ms() -> u64 {
+    1500
 }
 
 fn default_listen() -> Vec<String> {

@@ -68,6 +68,22 @@ fn a_minimal_config_gets_the_documented_defaults() {
 }
 
 #[test]
+fn the_upload_cap_and_its_queue_come_from_the_file() {
+    use crate::p2p::P2pConfig;
+    use std::time::Duration;
+    let p = P2pConfig::from_device_config(&Config::parse(MINIMAL).unwrap()).unwrap();
+    assert_eq!(p.upload_limit_bps, None);
+    assert_eq!(p.upload_queue_max, Duration::from_millis(1500));
+    let c = Config::parse(&format!(
+        "{MINIMAL}\n[p2p]\nmax_upload_bps = 237_500\nupload_queue_ms = 800\n"
+    ))
+    .unwrap();
+    let p = P2pConfig::from_device_config(&c).unwrap();
+    assert_eq!(p.upload_limit_bps, Some(237_500));
+    assert_eq!(p.upload_queue_max, Duration::from_millis(800));
+}
+
+#[test]
 fn errors_name_the_field_and_the_fix() {
     let cases = [
         (MINIMAL.replace("id = \"d1\"", "id = \"d 1\""), "device.id"),

@@ -206,7 +206,9 @@ fn make_behaviour(
         None
     };
     let chunks = request_response::Behaviour::with_codec(
-        ChunkCodec,
+        ChunkCodec {
+            pace_bps: config.upload_limit_bps,
+        },
         [(PROTOCOL, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_request_timeout(config.request_timeout)

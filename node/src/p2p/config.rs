@@ -30,9 +30,11 @@ pub struct P2pConfig {
     /// fetches, and provides every store root on Kademlia at start.
     pub seed_only: bool,
     /// Upload limit in bytes per second (`None`: unlimited). Chunk
-    /// responses are paced one after another at this rate, each sent
-    /// whole once the one before it has had its time, so just under the
-    /// uplink rate each goes out at the full rate rather than a share.
+    /// responses are paced one after another at this rate, each started
+    /// once the one before it has had its time, so just under the
+    /// uplink rate each goes out at the full rate rather than a share;
+    /// and each is written at this rate a slice at a time
+    /// ([`super::codec::write_paced`]), so the uplink's queue stays short.
     pub upload_limit_bps: Option<u64>,
     /// Download limit in bytes per second (`None`: unlimited). Enforced by
     /// holding back requests, so at most one request window overshoots.
@@ -178,6 +180,7 @@ impl P2pConfig {
             seed: cfg.p2p.seed,
             upload_limit_bps: limit(cfg.p2p.max_upload_bps),
             download_limit_bps: limit(cfg.p2p.max_download_bps),
+            upload_queue_max: Duration::from_millis(cfg.p2p.upload_queue_ms),
             ..Self::default()
         })
     }
