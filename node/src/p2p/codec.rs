@@ -36,6 +36,20 @@ pub fn frame_limit(kind: Kind) -> usize {
 /// message sent meanwhile may queue behind on the uplink.
 const PACE_SLICE: usize = 16 * 1024;
 
+/// The longest a paced answer is spread over. A requester counts an
+/// answer not in after 10 s as late (`SchedulerConfig::request_timeout`)
+/// and may ask a neighbour too; under a cap far below the chunk size per
+/// second, an answer goes out faster than the cap, and the server's
+/// pacing still holds the long-run rate to it.
+const PACE_SPREAD_MAX: Duration = Duration::from_secs(6);
+
+/// The rate a paced answer of `len` bytes is written at under a cap of
+/// `cap_bps`: the cap, unless that would spread it past
+/// [`PACE_SPREAD_MAX`].
+fn answer_rate(cap_bps: u64, len: usize) -> f64 {
+    (cap_bps.max(1) as f64).max(len as f64 / PACE_SPREAD_MAX.as_secs_f64())
+}
+
 /// Codec for [`PeerRequest`] / [`PeerResponse`] over the one meshota codec.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ChunkCodec {
@@ -110,7 +124,8 @@ where
 }
 
 /// Writes one message like [`write_message`], but its body a slice at a
-/// time at `bps` bytes per second.
+/// time at `bps` bytes per second (or faster for a body that would take
+/// longer than [`PACE_SPREAD_MAX`]).
 ///
 /// Why: an answer written at once sits in the uplink's queue (a modem's
 /// buffer, a shaped link) until the link drains it, and every small
@@ -126,6 +141,7 @@ where
     W: AsyncWrite + Unpin + Send,
 {
     let (len, bytes) = frame(msg)?;
+    let rate = answer_rate(bps, bytes.len());
     io.write_all(&len).await?;
     let start = tokio::time::Instant::now();
     let mut sent = 0u64;
@@ -137,7 +153,7 @@ where
         // The last slice is not waited out: the server's pacing already
         // spaces one answer from the next.
         if slices.peek().is_some() {
-            let due = start + Duration::from_secs_f64(sent as f64 / bps.max(1) as f64);
+            let due = start + Duration::from_secs_f64(sent as f64 / rate);
             tokio::time::sleep_until(due).await;
         }
     }
@@ -359,6 +375,15 @@ mod tests {
             );
             ahead += n;
         }
+    }
+
+    #[test]
+    fn an_answer_is_spread_at_the_cap_but_never_longer_than_the_spread_limit() {
+        assert_eq!(answer_rate(237_500, 1 << 20), 237_500.0);
+        let spread = PACE_SPREAD_MAX.as_secs_f64();
+        // A 1 MiB answer under a 20 kB/s cap takes the limit, not 52 s.
+        assert_eq!(answer_rate(20_000, 1 << 20), f64::from(1 << 20) / spread);
+        assert!(answer_rate(0, 10) > 0.0);
     }
 
     #[tokio::test]

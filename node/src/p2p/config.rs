@@ -33,8 +33,9 @@ pub struct P2pConfig {
     /// responses are paced one after another at this rate, each started
     /// once the one before it has had its time, so just under the
     /// uplink rate each goes out at the full rate rather than a share;
-    /// and each is written at this rate a slice at a time
-    /// ([`super::codec::write_paced`]), so the uplink's queue stays short.
+    /// and each is written at this rate a slice at a time (but over 6 s
+    /// at most; [`super::codec::write_paced`]), so the uplink's queue
+    /// stays short.
     pub upload_limit_bps: Option<u64>,
     /// Download limit in bytes per second (`None`: unlimited). Enforced by
     /// holding back requests, so at most one request window overshoots.
