@@ -365,6 +365,16 @@ mod tests {
     }
 
     #[test]
+    fn the_cellular_example_parses_with_the_bound_its_comment_names() {
+        let s = Scenario::from_toml(include_str!("../scenarios/cellular-1000.toml")).unwrap();
+        s.validate().unwrap();
+        assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
+        assert_eq!((s.upload_cap_pct, s.origin_dedup_s), (95, 120));
+        let bound = kumar_ross_bound_s(&s);
+        assert!((bound - 263.2).abs() < 0.05, "{bound}");
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let err = Scenario::from_toml("waves = [50, 10, 100]").unwrap_err();
         assert!(err.to_string().contains("waves"), "{err}");
