@@ -318,9 +318,7 @@ mod tests {
 
     #[test]
     fn the_documented_example_scenario_parses_to_the_live_goal() {
-        let text = include_str!("../scenarios/live-1000.toml");
-        let s = Scenario::from_toml(text).unwrap();
-        s.validate().unwrap();
+        let s = example(include_str!("../scenarios/live-1000.toml"));
         assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
         // The commented-out lines state the defaults; keep them true.
         let d = Scenario::default();
@@ -339,10 +337,16 @@ mod tests {
         );
     }
 
+    /// A scenario file from `simulator/scenarios/`, parsed and valid.
+    fn example(text: &str) -> Scenario {
+        let s = Scenario::from_toml(text).unwrap();
+        s.validate().unwrap();
+        s
+    }
+
     #[test]
     fn the_one_wave_example_is_the_scenario_the_bound_describes() {
-        let s = Scenario::from_toml(include_str!("../scenarios/one-wave-1000.toml")).unwrap();
-        s.validate().unwrap();
+        let s = example(include_str!("../scenarios/one-wave-1000.toml"));
         assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
         assert_eq!(
             (s.waves.clone(), s.install_s, s.health_s),
@@ -355,8 +359,7 @@ mod tests {
 
     #[test]
     fn the_slow_uplink_example_parses_with_the_rates_its_comment_names() {
-        let s = Scenario::from_toml(include_str!("../scenarios/slow-uplink-30.toml")).unwrap();
-        s.validate().unwrap();
+        let s = example(include_str!("../scenarios/slow-uplink-30.toml"));
         assert_eq!((s.devices, s.sites, s.bundle_bytes), (30, 3, 4 << 20));
         assert_eq!((s.device_up_bps, s.device_down_bps), (125_000, 1_250_000));
         // Its comment quotes the bound.
@@ -366,8 +369,7 @@ mod tests {
 
     #[test]
     fn the_cellular_example_parses_with_the_bound_its_comment_names() {
-        let s = Scenario::from_toml(include_str!("../scenarios/cellular-1000.toml")).unwrap();
-        s.validate().unwrap();
+        let s = example(include_str!("../scenarios/cellular-1000.toml"));
         assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
         assert_eq!((s.upload_cap_pct, s.origin_dedup_s), (95, 120));
         let bound = kumar_ross_bound_s(&s);
