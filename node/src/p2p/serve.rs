@@ -5,7 +5,8 @@
 //! no bandwidth limit applies; otherwise the limiter paces chunk answers
 //! one after another ([`TokenBucket::pace`]): a task waits out each
 //! one's turn and hands it back to the loop through a channel, so the
-//! loop itself never sleeps. A request whose turn would come too late
+//! loop itself never sleeps, and the codec writes it at the capped rate
+//! ([`super::codec::write_paced`]). A request whose turn would come too late
 //! (`upload_queue_max`) is answered `Busy` instead.
 
 use std::collections::HashMap;
@@ -75,11 +76,12 @@ impl TokenBucket {
     /// This is what uploads use. Paying first would hold each response
     /// back for its own size before the link even starts on it, so a
     /// chunk would land about one chunk time later than it must; paying
-    /// after hands the link one whole chunk at a time, each right when
-    /// the one before it should have drained. At a cap near the uplink
-    /// rate, uploads then go out one after another at the full rate
-    /// instead of side by side at a share of it, and each chunk reaches
-    /// its peer (and can be served on from there) as early as it can.
+    /// after starts each answer right when the one before it should have
+    /// drained (the codec then writes it at the capped rate,
+    /// [`super::codec::write_paced`]). At a cap near the uplink rate,
+    /// uploads then go out one after another at the full rate instead of
+    /// side by side at a share of it, and each chunk reaches its peer
+    /// (and can be served on from there) as early as it can.
     pub fn pace(&mut self, bytes: u64, now: Instant) -> Duration {
         self.refill(now);
         let wait = if self.tokens >= 0.0 {
