@@ -125,7 +125,7 @@ where
 
 /// Writes one message like [`write_message`], but its body a slice at a
 /// time at `bps` bytes per second (or faster for a body that would take
-/// longer than [`PACE_SPREAD_MAX`]).
+/// longer than `PACE_SPREAD_MAX`, 6 s).
 ///
 /// Why: an answer written at once sits in the uplink's queue (a modem's
 /// buffer, a shaped link) until the link drains it, and every small
