@@ -86,6 +86,11 @@ pub struct Scenario {
     /// acts on pushed news at the latest a quarter of this later (at once
     /// when it has nothing in flight), as the node re-asks busy peers.
     pub have_refresh_ms: u64,
+    /// Longest a device leaves a neighbour that gains nothing un-asked,
+    /// in milliseconds (live mode; see the node's `have_refresh_max`). At
+    /// or below `have_refresh_ms`: every neighbour is asked every
+    /// `have_refresh_ms`.
+    pub have_refresh_max_ms: u64,
     /// Milliseconds of the first back-off after a `Busy` answer.
     pub busy_backoff_ms: u64,
     /// Share of devices that crash once in the middle of their download
@@ -137,6 +142,7 @@ impl Default for Scenario {
             malicious_rate: 0.0,
             patience_s: 8,
             have_refresh_ms: 1000,
+            have_refresh_max_ms: 4000,
             busy_backoff_ms: 250,
             crash_rate: 0.0,
             churn_rate: 0.0,
@@ -272,6 +278,7 @@ impl Scenario {
             Duration::from_micros((chunk_time * u64::from(self.max_uploads) * 8).max(30_000_000));
         SchedulerConfig {
             have_refresh: Duration::from_millis(self.have_refresh_ms),
+            have_refresh_max: Duration::from_millis(self.have_refresh_max_ms),
             request_timeout,
             // The defaults' ratio (2.5 s of 10 s).
             endgame_after: request_timeout / 4,

@@ -383,11 +383,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return;
         }
         self.recount_peer(&peer, None, false);
-        let refresh = match self.peers.get(&peer).map(|p| p.class) {
-            Some(PeerClass::Origin) => self.cfg.origin_have_refresh,
-            Some(PeerClass::OtherSite) => self.cfg.far_have_refresh,
-            _ => self.cfg.have_refresh,
-        };
+        let cfg = &self.cfg;
         if let Some(p) = self.peers.get_mut(&peer) {
             let mut count = 0;
             let mut useful = 0;
@@ -403,7 +399,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
             p.held_count = count;
             p.have_pending = None;
-            p.have_due = now + refresh;
+            p.have_due =
+                now + have_interval(cfg, p.class, now.saturating_duration_since(p.last_gain));
             p.known = true;
             p.timeouts_in_row = 0;
         }
@@ -730,5 +727,16 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 c.adjust(class == PeerClass::SameSite, add);
             }
         }
+    }
+}
+
+/// How long until a peer of `class` that last gained a chunk `quiet` ago
+/// is asked again (see [`SchedulerConfig::have_refresh_max`]). Peers of
+/// other sites and origins keep their own fixed, slower cadence.
+pub(crate) fn have_interval(cfg: &SchedulerConfig, class: PeerClass, quiet: Duration) -> Duration {
+    match class {
+        PeerClass::Origin => cfg.origin_have_refresh,
+        PeerClass::OtherSite => cfg.far_have_refresh,
+        PeerClass::SameSite => (quiet / 2).min(cfg.have_refresh_max).max(cfg.have_refresh),
     }
 }

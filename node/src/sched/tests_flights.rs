@@ -229,3 +229,99 @@ fn peers_beyond_the_site_are_wanted_only_when_this_device_would_pull_over_the_wa
     s.handle_peer_have(ahead, &Bitfield::full(n), t0 + patience);
     assert!(!s.wan_turn());
 }
+
+/// Times at which peer 1 is asked for its bitfield over `span`, each
+/// answered at once with the bitfield `answer` gives for the poll count.
+fn have_polls(
+    s: &mut Scheduler<u32>,
+    t0: Instant,
+    span: Duration,
+    mut answer: impl FnMut(usize) -> Bitfield,
+) -> Vec<Duration> {
+    let mut polls = Vec::new();
+    let mut now = t0;
+    while let Some(next) = s.poll_timeout() {
+        if next > t0 + span {
+            break;
+        }
+        now = now.max(next);
+        s.handle_timeout(now);
+        for a in drain(s, now) {
+            if matches!(a, Action::QueryHave { peer: 1 }) {
+                polls.push(now - t0);
+                s.handle_peer_have(1, &answer(polls.len()), now);
+            }
+        }
+    }
+    polls
+}
+
+#[test]
+fn a_neighbour_that_gains_nothing_is_asked_less_often_down_to_the_longest_refresh() {
+    let m = manifest(8);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let c = SchedulerConfig::default();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(18), t0);
+    s.set_local_peer(0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
+    let polls = have_polls(&mut s, t0, Duration::from_secs(30), |_| Bitfield::new(n));
+    let secs: Vec<f64> = polls.iter().map(Duration::as_secs_f64).collect();
+    // Due after half its quiet time, between 1 s and 4 s: 1, 2, 3, then
+    // 4.5, 6.75, 10.125, and every 4 s from there.
+    let expected = [
+        1.0, 2.0, 3.0, 4.5, 6.75, 10.125, 14.125, 18.125, 22.125, 26.125,
+    ];
+    assert_eq!(secs.len(), expected.len(), "polled at {secs:?}");
+    for (got, want) in secs.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-3, "polled at {secs:?}");
+    }
+    assert!(polls.windows(2).all(|w| w[1] - w[0] <= c.have_refresh_max));
+}
+
+#[test]
+fn a_neighbour_that_gains_a_chunk_between_polls_is_asked_every_refresh() {
+    let m = manifest(40);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let c = SchedulerConfig::default();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(19), t0);
+    s.set_local_peer(0);
+    // It holds nothing we could take at first, then one more chunk at
+    // each answer; requests for them are never answered, which is
+    // irrelevant here (they time out after the span).
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
+    let polls = have_polls(&mut s, t0, Duration::from_secs(8), |k| {
+        let mut b = Bitfield::new(n);
+        for i in 0..k.min(n) {
+            b.set(i);
+        }
+        b
+    });
+    assert!(polls.len() >= 8, "polled at {polls:?}");
+    assert!(
+        polls.windows(2).all(|w| w[1] - w[0] == c.have_refresh),
+        "polled at {polls:?}"
+    );
+}
+
+#[test]
+fn no_back_off_when_the_longest_refresh_is_the_refresh() {
+    let mut c = SchedulerConfig::default();
+    c.have_refresh_max = c.have_refresh;
+    let long_quiet = Duration::from_secs(60);
+    assert_eq!(
+        have_interval(&c, PeerClass::SameSite, long_quiet),
+        c.have_refresh
+    );
+    // Other sites and origins keep their fixed cadence either way.
+    let d = SchedulerConfig::default();
+    assert_eq!(
+        have_interval(&d, PeerClass::OtherSite, long_quiet),
+        d.far_have_refresh
+    );
+    assert_eq!(
+        have_interval(&d, PeerClass::Origin, Duration::ZERO),
+        d.origin_have_refresh
+    );
+}

@@ -16,6 +16,11 @@
 //! because it withholds chunks for a while ([`OriginDedup`]) and only a
 //! poll notices they are back.
 //!
+//! A node asks a neighbour that has gained nothing for a while less often
+//! (up to [`SchedulerConfig::have_refresh_max`]); this model does not
+//! slow down, so its news from quiet neighbours is a little fresher than
+//! a live node's.
+//!
 //! [`OriginDedup`]: meshota_node::sched::OriginDedup
 
 use std::time::Duration;
