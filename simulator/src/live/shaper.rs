@@ -52,6 +52,13 @@ const IO_STEP: usize = 32 * 1024;
 /// Smallest read-side delay line (bytes held back for latency).
 const MIN_QUEUE: usize = 256 * 1024;
 
+thread_local! {
+    /// One read buffer per worker thread. A fresh zeroed 32 KiB buffer
+    /// for every read attempt, most of which find the socket empty, was
+    /// 4 % of a slow-link run's CPU in `memset` alone.
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; IO_STEP]);
+}
+
 /// Where one end of a connection is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -524,22 +531,34 @@ impl Shaped {
             if let Some(at) = self.read_ready_at(Instant::now()) {
                 return Poll::Ready(Ok(Some(at)));
             }
-            let mut buf = vec![0u8; IO_STEP];
-            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(0)) => {
-                    self.eof = true;
-                    return Poll::Ready(Ok(None));
-                }
+            let mut read_into = |buf: &mut [u8]| match Pin::new(&mut self.inner).poll_read(cx, buf)
+            {
                 Poll::Ready(Ok(n)) => {
                     let hello = self.take_hello(&buf[..n]);
-                    if hello == n {
-                        continue;
-                    }
                     // A copy of what was read, not the read buffer: the
                     // memory transport hands over one small frame per
                     // read, and thousands of them held for their latency
                     // in 32 KiB buffers took gigabytes.
-                    let data = buf[hello..n].to_vec();
+                    Poll::Ready(Ok((n, buf[hello..n].to_vec())))
+                }
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+            // The inner stream never reads another shaped end, so the
+            // scratch buffer is free; a fresh one if it ever is not.
+            let read = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+                Ok(mut buf) => read_into(&mut buf[..]),
+                Err(_) => read_into(&mut vec![0u8; IO_STEP]),
+            });
+            match read {
+                Poll::Ready(Ok((0, _))) => {
+                    self.eof = true;
+                    return Poll::Ready(Ok(None));
+                }
+                Poll::Ready(Ok((_, data))) => {
+                    if data.is_empty() {
+                        continue;
+                    }
                     let n = data.len();
                     let now = Instant::now();
                     let peer = self.charge_read(n, now);
