@@ -215,7 +215,7 @@ pub struct Scheduler<P> {
     used: BTreeSet<P>,
     /// Reused buffer of the peers ready for a request, so polling does
     /// not allocate.
-    ready: Vec<(usize, P)>,
+    ready: Vec<(usize, u64, P)>,
     /// What each same-site peer last said it imports (see `importing`).
     importers: BTreeMap<P, importing::Bits>,
     /// What each same-site peer last relayed of its own neighbours' claims.

