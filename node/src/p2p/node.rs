@@ -612,8 +612,14 @@ impl EventLoop {
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
                         let local = *self.swarm.local_peer_id();
-                        self.fetches
-                            .providers_found(manifest, providers, local, site, net!(self));
+                        self.fetches.providers_found(
+                            manifest,
+                            providers,
+                            local,
+                            site,
+                            now,
+                            net!(self),
+                        );
                     }
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => {
                         self.provider_queries.remove(&id);

@@ -9,10 +9,11 @@
 //! Split by concern: this file holds the per-fetch state and the
 //! handlers for network events; `manifest` resolves the manifest;
 //! `drive` runs the schedulers, timers and completion; `verify` checks
-//! and stores arriving chunks; `report` holds the public option,
-//! progress, report and error types.
+//! and stores arriving chunks; `far` picks which far providers to dial;
+//! `report` holds the public option, progress, report and error types.
 
 mod drive;
+mod far;
 mod manifest;
 mod report;
 mod verify;
@@ -36,6 +37,7 @@ use super::serve::{Counters, TokenBucket};
 use super::NodeEvent;
 use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
 use crate::store::Store;
+use far::far_dials;
 use manifest::ManifestSearch;
 
 /// What the fetch loop asks of the network. Implemented by the event loop.
@@ -75,31 +77,6 @@ enum Tag {
 }
 
 type Reply = oneshot::Sender<Result<DownloadReport, FetchError>>;
-
-/// Most providers of other sites a fetch with a site keeps dialled at
-/// once. A lookup under the release's key names up to 20, and each
-/// connection costs a handshake and `Have` polls over both sites' WAN
-/// links; a device pulls only the chunks it is the site's home for, which
-/// a few far peers serve as well as twenty. Which ones is a hash of both
-/// peer ids, so the fleet does not crowd the same few.
-const MAX_FAR_DIALS: usize = 8;
-
-/// Which of `candidates` (far providers not connected) to dial, with
-/// `dialled` already up: up to [`MAX_FAR_DIALS`] in all, in an order of
-/// this device's own (BLAKE3 of both peer ids), so devices spread over
-/// the providers rather than crowd the first few a lookup names.
-fn far_dials(local: &PeerId, mut candidates: Vec<PeerId>, dialled: usize) -> Vec<PeerId> {
-    let me = local.to_bytes();
-    candidates.sort_by_cached_key(|p| {
-        let mut h = blake3::Hasher::new();
-        h.update(&me);
-        h.update(&p.to_bytes());
-        *h.finalize().as_bytes()
-    });
-    candidates.dedup();
-    candidates.truncate(MAX_FAR_DIALS.saturating_sub(dialled));
-    candidates
-}
 
 /// Least time between provider lookups for one fetch.
 const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
@@ -167,8 +144,9 @@ struct Fetch {
     /// A lookup under the release's key has been made (see
     /// [`Fetches::far_wanted`]).
     far_looked: bool,
-    /// Providers of other sites this fetch dialled (see [`MAX_FAR_DIALS`]).
-    far_dialled: HashSet<PeerId>,
+    /// Providers of other sites this fetch dialled, and when (see
+    /// [`far::MAX_FAR_DIALS`] and [`far::FAR_REDIAL`]).
+    far_dialled: HashMap<PeerId, Instant>,
     /// Last Kademlia provider lookup, repeated while sources are lacking.
     providers_at: Instant,
     deadline: Option<(Instant, Duration)>,
@@ -300,7 +278,7 @@ impl Fetches {
             wait_provide: false,
             site_found: HashSet::new(),
             far: HashSet::new(),
-            far_dialled: HashSet::new(),
+            far_dialled: HashMap::new(),
             want_far: false,
             far_looked: false,
             providers_at: now,
@@ -485,6 +463,7 @@ impl Fetches {
         providers: impl IntoIterator<Item = PeerId>,
         local: PeerId,
         site: bool,
+        now: Instant,
         net: &mut dyn Net,
     ) {
         let Some(fetch) = self.fetches.get_mut(&id) else {
@@ -494,9 +473,6 @@ impl Fetches {
         // and while it lacks nothing, far peers wait (see `Fetch::far`).
         // So they do while the manifest is sought (see `manifest`).
         let wait = self.site.is_some() && !fetch.far_wanted();
-        // Those dialled by earlier lookups (seconds ago) and still up.
-        let connected = &self.connected;
-        fetch.far_dialled.retain(|q| connected.contains(q));
         let mut far_candidates = Vec::new();
         for p in providers {
             if p == local {
@@ -518,8 +494,8 @@ impl Fetches {
                 net.dial(p);
             }
         }
-        for p in far_dials(&local, far_candidates, fetch.far_dialled.len()) {
-            fetch.far_dialled.insert(p);
+        let dialled = &mut fetch.far_dialled;
+        for p in far_dials(&local, far_candidates, dialled, &self.connected, now) {
             net.dial(p);
         }
     }
@@ -714,39 +690,5 @@ impl Fetches {
                 net.ban(peer, reason);
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peers(n: usize) -> Vec<PeerId> {
-        (0..n).map(|_| PeerId::random()).collect()
-    }
-
-    #[test]
-    fn a_device_dials_at_most_eight_far_providers_counting_those_already_up() {
-        let (me, far) = (PeerId::random(), peers(20));
-        assert_eq!(far_dials(&me, far.clone(), 0).len(), MAX_FAR_DIALS);
-        assert_eq!(far_dials(&me, far.clone(), 5).len(), MAX_FAR_DIALS - 5);
-        assert!(far_dials(&me, far.clone(), MAX_FAR_DIALS).is_empty());
-        assert!(far_dials(&me, far, MAX_FAR_DIALS + 3).is_empty());
-    }
-
-    #[test]
-    fn each_device_picks_its_own_far_providers_whatever_order_the_lookup_gave() {
-        let far = peers(20);
-        let me = PeerId::random();
-        let mut reversed = far.clone();
-        reversed.reverse();
-        let mine = far_dials(&me, far.clone(), 0);
-        assert_eq!(far_dials(&me, reversed, 0), mine);
-        // Twenty devices choosing eight of twenty: if all crowded the same
-        // eight, the union would be eight.
-        let chosen: HashSet<PeerId> = (0..20)
-            .flat_map(|_| far_dials(&PeerId::random(), far.clone(), 0))
-            .collect();
-        assert!(chosen.len() > MAX_FAR_DIALS, "{}", chosen.len());
     }
 }

@@ -1,0 +1,123 @@
+//! Which far providers a fetch dials: few, spread over the fleet, and
+//! not the same refuser again and again.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+/// Most providers of other sites a fetch with a site keeps dialled at
+/// once. A lookup under the release's key names up to 20, and each
+/// connection costs a handshake and `Have` polls over both sites' WAN
+/// links; a device pulls only the chunks it is the site's home for, which
+/// a few far peers serve as well as twenty. Which ones is a hash of both
+/// peer ids, so the fleet does not crowd the same few.
+pub(super) const MAX_FAR_DIALS: usize = 8;
+
+/// Least time before a fetch dials the same far provider again. A
+/// release's first providers are named by every far lookup (the DHT
+/// store keeps a key's first 20), so they sit at their connection limit
+/// and refuse the rest, but only after a full handshake. Re-dialled at
+/// every lookup, one such device took 7,000-7,900 connections in the
+/// eight minutes of `cellular-1000`. Not re-dialled for a minute, the
+/// dialler tries the lookup's other providers instead.
+pub(super) const FAR_REDIAL: Duration = Duration::from_secs(60);
+
+/// Which of `candidates` (far providers not connected) to dial, given
+/// those this fetch `dialled` before: up to [`MAX_FAR_DIALS`] connected
+/// in all, none dialled within [`FAR_REDIAL`], in an order of this
+/// device's own (BLAKE3 of both peer ids), so devices spread over the
+/// providers rather than crowd the first few a lookup names. Records
+/// the dials in `dialled`.
+pub(super) fn far_dials(
+    local: &PeerId,
+    mut candidates: Vec<PeerId>,
+    dialled: &mut HashMap<PeerId, Instant>,
+    connected: &HashSet<PeerId>,
+    now: Instant,
+) -> Vec<PeerId> {
+    dialled.retain(|q, at| connected.contains(q) || now < *at + FAR_REDIAL);
+    let up = dialled.keys().filter(|q| connected.contains(q)).count();
+    candidates.retain(|p| !dialled.contains_key(p) && !connected.contains(p));
+    let me = local.to_bytes();
+    candidates.sort_by_cached_key(|p| {
+        let mut h = blake3::Hasher::new();
+        h.update(&me);
+        h.update(&p.to_bytes());
+        *h.finalize().as_bytes()
+    });
+    candidates.dedup();
+    candidates.truncate(MAX_FAR_DIALS.saturating_sub(up));
+    for p in &candidates {
+        dialled.insert(*p, now);
+    }
+    candidates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    /// Dials of `far` by a device with `connected` up and nothing
+    /// dialled before.
+    fn dials(me: &PeerId, far: &[PeerId], connected: &[PeerId]) -> Vec<PeerId> {
+        let connected: HashSet<PeerId> = connected.iter().copied().collect();
+        let mut dialled: HashMap<PeerId, Instant> =
+            connected.iter().map(|p| (*p, Instant::now())).collect();
+        far_dials(me, far.to_vec(), &mut dialled, &connected, Instant::now())
+    }
+
+    #[test]
+    fn a_device_dials_at_most_eight_far_providers_counting_those_already_up() {
+        let (me, far) = (PeerId::random(), peers(20));
+        assert_eq!(dials(&me, &far, &[]).len(), MAX_FAR_DIALS);
+        assert_eq!(dials(&me, &far, &far[..5]).len(), MAX_FAR_DIALS - 5);
+        assert!(dials(&me, &far, &far[..MAX_FAR_DIALS]).is_empty());
+        assert!(dials(&me, &far, &far[..MAX_FAR_DIALS + 3]).is_empty());
+    }
+
+    #[test]
+    fn each_device_picks_its_own_far_providers_whatever_order_the_lookup_gave() {
+        let far = peers(20);
+        let me = PeerId::random();
+        let mut reversed = far.clone();
+        reversed.reverse();
+        let mine = dials(&me, &far, &[]);
+        assert_eq!(dials(&me, &reversed, &[]), mine);
+        // Twenty devices choosing eight of twenty: if all crowded the same
+        // eight, the union would be eight.
+        let chosen: HashSet<PeerId> = (0..20)
+            .flat_map(|_| dials(&PeerId::random(), &far, &[]))
+            .collect();
+        assert!(chosen.len() > MAX_FAR_DIALS, "{}", chosen.len());
+    }
+
+    #[test]
+    fn a_far_provider_that_dropped_the_connection_is_not_dialled_again_for_a_minute() {
+        let (me, far) = (PeerId::random(), peers(20));
+        let (t0, mut dialled, mut connected) = (Instant::now(), HashMap::new(), HashSet::new());
+        let first = far_dials(&me, far.clone(), &mut dialled, &connected, t0);
+        assert_eq!(first.len(), MAX_FAR_DIALS);
+        // The first one refuses (its connection closes at once), the rest
+        // stay up; the next lookup names the same twenty.
+        connected.extend(first[1..].iter().copied());
+        let t1 = t0 + Duration::from_secs(10);
+        let second = far_dials(&me, far.clone(), &mut dialled, &connected, t1);
+        assert_eq!(second.len(), 1, "one slot is free");
+        assert!(!second.contains(&first[0]), "the refuser is left alone");
+        assert!(
+            !first.contains(&second[0]),
+            "another provider takes its place"
+        );
+        // That one refuses too; a minute after the first refusal, the
+        // first refuser may be tried again (and is this device's first
+        // choice), the second not yet.
+        let t2 = t0 + FAR_REDIAL;
+        let third = far_dials(&me, far, &mut dialled, &connected, t2);
+        assert_eq!(third, vec![first[0]]);
+    }
+}
