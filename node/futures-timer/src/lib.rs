@@ -3,16 +3,16 @@
 //! One type, [`Delay`], with the API of crates.io's `futures-timer` 3
 //! (`new`, `reset`, `Future`), built on tokio's timer. The workspace
 //! patches `futures-timer` with this crate, so libp2p's timers (a
-//! timeout per request stream, each connection's idle timer, ping,
+//! timeout per request stream, each connection's idle timer,
 //! identify and Kademlia) live in the tokio runtime that already drives
 //! the swarm.
 //!
 //! Why: `futures-timer` keeps one global helper thread, and every
 //! `Delay::new`, `reset` and drop wakes it through a futex. Each chunk,
 //! `Have` or `Busy` exchange creates and drops such a timer at both
-//! ends. With 1,000 simulated devices that thread and the wake-ups it
-//! caused took 15-20 % of the process's CPU (`perf` in BENCHMARKS.md,
-//! "2026-12-05 (night)"). A tokio `Sleep` is registered in the
+//! ends. With 1,000 simulated devices that thread had 10 % of the
+//! process's `perf` samples and waking it about 5 % more (BENCHMARKS.md,
+//! "2026-12-05 (late night)"). A tokio `Sleep` is registered in the
 //! runtime's timer wheel by the worker that polls it, with no other
 //! thread involved.
 //!

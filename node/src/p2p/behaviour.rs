@@ -12,7 +12,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{
     allow_block_list, connection_limits, identify, kad, mdns, memory_connection_limits, noise,
-    ping, request_response, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder, Transport,
+    request_response, tcp, yamux, StreamProtocol, Swarm, SwarmBuilder, Transport,
 };
 
 use super::codec::{ChunkCodec, PROTOCOL};
@@ -23,18 +23,18 @@ use super::P2pError;
 /// Kademlia protocol name: a meshota-only DHT, never mixed with IPFS.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshota/kad/1.0.0");
 
-/// Between pings on each connection (libp2p's default is 15 s). Pings
-/// only measure round trips here (they keep no connection open), and
-/// each opens a stream and negotiates it, both ways, on every
-/// connection. At 1,000 simulated devices the 15 s pings were 40 % of
-/// what a later-wave device read from far peers over its site's WAN
-/// (10 KB, now 6), and a third of a wave-1 device's (110 KB, now 71).
-const PING_INTERVAL: Duration = Duration::from_secs(60);
-
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/meshota/id/1";
 
 /// Everything a meshota node speaks, composed.
+///
+/// No libp2p ping: since libp2p-ping 0.43 a failed ping closes nothing,
+/// and nothing here used the round trips it measured. It held a stream
+/// open on every connection and was polled at each of the connection's
+/// wake-ups: 4.6 % of the CPU of 1,000 simulated devices as they started
+/// (BENCHMARKS.md, "2026-12-05 (late night)"). Dead peers are found by the
+/// scheduler's request timeouts; idle connections close after
+/// [`P2pConfig::idle_connection_timeout`](super::P2pConfig).
 #[derive(NetworkBehaviour)]
 pub(crate) struct MeshBehaviour {
     /// Connection counts, in total and per peer.
@@ -45,8 +45,6 @@ pub(crate) struct MeshBehaviour {
     pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Addresses and agent versions.
     pub(crate) identify: identify::Behaviour,
-    /// Liveness.
-    pub(crate) ping: ping::Behaviour,
     /// Provider records keyed by manifest id.
     pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
     /// LAN discovery, switchable off.
@@ -219,7 +217,6 @@ fn make_behaviour(
         memory: Toggle::from(memory),
         blocked: allow_block_list::Behaviour::default(),
         identify,
-        ping: ping::Behaviour::new(ping::Config::new().with_interval(PING_INTERVAL)),
         kad,
         mdns: Toggle::from(mdns),
         chunks,

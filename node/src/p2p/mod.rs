@@ -7,7 +7,7 @@
 //! - [`codec`]: length-prefixed frames over the one meshota codec, with
 //!   per-kind size caps checked before allocating.
 //! - `behaviour`: the composed swarm (TCP + noise + yamux, identify,
-//!   ping, Kademlia, mDNS, connection and memory limits, block list,
+//!   Kademlia, mDNS, connection and memory limits, block list,
 //!   request-response).
 //! - `dht`: the release and site rendezvous keys, providing them, and
 //!   the provider lookups of [`NodeHandle::providers`].

@@ -429,7 +429,7 @@ impl EventLoop {
             Command::Dial(addr, reply) => {
                 // Every fetch dials the seeders its announcement names; a
                 // second connection to one already connected cost each
-                // simulated device a handshake, identify and pings over
+                // simulated device a handshake and identify over
                 // its site's WAN.
                 let named = addr.iter().last().and_then(|p| match p {
                     Protocol::P2p(peer) => Some(peer),
