@@ -17,6 +17,7 @@ use libp2p::{
 
 use super::codec::{ChunkCodec, PROTOCOL};
 use super::config::P2pConfig;
+use super::providers::SampledStore;
 use super::shape::{ConnInfo, ConnectionShaper, ShapedIo};
 use super::P2pError;
 
@@ -46,7 +47,7 @@ pub(crate) struct MeshBehaviour {
     /// Addresses and agent versions.
     pub(crate) identify: identify::Behaviour,
     /// Provider records keyed by manifest id.
-    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) kad: kad::Behaviour<SampledStore>,
     /// LAN discovery, switchable off.
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
     /// `/meshota/chunks/1`.
@@ -186,8 +187,7 @@ fn make_behaviour(
     if let Some(k) = std::num::NonZeroUsize::new(config.kad_bucket_size) {
         kad_cfg.set_kbucket_size(k);
     }
-    let mut kad =
-        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_cfg);
+    let mut kad = kad::Behaviour::with_config(peer_id, SampledStore::new(peer_id), kad_cfg);
     // Devices sit on private LANs without confirmed external
     // addresses; answer DHT queries anyway.
     kad.set_mode(Some(if config.kad_server {

@@ -8,16 +8,17 @@ use libp2p::PeerId;
 use meshota_protocol::{ManifestId, SiteId};
 use tokio::sync::oneshot;
 
+use super::providers::SampledStore;
+
 /// True while the routing table is empty: a node that just started, or
 /// one whose DHT peers all went away.
-pub(super) fn no_dht_peer(kad: &mut kad::Behaviour<kad::store::MemoryStore>) -> bool {
+pub(super) fn no_dht_peer(kad: &mut kad::Behaviour<SampledStore>) -> bool {
     kad.kbuckets().all(|b| b.num_entries() == 0)
 }
 
 /// The Kademlia key under which a release's providers on one site meet.
-/// A DHT node keeps at most k = 20 providers per key, the first to come
-/// (libp2p-kad's `MemoryStore`), so a lookup of the release key alone
-/// gives every device the same few, from any site; the site key gives
+/// A lookup of the release key alone gives every device 20 providers
+/// from any site ([`SampledStore`]: a random 20 of those kept); the site key gives
 /// each device peers from its own LAN, so the site shares one download
 /// over its uplink even where mDNS does not reach (routed VLANs, the
 /// simulator).
@@ -63,7 +64,7 @@ pub(super) fn lookup_keys(
 /// Returns the query of the last key provided: the site's, if any (never
 /// `None` in fact, as there is always the release key).
 pub(super) fn start_providing(
-    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    kad: &mut kad::Behaviour<SampledStore>,
     unprovided: &mut HashSet<ManifestId>,
     id: ManifestId,
     site: Option<&SiteId>,
@@ -90,7 +91,7 @@ pub(super) fn start_providing(
 /// catch newcomers. Kademlia's first step lists the local store's
 /// records, with no DHT node asked yet: that one does not count.
 pub(super) fn end_at_first_listing(
-    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    kad: &mut kad::Behaviour<SampledStore>,
     q: kad::QueryId,
     r: &Result<GetProvidersOk, GetProvidersError>,
     stats: &kad::QueryStats,
@@ -133,7 +134,7 @@ impl Lookups {
     /// routing table is empty.
     pub(super) fn start(
         &mut self,
-        kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+        kad: &mut kad::Behaviour<SampledStore>,
         id: ManifestId,
         site: Option<&SiteId>,
         reply: oneshot::Sender<Vec<PeerId>>,

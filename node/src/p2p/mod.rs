@@ -11,6 +11,8 @@
 //!   request-response).
 //! - `dht`: the release and site rendezvous keys, providing them, and
 //!   the provider lookups of [`NodeHandle::providers`].
+//! - `providers`: the Kademlia record store, which keeps many providers
+//!   per key and names a random 20 in each answer.
 //! - `serve`: answers `Have`, `Get` and `Manifest`, with an upload
 //!   token bucket and a cap on concurrent uploads.
 //! - `fetch`: resolves a manifest and drives one
@@ -55,6 +57,7 @@ mod fetcher;
 #[macro_use]
 mod net;
 mod node;
+mod providers;
 mod serve;
 pub mod shape;
 
