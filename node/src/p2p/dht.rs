@@ -17,9 +17,9 @@ pub(super) fn no_dht_peer(kad: &mut kad::Behaviour<SampledStore>) -> bool {
 }
 
 /// The Kademlia key under which a release's providers on one site meet.
-/// A lookup of the release key alone gives every device 20 providers
-/// from any site ([`SampledStore`]: a random 20 of those kept); the site key gives
-/// each device peers from its own LAN, so the site shares one download
+/// A lookup of the release key alone gives a device 20 providers from
+/// any site ([`SampledStore`]: a random 20 of those kept); the site key
+/// gives each device peers from its own LAN, so the site shares one download
 /// over its uplink even where mDNS does not reach (routed VLANs, the
 /// simulator).
 fn site_key(id: &ManifestId, site: &SiteId) -> RecordKey {
@@ -82,13 +82,13 @@ pub(super) fn start_providing(
 /// Ends provider lookup `q` once a DHT node has listed providers.
 ///
 /// libp2p-kad goes on to query every provider it was told of as if it
-/// were a DHT node: it dials each. The release key lists the same first
-/// ~20 devices to the whole fleet, so at 1,000 devices each of those took
-/// ~1,400 connections (1.3-1.6 MB of handshakes read over its site's WAN)
-/// and then answered `Have` polls from all of them. The first DHT node
-/// holding records for the key has its list (at most k = 20, the same on
-/// every node that holds it), so the lookup ends there; later lookups
-/// catch newcomers. Kademlia's first step lists the local store's
+/// were a DHT node: it dials each. When the release key listed the same
+/// first ~20 devices to the whole fleet, at 1,000 devices each of those
+/// took ~1,400 connections (1.3-1.6 MB of handshakes read over its site's
+/// WAN) and then answered `Have` polls from all of them. One DHT node's
+/// answer (20 of the providers it keeps, [`SampledStore`]) is enough, so
+/// the lookup ends there; later lookups name others and catch
+/// newcomers. Kademlia's first step lists the local store's
 /// records, with no DHT node asked yet: that one does not count.
 pub(super) fn end_at_first_listing(
     kad: &mut kad::Behaviour<SampledStore>,

@@ -15,12 +15,13 @@ use libp2p::PeerId;
 pub(super) const MAX_FAR_DIALS: usize = 8;
 
 /// Least time before a fetch dials the same far provider again. A
-/// release's first providers are named by every far lookup (the DHT
-/// store keeps a key's first 20), so they sit at their connection limit
-/// and refuse the rest, but only after a full handshake. Re-dialled at
-/// every lookup, one such device took 7,000-7,900 connections in the
-/// eight minutes of `cellular-1000`. Not re-dialled for a minute, the
-/// dialler tries the lookup's other providers instead.
+/// provider at its connection limit refuses, but only after a full
+/// handshake. When every far lookup named a release's first 20 providers
+/// (libp2p-kad's `MemoryStore`, before [`super::super::providers`]),
+/// those sat at their limit, and re-dialled at every lookup one took
+/// 7,000-7,900 connections in the eight minutes of `cellular-1000`. Not
+/// re-dialled for a minute, the dialler tries the lookup's other
+/// providers instead.
 pub(super) const FAR_REDIAL: Duration = Duration::from_secs(60);
 
 /// Which of `candidates` (far providers not connected) to dial, given
