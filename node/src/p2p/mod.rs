@@ -71,6 +71,15 @@ pub use node::{Node, NodeHandle};
 pub use serve::{NodeStats, TokenBucket};
 pub use shape::{ConnInfo, ConnectionShaper, ShapedIo};
 
+/// 64 bits that differ from peer to peer and stay the same across runs:
+/// the first 8 bytes of the BLAKE3 of its id.
+pub(crate) fn peer_seed(peer: &PeerId) -> u64 {
+    let h = blake3::hash(&peer.to_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
 /// Why the node could not start or carry out a command.
 #[derive(Debug, thiserror::Error)]
 pub enum P2pError {

@@ -136,12 +136,8 @@ impl Node {
             store.clone(),
             config.site.clone(),
             // Answers are awaited as long as the transport waits for them.
-            // Each device walks its peers in an order of its own (see
-            // `Scheduler::next_request`), so no two may share a seed: a
-            // fleet left at the default seed gets one from its ids.
             crate::sched::SchedulerConfig {
                 answer_timeout: config.request_timeout,
-                seed: config.scheduler.seed ^ seed_of(&peer_id),
                 ..config.scheduler.clone()
             },
             config.download_limit_bps,
@@ -706,12 +702,4 @@ impl EventLoop {
             Event::ResponseSent { request_id, .. } => self.server.response_sent(request_id),
         }
     }
-}
-
-/// A scheduler seed from a peer id: the first 8 bytes of its BLAKE3.
-fn seed_of(peer: &PeerId) -> u64 {
-    let h = blake3::hash(&peer.to_bytes());
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&h.as_bytes()[..8]);
-    u64::from_le_bytes(b)
 }

@@ -42,14 +42,12 @@ pub(crate) struct SampledStore {
 
 impl SampledStore {
     pub(crate) fn new(local: PeerId) -> Self {
-        let seed = blake3::hash(&local.to_bytes());
-        let mut s = [0u8; 8];
-        s.copy_from_slice(&seed.as_bytes()[..8]);
         SampledStore {
             local,
             inner: MemoryStore::new(local),
             providers: HashMap::new(),
-            rng: AtomicU64::new(u64::from_le_bytes(s) | 1),
+            // xorshift's state must not be zero.
+            rng: AtomicU64::new(super::peer_seed(&local) | 1),
         }
     }
 
@@ -150,26 +148,27 @@ mod tests {
         ProviderRecord::new(key.clone(), provider, Vec::new())
     }
 
-    #[test]
-    fn a_key_with_a_few_providers_names_them_all() {
+    /// A store holding `n` providers of one key.
+    fn store_with(n: usize) -> (SampledStore, RecordKey, Vec<PeerId>) {
         let mut store = SampledStore::new(PeerId::random());
         let key = RecordKey::new(b"release");
-        let peers: Vec<PeerId> = (0..5).map(|_| PeerId::random()).collect();
+        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
         for p in &peers {
             store.add_provider(record(&key, *p)).unwrap();
         }
+        (store, key, peers)
+    }
+
+    #[test]
+    fn a_key_with_a_few_providers_names_them_all() {
+        let (store, key, peers) = store_with(5);
         let named: HashSet<PeerId> = store.providers(&key).iter().map(|r| r.provider).collect();
         assert_eq!(named, peers.into_iter().collect());
     }
 
     #[test]
     fn lookups_of_a_crowded_key_name_twenty_each_and_everyone_in_turn() {
-        let mut store = SampledStore::new(PeerId::random());
-        let key = RecordKey::new(b"release");
-        let peers: Vec<PeerId> = (0..1000).map(|_| PeerId::random()).collect();
-        for p in &peers {
-            store.add_provider(record(&key, *p)).unwrap();
-        }
+        let (store, key, peers) = store_with(1000);
         let mut seen = HashSet::new();
         for _ in 0..200 {
             let answer = store.providers(&key);
@@ -202,11 +201,7 @@ mod tests {
 
     #[test]
     fn a_key_keeps_at_most_its_cap_of_providers() {
-        let mut store = SampledStore::new(PeerId::random());
-        let key = RecordKey::new(b"release");
-        for _ in 0..MAX_PROVIDERS_PER_KEY + 10 {
-            store.add_provider(record(&key, PeerId::random())).unwrap();
-        }
+        let (store, key, _) = store_with(MAX_PROVIDERS_PER_KEY + 10);
         assert_eq!(
             store.providers.get(&key).map(Vec::len),
             Some(MAX_PROVIDERS_PER_KEY)

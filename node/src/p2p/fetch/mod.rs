@@ -222,14 +222,11 @@ impl Fetches {
         now: Instant,
     ) -> Self {
         let mut sched_config = sched_config;
-        if sched_config.seed == 0 {
-            // Tie-breaks must differ between devices so neighbours pull
-            // different chunks first.
-            let h = ChunkId::digest(&local.to_bytes());
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&h.as_bytes()[..8]);
-            sched_config.seed = u64::from_le_bytes(b);
-        }
+        // Tie-breaks and the order peers are walked in (see
+        // `Scheduler::next_request`) must differ between devices, even in
+        // a fleet configured with one seed, so that neighbours pull
+        // different chunks first and do not all ask the same neighbours.
+        sched_config.seed ^= super::peer_seed(&local);
         Self {
             local,
             store,
