@@ -17,6 +17,7 @@ use meshota_protocol::{Action, DeviceId, UpdateState};
 
 use super::fleet::{Fleet, Rng};
 use super::track::add;
+use super::uploads::UploadLog;
 use super::{DeviceFigures, LiveError, LiveEvent, LiveRun};
 use crate::scenario::Scenario;
 use crate::virt::Outcome;
@@ -194,6 +195,7 @@ struct Watch {
     opened: Vec<Option<Instant>>,
     ends: Vec<Option<End>>,
     restarts: u32,
+    uploads: UploadLog,
 }
 
 impl Watch {
@@ -272,6 +274,7 @@ impl Watch {
                 fleet.devices[i].id
             )));
         }
+        self.uploads.sample(fleet, now);
         let count = |e| self.ends.iter().filter(|x| **x == Some(e)).count() as u32;
         progress(LiveEvent::Progress {
             committed: count(End::Committed),
@@ -356,6 +359,7 @@ async fn drive(
         opened: vec![None; n],
         ends: vec![None; n],
         restarts: 0,
+        uploads: UploadLog::default(),
     };
     let buckets = buckets(fleet)?;
     let id = start_rollout(fleet)?;

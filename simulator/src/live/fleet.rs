@@ -15,7 +15,8 @@ use libp2p::Multiaddr;
 use meshota_broker::server::Server;
 use meshota_node::agent::mqtt::{self, DaemonError};
 use meshota_node::p2p::{Node, NodeEvent, NodeHandle, NodeStats, P2pConfig, P2pFetcher};
-use meshota_protocol::{ManifestId, ReleaseId, SecretKey, Signed, SiteId};
+use meshota_node::store::Store;
+use meshota_protocol::{Bitfield, Manifest, ManifestId, ReleaseId, SecretKey, Signed, SiteId};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -639,6 +640,29 @@ root = "{trust}"
                 d.running
                     .as_ref()
                     .map_or_else(NodeStats::default, |r| r.node.stats())
+            })
+            .collect()
+    }
+
+    /// The release's manifest, as the origin stores it.
+    pub fn manifest(&self) -> Option<Manifest> {
+        let bytes = self
+            .server
+            .store()
+            .get_manifest(&self.release.manifest_id)
+            .ok()??;
+        Manifest::decode(&bytes).ok().map(|(_, m)| m)
+    }
+
+    /// Which chunks of `manifest` each device holds (nothing for a
+    /// device whose store cannot say).
+    pub fn held(&self, manifest: &Manifest) -> Vec<Bitfield> {
+        self.devices
+            .iter()
+            .map(|d| {
+                d.store
+                    .held(manifest)
+                    .unwrap_or_else(|_| Bitfield::new(manifest.chunks.len()))
             })
             .collect()
     }

@@ -21,6 +21,7 @@ pub mod fleet;
 pub mod shaper;
 pub mod store;
 mod track;
+pub mod uploads;
 
 use std::time::Duration;
 

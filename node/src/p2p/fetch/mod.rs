@@ -543,6 +543,10 @@ impl Fetches {
         let Some((id, _, tag)) = self.pending.remove(&rid) else {
             return;
         };
+        // `RUST_LOG=meshota::request_failed=debug`: on slow uplinks
+        // thousands of requests failed at exactly 10 s, libp2p's limit on
+        // opening a stream, and each failure cost the peer a cool-off.
+        tracing::debug!(target: "meshota::request_failed", %peer, ?tag, %reason, "request failed");
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
         };
