@@ -139,6 +139,7 @@ pub struct NetModel {
     site_wan_in: Vec<AtomicU64>,
     site_wan_out: Vec<AtomicU64>,
     dev_wan_in: Vec<AtomicU64>,
+    dev_up_bytes: Vec<AtomicU64>,
     dev_origin_in: Vec<AtomicU64>,
     dev_far_conns: Vec<AtomicU64>,
     dev_origin_conns: Vec<AtomicU64>,
@@ -175,6 +176,7 @@ impl NetModel {
             site_wan_in: (0..sites).map(|_| AtomicU64::new(0)).collect(),
             site_wan_out: (0..sites).map(|_| AtomicU64::new(0)).collect(),
             dev_wan_in: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            dev_up_bytes: (0..n).map(|_| AtomicU64::new(0)).collect(),
             dev_origin_in: (0..n).map(|_| AtomicU64::new(0)).collect(),
             dev_far_conns: (0..n).map(|_| AtomicU64::new(0)).collect(),
             dev_origin_conns: (0..n).map(|_| AtomicU64::new(0)).collect(),
@@ -218,6 +220,12 @@ impl NetModel {
             .iter()
             .map(|a| a.load(Ordering::Relaxed))
             .collect()
+    }
+
+    /// Wire bytes each device wrote on its uplink: everything, where a
+    /// node's counters see only the chunk answers it flushed.
+    pub fn device_up_bytes(&self) -> Vec<u64> {
+        load_all(&self.dev_up_bytes)
     }
 
     /// Wire bytes each device read from the origin (chunks, `Have`
@@ -505,6 +513,7 @@ impl Shaped {
     fn charge_write(&mut self, n: usize, now: Instant) {
         let peer = self.peer(false);
         self.net.dev_up[self.index].charge(n, now);
+        self.net.dev_up_bytes[self.index].fetch_add(n as u64, Ordering::Relaxed);
         if self.cross(peer) {
             let site = self.site as usize;
             self.net.site_up[site].charge(n, now);

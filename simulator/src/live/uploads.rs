@@ -1,7 +1,7 @@
 //! Where a live fleet's uplinks go idle: every 10 s, with
 //! `RUST_LOG=meshota_sim::uploads=debug`, one line on how busy the
-//! devices' uplinks were and how many copies of each chunk the fleet
-//! holds.
+//! devices' uplinks were, how much of what they wrote was chunks, and
+//! how many copies of each chunk the fleet holds.
 //!
 //! Live runs on slow links took a third longer than virtual time with
 //! their steady state short of the uplinks' capacity, and neither the
@@ -72,7 +72,7 @@ pub fn copies(held: &[Bitfield], chunks: usize) -> Vec<u32> {
 /// Writes the line every [`EVERY`] while the target is enabled.
 #[derive(Default)]
 pub struct UploadLog {
-    last: Option<(Instant, Vec<NodeStats>)>,
+    last: Option<(Instant, Vec<NodeStats>, u64)>,
     manifest: Option<Manifest>,
 }
 
@@ -85,11 +85,13 @@ impl UploadLog {
         if self
             .last
             .as_ref()
-            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < EVERY)
+            .is_some_and(|(at, ..)| now.saturating_duration_since(*at) < EVERY)
         {
             return;
         }
         let cur = fleet.node_stats();
+        // Everything the devices wrote, requests and `Have` answers too.
+        let wire: u64 = fleet.net.device_up_bytes().iter().sum();
         if self.manifest.is_none() {
             self.manifest = fleet.manifest();
             if let Some(m) = &self.manifest {
@@ -97,7 +99,7 @@ impl UploadLog {
                 tracing::debug!(target: TARGET, "chunk sizes (KiB, by position): {kib:?}");
             }
         }
-        if let Some((at, prev)) = self.last.take() {
+        if let Some((at, prev, wire_before)) = self.last.take() {
             let secs = now.saturating_duration_since(at).as_secs_f64();
             let cap = fleet.s.device_upload_bps();
             let s = summarize(&prev, &cur, secs, cap);
@@ -105,19 +107,22 @@ impl UploadLog {
                 .manifest
                 .as_ref()
                 .map_or_else(Vec::new, |m| copies(&fleet.held(m), m.chunks.len()));
+            let wire_bps = wire.saturating_sub(wire_before) as f64 / secs.max(f64::MIN_POSITIVE);
             tracing::debug!(
                 target: TARGET,
-                "uplinks {:.2} MiB/s ({:.0} % of the capped total); devices by share \
-                 <25/50/75/100/full %: {:?}; {} busy answers, {} requests; copies by chunk: {:?}",
+                "uplinks {:.2} MiB/s of chunks ({:.0} % of the capped total) in {:.2} MiB/s \
+                 written; devices by share <25/50/75/100/full %: {:?}; {} busy answers, \
+                 {} requests; copies by chunk: {:?}",
                 s.rate_bps / 1_048_576.0,
                 100.0 * s.rate_bps / (cap as f64 * cur.len().max(1) as f64),
+                wire_bps / 1_048_576.0,
                 s.by_share,
                 s.busy,
                 s.requests,
                 copies,
             );
         }
-        self.last = Some((now, cur));
+        self.last = Some((now, cur, wire));
     }
 }
 
