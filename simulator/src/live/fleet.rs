@@ -43,8 +43,10 @@ pub struct ReleaseInfo {
     pub signed: Signed<meshota_protocol::Release>,
     /// Its id.
     pub id: ReleaseId,
-    /// Its manifest.
+    /// Its manifest's id.
     pub manifest_id: ManifestId,
+    /// Its manifest, as the bundle carries it.
+    pub manifest: Arc<Manifest>,
     /// Chunk bytes in stored form (one full copy off the origin).
     pub stored_bytes: u64,
     /// Bytes of the bundle file.
@@ -292,6 +294,7 @@ async fn setup_release(
         signed: reader.signed_release().clone(),
         id: reader.release_id(),
         manifest_id: record.manifest_id,
+        manifest: Arc::new(reader.manifest().clone()),
         stored_bytes,
         file_bytes: created.bundle_size,
     };
@@ -642,16 +645,6 @@ root = "{trust}"
                     .map_or_else(NodeStats::default, |r| r.node.stats())
             })
             .collect()
-    }
-
-    /// The release's manifest, as the origin stores it.
-    pub fn manifest(&self) -> Option<Manifest> {
-        let bytes = self
-            .server
-            .store()
-            .get_manifest(&self.release.manifest_id)
-            .ok()??;
-        Manifest::decode(&bytes).ok().map(|(_, m)| m)
     }
 
     /// Which chunks of `manifest` each device holds (nothing for a

@@ -198,28 +198,19 @@ impl NetModel {
     /// Bytes that entered each site over its WAN downlink (wire bytes,
     /// protocol overhead included).
     pub fn site_wan_in(&self) -> Vec<u64> {
-        self.site_wan_in
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect()
+        load_all(&self.site_wan_in)
     }
 
     /// Bytes that left each site over its WAN uplink.
     pub fn site_wan_out(&self) -> Vec<u64> {
-        self.site_wan_out
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect()
+        load_all(&self.site_wan_out)
     }
 
     /// Wire bytes each device read over its site's WAN link: with the
     /// bytes it kept from other sites and the origin, this tells waste
     /// (late answers, duplicates, control traffic) from imports.
     pub fn device_wan_in(&self) -> Vec<u64> {
-        self.dev_wan_in
-            .iter()
-            .map(|a| a.load(Ordering::Relaxed))
-            .collect()
+        load_all(&self.dev_wan_in)
     }
 
     /// Wire bytes each device wrote on its uplink: everything, where a

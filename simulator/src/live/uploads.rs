@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use meshota_node::p2p::NodeStats;
-use meshota_protocol::{Bitfield, Manifest};
+use meshota_protocol::Bitfield;
 
 use super::fleet::Fleet;
 
@@ -73,7 +73,6 @@ pub fn copies(held: &[Bitfield], chunks: usize) -> Vec<u32> {
 #[derive(Default)]
 pub struct UploadLog {
     last: Option<(Instant, Vec<NodeStats>, u64)>,
-    manifest: Option<Manifest>,
 }
 
 impl UploadLog {
@@ -92,21 +91,16 @@ impl UploadLog {
         let cur = fleet.node_stats();
         // Everything the devices wrote, requests and `Have` answers too.
         let wire: u64 = fleet.net.device_up_bytes().iter().sum();
-        if self.manifest.is_none() {
-            self.manifest = fleet.manifest();
-            if let Some(m) = &self.manifest {
-                let kib: Vec<u32> = m.chunks.iter().map(|c| c.len >> 10).collect();
-                tracing::debug!(target: TARGET, "chunk sizes (KiB, by position): {kib:?}");
-            }
+        let m = &fleet.release.manifest;
+        if self.last.is_none() {
+            let kib: Vec<u32> = m.chunks.iter().map(|c| c.len >> 10).collect();
+            tracing::debug!(target: TARGET, "chunk sizes (KiB, by position): {kib:?}");
         }
         if let Some((at, prev, wire_before)) = self.last.take() {
             let secs = now.saturating_duration_since(at).as_secs_f64();
             let cap = fleet.s.device_upload_bps();
             let s = summarize(&prev, &cur, secs, cap);
-            let copies = self
-                .manifest
-                .as_ref()
-                .map_or_else(Vec::new, |m| copies(&fleet.held(m), m.chunks.len()));
+            let copies = copies(&fleet.held(m), m.chunks.len());
             let wire_bps = wire.saturating_sub(wire_before) as f64 / secs.max(f64::MIN_POSITIVE);
             tracing::debug!(
                 target: TARGET,
