@@ -101,7 +101,7 @@ impl Fetches {
             let heard = |p: &PeerId| dl.answered.contains(p);
             let site_heard = fetch.site_lookup_done
                 && dl.queried.iter().all(heard)
-                && fetch.site_found.iter().all(heard);
+                && fetch.site_waited.iter().all(heard);
             if now >= grace || site_heard {
                 dl.grace = None;
                 for (peer, class, fetching, bitfield) in std::mem::take(&mut dl.held_back) {

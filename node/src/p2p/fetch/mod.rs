@@ -9,11 +9,11 @@
 //! Split by concern: this file holds the per-fetch state and the
 //! handlers for network events; `manifest` resolves the manifest;
 //! `drive` runs the schedulers, timers and completion; `verify` checks
-//! and stores arriving chunks; `far` picks which far providers to dial;
+//! and stores arriving chunks; `dials` picks which providers to dial;
 //! `report` holds the public option, progress, report and error types.
 
+mod dials;
 mod drive;
-mod far;
 mod manifest;
 mod report;
 mod verify;
@@ -37,7 +37,7 @@ use super::serve::{Counters, TokenBucket};
 use super::NodeEvent;
 use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
 use crate::store::Store;
-use far::far_dials;
+use dials::{far_dials, site_dials};
 use manifest::ManifestSearch;
 
 /// What the fetch loop asks of the network. Implemented by the event loop.
@@ -105,10 +105,11 @@ struct Download {
     /// Origins, and with a site configured peers of other sites, are
     /// introduced to the scheduler only once this node has looked up its
     /// site's providers, and every queried peer and every site provider
-    /// found has answered (or at this instant). Until the scheduler knows which neighbours hold the
-    /// release or are fetching it too, a chunk no neighbour is known to
-    /// hold looks like one the site lacks: every device would take itself
-    /// for its rendezvous home and pull it over the WAN.
+    /// it connected to or dialled has answered (or at this instant). Until
+    /// the scheduler knows which neighbours hold the release or are
+    /// fetching it too, a chunk no neighbour is known to hold looks like
+    /// one the site lacks: every device would take itself for its
+    /// rendezvous home and pull it over the WAN.
     grace: Option<Instant>,
     /// Answers from other sites and origins held back during the grace:
     /// peer, class, whether it is fetching, and its bitfield.
@@ -128,8 +129,11 @@ struct Fetch {
     site_lookup_done: bool,
     /// Waiting for the lookup that follows this node's own provide.
     wait_provide: bool,
-    /// Providers the site lookups found, which the grace waits to hear.
+    /// Providers the site lookups found.
     site_found: HashSet<PeerId>,
+    /// Of those, the ones connected when found or dialled
+    /// ([`site_dials`]): the grace waits to hear these.
+    site_waited: HashSet<PeerId>,
     /// Providers found under the release's key only (so most likely of
     /// other sites), not dialled while the site has every missing chunk:
     /// each WAN connection costs kilobytes of handshakes and `Have`
@@ -145,7 +149,7 @@ struct Fetch {
     /// [`Fetches::far_wanted`]).
     far_looked: bool,
     /// Providers of other sites this fetch dialled, and when (see
-    /// [`far::MAX_FAR_DIALS`] and [`far::FAR_REDIAL`]).
+    /// [`dials::MAX_FAR_DIALS`] and [`dials::FAR_REDIAL`]).
     far_dialled: HashMap<PeerId, Instant>,
     /// Last Kademlia provider lookup, repeated while sources are lacking.
     providers_at: Instant,
@@ -274,6 +278,7 @@ impl Fetches {
             site_lookup_done: false,
             wait_provide: false,
             site_found: HashSet::new(),
+            site_waited: HashSet::new(),
             far: HashSet::new(),
             far_dialled: HashMap::new(),
             want_far: false,
@@ -453,7 +458,7 @@ impl Fetches {
     }
 
     /// Kademlia found providers (under the site's key if `site`): connect
-    /// to those not yet connected.
+    /// to a few of those not yet connected ([`site_dials`], [`far_dials`]).
     pub(crate) fn providers_found(
         &mut self,
         id: ManifestId,
@@ -471,6 +476,7 @@ impl Fetches {
         // So they do while the manifest is sought (see `manifest`).
         let wait = self.site.is_some() && !fetch.far_wanted();
         let mut far_candidates = Vec::new();
+        let mut site_candidates = Vec::new();
         for p in providers {
             if p == local {
                 continue;
@@ -480,6 +486,9 @@ impl Fetches {
                 fetch.far.remove(&p);
             }
             if self.connected.contains(&p) {
+                if fetch.site_found.contains(&p) {
+                    fetch.site_waited.insert(p);
+                }
                 continue;
             }
             let far = !site && !fetch.site_found.contains(&p);
@@ -487,9 +496,23 @@ impl Fetches {
                 fetch.far.insert(p);
             } else if far && self.site.is_some() {
                 far_candidates.push(p);
+            } else if self.site.is_some() {
+                site_candidates.push(p);
             } else {
+                if site {
+                    fetch.site_waited.insert(p);
+                }
                 net.dial(p);
             }
+        }
+        let up = fetch
+            .site_found
+            .iter()
+            .filter(|p| self.connected.contains(p))
+            .count();
+        for p in site_dials(&local, site_candidates, up, &self.connected) {
+            fetch.site_waited.insert(p);
+            net.dial(p);
         }
         let dialled = &mut fetch.far_dialled;
         for p in far_dials(&local, far_candidates, dialled, &self.connected, now) {
