@@ -143,6 +143,45 @@ async fn a_device_pulls_nothing_over_the_wan_while_its_site_neighbour_is_still_b
     .await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_dials_at_most_eight_providers_of_its_site() {
+    bounded(async {
+        // Twelve holders in the device's site, all listed under the site
+        // key. Dialling every provider a lookup named connected each
+        // device of a 50-device site to most of it, a handshake and a
+        // `Have` poll every few seconds apiece (`cellular-1000`: about 52
+        // connections a device, a quarter of the CPU in handshakes).
+        let b = Bundle::new(&payload(1 << 20, 14));
+        let origin = spawn(P2pConfig::loopback().origin(), Arc::new(MemStore::new()));
+        let oa = addr(&origin).await;
+        let mut holders = Vec::new();
+        for _ in 0..12 {
+            let n = spawn(dht_client(&oa, Some("near")), b.in_memory());
+            provide_via(&n, &origin, b.id).await;
+            holders.push(n);
+        }
+        for h in &holders {
+            listed(&oa, "near", h.peer_id(), b.id).await;
+        }
+        let sd: Arc<dyn Store> = Arc::new(MemStore::new());
+        let device = spawn(dht_client(&oa, Some("near")), sd.clone());
+        let report = device.fetch(b.id, FetchOptions::default()).await.unwrap();
+        assert_byte_identical(&*sd, &b);
+        assert_eq!(report.bytes.same_site, fetched(&report), "{report:?}");
+        let connected = device.connected_peers().await.unwrap();
+        let site = holders
+            .iter()
+            .filter(|h| connected.contains(&h.peer_id()))
+            .count();
+        // `MAX_SITE_DIALS`; the holders never dial the device.
+        assert!((1..=8).contains(&site), "connected to {site} of 12");
+        for n in holders.iter().chain([&origin, &device]) {
+            n.shutdown().await;
+        }
+    })
+    .await
+}
+
 /// Waits until the origin lists `holder` as a provider of `id` for a
 /// client of `site` (a node's own lookup would list itself at once).
 async fn listed(oa: &Multiaddr, site: &str, holder: PeerId, id: ManifestId) {

@@ -15,14 +15,16 @@ use libp2p::PeerId;
 pub(super) const MAX_FAR_DIALS: usize = 8;
 
 /// Most providers of its own site a fetch dials itself, counting those
-/// already connected. Site lookups (every 10 s while sources are lacking)
-/// name 20 providers each, at random, and dialling them all connected
-/// every device to most of its site: in `cellular-1000` (50 devices a
-/// site) the devices opened 26,000 connections among themselves in the
-/// first minute, each a handshake (a quarter of the ramp's CPU went to
-/// X25519 and Ed25519) and each neighbour polled for `Have` every 1-4 s.
+/// already connected. Site lookups (repeated every 10 s while the device
+/// would pull over the WAN) name 20 providers each, at random, and
+/// dialling them all connected every device to most of its site: in
+/// `cellular-1000` (50 devices a site) the devices opened 26,000
+/// connections among themselves in the first minute, each a handshake (a
+/// quarter of the ramp's CPU went to X25519 and Ed25519) and each
+/// neighbour polled for `Have` every 1-4 s.
 /// Eight neighbours dialled, plus those that dial in, keep a site's mesh
-/// connected in a few hops; fetched by 80 s, 1.6 GiB instead of 0.6-0.8.
+/// connected in a few hops: the run took 361-366 s instead of 423-430 s.
+/// Four took as long (359 s) and sixteen longer (389 s).
 pub(super) const MAX_SITE_DIALS: usize = 8;
 
 /// Least time before a fetch dials the same far provider again. A
