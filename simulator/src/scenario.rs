@@ -378,7 +378,7 @@ mod tests {
     fn the_cellular_example_parses_with_the_bound_its_comment_names() {
         let s = example(include_str!("../scenarios/cellular-1000.toml"));
         assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
-        assert_eq!((s.upload_cap_pct, s.origin_dedup_s), (95, 120));
+        assert_eq!((s.upload_cap_pct, s.origin_dedup_s), (95, 300));
         let bound = kumar_ross_bound_s(&s);
         assert!((bound - 263.2).abs() < 0.05, "{bound}");
     }
