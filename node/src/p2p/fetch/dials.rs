@@ -116,20 +116,28 @@ mod tests {
         assert!(dials(&me, &far, &far[..MAX_FAR_DIALS + 3]).is_empty());
     }
 
+    /// `pick` (a device's choice among twenty providers, none connected)
+    /// does not depend on the order the lookup gave them, and twenty
+    /// devices choosing `max` of twenty do not all crowd the same `max`
+    /// (whose union would be `max`).
+    fn assert_each_device_picks_its_own(
+        pick: impl Fn(&PeerId, &[PeerId]) -> Vec<PeerId>,
+        max: usize,
+    ) {
+        let found = peers(20);
+        let me = PeerId::random();
+        let mut reversed = found.clone();
+        reversed.reverse();
+        assert_eq!(pick(&me, &reversed), pick(&me, &found));
+        let chosen: HashSet<PeerId> = (0..20)
+            .flat_map(|_| pick(&PeerId::random(), &found))
+            .collect();
+        assert!(chosen.len() > max, "{}", chosen.len());
+    }
+
     #[test]
     fn each_device_picks_its_own_far_providers_whatever_order_the_lookup_gave() {
-        let far = peers(20);
-        let me = PeerId::random();
-        let mut reversed = far.clone();
-        reversed.reverse();
-        let mine = dials(&me, &far, &[]);
-        assert_eq!(dials(&me, &reversed, &[]), mine);
-        // Twenty devices choosing eight of twenty: if all crowded the same
-        // eight, the union would be eight.
-        let chosen: HashSet<PeerId> = (0..20)
-            .flat_map(|_| dials(&PeerId::random(), &far, &[]))
-            .collect();
-        assert!(chosen.len() > MAX_FAR_DIALS, "{}", chosen.len());
+        assert_each_device_picks_its_own(|me, far| dials(me, far, &[]), MAX_FAR_DIALS);
     }
 
     #[test]
@@ -157,17 +165,11 @@ mod tests {
 
     #[test]
     fn each_device_picks_its_own_site_providers() {
-        let site = peers(20);
-        let me = PeerId::random();
-        let mut reversed = site.clone();
-        reversed.reverse();
         let none = HashSet::new();
-        let mine = site_dials(&me, site.clone(), 0, &none);
-        assert_eq!(site_dials(&me, reversed, 0, &none), mine);
-        let chosen: HashSet<PeerId> = (0..20)
-            .flat_map(|_| site_dials(&PeerId::random(), site.clone(), 0, &none))
-            .collect();
-        assert!(chosen.len() > MAX_SITE_DIALS, "{}", chosen.len());
+        assert_each_device_picks_its_own(
+            |me, site| site_dials(me, site.to_vec(), 0, &none),
+            MAX_SITE_DIALS,
+        );
     }
 
     #[test]
