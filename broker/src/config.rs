@@ -100,6 +100,13 @@ pub struct Config {
     /// Devices keep one each: it is their way into the DHT, so a fleet
     /// larger than this has devices that find no providers.
     pub p2p_max_connections: u32,
+    /// The origin seeder's upload limit in bytes per second (0: none), so
+    /// it leaves room on an uplink it shares. Chunk answers go out one
+    /// after another at this rate, and a request that would queue longer
+    /// than 1.5 s is answered `Busy` (the device asks a peer, or again
+    /// later), as on a device with `p2p.max_upload_bps`. Only chunk
+    /// answers are paced; `Have`, manifest and DHT answers are not.
+    pub p2p_max_upload_bps: u64,
     /// Accept every new device key on first sight (labs, simulator).
     pub auto_accept: bool,
     /// Serve `/metrics` without the operator token.
@@ -146,6 +153,7 @@ impl Default for Config {
             p2p_listen: Vec::new(),
             p2p_origin_dedup_secs: 30,
             p2p_max_connections: 10_000,
+            p2p_max_upload_bps: 0,
             auto_accept: false,
             open_metrics: false,
             open_reads: false,

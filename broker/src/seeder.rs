@@ -48,7 +48,8 @@ impl Seeder {
     /// in `identity_file`, and provides every manifest already published.
     /// Each chunk served is withheld for `dedup_window` after (see
     /// `P2pConfig::origin_dedup_window`). It accepts `max_connections`
-    /// peers at once.
+    /// peers at once, and uploads at most `max_upload_bps` (`None`: no
+    /// limit; see `P2pConfig::upload_limit_bps`).
     ///
     /// # Errors
     /// [`SeederError`] naming what failed.
@@ -59,6 +60,7 @@ impl Seeder {
         published: &[ManifestId],
         dedup_window: Duration,
         max_connections: u32,
+        max_upload_bps: Option<u64>,
     ) -> Result<Self, SeederError> {
         let listen = listen
             .iter()
@@ -78,6 +80,7 @@ impl Seeder {
             // past the 256th of a 1,000-device live run were refused
             // and never found a provider.
             max_connections,
+            upload_limit_bps: max_upload_bps,
             ..P2pConfig::default()
         }
         .origin();

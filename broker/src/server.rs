@@ -195,6 +195,7 @@ impl Server {
                     &published,
                     Duration::from_secs(config.p2p_origin_dedup_secs),
                     config.p2p_max_connections,
+                    (config.p2p_max_upload_bps > 0).then_some(config.p2p_max_upload_bps),
                 )
                 .await?,
             )

@@ -50,6 +50,11 @@ pub struct Scenario {
     /// on, up to `max_uploads` times sooner, which matters most on slow
     /// uplinks.
     pub upload_cap_pct: u32,
+    /// The origin seeder's upload cap (the broker's `p2p_max_upload_bps`)
+    /// in percent of `origin_up_bps`; 0 for none (the default). On a slow
+    /// origin uplink the seeder's upload slots otherwise share the link,
+    /// and each answer can outlast the 60 s a device waits for it.
+    pub origin_upload_cap_pct: u32,
     /// Concurrent uploads the origin serves.
     pub origin_max_uploads: u32,
     /// Seconds the origin withholds a chunk it has just served, so the
@@ -129,6 +134,7 @@ impl Default for Scenario {
             wan_peers: 2,
             max_uploads: 4,
             upload_cap_pct: 0,
+            origin_upload_cap_pct: 0,
             origin_max_uploads: 64,
             origin_dedup_s: 30,
             waves: vec![10, 50, 100],
@@ -241,11 +247,16 @@ impl Scenario {
                 return bad(field, "must be a percent between 1 and 100");
             }
         }
-        if self.upload_cap_pct > 100 {
-            return bad(
-                "upload_cap_pct",
-                "must be a percent of the uplink between 0 (no cap) and 100",
-            );
+        for (field, v) in [
+            ("upload_cap_pct", self.upload_cap_pct),
+            ("origin_upload_cap_pct", self.origin_upload_cap_pct),
+        ] {
+            if v > 100 {
+                return bad(
+                    field,
+                    "must be a percent of the uplink between 0 (no cap) and 100",
+                );
+            }
         }
         if self.max_uploads == 0 || self.origin_max_uploads == 0 {
             return bad("max_uploads", "upload slots must be at least 1");
@@ -262,6 +273,12 @@ impl Scenario {
     pub fn device_upload_cap_bps(&self) -> Option<u64> {
         (self.upload_cap_pct > 0)
             .then(|| (self.device_up_bps * u64::from(self.upload_cap_pct) / 100).max(1))
+    }
+
+    /// The upload cap the origin seeder configures, bytes per second.
+    pub fn origin_upload_cap_bps(&self) -> Option<u64> {
+        (self.origin_upload_cap_pct > 0)
+            .then(|| (self.origin_up_bps * u64::from(self.origin_upload_cap_pct) / 100).max(1))
     }
 
     /// The rate a device's uploads can reach: its uplink, or its cap.
@@ -392,6 +409,8 @@ mod tests {
         assert!(Scenario::from_toml("no_such_field = 1").is_err());
         let err = Scenario::from_toml("upload_cap_pct = 120").unwrap_err();
         assert!(err.to_string().contains("upload_cap_pct"), "{err}");
+        let err = Scenario::from_toml("origin_upload_cap_pct = 101").unwrap_err();
+        assert!(err.to_string().contains("origin_upload_cap_pct"), "{err}");
     }
 
     #[test]
@@ -402,6 +421,9 @@ mod tests {
         let s = Scenario::from_toml("device_up_bps = 250000\nupload_cap_pct = 95").unwrap();
         assert_eq!(s.device_upload_cap_bps(), Some(237_500));
         assert_eq!(s.device_upload_bps(), 237_500);
+        assert_eq!(d.origin_upload_cap_bps(), None);
+        let o = Scenario::from_toml("origin_up_bps = 62500\norigin_upload_cap_pct = 95").unwrap();
+        assert_eq!(o.origin_upload_cap_bps(), Some(59_375));
         // The bound is the links' capacity, whatever the devices cap.
         assert_eq!(
             kumar_ross_bound_s(&s),

@@ -227,6 +227,15 @@ fn with_prefetch_later_waves_find_the_bundle_in_place_and_only_install() {
     );
 }
 
+/// Runs `s` in virtual time and checks every device committed.
+#[allow(clippy::unwrap_used)] // a test fixture: failing is the test failing
+fn all_commit(s: &Scenario) -> virt::Outcome {
+    let out = virt::run(s, true, &mut |_| {}).unwrap();
+    let sum = Summary::new(s, &out, None);
+    assert!(sum.ok && sum.committed == s.devices, "{sum:?}");
+    out
+}
+
 #[test]
 fn a_capped_uplink_holds_its_rate_and_refuses_requests_it_could_not_start_soon() {
     // Slots enough that only the queue limit can refuse (29 peers with
@@ -240,12 +249,7 @@ fn a_capped_uplink_holds_its_rate_and_refuses_requests_it_could_not_start_soon()
         ..small()
     };
     let (open, capped) = (plan(0), plan(50));
-    let a = virt::run(&open, true, &mut |_| {}).unwrap();
-    let b = virt::run(&capped, true, &mut |_| {}).unwrap();
-    for (s, out) in [(&open, &a), (&capped, &b)] {
-        let sum = Summary::new(s, out, None);
-        assert!(sum.ok && sum.committed == s.devices, "{sum:?}");
-    }
+    let (a, b) = (all_commit(&open), all_commit(&capped));
     // The fleet cannot beat the bound of the uplinks it allows itself.
     let half = Scenario {
         device_up_bps: 62_500,
@@ -255,6 +259,29 @@ fn a_capped_uplink_holds_its_rate_and_refuses_requests_it_could_not_start_soon()
     let bound = meshota_sim::scenario::kumar_ross_bound_s(&half);
     assert!(t(&b) >= bound, "{} < {bound}", t(&b));
     // Only the queue limit refuses `Busy` here: the slots never fill.
+    let busy = |out: &virt::Outcome| out.events_by_kind.get("refused_busy").copied().unwrap_or(0);
+    assert_eq!(busy(&a), 0);
+    assert!(busy(&b) > 0);
+}
+
+#[test]
+fn a_capped_origin_sends_at_its_cap_and_refuses_requests_it_could_not_start_soon() {
+    // Devices never refuse here (slots to spare, no cap), so every `Busy`
+    // is the origin's: at half of 1 Mbit/s a 64 KiB chunk takes about
+    // 1 s, and the origin takes about two requests at a time.
+    let plan = |origin_upload_cap_pct| Scenario {
+        origin_up_bps: 125_000,
+        origin_max_uploads: 1000,
+        max_uploads: 1000,
+        origin_upload_cap_pct,
+        ..small()
+    };
+    let (open, capped) = (plan(0), plan(50));
+    let (a, b) = (all_commit(&open), all_commit(&capped));
+    // One copy leaves the origin at no more than its cap.
+    let t = |out: &virt::Outcome| out.commit_times_s.iter().copied().fold(0.0, f64::max);
+    let one_copy_s = capped.bundle_bytes as f64 / 62_500.0;
+    assert!(t(&b) >= one_copy_s, "{} < {one_copy_s}", t(&b));
     let busy = |out: &virt::Outcome| out.events_by_kind.get("refused_busy").copied().unwrap_or(0);
     assert_eq!(busy(&a), 0);
     assert!(busy(&b) > 0);

@@ -260,6 +260,7 @@ async fn setup_release(
     cfg.auto_accept = true;
     cfg.p2p_listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
     cfg.p2p_origin_dedup_secs = s.origin_dedup_s;
+    cfg.p2p_max_upload_bps = s.origin_upload_cap_bps().unwrap_or(0);
     cfg.max_connections = (s.devices as usize) * 2 + 100;
     // Spawned from the broker's runtime, its tasks stay there.
     let server = broker_rt

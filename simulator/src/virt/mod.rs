@@ -262,6 +262,14 @@ pub fn run(
     Ok(Sim::new(s, p2p)?.run(progress))
 }
 
+/// How long a capped uploader lets a request wait for its turn before
+/// answering `Busy` (`P2pConfig::upload_queue_max`).
+fn queue_max() -> Micros {
+    meshota_node::p2p::P2pConfig::default()
+        .upload_queue_max
+        .as_micros() as Micros
+}
+
 struct Sim<'a> {
     s: &'a Scenario,
     p2p: bool,
@@ -275,6 +283,8 @@ struct Sim<'a> {
     /// device's uplink before the device answers `Busy`, as a capped
     /// node does (`P2pConfig::upload_queue_max`).
     upload_queue_max: Option<Micros>,
+    /// The same for the origin, when the seeder caps its uploads.
+    origin_queue_max: Option<Micros>,
     /// Devices that have started fetching (or finished): what a Kademlia
     /// provider lookup would return.
     providers: Vec<u32>,
@@ -335,7 +345,12 @@ impl<'a> Sim<'a> {
             manifest,
             devices,
             topo,
-            origin_up: Link::new(s.origin_up_bps),
+            // A capped seeder sends at its cap; the baseline's plain HTTP
+            // origin has none.
+            origin_up: Link::new(match s.origin_upload_cap_bps() {
+                Some(cap) if p2p => cap.min(s.origin_up_bps),
+                _ => s.origin_up_bps,
+            }),
             origin_slots: UploadSlots::default(),
             // The baseline is a plain HTTP origin: it serves every request.
             origin_dedup: OriginDedup::new(if p2p {
@@ -343,11 +358,11 @@ impl<'a> Sim<'a> {
             } else {
                 Duration::ZERO
             }),
-            upload_queue_max: s.device_upload_cap_bps().map(|_| {
-                meshota_node::p2p::P2pConfig::default()
-                    .upload_queue_max
-                    .as_micros() as Micros
-            }),
+            upload_queue_max: s.device_upload_cap_bps().map(|_| queue_max()),
+            origin_queue_max: s
+                .origin_upload_cap_bps()
+                .filter(|_| p2p)
+                .map(|_| queue_max()),
             providers: Vec::new(),
             site_providers: vec![Vec::new(); s.sites as usize],
             rng: Rng::new(s.seed ^ 0xD15C_0FE7),
