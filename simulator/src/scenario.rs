@@ -51,9 +51,9 @@ pub struct Scenario {
     /// uplinks.
     pub upload_cap_pct: u32,
     /// The origin seeder's upload cap (the broker's `p2p_max_upload_bps`)
-    /// in percent of `origin_up_bps`; 0 for none (the default). On a slow
-    /// origin uplink the seeder's upload slots otherwise share the link,
-    /// and each answer can outlast the 60 s a device waits for it.
+    /// in percent of `origin_up_bps`; 0 for none (the default). Capped,
+    /// the seeder sends its chunk answers one after another at the cap
+    /// and answers `Busy` past a 1.5 s queue, as a capped device does.
     pub origin_upload_cap_pct: u32,
     /// Concurrent uploads the origin serves.
     pub origin_max_uploads: u32,
