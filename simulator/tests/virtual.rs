@@ -236,6 +236,16 @@ fn all_commit(s: &Scenario) -> virt::Outcome {
     out
 }
 
+/// When the last device committed, seconds into the run.
+fn last_commit_s(out: &virt::Outcome) -> f64 {
+    out.commit_times_s.iter().copied().fold(0.0, f64::max)
+}
+
+/// `Busy` answers given in the run, by any uploader.
+fn busy_refusals(out: &virt::Outcome) -> u64 {
+    out.events_by_kind.get("refused_busy").copied().unwrap_or(0)
+}
+
 #[test]
 fn a_capped_uplink_holds_its_rate_and_refuses_requests_it_could_not_start_soon() {
     // Slots enough that only the queue limit can refuse (29 peers with
@@ -255,13 +265,15 @@ fn a_capped_uplink_holds_its_rate_and_refuses_requests_it_could_not_start_soon()
         device_up_bps: 62_500,
         ..open.clone()
     };
-    let t = |out: &virt::Outcome| out.commit_times_s.iter().copied().fold(0.0, f64::max);
     let bound = meshota_sim::scenario::kumar_ross_bound_s(&half);
-    assert!(t(&b) >= bound, "{} < {bound}", t(&b));
+    assert!(
+        last_commit_s(&b) >= bound,
+        "{} < {bound}",
+        last_commit_s(&b)
+    );
     // Only the queue limit refuses `Busy` here: the slots never fill.
-    let busy = |out: &virt::Outcome| out.events_by_kind.get("refused_busy").copied().unwrap_or(0);
-    assert_eq!(busy(&a), 0);
-    assert!(busy(&b) > 0);
+    assert_eq!(busy_refusals(&a), 0);
+    assert!(busy_refusals(&b) > 0);
 }
 
 #[test]
@@ -279,12 +291,14 @@ fn a_capped_origin_sends_at_its_cap_and_refuses_requests_it_could_not_start_soon
     let (open, capped) = (plan(0), plan(50));
     let (a, b) = (all_commit(&open), all_commit(&capped));
     // One copy leaves the origin at no more than its cap.
-    let t = |out: &virt::Outcome| out.commit_times_s.iter().copied().fold(0.0, f64::max);
     let one_copy_s = capped.bundle_bytes as f64 / 62_500.0;
-    assert!(t(&b) >= one_copy_s, "{} < {one_copy_s}", t(&b));
-    let busy = |out: &virt::Outcome| out.events_by_kind.get("refused_busy").copied().unwrap_or(0);
-    assert_eq!(busy(&a), 0);
-    assert!(busy(&b) > 0);
+    assert!(
+        last_commit_s(&b) >= one_copy_s,
+        "{} < {one_copy_s}",
+        last_commit_s(&b)
+    );
+    assert_eq!(busy_refusals(&a), 0);
+    assert!(busy_refusals(&b) > 0);
 }
 
 #[test]

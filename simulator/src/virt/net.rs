@@ -32,9 +32,11 @@ impl Link {
         }
     }
 
-    /// How long a transfer starting at `at` would wait for its turn.
-    pub fn backlog(&self, at: Micros) -> Micros {
-        self.free_at.saturating_sub(at)
+    /// Whether a transfer starting at `at` would wait longer than `max`
+    /// for its turn (never, without a `max`): a capped uploader's reason
+    /// to answer `Busy` (`P2pConfig::upload_queue_max`).
+    pub fn waits_past(&self, max: Option<Micros>, at: Micros) -> bool {
+        max.is_some_and(|max| self.free_at.saturating_sub(at) > max)
     }
 
     fn busy_for(&self, bytes: u64) -> Micros {

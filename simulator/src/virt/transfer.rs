@@ -421,9 +421,7 @@ impl Sim<'_> {
         let lat = self.latency(dst, src);
         let dst_site = self.devices[dst as usize].site as usize;
         if src == ORIGIN {
-            let queued_too_long = self
-                .origin_queue_max
-                .is_some_and(|max| self.origin_up.backlog(now + lat) > max);
+            let queued_too_long = self.origin_up.waits_past(self.origin_queue_max, now + lat);
             let busy = self.p2p
                 && (queued_too_long || !self.origin_slots.try_take(now, self.s.origin_max_uploads));
             let id = self.manifest.chunks[index as usize].id;
@@ -463,9 +461,9 @@ impl Sim<'_> {
         }
         let (si, di) = (src as usize, dst as usize);
         let has = self.devices[si].held.get(index as usize);
-        let queued_too_long = self
-            .upload_queue_max
-            .is_some_and(|max| self.devices[si].up.backlog(now + lat) > max);
+        let queued_too_long = self.devices[si]
+            .up
+            .waits_past(self.upload_queue_max, now + lat);
         let free =
             has && !queued_too_long && self.devices[si].uploads.try_take(now, self.s.max_uploads);
         if !free {
