@@ -425,3 +425,59 @@ fn spawning_outside_a_tokio_runtime_is_an_error_not_a_panic() {
     );
     assert!(matches!(r, Err(meshota_node::p2p::P2pError::NoRuntime)));
 }
+
+/// Policy, not storage: runs on `MemStore` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_offers_again_at_once_a_chunk_whose_upload_failed() {
+    bounded(async {
+        let b = Bundle::new(&payload(256 << 10, 13));
+        // A slow origin that withholds each chunk it serves for longer
+        // than the test runs: its answers queue up half a second apart.
+        let mut ocfg = P2pConfig::loopback().origin();
+        ocfg.origin_dedup_window = Duration::from_secs(3600);
+        ocfg.upload_limit_bps = Some(32 << 10);
+        ocfg.upload_queue_max = Duration::MAX;
+        let origin = spawn(ocfg, b.in_memory());
+        // A device goes away once its first chunk is in, with the
+        // origin's answers to its other requests still queued there.
+        let sa: Arc<dyn Store> = Arc::new(MemStore::new());
+        let a = spawn(P2pConfig::loopback(), sa.clone());
+        connect(&a, &origin).await;
+        let (tx, mut rx) = tokio::sync::watch::channel(FetchProgress::default());
+        let opts = FetchOptions {
+            timeout: None,
+            progress: Some(tx),
+        };
+        let (h, id) = (a.clone(), b.id);
+        let first = tokio::spawn(async move { h.fetch(id, opts).await });
+        rx.wait_for(|p| p.held >= 1).await.unwrap();
+        a.shutdown().await;
+        assert!(
+            first.await.unwrap().is_err(),
+            "the first device was stopped"
+        );
+        let held = sa.held(&b.manifest).unwrap().count();
+        assert!(held < b.manifest.chunks.len(), "{held} held");
+        // Another device gets every chunk: those the first one stored
+        // from its store (served by a new node), the rest from the
+        // origin, which no longer withholds those whose upload failed.
+        let a2 = spawn(P2pConfig::loopback(), sa);
+        let sd: Arc<dyn Store> = Arc::new(MemStore::new());
+        let d = spawn(P2pConfig::loopback(), sd.clone());
+        connect(&d, &origin).await;
+        connect(&d, &a2).await;
+        let patient = FetchOptions {
+            timeout: Some(Duration::from_secs(30)),
+            progress: None,
+        };
+        let report = d.fetch(b.id, patient).await;
+        let stats = origin.stats();
+        assert!(report.is_ok(), "{report:?}, origin {stats:?}");
+        assert_byte_identical(&*sd, &b);
+        assert!(stats.released > 0, "{stats:?}");
+        for n in [&origin, &a2, &d] {
+            n.shutdown().await;
+        }
+    })
+    .await
+}

@@ -35,6 +35,14 @@ pub struct SchedulerConfig {
     /// How often to re-ask the origin, when it withholds chunks it has
     /// just served to someone else (see [`OriginDedup`]).
     pub origin_have_refresh: Duration,
+    /// Longest the origin goes un-asked while it offers nothing new: as
+    /// for same-site peers, the next `Have` is due after half the time
+    /// since its answer last grew, between `origin_have_refresh` and
+    /// this. The whole fleet asks the one origin: behind a 0.5 Mbit/s
+    /// origin, 1,000 devices asking every 5 s took most of its uplink.
+    /// What a late answer costs is a `NotFound` to a request for a chunk
+    /// it has just withheld.
+    pub origin_have_refresh_max: Duration,
     /// How often to re-ask a peer of another site. Each round trip
     /// crosses two WAN links, and a device that provided a release early
     /// is asked by much of the fleet: at 1,000 devices, asking every
@@ -85,6 +93,7 @@ impl Default for SchedulerConfig {
             have_refresh: Duration::from_secs(1),
             have_refresh_max: Duration::from_secs(4),
             origin_have_refresh: Duration::from_secs(5),
+            origin_have_refresh_max: Duration::from_secs(60),
             far_have_refresh: Duration::from_secs(5),
             min_rate_bps: 4 * 1024,
             endgame_chunks: 8,

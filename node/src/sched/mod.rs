@@ -731,11 +731,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 }
 
 /// How long until a peer of `class` that last gained a chunk `quiet` ago
-/// is asked again (see [`SchedulerConfig::have_refresh_max`]). Peers of
-/// other sites and origins keep their own fixed, slower cadence.
+/// is asked again (see [`SchedulerConfig::have_refresh_max`] and
+/// [`SchedulerConfig::origin_have_refresh_max`]). Peers of other sites
+/// keep their own fixed, slower cadence.
 pub(crate) fn have_interval(cfg: &SchedulerConfig, class: PeerClass, quiet: Duration) -> Duration {
     match class {
-        PeerClass::Origin => cfg.origin_have_refresh,
+        PeerClass::Origin => (quiet / 2)
+            .min(cfg.origin_have_refresh_max)
+            .max(cfg.origin_have_refresh),
         PeerClass::OtherSite => cfg.far_have_refresh,
         PeerClass::SameSite => (quiet / 2).min(cfg.have_refresh_max).max(cfg.have_refresh),
     }

@@ -59,6 +59,12 @@ impl OriginDedup {
         }
         true
     }
+
+    /// Forgets that `id` was served: its upload failed, so no one holds
+    /// that copy and the chunk is offered again at once.
+    pub fn release(&mut self, id: &ChunkId) {
+        self.served.remove(id);
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +80,15 @@ mod tests {
         assert!(!d.admit(&id, t0 + Duration::from_secs(9)));
         assert!(d.admit(&id, t0 + Duration::from_secs(10)));
         assert!(OriginDedup::new(Duration::ZERO).admit(&id, t0));
+    }
+
+    #[test]
+    fn a_chunk_whose_upload_failed_is_offered_again_at_once() {
+        let mut d = OriginDedup::new(Duration::from_secs(300));
+        let id = ChunkId::digest(b"x");
+        let t0 = Instant::now();
+        assert!(d.admit(&id, t0));
+        d.release(&id);
+        assert!(d.admit(&id, t0 + Duration::from_secs(1)));
     }
 }

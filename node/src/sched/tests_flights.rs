@@ -230,6 +230,16 @@ fn peers_beyond_the_site_are_wanted_only_when_this_device_would_pull_over_the_wa
     assert!(!s.wan_turn());
 }
 
+/// A bitfield of `n` chunks holding the first `k`: a peer that gains one
+/// more at each answer.
+fn first(n: usize, k: usize) -> Bitfield {
+    let mut b = Bitfield::new(n);
+    for i in 0..k.min(n) {
+        b.set(i);
+    }
+    b
+}
+
 /// Times at which peer 1 is asked for its bitfield over `span`, each
 /// answered at once with the bitfield `answer` gives for the poll count.
 fn have_polls(
@@ -280,6 +290,40 @@ fn a_neighbour_that_gains_nothing_is_asked_less_often_down_to_the_longest_refres
 }
 
 #[test]
+fn the_origin_is_asked_less_often_while_it_offers_nothing_new() {
+    let m = manifest(40);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let c = SchedulerConfig::default();
+    let span = Duration::from_secs(300);
+    let quiet = {
+        let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(20), t0);
+        s.set_local_peer(0);
+        add_peer(&mut s, 1, PeerClass::Origin, &Bitfield::new(n), t0);
+        have_polls(&mut s, t0, span, |_| Bitfield::new(n))
+    };
+    let gaps: Vec<Duration> = quiet.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(gaps.first(), Some(&c.origin_have_refresh), "{quiet:?}");
+    assert!(gaps.windows(2).all(|w| w[1] >= w[0]), "{quiet:?}");
+    assert_eq!(gaps.last(), Some(&c.origin_have_refresh_max), "{quiet:?}");
+    // Every 5 s would have been 60 polls.
+    assert!(quiet.len() <= 12, "{} polls: {quiet:?}", quiet.len());
+    // An origin offering one more chunk at each answer (a withheld one
+    // offered again) is asked at the refresh.
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(21), t0);
+    s.set_local_peer(0);
+    add_peer(&mut s, 1, PeerClass::Origin, &Bitfield::new(n), t0);
+    let growing = have_polls(&mut s, t0, Duration::from_secs(30), |k| first(n, k));
+    assert!(growing.len() >= 5, "{growing:?}");
+    assert!(
+        growing
+            .windows(2)
+            .all(|w| w[1] - w[0] == c.origin_have_refresh),
+        "{growing:?}"
+    );
+}
+
+#[test]
 fn a_neighbour_that_gains_a_chunk_between_polls_is_asked_every_refresh() {
     let m = manifest(40);
     let n = m.chunks.len();
@@ -291,13 +335,7 @@ fn a_neighbour_that_gains_a_chunk_between_polls_is_asked_every_refresh() {
     // each answer; requests for them are never answered, which is
     // irrelevant here (they time out after the span).
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
-    let polls = have_polls(&mut s, t0, Duration::from_secs(8), |k| {
-        let mut b = Bitfield::new(n);
-        for i in 0..k.min(n) {
-            b.set(i);
-        }
-        b
-    });
+    let polls = have_polls(&mut s, t0, Duration::from_secs(8), |k| first(n, k));
     assert!(polls.len() >= 8, "polled at {polls:?}");
     assert!(
         polls.windows(2).all(|w| w[1] - w[0] == c.have_refresh),
@@ -314,7 +352,8 @@ fn no_back_off_when_the_longest_refresh_is_the_refresh() {
         have_interval(&c, PeerClass::SameSite, long_quiet),
         c.have_refresh
     );
-    // Other sites and origins keep their fixed cadence either way.
+    // Other sites keep their fixed cadence either way; an origin whose
+    // answer has just grown is asked again after its refresh.
     let d = SchedulerConfig::default();
     assert_eq!(
         have_interval(&d, PeerClass::OtherSite, long_quiet),

@@ -186,6 +186,7 @@ struct LiveFigures<'a> {
     wall_s: f64,
     setup_s: f64,
     devices: &'a [super::DeviceFigures],
+    origin: &'a super::OriginFigures,
 }
 
 /// Writes the report of a live run into `dir` (created if missing):
@@ -221,6 +222,7 @@ pub fn write_report(
             wall_s: run.wall_s,
             setup_s: run.setup_s,
             devices: &run.devices,
+            origin: &run.origin,
         },
     };
     let text = serde_json::to_string_pretty(&report).map_err(|e| LiveError::Io {

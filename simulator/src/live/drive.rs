@@ -508,5 +508,16 @@ async fn drive(
         wall_s: wall.elapsed().as_secs_f64(),
         setup_s,
         devices,
+        origin: {
+            let o = fleet.origin_stats();
+            super::OriginFigures {
+                chunks: o.uploaded_chunks,
+                chunk_bytes: o.uploaded_bytes,
+                manifests: o.manifests_served,
+                busy: o.busy,
+                not_found: o.not_found,
+                released: o.released,
+            }
+        },
     })
 }

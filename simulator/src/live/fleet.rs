@@ -663,9 +663,14 @@ root = "{trust}"
 
     /// Bytes the origin seeder uploaded (chunk bytes, stored form).
     pub fn origin_bytes(&self) -> u64 {
+        self.origin_stats().uploaded_bytes
+    }
+
+    /// The origin seeder's transfer counters (zero without a seeder).
+    pub fn origin_stats(&self) -> NodeStats {
         self.server
             .seeder()
-            .map_or(0, |s| s.node().stats().uploaded_bytes)
+            .map_or_else(NodeStats::default, |s| s.node().stats())
     }
 }
 

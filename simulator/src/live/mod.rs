@@ -142,6 +142,26 @@ pub struct LiveRun {
     /// What each device did, by device index: which devices pulled a
     /// site's WAN bytes is what a tuning run asks first.
     pub devices: Vec<DeviceFigures>,
+    /// What the origin seeder answered.
+    pub origin: OriginFigures,
+}
+
+/// What the origin seeder answered in a live run: on a slow origin link,
+/// whether its uplink carried chunks or everything else.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct OriginFigures {
+    /// Chunk answers flushed.
+    pub chunks: u64,
+    /// Their bytes (stored form).
+    pub chunk_bytes: u64,
+    /// Manifests sent.
+    pub manifests: u64,
+    /// `Busy` answers (upload limit).
+    pub busy: u64,
+    /// `NotFound` answers, mostly chunks withheld after serving them.
+    pub not_found: u64,
+    /// Chunk uploads that failed, after which the chunk was offered again.
+    pub released: u64,
 }
 
 /// One device's figures in a live run; times in seconds from the start.

@@ -7,7 +7,10 @@ use std::time::Instant;
 use libp2p::PeerId;
 use meshota_protocol::{ManifestId, PeerRequest};
 
-use super::{have_request, DownloadReport, FetchError, Fetches, Net, Phase, Tag, PROVIDER_REFRESH};
+use super::{
+    have_request, lookup_pause, DownloadReport, FetchError, Fetches, Net, Phase, Tag,
+    PROVIDER_REFRESH,
+};
 use crate::p2p::NodeEvent;
 use crate::sched::{Action, PeerClass, SchedEvent};
 
@@ -68,8 +71,11 @@ impl Fetches {
             Phase::Download(dl) if dl.grace.is_none() && !dl.sched.wan_turn() => None,
             Phase::Download(_) => Some(PROVIDER_REFRESH * 2),
         };
-        if refresh.is_some_and(|r| now >= fetch.providers_at + r) {
+        if refresh
+            .is_some_and(|r| now >= fetch.providers_at + lookup_pause(r, fetch.lookups_in_vain))
+        {
             fetch.providers_at = now;
+            fetch.lookups_in_vain = fetch.lookups_in_vain.saturating_add(1);
             let far = fetch.far_wanted();
             fetch.far_looked |= far;
             if !net.find_providers(id, far) {
