@@ -171,9 +171,12 @@ async fn committed(server: &Server, id: &str) -> DeviceRecord {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let rec = reg.device(&dev(id)).unwrap();
+        // The `StateChanged` event sets the state and may land before
+        // the status that names the release and version (a CI run saw
+        // `Committed` with no release yet): wait for both.
         if let Some(r) = rec
             .as_ref()
-            .filter(|r| r.state == Some(UpdateState::Committed))
+            .filter(|r| r.state == Some(UpdateState::Committed) && r.release.is_some())
         {
             return r.clone();
         }

@@ -38,10 +38,11 @@ pub struct SchedulerConfig {
     /// Longest the origin goes un-asked while it offers nothing new: as
     /// for same-site peers, the next `Have` is due after half the time
     /// since its answer last grew, between `origin_have_refresh` and
-    /// this. The whole fleet asks the one origin: behind a 0.5 Mbit/s
-    /// origin, 1,000 devices asking every 5 s took most of its uplink.
-    /// What a late answer costs is a `NotFound` to a request for a chunk
-    /// it has just withheld.
+    /// this. The whole fleet asks the one origin: 1,000 devices asking
+    /// every 5 s is 200 answers a second, at a few hundred bytes each
+    /// (an estimate, not counted) most of a 0.5 Mbit/s uplink. What a
+    /// late answer costs is a `NotFound` to a request for a chunk it has
+    /// just withheld.
     pub origin_have_refresh_max: Duration,
     /// How often to re-ask a peer of another site. Each round trip
     /// crosses two WAN links, and a device that provided a release early
