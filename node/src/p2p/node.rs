@@ -184,6 +184,7 @@ impl Node {
             bootstrap_checked: now,
             bootstrap_pending,
             bootstrap_failures: 0,
+            retry_spread: retry_spread(&peer_id),
         };
         if config.seed_only {
             lp.provide_roots();
@@ -349,6 +350,8 @@ struct EventLoop {
     bootstrap_pending: HashSet<ConnectionId>,
     /// Bootstrap dials failed in a row, for the back-off.
     bootstrap_failures: u32,
+    /// See [`retry_spread`]: computed once, not on every wake-up.
+    retry_spread: f64,
 }
 
 impl EventLoop {
@@ -418,7 +421,7 @@ impl EventLoop {
     /// with it timed out in 150 s, and the fleet opened 6,000 connections
     /// to it; 2,845 with the back-off.
     fn redial_bootstrap(&mut self, now: Instant) {
-        let pause = bootstrap_retry(self.bootstrap_failures, self.swarm.local_peer_id());
+        let pause = bootstrap_retry(self.bootstrap_failures, self.retry_spread);
         if self.bootstrap.is_empty()
             || !self.bootstrap_pending.is_empty()
             || now < self.bootstrap_at + pause
@@ -745,12 +748,14 @@ impl EventLoop {
 /// failed dials in a row: [`BOOTSTRAP_RETRY`] doubled per failure, up to
 /// [`BOOTSTRAP_RETRY_MAX`], and spread over ±25 % by the node's id, so a
 /// fleet that lost its origin at once does not come back at once.
-fn bootstrap_retry(failures: u32, me: &PeerId) -> Duration {
-    let base = BOOTSTRAP_RETRY
-        .saturating_mul(1 << failures.min(8))
-        .min(BOOTSTRAP_RETRY_MAX);
-    let spread = me.to_bytes().iter().fold(0u8, |a, b| a.wrapping_add(*b));
-    base.mul_f64(0.75 + f64::from(spread) / 510.0)
+fn bootstrap_retry(failures: u32, spread: f64) -> Duration {
+    crate::sched::doubled(BOOTSTRAP_RETRY, failures, BOOTSTRAP_RETRY_MAX).mul_f64(spread)
+}
+
+/// This node's factor for [`bootstrap_retry`], 0.75-1.25, from its id.
+fn retry_spread(me: &PeerId) -> f64 {
+    let sum = me.to_bytes().iter().fold(0u8, |a, b| a.wrapping_add(*b));
+    0.75 + f64::from(sum) / 510.0
 }
 
 #[cfg(test)]
@@ -759,15 +764,15 @@ mod retry_tests {
 
     #[test]
     fn bootstrap_redials_back_off_after_each_failure_up_to_a_cap() {
-        let me = PeerId::random();
-        let pauses: Vec<Duration> = (0..8).map(|f| bootstrap_retry(f, &me)).collect();
-        let spread = pauses[0].as_secs_f64() / BOOTSTRAP_RETRY.as_secs_f64();
-        assert!((0.75..=1.25).contains(&spread), "{pauses:?}");
+        let spread = retry_spread(&PeerId::random());
+        let pauses: Vec<Duration> = (0..8).map(|f| bootstrap_retry(f, spread)).collect();
+        let ratio = pauses[0].as_secs_f64() / BOOTSTRAP_RETRY.as_secs_f64();
+        assert!((0.75..=1.25).contains(&ratio), "{pauses:?}");
         for w in pauses.windows(2) {
             assert!(w[1] >= w[0], "{pauses:?}");
         }
         assert!(pauses[2] >= pauses[0] * 3, "{pauses:?}");
         assert!(pauses[7] <= BOOTSTRAP_RETRY_MAX.mul_f64(1.25), "{pauses:?}");
-        assert_eq!(bootstrap_retry(u32::MAX, &me), pauses[7]);
+        assert_eq!(bootstrap_retry(u32::MAX, spread), pauses[7]);
     }
 }

@@ -612,7 +612,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 let (base, max) = (self.cfg.busy_backoff, self.cfg.busy_backoff_max);
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.busy_in_row = (p.busy_in_row + 1).min(16);
-                    p.busy_until = now + base.saturating_mul(1 << (p.busy_in_row - 1)).min(max);
+                    p.busy_until = now + doubled(base, p.busy_in_row - 1, max);
                 }
             }
             Failure::Misbehaved(reason) => self.ban(peer, reason),
@@ -728,6 +728,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
         }
     }
+}
+
+/// `base` doubled `times` times, at most `max`: every back-off here and
+/// in the drivers (`Busy` answers, repeated lookups, bootstrap redials).
+pub(crate) fn doubled(base: Duration, times: u32, max: Duration) -> Duration {
+    base.saturating_mul(1 << times.min(31)).min(max)
 }
 
 /// How long until a peer of `class` that last gained a chunk `quiet` ago

@@ -92,7 +92,7 @@ const LOOKUP_BACKOFF: u32 = 4;
 /// 5-10 s made 22,000 lookups in 150 s, each answered over its uplink;
 /// 6,200-6,800 with the back-off.
 fn lookup_pause(refresh: Duration, in_vain: u32) -> Duration {
-    refresh * (1 << in_vain.min(LOOKUP_BACKOFF))
+    crate::sched::doubled(refresh, in_vain, refresh * (1 << LOOKUP_BACKOFF))
 }
 /// Longest wait for the site's peers to be found and heard before peers
 /// of other sites and origins are used (see [`Download::grace`]). It
