@@ -75,6 +75,12 @@ pub enum PeerResponse {
         /// same-site askers only; at most 256.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         roster: Vec<u64>,
+        /// Chunks beyond `bitfield` that the responder's site holds: those
+        /// its same-site neighbours hold or said their site holds, passed
+        /// on hop by hop. The asker does not pull them over the WAN while
+        /// it still gains chunks. Given to same-site askers only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site_holds: Option<Bitfield>,
     },
     /// A chunk, stored form.
     Chunk {
@@ -232,8 +238,15 @@ mod tests {
                 importing,
                 relayed,
                 roster,
+                site_holds,
                 ..
-            } => assert!(fetching && importing.is_none() && relayed.is_none() && roster.is_empty()),
+            } => assert!(
+                fetching
+                    && importing.is_none()
+                    && relayed.is_none()
+                    && roster.is_empty()
+                    && site_holds.is_none()
+            ),
             other => panic!("decoded {other:?}"),
         }
     }

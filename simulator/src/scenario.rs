@@ -86,6 +86,10 @@ pub struct Scenario {
     /// Seconds a device waits for a chunk's site or fleet home to pull it
     /// before pulling it itself (the scheduler's `site_patience`).
     pub patience_s: u64,
+    /// Seconds without gaining a chunk after which a device pulls over
+    /// the WAN a chunk its site is heard to hold (the scheduler's
+    /// `site_hold_patience`). 0: word of what the site holds is ignored.
+    pub site_hold_patience_s: u64,
     /// Milliseconds between `Have` refreshes of a peer. In virtual time
     /// peers push each stored chunk instead of being polled, and a device
     /// acts on pushed news at the latest a quarter of this later (at once
@@ -147,6 +151,7 @@ impl Default for Scenario {
             health_fail_rate: 0.0,
             malicious_rate: 0.0,
             patience_s: 8,
+            site_hold_patience_s: 30,
             have_refresh_ms: 1000,
             have_refresh_max_ms: 4000,
             busy_backoff_ms: 250,
@@ -301,6 +306,7 @@ impl Scenario {
             endgame_after: request_timeout / 4,
             min_rate_bps: 1024,
             site_patience: Duration::from_secs(self.patience_s),
+            site_hold_patience: Duration::from_secs(self.site_hold_patience_s),
             busy_backoff: Duration::from_millis(self.busy_backoff_ms),
             stall_timeout: Duration::from_secs(3600),
             seed: self.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),

@@ -334,3 +334,36 @@ fn a_small_wave_over_many_sites_finds_far_holders_instead_of_waiting_out_the_ori
     // And the origin still served about one copy.
     assert!(sum.origin_bytes < s.bundle_bytes * 3 / 2, "{sum:?}");
 }
+
+/// Ten devices on cellular-class links, as `cellular-1000.toml` has them:
+/// the origin withholds what it served for 300 s, so devices poll it
+/// ever less often, at half the time it has offered nothing new. Half of
+/// an odd number of microseconds put a device's next deadline a fraction
+/// of a microsecond after a whole one; rounded down, the device woke
+/// before it was due, again and again at one instant, and the run never
+/// ended (now it would end with `VirtError::Stuck`). Word of what the
+/// site holds is ignored here: with it, this seed happens not to meet
+/// such a deadline.
+#[test]
+fn a_run_on_slow_links_with_a_withholding_origin_reaches_every_commit() {
+    let s = Scenario {
+        devices: 10,
+        sites: 1,
+        bundle_bytes: 16 << 20,
+        device_up_bps: 62_500,
+        device_down_bps: 625_000,
+        site_wan_bps: 1_250_000,
+        origin_up_bps: 1_250_000,
+        upload_cap_pct: 95,
+        origin_dedup_s: 300,
+        lan_peers: 6,
+        wan_peers: 1,
+        waves: vec![100],
+        install_s: 0,
+        health_s: 0,
+        site_hold_patience_s: 0,
+        ..Scenario::default()
+    };
+    let out = virt::run(&s, true, &mut |_| {}).unwrap();
+    assert_eq!(out.commit_times_s.len(), 10);
+}

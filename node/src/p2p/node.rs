@@ -705,12 +705,18 @@ impl EventLoop {
                         importing,
                         relayed,
                         roster,
+                        site_holds,
+                        bitfield,
                         ..
                     } = &mut response
                     {
                         *importing = news.importing;
                         *relayed = news.relayed;
                         *roster = news.roster;
+                        // Only what the bitfield does not already say.
+                        *site_holds = news
+                            .site_holds
+                            .filter(|h| (0..h.len()).any(|i| h.get(i) && !bitfield.get(i)));
                     }
                     let _ = self
                         .swarm

@@ -438,6 +438,7 @@ impl Server {
             importing: None,
             relayed: None,
             roster: Vec::new(),
+            site_holds: None,
             site: self.config.site.clone(),
             origin: self.config.origin,
             fetching,

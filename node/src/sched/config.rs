@@ -65,6 +65,10 @@ pub struct SchedulerConfig {
     /// How long to wait for a chunk's site or fleet home to pull it before
     /// pulling it ourselves over the WAN.
     pub site_patience: Duration,
+    /// A chunk the site is heard to hold (see `Scheduler::site_holds`) is
+    /// pulled over the WAN only after this long without gaining any
+    /// chunk: the site's copies are then out of this device's reach.
+    pub site_hold_patience: Duration,
     /// First back-off after a `Busy`; doubles per consecutive `Busy`, up
     /// to `busy_backoff_max`.
     pub busy_backoff: Duration,
@@ -100,6 +104,7 @@ impl Default for SchedulerConfig {
             endgame_chunks: 8,
             endgame_after: Duration::from_millis(2500),
             site_patience: Duration::from_secs(8),
+            site_hold_patience: Duration::from_secs(30),
             busy_backoff: Duration::from_millis(250),
             busy_backoff_max: Duration::from_secs(1),
             drop_cooloff: Duration::from_secs(30),

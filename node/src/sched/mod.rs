@@ -25,6 +25,11 @@
 //!   ([`Scheduler::importing`]), and those its other neighbours said they
 //!   import ([`Scheduler::relayed_for`]); no one else in the site pulls
 //!   those over the WAN until `answer_timeout` (`importing`).
+//! - **What the site holds stays in the site.** `Have` answers between
+//!   neighbours also carry what the answerer holds or heard its site
+//!   holds ([`Scheduler::site_holds`]), passed on hop by hop; such a
+//!   chunk is not pulled over the WAN unless this device has gained
+//!   nothing for `site_hold_patience` (`held`).
 //! - **Origin last, and about once.** The origin serves only chunks no
 //!   reachable peer holds, and then only to the chunk's rendezvous home
 //!   among all known fetching peers. Devices rarely know the whole fleet,
@@ -59,6 +64,7 @@
 
 mod config;
 mod describe;
+mod held;
 mod importing;
 mod origin;
 mod peers;
@@ -69,6 +75,8 @@ mod state;
 mod tests;
 #[cfg(test)]
 mod tests_flights;
+#[cfg(test)]
+mod tests_held;
 #[cfg(test)]
 mod tests_importing;
 #[cfg(test)]
@@ -216,6 +224,9 @@ pub struct Scheduler<P> {
     /// Reused buffer of the peers ready for a request, so polling does
     /// not allocate.
     ready: Vec<(usize, u64, P)>,
+    /// Each chunk's place in the site's and the fleet's line, as worked
+    /// out once per pick of [`Self::poll_action`] (`None`: not yet).
+    lines: Vec<Option<(u32, Duration)>>,
     /// What each same-site peer last said it imports (see `importing`).
     importers: BTreeMap<P, importing::Bits>,
     /// What each same-site peer last relayed of its own neighbours' claims.
@@ -283,6 +294,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             site_cooling: BTreeMap::new(),
             used: BTreeSet::new(),
             ready: Vec::new(),
+            lines: Vec::new(),
             importers: BTreeMap::new(),
             relays: BTreeMap::new(),
             roster: BTreeMap::new(),

@@ -67,10 +67,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return false;
         }
         let c = &self.chunks[u];
+        let starving = self.starving(now);
         // The class rules of the pick: WAN peers only for chunks no site
         // peer holds, the origin only for chunks no peer holds.
         let ready = |p: &PeerState| {
-            let eligible = c.may_come_from(p.class);
+            let eligible = c.may_come_from(p.class, starving);
             p.known
                 && p.has(u)
                 && (eligible || !open)
@@ -147,6 +148,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
         }
         ready.sort_unstable_by_key(|&(c, order, _)| (c, order));
+        // A chunk's place in line is the same for every far peer of one
+        // pick, and working it out walks every peer: worked out once a
+        // pick, not once per far peer.
+        self.lines.clear();
+        self.lines.resize(self.chunks.len() * 2, None);
         let mut found = None;
         for &(c, _, peer) in &ready {
             if let Some(u) = self.pick_for(&peer, CLASSES[c], now) {
@@ -193,6 +199,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let p = self.peers.get(peer)?;
         let mut best: Option<(u32, (u32, u64))> = None;
         let mut deferred = Vec::new();
+        let starving = self.starving(now);
         for &u in &self.missing {
             // Every class needs the peer to hold the chunk; testing its
             // bit first skips the chunk's state (a cache miss) for most.
@@ -201,7 +208,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 continue;
             }
             let c = &self.chunks[u as usize];
-            if !c.may_come_from(class) {
+            if !c.may_come_from(class, starving) {
                 continue;
             }
             let key = (c.avail, c.rank);
@@ -217,7 +224,17 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 } else {
                     Scope::Site
                 };
-                let (rank, wait) = self.place_in_line(u, scope, now);
+                let slot = u as usize * 2 + usize::from(scope == Scope::Fleet);
+                let (rank, wait) = match self.lines.get(slot).copied().flatten() {
+                    Some(line) => line,
+                    None => {
+                        let line = self.place_in_line(u, scope, now);
+                        if let Some(s) = self.lines.get_mut(slot) {
+                            *s = Some(line);
+                        }
+                        line
+                    }
+                };
                 if rank > 0 {
                     match c.deferred_since {
                         Some(since) if now >= since + wait => {}
@@ -248,9 +265,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// peer beyond its site that holds it: one the site lacks, for which
     /// it is the site's home, or its turn in line has come (counted from
     /// the chunk's deferral, or from the start while nothing deferred it),
-    /// and that no neighbour imports. Only then are peers of other sites
-    /// of use to it, so a driver may leave them undialled, unpolled and
-    /// unsearched until it is true. Wanting them whenever the site lacked
+    /// that no neighbour imports, and that the site is not heard to hold
+    /// (unless this device is starving; see `held`). Only then are peers
+    /// of other sites of use to it, so a driver may leave them undialled,
+    /// unpolled and unsearched until it is true. Wanting them whenever the site lacked
     /// a chunk made every device of a site that started together dial
     /// some 20 far providers and poll them: 0.3–0.6 bundles a site of WAN
     /// bytes that were not chunks (300 devices, one wave).
@@ -264,9 +282,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 return turn;
             }
         }
+        let starving = self.starving(now);
         let turn = self.missing.iter().any(|&u| {
             let c = &self.chunks[u as usize];
-            if c.site_avail != 0 || self.cooling_site_holds(u, now) {
+            if c.site_avail != 0 || (c.site_heard && !starving) || self.cooling_site_holds(u, now) {
                 return false;
             }
             let (rank, wait) = self.place_in_line(u, Scope::Site, now);

@@ -36,6 +36,9 @@ pub(super) struct ChunkState<P> {
     pub avail: u32,
     /// Known same-site peers holding it.
     pub site_avail: u32,
+    /// A member of the site holds it, by word of a neighbour (see
+    /// `site_holds`), though maybe no peer known directly does.
+    pub site_heard: bool,
     /// Requests in flight: peer and deadline.
     pub in_flight: Vec<Flight<P>>,
     /// When we first held back from pulling it over the WAN because
@@ -56,6 +59,7 @@ impl<P> ChunkState<P> {
             held: false,
             avail: 0,
             site_avail: 0,
+            site_heard: false,
             in_flight: Vec::new(),
             deferred_since: None,
             id,
@@ -64,12 +68,15 @@ impl<P> ChunkState<P> {
 
     /// The class rules of a pick: a chunk a neighbour holds is fetched
     /// locally, not over the WAN, nor is one whose late answer may still
-    /// come; the origin only serves what no reachable peer holds.
-    pub fn may_come_from(&self, class: PeerClass) -> bool {
+    /// come; the origin only serves what no reachable peer holds. A chunk
+    /// the site is heard to hold comes over the WAN only to a device that
+    /// is `starving` (see `site_holds`).
+    pub fn may_come_from(&self, class: PeerClass, starving: bool) -> bool {
+        let heard = self.site_heard && !starving;
         match class {
             PeerClass::SameSite => true,
-            PeerClass::OtherSite => self.site_avail == 0 && self.in_flight.is_empty(),
-            PeerClass::Origin => self.avail == 0 && self.in_flight.is_empty(),
+            PeerClass::OtherSite => self.site_avail == 0 && !heard && self.in_flight.is_empty(),
+            PeerClass::Origin => self.avail == 0 && !heard && self.in_flight.is_empty(),
         }
     }
 

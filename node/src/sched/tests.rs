@@ -72,6 +72,18 @@ pub(super) fn assert_dropped(s: &mut Scheduler<u32>, peer: u32) {
     );
 }
 
+/// The manifest positions set in `b`.
+pub(super) fn positions(b: &Bitfield) -> Vec<usize> {
+    (0..b.len()).filter(|&i| b.get(i)).collect()
+}
+
+/// A bitfield of `n` chunks holding only the one at position `i`.
+pub(super) fn one(n: usize, i: usize) -> Bitfield {
+    let mut b = Bitfield::new(n);
+    b.set(i);
+    b
+}
+
 /// Finds a peer and gives it a bitfield in one step.
 pub(super) fn add_peer(
     s: &mut Scheduler<u32>,

@@ -6,12 +6,8 @@ use std::time::{Duration, Instant};
 
 use meshota_protocol::Bitfield;
 
-use super::tests::{add_peer, cfg, drain, manifest, requests};
+use super::tests::{add_peer, cfg, drain, manifest, one, positions, requests};
 use super::*;
-
-fn positions(b: &Bitfield) -> Vec<usize> {
-    (0..b.len()).filter(|&i| b.get(i)).collect()
-}
 
 /// How neighbour 1 tells device 0 of imports: its own claim, or a relay
 /// of its own neighbours' claims.
@@ -142,11 +138,7 @@ fn a_relay_carries_the_other_neighbours_own_claims_only() {
     let t0 = Instant::now();
     let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(25), t0);
     s.set_local_peer(0);
-    let one = |i: usize| {
-        let mut b = Bitfield::new(n);
-        b.set(i);
-        b
-    };
+    let one = |i: usize| one(n, i);
     for p in [1, 3] {
         add_peer(&mut s, p, PeerClass::SameSite, &Bitfield::new(n), t0);
     }

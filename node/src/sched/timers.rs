@@ -139,6 +139,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 consider(&mut best, since + self.cfg.site_patience);
             }
         }
+        if let Some(t) = self.starving_at() {
+            consider(&mut best, t);
+        }
         if !self.stalled_reported {
             consider(&mut best, self.last_progress + self.cfg.stall_timeout);
         }

@@ -83,7 +83,23 @@ pub enum VirtError {
     /// The planner refused the scenario's waves or thresholds.
     #[error("rollout spec: {0}")]
     Plan(#[from] meshota_broker::rollout::PlanError),
+    /// Virtual time stopped moving: a bug in the model or a scheduler
+    /// (a wake-up that does not advance), not in the scenario.
+    #[error(
+        "virtual time stopped at {at_s:.6} s: {events} events in a row at that instant \
+         (a deadline that never comes due; please report it with the scenario)"
+    )]
+    Stuck {
+        /// The virtual time, seconds.
+        at_s: f64,
+        /// Events processed at it.
+        events: u64,
+    },
 }
+
+/// Most events one virtual instant may take: far more than a whole site
+/// acting at once, far fewer than a loop that never advances the clock.
+const MAX_EVENTS_AT_ONE_INSTANT: u64 = 5_000_000;
 
 /// What happened, for the summary and the report.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -206,10 +222,12 @@ enum Ev {
     /// A dropped peer is found again after its cool-off, as a real node
     /// would on its next discovery round.
     Rediscover { dst: u32, peer: u32 },
+    /// Word that the site holds chunk `index` has reached all of it.
+    SiteHeard { site: u32, index: u32 },
 }
 
 impl Ev {
-    const KINDS: [&'static str; 13] = [
+    const KINDS: [&'static str; 14] = [
         "wake",
         "agent_wake",
         "planner_wake",
@@ -222,6 +240,7 @@ impl Ev {
         "refused_not_found",
         "have",
         "rediscover",
+        "site_heard",
         "stale",
     ];
 
@@ -242,6 +261,7 @@ impl Ev {
             Ev::Refused { busy: false, .. } => 9,
             Ev::Have { .. } => 10,
             Ev::Rediscover { .. } => 11,
+            Ev::SiteHeard { .. } => 12,
         }
     }
 }
@@ -259,7 +279,7 @@ pub fn run(
     p2p: bool,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome, VirtError> {
-    Ok(Sim::new(s, p2p)?.run(progress))
+    Sim::new(s, p2p)?.run(progress)
 }
 
 /// How long a capped uploader lets a request wait for its turn before
@@ -290,6 +310,11 @@ struct Sim<'a> {
     providers: Vec<u32>,
     /// The same, per site: what mDNS finds on the site's LAN.
     site_providers: Vec<Vec<u32>>,
+    /// Chunks some device of the site has stored, per site.
+    site_seen: Vec<Bitfield>,
+    /// Of those, the ones word of which has crossed the site
+    /// ([`Ev::SiteHeard`]).
+    site_heard: Vec<Bitfield>,
     rng: Rng,
     site_up: Vec<Link>,
     site_down: Vec<Link>,
@@ -365,6 +390,8 @@ impl<'a> Sim<'a> {
                 .map(|_| queue_max()),
             providers: Vec::new(),
             site_providers: vec![Vec::new(); s.sites as usize],
+            site_seen: vec![Bitfield::new(n); s.sites as usize],
+            site_heard: vec![Bitfield::new(n); s.sites as usize],
             rng: Rng::new(s.seed ^ 0xD15C_0FE7),
             site_up: vec![Link::new(s.site_wan_bps); s.sites as usize],
             site_down: vec![Link::new(s.site_wan_bps); s.sites as usize],
@@ -387,6 +414,15 @@ impl<'a> Sim<'a> {
         self.base + Duration::from_micros(t)
     }
 
+    /// A scheduler deadline as virtual time, rounded up: a deadline a
+    /// fraction of a microsecond after `now` (half of an odd number of
+    /// microseconds, as the origin's `Have` back-off computes) rounded
+    /// down woke the device at `now` again, before it was due, for ever.
+    fn micros_at(&self, i: Instant) -> Micros {
+        let d = i.saturating_duration_since(self.base);
+        (d.as_nanos().div_ceil(1000)).min(u128::from(MAX_VIRTUAL) + 1) as Micros
+    }
+
     fn push(&mut self, t: Micros, ev: Ev) {
         self.queue.push(t, ev);
     }
@@ -400,12 +436,24 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn run(mut self, progress: &mut dyn FnMut(Progress)) -> Outcome {
+    fn run(mut self, progress: &mut dyn FnMut(Progress)) -> Result<Outcome, VirtError> {
         self.push(0, Ev::PlannerWake);
         let mut finished = 0;
+        let (mut instant, mut at_instant) = (0, 0u64);
         while let Some((now, ev)) = self.queue.pop() {
             if now > MAX_VIRTUAL {
                 break;
+            }
+            if now == instant {
+                at_instant += 1;
+                if at_instant > MAX_EVENTS_AT_ONE_INSTANT {
+                    return Err(VirtError::Stuck {
+                        at_s: now as f64 / 1e6,
+                        events: at_instant,
+                    });
+                }
+            } else {
+                (instant, at_instant) = (now, 1);
             }
             let done = self.out.commit_times_s.len() + self.out.rolled_back as usize;
             for _ in finished..done {
@@ -480,9 +528,10 @@ impl<'a> Sim<'a> {
                     busy,
                 } => self.refused(dst, src, index, busy, now),
                 Ev::Rediscover { dst, peer } => self.rediscover(dst, peer, now),
+                Ev::SiteHeard { site, index } => self.site_heard(site, index),
             }
         }
-        self.finish()
+        Ok(self.finish())
     }
 
     /// Closes the books: per-device end states into the outcome.

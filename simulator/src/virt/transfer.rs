@@ -32,7 +32,14 @@
 //! seconds; by my estimate (not measured) that is tens of seconds of
 //! wall time at 100,000 devices, a run already at 55.6 of its 60 s.
 //! Site WAN bytes therefore differ between the modes: `cellular-1000`
-//! imports 2.82 bundles into its busiest site here, 4.1-6.4 live.
+//! imported 2.82 bundles into its busiest site here, 4.1-6.4 live,
+//! before word of what the site holds (below).
+//!
+//! Modelled coarsely: word of what the site holds
+//! ([`Scheduler::site_holds`]), which a node passes on hop by hop in its
+//! `Have` answers. Here the first copy a site stores reaches every device
+//! of the site `SITE_WORD_HOPS` × `have_refresh` later, in one event per
+//! site and chunk; devices that start later hear it at once.
 //!
 //! [`OriginDedup`]: meshota_node::sched::OriginDedup
 
@@ -46,6 +53,12 @@ use super::{Ev, Sim, MAX_VIRTUAL, ORIGIN};
 /// How often a device looks up providers beyond its site while it wants
 /// them (see [`Sim::far_lookup`]).
 const FAR_LOOKUP_EVERY: Micros = 10_000_000;
+
+/// How many `Have` polls word that the site holds a chunk takes to
+/// cross it ([`Scheduler::site_holds`]): a live node dials eight of its
+/// site, so most of a 50-device site is within two hops, and the poll
+/// interval grows to `have_refresh_max` for quiet neighbours.
+const SITE_WORD_HOPS: u64 = 3;
 
 impl Sim<'_> {
     fn sched_config(&self, d: u32) -> SchedulerConfig {
@@ -77,6 +90,7 @@ impl Sim<'_> {
             endgame_after: request_timeout / 4,
             min_rate_bps: 1024,
             site_patience: Duration::from_secs(self.s.patience_s),
+            site_hold_patience: Duration::from_secs(self.s.site_hold_patience_s),
             busy_backoff: Duration::from_millis(self.s.busy_backoff_ms),
             stall_timeout: Duration::from_secs(3600),
             seed: self.s.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),
@@ -107,6 +121,10 @@ impl Sim<'_> {
             s.set_local_peer(d);
         }
         s.handle_peer_found(ORIGIN, PeerClass::Origin, t);
+        let site = &self.site_heard[self.devices[d as usize].site as usize];
+        for i in (0..site.len()).filter(|&i| site.get(i)) {
+            s.handle_site_heard(i);
+        }
         for i in 0..self.topo.peers[d as usize].len() {
             let p = self.topo.peers[d as usize][i];
             s.handle_peer_found(p, self.class_of(d, p), t);
@@ -249,11 +267,10 @@ impl Sim<'_> {
         }
         // With a wake-up pending, the back-off's end is the only deadline
         // that can come before it; otherwise ask for the next deadline.
-        let base = self.base;
+        let backoff = backoff.map(|b| self.micros_at(b));
         let dev = &mut self.devices[dst as usize];
         match (dev.wake, backoff) {
-            (Some(cur), Some(b)) if cur > now => {
-                let w = b.saturating_duration_since(base).as_micros() as Micros;
+            (Some(cur), Some(w)) if cur > now => {
                 if w > now && w < cur {
                     dev.wake = Some(w);
                     self.push(w, Ev::Wake(dst));
@@ -292,8 +309,29 @@ impl Sim<'_> {
         }
         if stored {
             self.announce_chunk(dst, index, now);
+            let site = site as usize;
+            if !self.site_seen[site].get(index as usize) {
+                self.site_seen[site].set(index as usize);
+                let due = now + SITE_WORD_HOPS * self.s.have_refresh_ms * 1000;
+                let site = site as u32;
+                self.push(due, Ev::SiteHeard { site, index });
+            }
         }
         self.drive(dst, now);
+    }
+
+    /// Word that site `site` holds chunk `index` has crossed it: every
+    /// device of the site fetching hears it, and those that start later
+    /// hear it at once (from their first `Have` answers).
+    pub(super) fn site_heard(&mut self, site: u32, index: u32) {
+        let site = site as usize;
+        self.site_heard[site].set(index as usize);
+        for i in 0..self.site_providers[site].len() {
+            let d = self.site_providers[site][i];
+            if let Some(s) = self.devices[d as usize].sched.as_mut() {
+                s.handle_site_heard(index as usize);
+            }
+        }
     }
 
     /// `d` stored chunk `index`: every fetching device that knows `d`
@@ -405,7 +443,7 @@ impl Sim<'_> {
             .sched
             .as_ref()
             .and_then(|s| s.poll_timeout())
-            .map(|i| i.saturating_duration_since(self.base).as_micros() as Micros);
+            .map(|i| self.micros_at(i));
         if let Some(w) = next {
             let dev = &mut self.devices[d as usize];
             if dev.wake.is_none_or(|cur| w < cur || cur <= now) {

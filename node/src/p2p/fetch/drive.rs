@@ -157,6 +157,7 @@ impl Fetches {
                             site_found = fetch.site_found.len(),
                             site_heard = fetch.site_found.iter().filter(|p| dl.answered.contains(p)).count(),
                             standing = ?dl.sched.site_standing(index, now),
+                            heard_starving = ?dl.sched.site_word(index, now),
                             "chunk requested over the WAN: {}",
                             dl.sched.describe(now),
                         );

@@ -211,6 +211,7 @@ pub(crate) struct SiteNews {
     pub importing: Option<Bitfield>,
     pub relayed: Option<Bitfield>,
     pub roster: Vec<u64>,
+    pub site_holds: Option<Bitfield>,
 }
 
 /// A `Have` request, which carries our site so that a neighbour's answer
@@ -410,9 +411,10 @@ impl Fetches {
     /// What a `Have` answer to a same-site `asker` carries of the
     /// download of `id`: what it awaits from the WAN
     /// ([`Scheduler::importing`]), what its other site neighbours said
-    /// they await ([`Scheduler::relayed_for`]), and those of them that
-    /// fetch it too ([`Scheduler::fetching_neighbours`]). Nothing for an
-    /// asker of another site.
+    /// they await ([`Scheduler::relayed_for`]), those of them that
+    /// fetch it too ([`Scheduler::fetching_neighbours`]), and what the
+    /// site holds ([`Scheduler::site_holds`]). Nothing for an asker of
+    /// another site.
     pub(crate) fn site_news_for(
         &self,
         id: &ManifestId,
@@ -436,6 +438,7 @@ impl Fetches {
             importing: (own.count() > 0).then_some(own),
             relayed: (relayed.count() > 0).then_some(relayed),
             roster: dl.sched.fetching_neighbours(asker, now),
+            site_holds: Some(dl.sched.site_holds()),
         }
     }
 
@@ -640,13 +643,18 @@ impl Fetches {
                 importing,
                 relayed,
                 roster,
+                site_holds,
             } => {
                 let chunks = dl.manifest.chunks.len();
                 if let Err(e) = bitfield.check(chunks) {
                     net.ban(peer, format!("sent an unusable bitfield: {e}"));
                     return;
                 }
-                for (what, b) in [("importing", &importing), ("relayed", &relayed)] {
+                for (what, b) in [
+                    ("importing", &importing),
+                    ("relayed", &relayed),
+                    ("site-holds", &site_holds),
+                ] {
                     if let Some(Err(e)) = b.as_ref().map(|b| b.check(chunks)) {
                         net.ban(peer, format!("sent an unusable {what} bitfield: {e}"));
                         return;
@@ -676,6 +684,8 @@ impl Fetches {
                     .handle_peer_importing(peer, importing.as_ref(), now);
                 dl.sched.handle_peer_relayed(peer, relayed.as_ref(), now);
                 dl.sched.handle_peer_roster(peer, &roster, now);
+                dl.sched
+                    .handle_peer_site_holds(peer, site_holds.as_ref(), now);
             }
             PeerResponse::NotFound | PeerResponse::Busy => {
                 // It lacks the manifest for now (or stopped seeding); ask

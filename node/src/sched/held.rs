@@ -1,0 +1,101 @@
+//! What the site holds: chunks some member of this device's site holds,
+//! heard through neighbours, though no peer this device knows directly
+//! may hold them yet.
+//!
+//! A device knows directly about eight of a 50-device site. On slow
+//! uplinks a chunk the site imported takes minutes to reach every member
+//! (50 uplinks of 0.5 Mbit/s pass 49 copies of 16 MiB in no less than
+//! about 268 s), and a device whose neighbours all lacked it took it for
+//! missing from the site: once its turn in the line came, or a
+//! neighbour's claim had been waited for `answer_timeout`, it pulled the
+//! chunk over the WAN again. On `cellular-1000` a median of 25 devices of
+//! each site's 50 asked the WAN for the same chunk, three in four of them
+//! while a neighbour claimed it, and the busiest site imported 6-8
+//! bundles.
+//!
+//! So each `Have` answer to a same-site asker carries what the answerer
+//! holds or has heard its site holds ([`Scheduler::site_holds`]). Heard
+//! chunks are passed on, so word crosses the site one poll per hop, and a
+//! device that has heard it does not pull the chunk over the WAN while it
+//! spreads. The exception is a device that is starving, having gained no
+//! chunk for `site_hold_patience`: its part of the site may have no way
+//! to the holder (a member that left, a same-site peer that lied), and
+//! then the line and claims decide as before. A lie costs the site that
+//! patience, not the update. On `cellular-1000` the busiest site imported
+//! 3.9 bundles live (7.5 before) and 1.9 in virtual time (2.8), in the
+//! same time (`BENCHMARKS.md`, 2026-12-06, night).
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::time::Instant;
+
+use meshota_protocol::Bitfield;
+
+use super::{PeerClass, Scheduler};
+
+impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
+    /// The manifest positions of the chunks this device holds, a
+    /// same-site peer it knows holds, or it heard its site holds: what a
+    /// `Have` answer to a same-site asker carries.
+    pub fn site_holds(&self) -> Bitfield {
+        let mut b = Bitfield::new(self.pos_to_unique.len());
+        for c in &self.chunks {
+            if c.held || c.site_avail != 0 || c.site_heard {
+                b.set(c.pos);
+            }
+        }
+        b
+    }
+
+    /// A same-site `peer` said which chunks its site holds (see
+    /// [`Self::site_holds`]). Word only adds: a chunk once heard of stays
+    /// heard of. Ignored from a peer of another class or unknown, and
+    /// from a field of the wrong length.
+    pub fn handle_peer_site_holds(&mut self, peer: P, holds: Option<&Bitfield>, now: Instant) {
+        self.touch(now);
+        let Some(holds) = holds else {
+            return;
+        };
+        if self.peers.get(&peer).map(|p| p.class) != Some(PeerClass::SameSite)
+            || holds.len() != self.pos_to_unique.len()
+        {
+            return;
+        }
+        for i in 0..holds.len() {
+            if holds.get(i) {
+                self.handle_site_heard(i);
+            }
+        }
+    }
+
+    /// Word that the site holds the chunk at manifest position `index`,
+    /// from a driver that knows it first-hand (the simulator's model of
+    /// the word spreading). Out of range: ignored.
+    pub fn handle_site_heard(&mut self, index: usize) {
+        if let Some(&u) = self.pos_to_unique.get(index) {
+            self.chunks[u as usize].site_heard = true;
+        }
+    }
+
+    /// For the WAN log: whether the site is heard to hold the chunk at
+    /// manifest position `index`, and whether this device is starving.
+    pub fn site_word(&self, index: usize, now: Instant) -> Option<(bool, bool)> {
+        let &u = self.pos_to_unique.get(index)?;
+        Some((self.chunks[u as usize].site_heard, self.starving(now)))
+    }
+
+    /// Whether this device has gained no chunk for `site_hold_patience`:
+    /// then a chunk its site is heard to hold may come over the WAN.
+    pub(super) fn starving(&self, now: Instant) -> bool {
+        now >= self.last_progress + self.cfg.site_hold_patience
+    }
+
+    /// When [`Self::starving`] turns true, if a missing chunk waits on
+    /// it: a deadline for [`Self::poll_timeout`].
+    pub(super) fn starving_at(&self) -> Option<Instant> {
+        self.missing
+            .iter()
+            .any(|&u| self.chunks[u as usize].site_heard)
+            .then(|| self.last_progress + self.cfg.site_hold_patience)
+    }
+}

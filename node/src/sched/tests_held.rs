@@ -1,0 +1,97 @@
+//! Scheduler tests of what the site is heard to hold: word passed on by
+//! neighbours keeps a chunk off the WAN while this device still gains
+//! chunks, and only then.
+
+use std::time::{Duration, Instant};
+
+use meshota_protocol::Bitfield;
+
+use super::tests::{add_peer, cfg, drain, manifest, one, positions, requests};
+use super::*;
+
+/// Device 0, the home of every chunk (no local peer named), with a far
+/// peer (2) holding everything and a neighbour (1) holding nothing that
+/// says, when `word`, that the site holds every chunk.
+fn beside(word: bool, t0: Instant) -> Scheduler<u32> {
+    let m = manifest(6);
+    let n = m.chunks.len();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(31), t0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
+    if word {
+        s.handle_peer_site_holds(1, Some(&Bitfield::full(n)), t0);
+    }
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    s
+}
+
+#[test]
+fn a_chunk_the_site_is_heard_to_hold_is_not_pulled_over_the_wan() {
+    let t0 = Instant::now();
+    // Without the word every chunk is pulled from the far peer at once.
+    assert!(!requests(&drain(&mut beside(false, t0), t0)).is_empty());
+    let mut s = beside(true, t0);
+    assert_eq!(requests(&drain(&mut s, t0)), vec![]);
+    assert!(!s.wan_turn(), "would dial and poll far peers for nothing");
+    let later = t0 + SchedulerConfig::default().site_hold_patience - Duration::from_secs(1);
+    s.handle_timeout(later);
+    assert_eq!(requests(&drain(&mut s, later)), vec![]);
+}
+
+#[test]
+fn a_device_that_gains_nothing_for_the_patience_pulls_what_its_site_is_heard_to_hold() {
+    let t0 = Instant::now();
+    let mut s = beside(true, t0);
+    assert_eq!(requests(&drain(&mut s, t0)), vec![]);
+    let starving = t0 + SchedulerConfig::default().site_hold_patience;
+    assert!(
+        s.poll_timeout().is_some_and(|t| t <= starving),
+        "no wake-up by the time it starves: {:?}",
+        s.poll_timeout()
+    );
+    s.handle_timeout(starving);
+    let asked = requests(&drain(&mut s, starving));
+    assert!(!asked.is_empty());
+    assert!(asked.iter().all(|&(p, _)| p == 2));
+}
+
+#[test]
+fn a_chunk_gained_from_the_site_restarts_the_patience() {
+    let m = manifest(6);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = beside(true, t0);
+    let patience = SchedulerConfig::default().site_hold_patience;
+    // Just before it would starve, the neighbour gains and passes on a
+    // chunk: the site's word holds for another patience.
+    let t1 = t0 + patience - Duration::from_secs(1);
+    s.handle_peer_have(1, &one(n, 0), t1);
+    assert_eq!(requests(&drain(&mut s, t1)), vec![(1, 0)]);
+    s.handle_chunk_arrived(1, 0, 10, t1);
+    let t2 = t0 + patience + Duration::from_secs(1);
+    s.handle_timeout(t2);
+    assert_eq!(requests(&drain(&mut s, t2)), vec![]);
+    let t3 = t1 + patience;
+    s.handle_timeout(t3);
+    assert!(!requests(&drain(&mut s, t3)).is_empty());
+}
+
+#[test]
+fn word_of_what_the_site_holds_is_passed_on_with_what_neighbours_hold() {
+    let m = manifest(6);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(32), t0);
+    let one = |i: usize| one(n, i);
+    assert_eq!(positions(&s.site_holds()), Vec::<usize>::new());
+    add_peer(&mut s, 1, PeerClass::SameSite, &one(0), t0);
+    s.handle_peer_site_holds(1, Some(&one(1)), t0);
+    // A far peer's word and bitfield say nothing of this site.
+    add_peer(&mut s, 2, PeerClass::OtherSite, &one(2), t0);
+    s.handle_peer_site_holds(2, Some(&one(3)), t0);
+    // Word of the wrong length is dropped.
+    s.handle_peer_site_holds(1, Some(&Bitfield::full(n + 1)), t0);
+    add_peer(&mut s, 3, PeerClass::Origin, &one(4), t0);
+    assert!(requests(&drain(&mut s, t0)).contains(&(1, 0)));
+    s.handle_chunk_arrived(1, 0, 10, t0);
+    assert_eq!(positions(&s.site_holds()), vec![0, 1]);
+}
