@@ -20,8 +20,10 @@
 //! spreads. The exception is a device that is starving, having gained no
 //! chunk for `site_hold_patience`: its part of the site may have no way
 //! to the holder (a member that left, a same-site peer that lied), and
-//! then the line and claims decide as before. A lie costs the site that
-//! patience, not the update. On `cellular-1000` the busiest site imported
+//! then the line and claims decide as before. Each neighbour's latest
+//! word replaces its last, and leaves with it, so a holder banned for bad
+//! data stops counting once the neighbours that vouched for it have met
+//! it too. A lie costs the site that patience, not the update. On `cellular-1000` the busiest site imported
 //! 3.9 bundles live (7.5 before) and 1.9 in virtual time (2.8), in the
 //! same time (`BENCHMARKS.md`, 2026-12-06, night).
 
@@ -31,7 +33,7 @@ use std::time::Instant;
 
 use meshota_protocol::Bitfield;
 
-use super::{PeerClass, Scheduler};
+use super::Scheduler;
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// The manifest positions of the chunks this device holds, a
@@ -48,32 +50,44 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     /// A same-site `peer` said which chunks its site holds (see
-    /// [`Self::site_holds`]). Word only adds: a chunk once heard of stays
-    /// heard of. Ignored from a peer of another class or unknown, and
-    /// from a field of the wrong length.
+    /// [`Self::site_holds`]; `None`: nothing beyond its bitfield). Its
+    /// latest word replaces the one before, and a peer that leaves or is
+    /// banned takes its word with it: a holder banned for bad data kept
+    /// its chunks "in the site" while nobody could get them, and with
+    /// two malicious devices in six every honest one waited out
+    /// `site_hold_patience` before it fetched them elsewhere. Ignored
+    /// from a peer of another class or unknown, and from a field of the
+    /// wrong length.
     pub fn handle_peer_site_holds(&mut self, peer: P, holds: Option<&Bitfield>, now: Instant) {
         self.touch(now);
-        let Some(holds) = holds else {
-            return;
-        };
-        if self.peers.get(&peer).map(|p| p.class) != Some(PeerClass::SameSite)
-            || holds.len() != self.pos_to_unique.len()
-        {
+        if holds.is_some_and(|h| h.len() != self.pos_to_unique.len()) {
             return;
         }
-        for i in 0..holds.len() {
-            if holds.get(i) {
-                self.handle_site_heard(i);
-            }
+        let Some(bits) = self.site_bits(&peer, holds) else {
+            return;
+        };
+        if Self::replace(&mut self.words, peer, bits) {
+            self.recount_heard();
         }
     }
 
     /// Word that the site holds the chunk at manifest position `index`,
     /// from a driver that knows it first-hand (the simulator's model of
-    /// the word spreading). Out of range: ignored.
+    /// the word spreading). It stays. Out of range: ignored.
     pub fn handle_site_heard(&mut self, index: usize) {
         if let Some(&u) = self.pos_to_unique.get(index) {
+            self.chunks[u as usize].site_told = true;
             self.chunks[u as usize].site_heard = true;
+        }
+    }
+
+    /// Sets each chunk's `site_heard` from the words of the peers known
+    /// now and what the driver said first-hand.
+    pub(super) fn recount_heard(&mut self) {
+        let all = self.union(self.words.values());
+        for (u, c) in self.chunks.iter_mut().enumerate() {
+            let said = all.get(u / 64).is_some_and(|w| w & (1 << (u % 64)) != 0);
+            c.site_heard = c.site_told || said;
         }
     }
 

@@ -108,7 +108,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// The distinct-chunk bits of a same-site peer's claim (`Some` of
     /// nothing for `None`), or `None` when the peer is not of our site.
-    fn site_bits(&self, peer: &P, positions: Option<&Bitfield>) -> Option<Option<Bits>> {
+    pub(super) fn site_bits(&self, peer: &P, positions: Option<&Bitfield>) -> Option<Option<Bits>> {
         if self.peers.get(peer).map(|p| p.class) != Some(PeerClass::SameSite) {
             return None;
         }
@@ -126,7 +126,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     /// Sets or clears `peer`'s entry; whether anything changed.
-    fn replace(map: &mut BTreeMap<P, Bits>, peer: P, bits: Option<Bits>) -> bool {
+    pub(super) fn replace(map: &mut BTreeMap<P, Bits>, peer: P, bits: Option<Bits>) -> bool {
         match bits {
             Some(bits) => map.insert(peer, bits.clone()) != Some(bits),
             None => map.remove(&peer).is_some(),
@@ -135,6 +135,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// Forgets what a peer that left said it imports or relayed.
     pub(super) fn forget_importer(&mut self, peer: &P) {
+        if self.words.remove(peer).is_some() {
+            self.recount_heard();
+        }
         let a = self.importers.remove(peer).is_some();
         let b = self.relays.remove(peer).is_some();
         if a || b {
@@ -147,7 +150,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     /// The union of claims, one bit per distinct chunk.
-    fn union<'a>(&self, claims: impl Iterator<Item = &'a Bits>) -> Bits {
+    pub(super) fn union<'a>(&self, claims: impl Iterator<Item = &'a Bits>) -> Bits {
         let mut all: Bits = smallvec::smallvec![0; self.chunks.len().div_ceil(64)];
         for bits in claims {
             for (a, b) in all.iter_mut().zip(bits) {

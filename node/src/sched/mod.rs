@@ -231,6 +231,8 @@ pub struct Scheduler<P> {
     importers: BTreeMap<P, importing::Bits>,
     /// What each same-site peer last relayed of its own neighbours' claims.
     relays: BTreeMap<P, importing::Bits>,
+    /// What each same-site peer last said its site holds (see `held`).
+    words: BTreeMap<P, importing::Bits>,
     /// Same-site members heard of from neighbours (see `roster`).
     roster: roster::Roster,
     /// The last answer of `wan_turn`, and when it was given.
@@ -297,6 +299,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             lines: Vec::new(),
             importers: BTreeMap::new(),
             relays: BTreeMap::new(),
+            words: BTreeMap::new(),
             roster: BTreeMap::new(),
             wan_turn_cache: std::cell::Cell::new(None),
             site_importing: importing::Bits::new(),

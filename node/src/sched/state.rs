@@ -39,6 +39,9 @@ pub(super) struct ChunkState<P> {
     /// A member of the site holds it, by word of a neighbour (see
     /// `site_holds`), though maybe no peer known directly does.
     pub site_heard: bool,
+    /// The driver said first-hand that the site holds it (see
+    /// `Scheduler::handle_site_heard`); kept when words change.
+    pub site_told: bool,
     /// Requests in flight: peer and deadline.
     pub in_flight: Vec<Flight<P>>,
     /// When we first held back from pulling it over the WAN because
@@ -60,6 +63,7 @@ impl<P> ChunkState<P> {
             avail: 0,
             site_avail: 0,
             site_heard: false,
+            site_told: false,
             in_flight: Vec::new(),
             deferred_since: None,
             id,

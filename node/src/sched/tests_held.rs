@@ -95,3 +95,27 @@ fn word_of_what_the_site_holds_is_passed_on_with_what_neighbours_hold() {
     s.handle_chunk_arrived(1, 0, 10, t0);
     assert_eq!(positions(&s.site_holds()), vec![0, 1]);
 }
+
+#[test]
+fn word_ends_with_the_neighbours_next_answer_or_when_it_is_banned() {
+    let t0 = Instant::now();
+    let n = manifest(6).chunks.len();
+    // Its next answer says nothing beyond its bitfield: the far peer is
+    // asked at once.
+    let mut s = beside(true, t0);
+    assert_eq!(requests(&drain(&mut s, t0)), vec![]);
+    s.handle_peer_site_holds(1, None, t0);
+    assert!(!requests(&drain(&mut s, t0)).is_empty());
+    // A neighbour banned for bad data takes its word with it.
+    let mut s = beside(true, t0);
+    assert_eq!(requests(&drain(&mut s, t0)), vec![]);
+    s.handle_peer_have(1, &one(n, 0), t0);
+    assert_eq!(requests(&drain(&mut s, t0)), vec![(1, 0)]);
+    let bad = Failure::Misbehaved("chunk failed BLAKE3 verification".into());
+    s.handle_chunk_failed(1, 0, bad, t0);
+    let asked = requests(&drain(&mut s, t0));
+    assert!(
+        !asked.is_empty() && asked.iter().all(|&(p, _)| p == 2),
+        "{asked:?}"
+    );
+}
