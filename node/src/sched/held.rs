@@ -23,9 +23,10 @@
 //! then the line and claims decide as before. Each neighbour's latest
 //! word replaces its last, and leaves with it, so a holder banned for bad
 //! data stops counting once the neighbours that vouched for it have met
-//! it too. A lie costs the site that patience, not the update. On `cellular-1000` the busiest site imported
-//! 3.9 bundles live (7.5 before) and 1.9 in virtual time (2.8), in the
-//! same time (`BENCHMARKS.md`, 2026-12-06, night).
+//! it too. A lie costs the site that patience, not the update. On
+//! `cellular-1000` the busiest site imported 3.6-3.9 bundles live (7.5
+//! before) and 1.9 in virtual time (2.8), in no more time (`BENCHMARKS.md`,
+//! 2026-12-06, night).
 
 use std::fmt::Debug;
 use std::hash::Hash;

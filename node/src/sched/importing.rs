@@ -133,8 +133,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
-    /// Forgets what a peer that left said it imports or relayed.
-    pub(super) fn forget_importer(&mut self, peer: &P) {
+    /// Forgets what a peer that left said it imports, relayed, or said
+    /// its site holds.
+    pub(super) fn forget_site_news(&mut self, peer: &P) {
         if self.words.remove(peer).is_some() {
             self.recount_heard();
         }

@@ -680,7 +680,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if !keep_flights {
             self.end_flights(peer, now, false);
         }
-        self.forget_importer(peer);
+        self.forget_site_news(peer);
         let p = self.peers.remove(peer)?;
         self.former.insert(*peer, p.class);
         Some(p)
