@@ -58,9 +58,9 @@ pub enum PeerResponse {
         #[serde(default)]
         fetching: bool,
         /// Chunks the responder has asked of other sites or the origin and
-        /// awaits, indexed like `bitfield`; given to same-site askers only.
-        /// A neighbour waits for them rather than pulling them over the
-        /// WAN too.
+        /// awaits (or was refused `Busy` for moments ago), indexed like
+        /// `bitfield`; given to same-site askers only. A neighbour waits
+        /// for them rather than pulling them over the WAN too.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         importing: Option<Bitfield>,
         /// Chunks the responder's other same-site neighbours said they

@@ -65,6 +65,15 @@ pub struct SchedulerConfig {
     /// How long to wait for a chunk's site or fleet home to pull it before
     /// pulling it ourselves over the WAN.
     pub site_patience: Duration,
+    /// How long a neighbour's claim to be importing a chunk (see
+    /// `Scheduler::importing`), heard without a break, holds this device
+    /// back from pulling it over the WAN too; then the line steps in one
+    /// `site_patience` apart. A claim lasts only while its claimant has
+    /// a request out or was refused moments ago. On `cellular-1000`,
+    /// 180 s instead of 60 s all but ended step-ins on a claim, but as
+    /// many second copies came from devices that heard no claim, and the
+    /// run was no better (one run each; BENCHMARKS.md, 2026-12-06, late).
+    pub claim_patience: Duration,
     /// A chunk the site is heard to hold (see `Scheduler::site_holds`) is
     /// pulled over the WAN only after this long without gaining any
     /// chunk: the site's copies are then out of this device's reach.
@@ -105,6 +114,7 @@ impl Default for SchedulerConfig {
             endgame_after: Duration::from_millis(2500),
             site_patience: Duration::from_secs(8),
             site_hold_patience: Duration::from_secs(30),
+            claim_patience: Duration::from_secs(60),
             busy_backoff: Duration::from_millis(250),
             busy_backoff_max: Duration::from_secs(1),
             drop_cooloff: Duration::from_secs(30),

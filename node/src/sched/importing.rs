@@ -9,33 +9,51 @@
 //! about to succeed. With 20 devices a site starting together (200
 //! devices, one wave), site WAN bytes were 1.75–2.43 × the bundle, and
 //! 1.18–1.46 × with a patience of 30 s instead of 8 s. A neighbour that
-//! says it awaits the chunk from the WAN is worth waiting for, up to
-//! `answer_timeout` (when its transport would give up). At 1,000
+//! says it awaits the chunk from the WAN is worth waiting for. At 1,000
 //! devices, wave 1 (five devices a site) then imported 1.00–1.17
 //! bundles a site in chunks kept in all but one site, where it had
 //! imported 1.0–1.5.
+//!
+//! A claim is waited for `claim_patience` from when it was first heard,
+//! and lasts through `Busy` refusals (`REFUSED_CLAIM`). It used to be
+//! waited for `answer_timeout` from this device's own deferral of the
+//! chunk, by then mostly minutes old, and to vanish with each refusal:
+//! on `cellular-1000` a median of 12 of a site's 50 devices asked the WAN
+//! for one chunk, and the busiest site imported 3.6-4.6 bundles; with
+//! both changes and a separate clock for the origin's line (`pick`), 2.7
+//! (BENCHMARKS.md, 2026-12-06, late).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use meshota_protocol::Bitfield;
 use smallvec::SmallVec;
 
 use super::{PeerClass, Scheduler};
 
+/// How long a chunk refused `Busy` by a peer beyond the site stays
+/// claimed ([`Scheduler::importing`]). On slow uplinks most WAN requests
+/// are refused several times before one is taken; claiming only the
+/// requests in flight, the claim was there for the few milliseconds of
+/// each refusal, neighbours polling in between heard none, and those
+/// whose turn had come asked the WAN too. Longer than the longest
+/// back-off after `Busy` (1 s), so a claimant retrying keeps its claim.
+pub(super) const REFUSED_CLAIM: Duration = Duration::from_secs(5);
+
 /// Chunk bits, one per distinct chunk.
 pub(super) type Bits = SmallVec<[u64; 2]>;
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// The manifest positions this device is importing: missing chunks it
-    /// has asked of peers of other sites or the origin and awaits. What a
-    /// `Have` answer to a same-site neighbour carries, so that the
-    /// neighbour does not pull them too. Only requests in flight count:
-    /// claiming also the chunks a home had asked for before and would
-    /// retry held the rest of the site back while the home worked through
-    /// its queue, and doubled wave 1's time at 1,000 devices (30 to 70 s).
+    /// has asked of peers of other sites or the origin and awaits, or was
+    /// refused `Busy` by one within `REFUSED_CLAIM`. What a `Have`
+    /// answer to a same-site neighbour carries, so that the neighbour
+    /// does not pull them too. Claiming also the chunks a home had asked
+    /// for long before and would retry held the rest of the site back
+    /// while the home worked through its queue, and doubled wave 1's time
+    /// at 1,000 devices (30 to 70 s).
     pub fn importing(&self) -> Bitfield {
         let mut b = Bitfield::new(self.pos_to_unique.len());
         for u in self.in_flight.iter() {
@@ -46,6 +64,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     .is_some_and(|p| p.class != PeerClass::SameSite)
             });
             if wan {
+                b.set(c.pos);
+            }
+        }
+        let now = self.now_hint;
+        for &u in &self.missing {
+            let c = &self.chunks[u as usize];
+            if c.refused_at.is_some_and(|t| now < t + REFUSED_CLAIM) {
                 b.set(c.pos);
             }
         }
@@ -81,7 +106,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             &mut self.importers
         };
         if Self::replace(map, peer, bits) {
-            self.recount_importing();
+            self.recount_importing(now);
         }
     }
 
@@ -89,7 +114,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// neighbours said they import themselves. Relays are never relayed
     /// again, and the asker's own claims are left out, so no claim comes
     /// back to its maker or outlives its maker's next answer by more than
-    /// one refresh.
+    /// one refresh. Relaying relays as well, so that a claim crossed the
+    /// site hop by hop, held whole sites back: on `cellular-1000` the
+    /// fleet had fetched 2.3 GB at 200 s instead of 6.5 GB (my reading,
+    /// not traced: a claim, or one kept alive by relays in a circle,
+    /// stopped all 50 devices while far uplinks refused the claimant).
     pub fn relayed_for(&self, asker: &P) -> Bitfield {
         let mut b = Bitfield::new(self.pos_to_unique.len());
         let all = self.union(
@@ -142,12 +171,21 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let a = self.importers.remove(peer).is_some();
         let b = self.relays.remove(peer).is_some();
         if a || b {
-            self.recount_importing();
+            self.recount_importing(self.now_hint);
         }
     }
 
-    fn recount_importing(&mut self) {
+    fn recount_importing(&mut self, now: Instant) {
         self.site_importing = self.union(self.importers.values().chain(self.relays.values()));
+        for u in 0..self.chunks.len() {
+            let claimed = self.site_imports(u as u32);
+            let c = &mut self.chunks[u];
+            match (claimed, c.claimed_since) {
+                (true, None) => c.claimed_since = Some(now),
+                (false, Some(_)) => c.claimed_since = None,
+                _ => {}
+            }
+        }
     }
 
     /// The union of claims, one bit per distinct chunk.

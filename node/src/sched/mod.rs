@@ -15,7 +15,9 @@
 //!   that chunk among the site's members still fetching. The others line
 //!   up behind it by the same hash: the k-th waits k × `site_patience`
 //!   before pulling the chunk itself, so if the home cannot get it one
-//!   device steps in, not all. Members that gained nothing for a few
+//!   device steps in, not all. The wait counts from when this device
+//!   first held back for a peer of another site that has the chunk (the
+//!   origin has its own clock). Members that gained nothing for a few
 //!   patiences are stalled and do not hold up the line.
 //!   A device ranks itself against the neighbours it knows and the
 //!   members they list (`roster`), so devices that know different parts
@@ -23,8 +25,11 @@
 //! - **A neighbour's import is waited for.** `Have` answers between
 //!   neighbours carry the chunks the answerer is importing
 //!   ([`Scheduler::importing`]), and those its other neighbours said they
-//!   import ([`Scheduler::relayed_for`]); no one else in the site pulls
-//!   those over the WAN until `answer_timeout` (`importing`).
+//!   import ([`Scheduler::relayed_for`]). A claim lasts while its
+//!   claimant has a request out or was refused `Busy` moments ago; no
+//!   one else in the site pulls the chunk over the WAN while it is heard,
+//!   for up to `claim_patience` from when it was first heard
+//!   (`importing`).
 //! - **What the site holds stays in the site.** `Have` answers between
 //!   neighbours also carry what the answerer holds or heard its site
 //!   holds ([`Scheduler::site_holds`]), passed on hop by hop; such a
@@ -226,7 +231,7 @@ pub struct Scheduler<P> {
     ready: Vec<(usize, u64, P)>,
     /// Each chunk's place in the site's and the fleet's line, as worked
     /// out once per pick of [`Self::poll_action`] (`None`: not yet).
-    lines: Vec<Option<(u32, Duration)>>,
+    lines: Vec<Option<pick::Line>>,
     /// What each same-site peer last said it imports (see `importing`).
     importers: BTreeMap<P, importing::Bits>,
     /// What each same-site peer last relayed of its own neighbours' claims.
@@ -474,7 +479,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return;
         }
         c.held = true;
-        c.deferred_since = None;
+        c.deferred = [None; 2];
         for Flight { peer: other, .. } in std::mem::take(&mut c.in_flight) {
             if let Some(p) = self.peers.get_mut(&other) {
                 p.end_request(now);
@@ -625,6 +630,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
             Failure::Busy => {
                 let (base, max) = (self.cfg.busy_backoff, self.cfg.busy_backoff_max);
+                let far = self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.class != PeerClass::SameSite);
+                if let (Some(u), true) = (u, far) {
+                    self.chunks[u as usize].refused_at = Some(now);
+                }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.busy_in_row = (p.busy_in_row + 1).min(16);
                     p.busy_until = now + doubled(base, p.busy_in_row - 1, max);

@@ -46,12 +46,28 @@ fn behind(how: Claim, seed: u64, t0: Instant) -> Scheduler<u32> {
     s
 }
 
+/// Lets device 0 pull all it will at `now`, a window at a time, each
+/// request answered at once by the peer asked; what it pulled.
+fn pull_all(s: &mut Scheduler<u32>, now: Instant) -> Bitfield {
+    let mut pulled = Bitfield::new(manifest(6).chunks.len());
+    loop {
+        let got = requests(&drain(s, now));
+        if got.is_empty() {
+            return pulled;
+        }
+        for (peer, i) in got {
+            s.handle_chunk_arrived(peer, i, 10, now);
+            pulled.set(i);
+        }
+    }
+}
+
 fn behind_an_importer(seed: u64, t0: Instant) -> Scheduler<u32> {
     behind(Claim::Own, seed, t0)
 }
 
 #[test]
-fn no_chunk_a_neighbour_imports_is_pulled_over_the_wan_until_the_transport_would_give_up() {
+fn no_chunk_a_neighbour_imports_is_pulled_over_the_wan_until_its_claim_has_been_waited_out() {
     let t0 = Instant::now();
     let mut s = behind_an_importer(21, t0);
     assert_eq!(requests(&drain(&mut s, t0)), vec![]);
@@ -63,8 +79,8 @@ fn no_chunk_a_neighbour_imports_is_pulled_over_the_wan_until_the_transport_would
         vec![],
         "stepped in on a neighbour still importing"
     );
-    // Its transport would have given up by now: the chunks are pulled.
-    let lost = t0 + SchedulerConfig::default().answer_timeout;
+    // Claimed for longer than `claim_patience`: the chunks are pulled.
+    let lost = t0 + SchedulerConfig::default().claim_patience;
     s.handle_timeout(lost);
     assert!(!requests(&drain(&mut s, lost)).is_empty());
 }
@@ -89,7 +105,7 @@ fn a_neighbours_claim_ends_with_its_next_answer_or_when_it_leaves() {
 }
 
 #[test]
-fn what_this_device_awaits_from_the_wan_is_claimed_and_nothing_else() {
+fn what_this_device_awaits_or_was_just_refused_from_the_wan_is_claimed_and_nothing_else() {
     let m = manifest(6);
     let n = m.chunks.len();
     let t0 = Instant::now();
@@ -108,9 +124,13 @@ fn what_this_device_awaits_from_the_wan_is_claimed_and_nothing_else() {
     let (_, busy) = asked[1];
     s.handle_chunk_arrived(2, got, 10, t0);
     s.handle_chunk_failed(2, busy, Failure::Busy, t0);
+    // Delivered: no longer awaited. Refused: retried, so still claimed
+    // for a while, and no longer once that has passed unretried.
+    assert_eq!(positions(&s.importing()), vec![busy]);
+    let t1 = t0 + importing::REFUSED_CLAIM;
+    s.handle_timeout(t1);
     assert_eq!(positions(&s.importing()), Vec::<usize>::new());
     // What a neighbour sends is no import.
-    let t1 = t0 + Duration::from_secs(1);
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::full(n), t1);
     assert!(!requests(&drain(&mut s, t1)).is_empty());
     assert_eq!(positions(&s.importing()), Vec::<usize>::new());
@@ -158,4 +178,78 @@ fn a_relay_carries_the_other_neighbours_own_claims_only() {
     // A neighbour that leaves takes its claims and relays with it.
     s.handle_peer_lost(1, t0);
     assert_eq!(positions(&s.relayed_for(&9)), vec![1]);
+}
+
+#[test]
+fn a_claim_is_waited_for_from_when_it_is_first_heard_not_from_the_deferral() {
+    let t0 = Instant::now();
+    let mut s = behind(Claim::None, 26, t0);
+    // Device 0 pulls the chunks it is the home of and defers the rest.
+    let pulled = pull_all(&mut s, t0).count();
+    assert!(pulled > 0);
+    assert!(pulled < manifest(6).chunks.len(), "nothing deferred");
+    // Long after the deferral, the neighbour claims every chunk.
+    let cfg = SchedulerConfig::default();
+    let heard = t0 + cfg.site_patience * 3;
+    claim(&mut s, 1, Claim::Own, manifest(6).chunks.len(), heard);
+    let past_deferral = t0 + cfg.claim_patience + Duration::from_secs(1);
+    s.handle_timeout(past_deferral);
+    assert_eq!(
+        requests(&drain(&mut s, past_deferral)),
+        vec![],
+        "a claim heard later was waited for from the deferral"
+    );
+    let past_claim = heard + cfg.claim_patience;
+    s.handle_timeout(past_claim);
+    assert!(!requests(&drain(&mut s, past_claim)).is_empty());
+}
+
+#[test]
+fn a_claim_heard_again_after_a_break_is_waited_for_afresh() {
+    let t0 = Instant::now();
+    let mut s = behind_an_importer(27, t0);
+    let cfg = SchedulerConfig::default();
+    let n = manifest(6).chunks.len();
+    // The claimant's answer without the claim, then with it again: a
+    // claimant that finished one request and asked again.
+    let t1 = t0 + cfg.claim_patience / 2;
+    s.handle_peer_importing(1, None, t1);
+    claim(&mut s, 1, Claim::Own, n, t1);
+    let t2 = t0 + cfg.claim_patience + Duration::from_secs(1);
+    s.handle_timeout(t2);
+    assert_eq!(requests(&drain(&mut s, t2)), vec![]);
+    let t3 = t1 + cfg.claim_patience;
+    s.handle_timeout(t3);
+    assert!(!requests(&drain(&mut s, t3)).is_empty());
+}
+
+#[test]
+fn a_chunk_held_back_for_the_origin_waits_its_place_in_the_sites_line_afresh() {
+    let m = manifest(6);
+    let n = m.chunks.len();
+    let t0 = Instant::now();
+    let mut s = Scheduler::new(&m, &Bitfield::new(n), cfg(29), t0);
+    s.set_local_peer(0);
+    add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n), t0);
+    s.handle_peer_fetching(1, true);
+    add_peer(&mut s, 9, PeerClass::Origin, &Bitfield::full(n), t0);
+    // The origin offers everything from the start: device 0 pulls what
+    // it is the fleet's home of and holds back the rest.
+    let pulled = pull_all(&mut s, t0);
+    assert!(
+        pulled.count() > 0 && pulled.count() < n,
+        "nothing held back"
+    );
+    // Long after, the origin withholds the rest and a peer of another
+    // site comes to hold it all: the site's line starts now, not at the
+    // hold-back for the origin. The neighbour still stands in line (it
+    // has just gained what device 0 pulled).
+    let later = t0 + Duration::from_secs(100);
+    s.handle_peer_have(1, &pulled, later);
+    s.handle_peer_have(9, &Bitfield::new(n), later);
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), later);
+    assert_eq!(requests(&drain(&mut s, later)), vec![]);
+    let turn = later + SchedulerConfig::default().site_patience;
+    s.handle_timeout(turn);
+    assert!(!requests(&drain(&mut s, turn)).is_empty());
 }

@@ -135,8 +135,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             consider(&mut best, *until);
         }
         for &u in &self.missing {
-            if let Some(since) = self.chunks[u as usize].deferred_since {
-                consider(&mut best, since + self.cfg.site_patience);
+            let c = &self.chunks[u as usize];
+            for since in c.deferred.iter().flatten() {
+                consider(&mut best, *since + self.cfg.site_patience);
+            }
+            if let Some(since) = c.claimed_since {
+                consider(&mut best, since + self.cfg.claim_patience);
             }
         }
         if let Some(t) = self.starving_at() {

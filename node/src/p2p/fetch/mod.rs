@@ -715,12 +715,36 @@ impl Fetches {
     ) {
         let Some(Fetch {
             phase: Phase::Download(dl),
+            started,
             ..
         }) = self.fetches.get_mut(&id)
         else {
             self.count_unused(&response);
             return;
         };
+        if dl
+            .sched
+            .peer_class(&peer)
+            .is_some_and(|c| c != PeerClass::SameSite)
+        {
+            // With the requests logged in `drive`, how many of a site's
+            // WAN requests for one chunk were taken.
+            tracing::debug!(
+                target: "meshota::wan",
+                site = ?self.site,
+                me = %self.local,
+                %peer,
+                index,
+                since_start_ms = now.saturating_duration_since(*started).as_millis() as u64,
+                answer = match &response {
+                    PeerResponse::Chunk { .. } => "chunk",
+                    PeerResponse::Busy => "busy",
+                    PeerResponse::NotFound => "not-found",
+                    _ => "other",
+                },
+                "WAN answer",
+            );
+        }
         match response {
             // Held already (a late answer, an endgame loser): nothing to
             // verify or store.
