@@ -47,6 +47,19 @@ pub(super) struct Line {
     pub since: Option<Instant>,
 }
 
+impl Line {
+    /// Whether this place lets the device pull now, given when it first
+    /// held the chunk back for this line (`None`: not yet, so not now
+    /// unless it is the home or a claim's clock has run out).
+    pub(super) fn lets_pull(&self, deferred: Option<Instant>, now: Instant) -> bool {
+        self.rank == 0
+            || self
+                .since
+                .or(deferred)
+                .is_some_and(|since| now >= since + self.wait)
+    }
+}
+
 /// How long an answer of [`Scheduler::wan_turn`] is reused.
 const WAN_TURN_CACHE: Duration = Duration::from_millis(250);
 
@@ -254,21 +267,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                         line
                     }
                 };
-                if line.rank > 0 {
-                    let own = c.deferred[scope.index()];
-                    match line.since.or(own) {
-                        Some(since) if now >= since + line.wait => {}
-                        Some(_) => {
-                            if own.is_none() {
-                                deferred.push((u, scope.index()));
-                            }
-                            continue;
-                        }
-                        None => {
-                            deferred.push((u, scope.index()));
-                            continue;
-                        }
+                let own = c.deferred[scope.index()];
+                if !line.lets_pull(own, now) {
+                    // Held back from now on, unless it already was.
+                    if own.is_none() {
+                        deferred.push((u, scope.index()));
                     }
+                    continue;
                 }
             }
             best = Some((u, key));
@@ -313,11 +318,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             if c.site_avail != 0 || (c.site_heard && !starving) || self.cooling_site_holds(u, now) {
                 return false;
             }
-            let line = self.place_in_line(u, Scope::Site, now);
-            line.rank == 0
-                || now
-                    >= (line.since.or(c.deferred[Scope::Site.index()])).unwrap_or(self.started)
-                        + line.wait
+            // Never held back yet: counted from the start.
+            let own = c.deferred[Scope::Site.index()].or(Some(self.started));
+            self.place_in_line(u, Scope::Site, now).lets_pull(own, now)
         });
         self.wan_turn_cache.set(Some((now, turn)));
         turn
