@@ -75,12 +75,18 @@ pub enum PeerResponse {
         /// same-site askers only; at most 256.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         roster: Vec<u64>,
-        /// Chunks beyond `bitfield` that the responder's site holds: those
-        /// its same-site neighbours hold or said their site holds, passed
-        /// on hop by hop. The asker does not pull them over the WAN while
-        /// it still gains chunks. Given to same-site askers only.
+        /// Chunks beyond `bitfield` that the responder's same-site
+        /// neighbours said they hold (first-hand, from their bitfields).
+        /// The asker does not pull them over the WAN while it still gains
+        /// chunks. Given to same-site askers only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         site_holds: Option<Bitfield>,
+        /// Chunks beyond `bitfield` and `site_holds` that the responder's
+        /// other same-site neighbours said in their `site_holds` (never
+        /// relayed further, so word of a holder that left or was banned
+        /// ends within two answers). Same use as `site_holds`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        site_holds_relayed: Option<Bitfield>,
     },
     /// A chunk, stored form.
     Chunk {
@@ -239,6 +245,7 @@ mod tests {
                 relayed,
                 roster,
                 site_holds,
+                site_holds_relayed,
                 ..
             } => assert!(
                 fetching
@@ -246,6 +253,7 @@ mod tests {
                     && relayed.is_none()
                     && roster.is_empty()
                     && site_holds.is_none()
+                    && site_holds_relayed.is_none()
             ),
             other => panic!("decoded {other:?}"),
         }

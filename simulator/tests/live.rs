@@ -33,7 +33,13 @@ fn small() -> Scenario {
 }
 
 fn run(s: &Scenario) -> (live::LiveRun, Summary) {
-    let run = live::run(s, |_| {}).unwrap();
+    // Wave and fault lines (a stall's breakdown among them) go to the
+    // captured output, so a failure says where the fleet stood.
+    let run = live::run(s, |e| match e {
+        live::LiveEvent::Progress { .. } => {}
+        e => eprintln!("{e:?}"),
+    })
+    .unwrap();
     let summary = Summary::new(s, &run.outcome, None);
     (run, summary)
 }

@@ -14,7 +14,7 @@ use libp2p::request_response;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
-use meshota_protocol::{ManifestId, PeerRequest, PeerResponse, SiteId};
+use meshota_protocol::{Bitfield, ManifestId, PeerRequest, PeerResponse, SiteId};
 use tokio::sync::{broadcast, mpsc, oneshot, Mutex};
 use tokio::task::JoinHandle;
 
@@ -706,6 +706,7 @@ impl EventLoop {
                         relayed,
                         roster,
                         site_holds,
+                        site_holds_relayed,
                         bitfield,
                         ..
                     } = &mut response
@@ -713,10 +714,15 @@ impl EventLoop {
                         *importing = news.importing;
                         *relayed = news.relayed;
                         *roster = news.roster;
-                        // Only what the bitfield does not already say.
-                        *site_holds = news
-                            .site_holds
-                            .filter(|h| (0..h.len()).any(|i| h.get(i) && !bitfield.get(i)));
+                        // Only what the fields before do not already say.
+                        let adds = |h: &Bitfield, known: &[Option<&Bitfield>]| {
+                            (0..h.len())
+                                .any(|i| h.get(i) && !known.iter().flatten().any(|k| k.get(i)))
+                        };
+                        *site_holds = news.site_holds.filter(|h| adds(h, &[Some(bitfield)]));
+                        *site_holds_relayed = news
+                            .site_holds_relayed
+                            .filter(|h| adds(h, &[Some(bitfield), site_holds.as_ref()]));
                     }
                     let _ = self
                         .swarm

@@ -439,6 +439,7 @@ impl Server {
             relayed: None,
             roster: Vec::new(),
             site_holds: None,
+            site_holds_relayed: None,
             site: self.config.site.clone(),
             origin: self.config.origin,
             fetching,

@@ -13,20 +13,28 @@
 //! while a neighbour claimed it, and the busiest site imported 6-8
 //! bundles.
 //!
-//! So each `Have` answer to a same-site asker carries what the answerer
-//! holds or has heard its site holds ([`Scheduler::site_holds`]). Heard
-//! chunks are passed on, so word crosses the site one poll per hop, and a
-//! device that has heard it does not pull the chunk over the WAN while it
-//! spreads. The exception is a device that is starving, having gained no
-//! chunk for `site_hold_patience`: its part of the site may have no way
-//! to the holder (a member that left, a same-site peer that lied), and
-//! then the line and claims decide as before. Each neighbour's latest
-//! word replaces its last, and leaves with it, so a holder banned for bad
-//! data stops counting once the neighbours that vouched for it have met
-//! it too. A lie costs the site that patience, not the update. On
-//! `cellular-1000` the busiest site imported 3.6-3.9 bundles live (7.5
-//! before) and 1.9 in virtual time (2.8), in no more time (`BENCHMARKS.md`,
-//! 2026-12-06, night).
+//! So each `Have` answer to a same-site asker carries what the answerer's
+//! neighbours hold ([`Scheduler::site_holds`]) and what their neighbours
+//! told it they hold ([`Scheduler::site_holds_relayed_for`]). A device that
+//! has heard either does not pull the chunk over the WAN while it spreads.
+//! The exception is a device that is starving, having gained no chunk for
+//! `site_hold_patience`: its part of the site may have no way to the
+//! holder (a member that left, a same-site peer that lied), and then the
+//! line and claims decide as before. A lie costs the site that patience,
+//! not the update. On `cellular-1000` the busiest site imported 3.6-3.9
+//! bundles live (7.5 before) and 1.9 in virtual time (2.8), in no more
+//! time (`BENCHMARKS.md`, 2026-12-06, night).
+//!
+//! Word travels three hops from a holder and no further, and every layer
+//! rests on the layer below as it is now: first-hand word on bitfields
+//! neighbours gave, relayed word on first-hand word. Word used to be
+//! passed on as heard, hop by hop, and then two devices that had both
+//! banned the only holder (it served bad data) kept its chunks alive in
+//! each other's word: each waited out `site_hold_patience` (30 s) with
+//! the chunks nowhere to be had, and a six-device test fleet with two
+//! malicious peers missed its 45 s deadline. Now the word is gone two
+//! answers after the holder is. Each neighbour's latest word replaces its
+//! last, and leaves with it.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -37,37 +45,70 @@ use meshota_protocol::Bitfield;
 use super::Scheduler;
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
-    /// The manifest positions of the chunks this device holds, a
-    /// same-site peer it knows holds, or it heard its site holds: what a
-    /// `Have` answer to a same-site asker carries.
+    /// The manifest positions of the chunks this device holds or a
+    /// same-site peer it knows says it holds (or the driver said first-hand
+    /// the site holds): what a `Have` answer to a same-site asker carries
+    /// as first-hand word. Never what it heard second-hand, so no word
+    /// outlives its holder by going round a circle of neighbours.
     pub fn site_holds(&self) -> Bitfield {
         let mut b = Bitfield::new(self.pos_to_unique.len());
         for c in &self.chunks {
-            if c.held || c.site_avail != 0 || c.site_heard {
+            if c.held || c.site_avail != 0 || c.site_told {
                 b.set(c.pos);
             }
         }
         b
     }
 
-    /// A same-site `peer` said which chunks its site holds (see
-    /// [`Self::site_holds`]; `None`: nothing beyond its bitfield). Its
-    /// latest word replaces the one before, and a peer that leaves or is
-    /// banned takes its word with it: a holder banned for bad data kept
-    /// its chunks "in the site" while nobody could get them, and with
-    /// two malicious devices in six every honest one waited out
-    /// `site_hold_patience` before it fetched them elsewhere. Ignored
-    /// from a peer of another class or unknown, and from a field of the
-    /// wrong length.
-    pub fn handle_peer_site_holds(&mut self, peer: P, holds: Option<&Bitfield>, now: Instant) {
+    /// What to relay to same-site neighbour `asker`: the first-hand word
+    /// of the other neighbours ([`Self::site_holds`] as they last said it),
+    /// never relayed again.
+    pub fn site_holds_relayed_for(&self, asker: &P) -> Bitfield {
+        let all = self.union(
+            self.words
+                .iter()
+                .filter(|(p, _)| *p != asker)
+                .map(|(_, bits)| bits),
+        );
+        let mut b = Bitfield::new(self.pos_to_unique.len());
+        for (u, c) in self.chunks.iter().enumerate() {
+            if all.get(u / 64).is_some_and(|w| w & (1 << (u % 64)) != 0) {
+                b.set(c.pos);
+            }
+        }
+        b
+    }
+
+    /// A same-site `peer` said which chunks its neighbours hold (`holds`,
+    /// first-hand) and which their neighbours told it they hold
+    /// (`relayed`); `None`: nothing beyond its bitfield. Its latest word
+    /// replaces the one before, and a peer that leaves or is banned takes
+    /// its word with it: a holder banned for bad data kept its chunks "in
+    /// the site" while nobody could get them, and with two malicious
+    /// devices in six every honest one waited out `site_hold_patience`
+    /// before it fetched them elsewhere. Ignored from a peer of another
+    /// class or unknown, and with a field of the wrong length.
+    pub fn handle_peer_site_holds(
+        &mut self,
+        peer: P,
+        holds: Option<&Bitfield>,
+        relayed: Option<&Bitfield>,
+        now: Instant,
+    ) {
         self.touch(now);
-        if holds.is_some_and(|h| h.len() != self.pos_to_unique.len()) {
+        let n = self.pos_to_unique.len();
+        if [holds, relayed].iter().flatten().any(|b| b.len() != n) {
             return;
         }
-        let Some(bits) = self.site_bits(&peer, holds) else {
+        let Some(first) = self.site_bits(&peer, holds) else {
             return;
         };
-        if Self::replace(&mut self.words, peer, bits) {
+        let Some(second) = self.site_bits(&peer, relayed) else {
+            return;
+        };
+        let a = Self::replace(&mut self.words, peer, first);
+        let b = Self::replace(&mut self.far_words, peer, second);
+        if a || b {
             self.recount_heard();
         }
     }
@@ -85,7 +126,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Sets each chunk's `site_heard` from the words of the peers known
     /// now and what the driver said first-hand.
     pub(super) fn recount_heard(&mut self) {
-        let all = self.union(self.words.values());
+        let all = self.union(self.words.values().chain(self.far_words.values()));
         for (u, c) in self.chunks.iter_mut().enumerate() {
             let said = all.get(u / 64).is_some_and(|w| w & (1 << (u % 64)) != 0);
             c.site_heard = c.site_told || said;

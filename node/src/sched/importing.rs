@@ -165,7 +165,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Forgets what a peer that left said it imports, relayed, or said
     /// its site holds.
     pub(super) fn forget_site_news(&mut self, peer: &P) {
-        if self.words.remove(peer).is_some() {
+        let a = self.words.remove(peer).is_some();
+        let b = self.far_words.remove(peer).is_some();
+        if a || b {
             self.recount_heard();
         }
         let a = self.importers.remove(peer).is_some();

@@ -31,8 +31,9 @@
 //!   for up to `claim_patience` from when it was first heard
 //!   (`importing`).
 //! - **What the site holds stays in the site.** `Have` answers between
-//!   neighbours also carry what the answerer holds or heard its site
-//!   holds ([`Scheduler::site_holds`]), passed on hop by hop; such a
+//!   neighbours also carry what the answerer's neighbours hold
+//!   ([`Scheduler::site_holds`]) and what theirs told it they hold
+//!   ([`Scheduler::site_holds_relayed_for`]), three hops in all; such a
 //!   chunk is not pulled over the WAN unless this device has gained
 //!   nothing for `site_hold_patience` (`held`).
 //! - **Origin last, and about once.** The origin serves only chunks no
@@ -236,8 +237,10 @@ pub struct Scheduler<P> {
     importers: BTreeMap<P, importing::Bits>,
     /// What each same-site peer last relayed of its own neighbours' claims.
     relays: BTreeMap<P, importing::Bits>,
-    /// What each same-site peer last said its site holds (see `held`).
+    /// What each same-site peer last said its neighbours hold (see `held`).
     words: BTreeMap<P, importing::Bits>,
+    /// What each same-site peer last relayed of its neighbours' `words`.
+    far_words: BTreeMap<P, importing::Bits>,
     /// Same-site members heard of from neighbours (see `roster`).
     roster: roster::Roster,
     /// The last answer of `wan_turn`, and when it was given.
@@ -305,6 +308,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             importers: BTreeMap::new(),
             relays: BTreeMap::new(),
             words: BTreeMap::new(),
+            far_words: BTreeMap::new(),
             roster: BTreeMap::new(),
             wan_turn_cache: std::cell::Cell::new(None),
             site_importing: importing::Bits::new(),

@@ -99,8 +99,8 @@ proptest! {
         rt(&PeerRequest::Get { chunk: ChunkId::from_bytes(id) });
         rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: Some(SiteId::new("x").unwrap()) });
         rt(&PeerRequest::Manifest { id: crate::ManifestId::from_bytes(id) });
-        rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: true, fetching: false, importing: None, relayed: None, roster: vec![], site_holds: None });
-        rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: false, fetching: true, importing: Some(bf.clone()), relayed: Some(bf.clone()), roster: vec![1, u64::MAX], site_holds: Some(bf) });
+        rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: true, fetching: false, importing: None, relayed: None, roster: vec![], site_holds: None, site_holds_relayed: None });
+        rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: false, fetching: true, importing: Some(bf.clone()), relayed: Some(bf.clone()), roster: vec![1, u64::MAX], site_holds: Some(bf.clone()), site_holds_relayed: Some(bf) });
         rt(&PeerResponse::Chunk { encoding: Encoding::Zstd, data: data.clone().into() });
         rt(&PeerResponse::Manifest { data });
         rt(&PeerResponse::NotFound);

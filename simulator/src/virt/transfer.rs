@@ -36,8 +36,8 @@
 //! before word of what the site holds (below).
 //!
 //! Modelled coarsely: word of what the site holds
-//! ([`Scheduler::site_holds`]), which a node passes on hop by hop in its
-//! `Have` answers. Here the first copy a site stores reaches every device
+//! ([`Scheduler::site_holds`]), which a node passes on in its `Have`
+//! answers, three hops from a holder. Here the first copy a site stores reaches every device
 //! of the site `SITE_WORD_HOPS` × `have_refresh` later, in one event per
 //! site and chunk; devices that start later hear it at once.
 //!

@@ -212,6 +212,7 @@ pub(crate) struct SiteNews {
     pub relayed: Option<Bitfield>,
     pub roster: Vec<u64>,
     pub site_holds: Option<Bitfield>,
+    pub site_holds_relayed: Option<Bitfield>,
 }
 
 /// A `Have` request, which carries our site so that a neighbour's answer
@@ -412,8 +413,9 @@ impl Fetches {
     /// download of `id`: what it awaits from the WAN
     /// ([`Scheduler::importing`]), what its other site neighbours said
     /// they await ([`Scheduler::relayed_for`]), those of them that
-    /// fetch it too ([`Scheduler::fetching_neighbours`]), and what the
-    /// site holds ([`Scheduler::site_holds`]). Nothing for an asker of
+    /// fetch it too ([`Scheduler::fetching_neighbours`]), and what its
+    /// neighbours hold ([`Scheduler::site_holds`]) and said theirs hold
+    /// ([`Scheduler::site_holds_relayed_for`]). Nothing for an asker of
     /// another site.
     pub(crate) fn site_news_for(
         &self,
@@ -439,6 +441,7 @@ impl Fetches {
             relayed: (relayed.count() > 0).then_some(relayed),
             roster: dl.sched.fetching_neighbours(asker, now),
             site_holds: Some(dl.sched.site_holds()),
+            site_holds_relayed: Some(dl.sched.site_holds_relayed_for(asker)),
         }
     }
 
@@ -644,6 +647,7 @@ impl Fetches {
                 relayed,
                 roster,
                 site_holds,
+                site_holds_relayed,
             } => {
                 let chunks = dl.manifest.chunks.len();
                 if let Err(e) = bitfield.check(chunks) {
@@ -654,6 +658,7 @@ impl Fetches {
                     ("importing", &importing),
                     ("relayed", &relayed),
                     ("site-holds", &site_holds),
+                    ("site-holds-relayed", &site_holds_relayed),
                 ] {
                     if let Some(Err(e)) = b.as_ref().map(|b| b.check(chunks)) {
                         net.ban(peer, format!("sent an unusable {what} bitfield: {e}"));
@@ -684,8 +689,12 @@ impl Fetches {
                     .handle_peer_importing(peer, importing.as_ref(), now);
                 dl.sched.handle_peer_relayed(peer, relayed.as_ref(), now);
                 dl.sched.handle_peer_roster(peer, &roster, now);
-                dl.sched
-                    .handle_peer_site_holds(peer, site_holds.as_ref(), now);
+                dl.sched.handle_peer_site_holds(
+                    peer,
+                    site_holds.as_ref(),
+                    site_holds_relayed.as_ref(),
+                    now,
+                );
             }
             PeerResponse::NotFound | PeerResponse::Busy => {
                 // It lacks the manifest for now (or stopped seeding); ask
