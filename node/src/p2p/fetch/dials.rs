@@ -1,5 +1,5 @@
 //! Which providers a fetch dials: few, each device its own, and not the
-//! same far refuser again and again.
+//! same far refuser again and again; and how often it looks them up.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -11,8 +11,13 @@ use libp2p::PeerId;
 /// connection costs a handshake and `Have` polls over both sites' WAN
 /// links; a device pulls only the chunks it is the site's home for, which
 /// a few far peers serve as well as twenty. Which ones is a hash of both
-/// peer ids, so the fleet does not crowd the same few.
-pub(super) const MAX_FAR_DIALS: usize = 8;
+/// peer ids, so the fleet does not crowd the same few. With eight (and
+/// as many dialled in by other sites), `Have` polls and set-up with far
+/// peers were 0.55-0.60 bundles of each site's WAN bytes on
+/// `cellular-1000`; with four, 0.36, and the site took no more chunks
+/// from far peers (1.40 bundles against 1.50-1.56), in about the same
+/// time (`BENCHMARKS.md`, 2026-12-06, evening, second stop).
+pub(super) const MAX_FAR_DIALS: usize = 4;
 
 /// Most providers of its own site a fetch dials itself, counting those
 /// already connected. Site lookups (repeated every 10 s while the device
@@ -37,6 +42,22 @@ pub(super) const MAX_SITE_DIALS: usize = 8;
 /// providers instead.
 pub(super) const FAR_REDIAL: Duration = Duration::from_secs(60);
 
+/// Least time between provider lookups for one fetch.
+pub(super) const PROVIDER_REFRESH: Duration = Duration::from_secs(5);
+/// Repeated lookups that name no new provider double the pause, this
+/// many times at most (16 × the refresh: 80-160 s).
+const LOOKUP_BACKOFF: u32 = 4;
+
+/// The pause before repeating a lookup, `refresh` after `in_vain`
+/// lookups that led to no dial (see `Fetches::providers_found`). Every
+/// answer comes from the DHT's servers: in the simulator the origin
+/// alone, and in a fleet the few peers nearest the release's key, who
+/// are asked by the whole fleet. Behind a 0.5 Mbit/s origin, 1,000 devices asking every
+/// 5-10 s made 22,000 lookups in 150 s, each answered over its uplink;
+/// 6,200-6,800 with the back-off.
+pub(super) fn lookup_pause(refresh: Duration, in_vain: u32) -> Duration {
+    crate::sched::doubled(refresh, in_vain, refresh * (1 << LOOKUP_BACKOFF))
+}
 /// Which of `candidates` (far providers not connected) to dial, given
 /// those this fetch `dialled` before: up to [`MAX_FAR_DIALS`] connected
 /// in all, none dialled within [`FAR_REDIAL`], in an order of this
@@ -94,6 +115,82 @@ fn spread(local: &PeerId, peers: &mut Vec<PeerId>) {
 mod tests {
     use super::*;
 
+    /// A [`super::super::Net`] that records dials; nothing else is used.
+    #[derive(Default)]
+    struct Dials(Vec<PeerId>);
+
+    impl super::super::Net for Dials {
+        fn send(
+            &mut self,
+            _: PeerId,
+            _: meshota_protocol::PeerRequest,
+        ) -> libp2p::request_response::OutboundRequestId {
+            unreachable!("no peer is connected in this test, so none is asked")
+        }
+        fn ban(&mut self, _: PeerId, _: String) {}
+        fn find_providers(&mut self, _: meshota_protocol::ManifestId, _: bool) -> bool {
+            true
+        }
+        fn dial(&mut self, peer: PeerId) {
+            self.0.push(peer);
+        }
+        fn provide(&mut self, _: meshota_protocol::ManifestId) -> bool {
+            false
+        }
+        fn remember(
+            &mut self,
+            _: meshota_protocol::ManifestId,
+            _: std::sync::Arc<meshota_protocol::Manifest>,
+        ) {
+        }
+        fn event(&mut self, _: crate::p2p::NodeEvent) {}
+    }
+
+    #[test]
+    fn a_lookup_counts_as_in_vain_when_it_leads_to_no_dial() {
+        let now = Instant::now();
+        let local = PeerId::random();
+        let mut f = super::super::Fetches::new(
+            local,
+            std::sync::Arc::new(crate::store::MemStore::new()),
+            Some(meshota_protocol::SiteId::new("s").unwrap()),
+            crate::sched::SchedulerConfig::default(),
+            None,
+            std::sync::Arc::default(),
+            tokio::sync::mpsc::unbounded_channel().0,
+            now,
+        );
+        let id = meshota_protocol::ManifestId::digest(b"release");
+        let mut net = Dials::default();
+        let reply = tokio::sync::oneshot::channel().0;
+        f.start(id, Default::default(), reply, now, &mut net);
+        let in_vain = |f: &super::super::Fetches| f.fetches[&id].lookups_in_vain;
+        // Providers of the site not seen before, some dialled: not in vain.
+        f.fetches.get_mut(&id).unwrap().lookups_in_vain = 3;
+        let first = peers(MAX_SITE_DIALS + 4);
+        f.providers_found(id, first.clone(), local, true, now, &mut net);
+        assert_eq!(net.0.len(), MAX_SITE_DIALS);
+        assert_eq!(in_vain(&f), 0);
+        // Once those are up, more new providers lead to no dial: in vain,
+        // though each was never seen before.
+        f.connected.extend(net.0.iter().copied());
+        f.fetches.get_mut(&id).unwrap().lookups_in_vain = 2;
+        f.providers_found(id, peers(6), local, true, now, &mut net);
+        assert_eq!(net.0.len(), MAX_SITE_DIALS, "dialled past the cap");
+        assert_eq!(in_vain(&f), 2);
+    }
+
+    #[test]
+    fn lookups_that_lead_to_no_dial_are_repeated_ever_less_often() {
+        let r = PROVIDER_REFRESH;
+        let pauses: Vec<Duration> = (0..7).map(|n| lookup_pause(r, n)).collect();
+        assert_eq!(pauses[0], r);
+        assert_eq!(pauses[1], r * 2);
+        assert_eq!(pauses[LOOKUP_BACKOFF as usize], r * 16);
+        assert_eq!(pauses[6], r * 16, "capped");
+        assert_eq!(lookup_pause(r, u32::MAX), r * 16);
+    }
+
     fn peers(n: usize) -> Vec<PeerId> {
         (0..n).map(|_| PeerId::random()).collect()
     }
@@ -108,10 +205,10 @@ mod tests {
     }
 
     #[test]
-    fn a_device_dials_at_most_eight_far_providers_counting_those_already_up() {
+    fn a_device_dials_at_most_four_far_providers_counting_those_already_up() {
         let (me, far) = (PeerId::random(), peers(20));
         assert_eq!(dials(&me, &far, &[]).len(), MAX_FAR_DIALS);
-        assert_eq!(dials(&me, &far, &far[..5]).len(), MAX_FAR_DIALS - 5);
+        assert_eq!(dials(&me, &far, &far[..1]).len(), MAX_FAR_DIALS - 1);
         assert!(dials(&me, &far, &far[..MAX_FAR_DIALS]).is_empty());
         assert!(dials(&me, &far, &far[..MAX_FAR_DIALS + 3]).is_empty());
     }

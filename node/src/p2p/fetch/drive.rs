@@ -7,10 +7,8 @@ use std::time::Instant;
 use libp2p::PeerId;
 use meshota_protocol::{ManifestId, PeerRequest};
 
-use super::{
-    have_request, lookup_pause, DownloadReport, FetchError, Fetches, Net, Phase, Tag,
-    PROVIDER_REFRESH,
-};
+use super::dials::{lookup_pause, PROVIDER_REFRESH};
+use super::{have_request, DownloadReport, FetchError, Fetches, Net, Phase, Tag};
 use crate::p2p::NodeEvent;
 use crate::sched::{Action, PeerClass, SchedEvent};
 
