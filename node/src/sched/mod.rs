@@ -78,7 +78,7 @@ mod pick;
 mod roster;
 mod state;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 #[cfg(test)]
 mod tests_flights;
 #[cfg(test)]

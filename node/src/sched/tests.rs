@@ -10,7 +10,7 @@ use super::*;
 
 const ORIGIN: u32 = u32::MAX;
 
-pub(super) fn manifest(chunks: usize) -> Manifest {
+pub(crate) fn manifest(chunks: usize) -> Manifest {
     // Distinct pseudo-random content so every chunk is unique.
     let mut x = 0x1234_5678_u64;
     let data: Vec<u8> = (0..chunks * 4096)

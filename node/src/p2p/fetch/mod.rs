@@ -16,6 +16,8 @@ mod dials;
 mod drive;
 mod manifest;
 mod report;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 pub use report::{DownloadReport, FetchError, FetchOptions, FetchProgress};
@@ -626,6 +628,7 @@ impl Fetches {
     ) {
         let Some(Fetch {
             phase: Phase::Download(dl),
+            far_dialled,
             ..
         }) = self.fetches.get_mut(&id)
         else {
@@ -665,6 +668,18 @@ impl Fetches {
                 let class = class_of(&self.site, &site, origin);
                 // Without a site every peer is "another site" and nothing
                 // is saved by waiting: only origins are held back then.
+                // A peer of another site that dialled us polls us; polling
+                // it back doubled each far connection's `Have` traffic over
+                // both sites' WANs, and this device pulls from its own far
+                // dials ([`dials::MAX_FAR_DIALS`]).
+                let inbound = !far_dialled.contains_key(&peer);
+                if class == PeerClass::OtherSite && self.site.is_some() && inbound {
+                    if dl.known.remove(&peer) {
+                        dl.sched.handle_peer_lost(peer, now);
+                    }
+                    dl.held_back.retain(|(p, ..)| *p != peer);
+                    return;
+                }
                 let hold = match class {
                     PeerClass::SameSite => false,
                     PeerClass::OtherSite => self.site.is_some(),

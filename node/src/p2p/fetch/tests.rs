@@ -1,0 +1,126 @@
+//! The fetch driver's own rules, against a recording [`Net`]: which
+//! lookups count as in vain, and which far peers are polled.
+// Test scaffolding may unwrap.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use libp2p::PeerId;
+use meshota_protocol::{Bitfield, ManifestId, PeerResponse, SiteId};
+use tokio::sync::{mpsc, oneshot};
+
+use super::dials::MAX_SITE_DIALS;
+use super::{Fetches, Net, Phase};
+use crate::sched::SchedulerConfig;
+use crate::store::{MemStore, Store};
+
+/// A [`Net`] that records dials; nothing else is used.
+#[derive(Default)]
+struct Dials(Vec<PeerId>);
+
+impl Net for Dials {
+    fn send(
+        &mut self,
+        _: PeerId,
+        _: meshota_protocol::PeerRequest,
+    ) -> libp2p::request_response::OutboundRequestId {
+        unreachable!("no peer is connected in these tests, so none is asked")
+    }
+    fn ban(&mut self, _: PeerId, _: String) {}
+    fn find_providers(&mut self, _: ManifestId, _: bool) -> bool {
+        true
+    }
+    fn dial(&mut self, peer: PeerId) {
+        self.0.push(peer);
+    }
+    fn provide(&mut self, _: ManifestId) -> bool {
+        false
+    }
+    fn remember(&mut self, _: ManifestId, _: Arc<meshota_protocol::Manifest>) {}
+    fn event(&mut self, _: crate::p2p::NodeEvent) {}
+}
+
+/// The fetches of a device of site "home" over `store`.
+fn fetches(local: PeerId, store: Arc<dyn Store>, now: Instant) -> Fetches {
+    Fetches::new(
+        local,
+        store,
+        Some(SiteId::new("home").unwrap()),
+        SchedulerConfig::default(),
+        None,
+        Arc::default(),
+        mpsc::unbounded_channel().0,
+        now,
+    )
+}
+
+fn peers(n: usize) -> Vec<PeerId> {
+    (0..n).map(|_| PeerId::random()).collect()
+}
+
+#[test]
+fn a_lookup_counts_as_in_vain_when_it_leads_to_no_dial() {
+    let now = Instant::now();
+    let local = PeerId::random();
+    let mut f = fetches(local, Arc::new(MemStore::new()), now);
+    let id = ManifestId::digest(b"release");
+    let mut net = Dials::default();
+    f.start(id, Default::default(), oneshot::channel().0, now, &mut net);
+    let in_vain = |f: &Fetches| f.fetches[&id].lookups_in_vain;
+    // Providers of the site not seen before, some dialled: not in vain.
+    f.fetches.get_mut(&id).unwrap().lookups_in_vain = 3;
+    f.providers_found(id, peers(MAX_SITE_DIALS + 4), local, true, now, &mut net);
+    assert_eq!(net.0.len(), MAX_SITE_DIALS);
+    assert_eq!(in_vain(&f), 0);
+    // Once those are up, more new providers lead to no dial: in vain,
+    // though each was never seen before.
+    f.connected.extend(net.0.iter().copied());
+    f.fetches.get_mut(&id).unwrap().lookups_in_vain = 2;
+    f.providers_found(id, peers(6), local, true, now, &mut net);
+    assert_eq!(net.0.len(), MAX_SITE_DIALS, "dialled past the cap");
+    assert_eq!(in_vain(&f), 2);
+}
+
+#[test]
+fn a_far_peer_that_dialled_in_is_not_polled_but_one_this_device_dialled_is() {
+    let now = Instant::now();
+    let local = PeerId::random();
+    let store = Arc::new(MemStore::new());
+    let m = crate::sched::tests::manifest(6);
+    let encoded = m.encode().unwrap();
+    let id = ManifestId::digest(&encoded);
+    store.put_manifest(&id, &encoded).unwrap();
+    let mut f = fetches(local, store, now);
+    let mut net = Dials::default();
+    f.start(id, Default::default(), oneshot::channel().0, now, &mut net);
+    let have = |site: &str| PeerResponse::Have {
+        bitfield: Bitfield::full(m.chunks.len()),
+        site: Some(SiteId::new(site).unwrap()),
+        origin: false,
+        fetching: true,
+        importing: None,
+        relayed: None,
+        roster: Vec::new(),
+        site_holds: None,
+        site_holds_relayed: None,
+    };
+    let [far_in, far_out, near_in] = [(); 3].map(|_| PeerId::random());
+    let fetch = f.fetches.get_mut(&id).unwrap();
+    fetch.far_dialled.insert(far_out, now);
+    let Phase::Download(dl) = &mut fetch.phase else {
+        panic!("the stored manifest starts the download")
+    };
+    dl.grace = None;
+    f.on_have(id, far_in, have("far"), now, &mut net);
+    f.on_have(id, far_out, have("far"), now, &mut net);
+    f.on_have(id, near_in, have("home"), now, &mut net);
+    let Phase::Download(dl) = &f.fetches[&id].phase else {
+        panic!("still downloading")
+    };
+    assert!(dl.known.contains(&far_out) && dl.known.contains(&near_in));
+    assert!(
+        !dl.known.contains(&far_in),
+        "polled a far peer that dialled in"
+    );
+}
