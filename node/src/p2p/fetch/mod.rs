@@ -666,8 +666,6 @@ impl Fetches {
                 // comes back once its cool-off is over.
                 dl.answered.insert(peer);
                 let class = class_of(&self.site, &site, origin);
-                // Without a site every peer is "another site" and nothing
-                // is saved by waiting: only origins are held back then.
                 // A peer of another site that dialled us polls us; polling
                 // it back doubled each far connection's `Have` traffic over
                 // both sites' WANs, and this device pulls from its own far
@@ -680,6 +678,8 @@ impl Fetches {
                     dl.held_back.retain(|(p, ..)| *p != peer);
                     return;
                 }
+                // Without a site every peer is "another site" and nothing
+                // is saved by waiting: only origins are held back then.
                 let hold = match class {
                     PeerClass::SameSite => false,
                     PeerClass::OtherSite => self.site.is_some(),
