@@ -64,19 +64,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// of the other neighbours ([`Self::site_holds`] as they last said it),
     /// never relayed again.
     pub fn site_holds_relayed_for(&self, asker: &P) -> Bitfield {
-        let all = self.union(
-            self.words
-                .iter()
-                .filter(|(p, _)| *p != asker)
-                .map(|(_, bits)| bits),
-        );
-        let mut b = Bitfield::new(self.pos_to_unique.len());
-        for (u, c) in self.chunks.iter().enumerate() {
-            if all.get(u / 64).is_some_and(|w| w & (1 << (u % 64)) != 0) {
-                b.set(c.pos);
-            }
-        }
-        b
+        self.relay_of(&self.words, asker)
     }
 
     /// A same-site `peer` said which chunks its neighbours hold (`holds`,

@@ -120,10 +120,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// not traced: a claim, or one kept alive by relays in a circle,
     /// stopped all 50 devices while far uplinks refused the claimant).
     pub fn relayed_for(&self, asker: &P) -> Bitfield {
+        self.relay_of(&self.importers, asker)
+    }
+
+    /// The union of what every same-site peer but `asker` said in `map`,
+    /// by manifest position: what a relay to `asker` carries.
+    pub(super) fn relay_of(&self, map: &BTreeMap<P, Bits>, asker: &P) -> Bitfield {
         let mut b = Bitfield::new(self.pos_to_unique.len());
         let all = self.union(
-            self.importers
-                .iter()
+            map.iter()
                 .filter(|(p, _)| *p != asker)
                 .map(|(_, bits)| bits),
         );
