@@ -90,6 +90,10 @@ pub struct Scenario {
     /// the WAN a chunk its site is heard to hold (the scheduler's
     /// `site_hold_patience`). 0: word of what the site holds is ignored.
     pub site_hold_patience_s: u64,
+    /// Seconds a neighbour's claim to be importing a chunk holds a device
+    /// back from importing it too (live mode; the scheduler's
+    /// `claim_patience`). Virtual time does not model claims.
+    pub claim_patience_s: u64,
     /// Milliseconds between `Have` refreshes of a peer. In virtual time
     /// peers push each stored chunk instead of being polled, and a device
     /// acts on pushed news at the latest a quarter of this later (at once
@@ -152,6 +156,7 @@ impl Default for Scenario {
             malicious_rate: 0.0,
             patience_s: 8,
             site_hold_patience_s: 30,
+            claim_patience_s: 60,
             have_refresh_ms: 1000,
             have_refresh_max_ms: 4000,
             busy_backoff_ms: 250,
@@ -307,6 +312,7 @@ impl Scenario {
             min_rate_bps: 1024,
             site_patience: Duration::from_secs(self.patience_s),
             site_hold_patience: Duration::from_secs(self.site_hold_patience_s),
+            claim_patience: Duration::from_secs(self.claim_patience_s),
             busy_backoff: Duration::from_millis(self.busy_backoff_ms),
             stall_timeout: Duration::from_secs(3600),
             seed: self.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),

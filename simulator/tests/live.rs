@@ -77,7 +77,20 @@ fn every_device_commits_and_the_figures_add_up() {
     for d in &run.devices {
         assert_eq!(d.origin_conns, 1, "{d:?}");
         assert!(d.lookups > 0, "{d:?}");
+        // A device learns what a peer of another site holds only by
+        // asking it.
+        if d.other_peers > 0 {
+            assert!(d.far_have_received > 0, "{d:?}");
+        }
     }
+    // Every far `Have` answer received was given by a device of the
+    // fleet (the origin has no site).
+    let received: u64 = run.devices.iter().map(|d| d.far_have_received).sum();
+    let answered: u64 = run.devices.iter().map(|d| d.far_have_answered).sum();
+    assert!(
+        received <= answered,
+        "{received} received, {answered} answered"
+    );
     // Commit times are sorted, within the run, and after the first wave.
     let t = &run.outcome.commit_times_s;
     assert!(t.windows(2).all(|w| w[0] <= w[1]));

@@ -125,6 +125,8 @@ pub(crate) struct Counters {
     pub(crate) provider_lookups: AtomicU64,
     pub(crate) release_lookups: AtomicU64,
     pub(crate) released: AtomicU64,
+    pub(crate) far_have_received: AtomicU64,
+    pub(crate) far_have_answered: AtomicU64,
 }
 
 /// A snapshot of a node's transfer counters.
@@ -163,6 +165,13 @@ pub struct NodeStats {
     /// Origin only: chunk uploads that failed, after which the chunk was
     /// offered again rather than withheld ([`crate::sched::OriginDedup`]).
     pub released: u64,
+    /// `Have` answers received from peers of another site (both sites
+    /// known). Each is a stream opened, negotiated, answered and closed
+    /// across two sites' WAN links: with the answers given, most of what
+    /// a slow site's WAN carries besides chunks.
+    pub far_have_received: u64,
+    /// `Have` requests answered for askers of another site.
+    pub far_have_answered: u64,
 }
 
 impl Counters {
@@ -181,6 +190,8 @@ impl Counters {
             provider_lookups: l(&self.provider_lookups),
             release_lookups: l(&self.release_lookups),
             released: l(&self.released),
+            far_have_received: l(&self.far_have_received),
+            far_have_answered: l(&self.far_have_answered),
         }
     }
 }
@@ -321,7 +332,15 @@ impl Server {
             return Some((channel, r));
         }
         let response = match request {
-            PeerRequest::Have { manifest, .. } => self.have(&manifest, fetching, now),
+            PeerRequest::Have { manifest, site } => {
+                let ours = self.config.site.as_ref();
+                if site.is_some() && ours.is_some() && site.as_ref() != ours {
+                    self.counters
+                        .far_have_answered
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                self.have(&manifest, fetching, now)
+            }
             PeerRequest::Manifest { id } => match self.store.get_manifest(&id) {
                 Ok(Some(data)) => {
                     self.counters

@@ -491,6 +491,8 @@ async fn drive(
                 unused: stats.get(i).map_or(0, |s| s.unused_chunk_bytes),
                 uploaded: stats.get(i).map_or(0, |s| s.uploaded_bytes),
                 busy: stats.get(i).map_or(0, |s| s.busy),
+                far_have_received: stats.get(i).map_or(0, |s| s.far_have_received),
+                far_have_answered: stats.get(i).map_or(0, |s| s.far_have_answered),
                 lookups: stats.get(i).map_or(0, |s| s.provider_lookups),
                 origin_wan_in: origin_in.get(i).copied().unwrap_or(0),
                 origin_conns: origin_conns.get(i).copied().unwrap_or(0),

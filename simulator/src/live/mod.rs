@@ -204,6 +204,12 @@ pub struct DeviceFigures {
     /// `Busy` answers it gave (its upload slots all taken, or, under an
     /// upload cap, its queue too long), since its last restart.
     pub busy: u64,
+    /// `Have` answers it received from devices of other sites
+    /// (`NodeStats::far_have_received`), since its last restart.
+    pub far_have_received: u64,
+    /// `Have` requests it answered for devices of other sites
+    /// (`NodeStats::far_have_answered`), since its last restart.
+    pub far_have_answered: u64,
 }
 
 /// Runs scenario `s` live, telling `progress` what happens.

@@ -666,6 +666,11 @@ impl Fetches {
                 // comes back once its cool-off is over.
                 dl.answered.insert(peer);
                 let class = class_of(&self.site, &site, origin);
+                if class == PeerClass::OtherSite && self.site.is_some() && site.is_some() {
+                    self.counters
+                        .far_have_received
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 // A peer of another site that dialled us polls us; polling
                 // it back doubled each far connection's `Have` traffic over
                 // both sites' WANs, and this device pulls from its own far
