@@ -196,6 +196,12 @@ impl Counters {
     }
 }
 
+/// Whether a peer of site `theirs` is of another site than `ours`, both
+/// known: what the far `Have` counters count.
+pub(crate) fn of_other_site(ours: Option<&SiteId>, theirs: Option<&SiteId>) -> bool {
+    matches!((ours, theirs), (Some(a), Some(b)) if a != b)
+}
+
 /// A response whose upload-limiter delay has passed.
 pub(crate) struct DelayedResponse {
     pub(crate) channel: ResponseChannel<PeerResponse>,
@@ -333,8 +339,7 @@ impl Server {
         }
         let response = match request {
             PeerRequest::Have { manifest, site } => {
-                let ours = self.config.site.as_ref();
-                if site.is_some() && ours.is_some() && site.as_ref() != ours {
+                if of_other_site(self.config.site.as_ref(), site.as_ref()) {
                     self.counters
                         .far_have_answered
                         .fetch_add(1, Ordering::Relaxed);

@@ -35,7 +35,7 @@ use meshota_protocol::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::serve::{Counters, TokenBucket};
+use super::serve::{of_other_site, Counters, TokenBucket};
 use super::NodeEvent;
 use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
 use crate::store::Store;
@@ -666,7 +666,7 @@ impl Fetches {
                 // comes back once its cool-off is over.
                 dl.answered.insert(peer);
                 let class = class_of(&self.site, &site, origin);
-                if class == PeerClass::OtherSite && self.site.is_some() && site.is_some() {
+                if !origin && of_other_site(self.site.as_ref(), site.as_ref()) {
                     self.counters
                         .far_have_received
                         .fetch_add(1, Ordering::Relaxed);
@@ -675,8 +675,8 @@ impl Fetches {
                 // it back doubled each far connection's `Have` traffic over
                 // both sites' WANs, and this device pulls from its own far
                 // dials ([`dials::MAX_FAR_DIALS`]).
-                let inbound = !far_dialled.contains_key(&peer);
-                if class == PeerClass::OtherSite && self.site.is_some() && inbound {
+                let far = class == PeerClass::OtherSite && self.site.is_some();
+                if far && !far_dialled.contains_key(&peer) {
                     if dl.known.remove(&peer) {
                         dl.sched.handle_peer_lost(peer, now);
                     }
