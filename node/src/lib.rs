@@ -14,8 +14,10 @@
 //! - [`sched`]: the sans-IO chunk scheduler. It decides which chunk to ask
 //!   of which peer, when to give up on a peer, and when to fall back to
 //!   the origin. Time comes in as `now`; it never touches a socket.
+//!   Beside it, [`sched::discovery`]: which providers a fetch looks up
+//!   and dials, and when, in the same sans-IO style.
 //! - [`p2p`]: the libp2p driver: the swarm (TCP + noise + yamux, identify,
-//!   ping, Kademlia, mDNS, limits), the `/meshota/chunks/1`
+//!   Kademlia, mDNS, limits), the `/meshota/chunks/1`
 //!   request-response protocol, serving with upload limits, and the fetch
 //!   loop that feeds the scheduler and the store.
 #![warn(missing_docs)]

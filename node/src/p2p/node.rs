@@ -647,15 +647,8 @@ impl EventLoop {
                 let (manifest, site) = (of.manifest, of.site);
                 match r {
                     Ok(GetProvidersOk::FoundProviders { providers, .. }) => {
-                        let local = *self.swarm.local_peer_id();
-                        self.fetches.providers_found(
-                            manifest,
-                            providers,
-                            local,
-                            site,
-                            now,
-                            net!(self),
-                        );
+                        self.fetches
+                            .providers_found(manifest, providers, site, now, net!(self));
                     }
                     Ok(GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) | Err(_) => {
                         self.provider_queries.remove(&id);

@@ -70,6 +70,7 @@
 
 mod config;
 mod describe;
+pub mod discovery;
 mod held;
 mod importing;
 mod origin;
@@ -79,6 +80,8 @@ mod roster;
 mod state;
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod tests_discovery;
 #[cfg(test)]
 mod tests_flights;
 #[cfg(test)]
@@ -97,6 +100,7 @@ use std::time::{Duration, Instant};
 use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
 pub use config::SchedulerConfig;
+pub use discovery::{Discovery, DiscoveryAction, Stage};
 pub use origin::OriginDedup;
 use peers::PeerTable;
 pub use roster::{MAX_ROSTER, MAX_ROSTER_RANK};

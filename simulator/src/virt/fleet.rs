@@ -5,8 +5,9 @@
 //! A real node keeps a bounded number of connections, so a device knows
 //! `lan_peers` members of its own site (ring neighbours, alternating
 //! sides, so the site is connected in a few hops), `wan_peers` random
-//! devices of other sites, the origin, and the few providers a Kademlia
-//! lookup returns when it starts fetching. Never the whole fleet: that is
+//! devices of other sites, the origin, and the few providers of other
+//! sites its node's discovery dials (at most four up at once; see
+//! `Sim::discovery`). Never the whole fleet: that is
 //! what keeps a 100,000-device run linear in the fleet size.
 
 use meshota_protocol::{ChunkRef, Manifest};

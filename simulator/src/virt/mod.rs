@@ -4,7 +4,8 @@
 //! What runs is production code: every device is a real
 //! [`meshota_node::agent::Agent`] (announcement verification, the update
 //! state machine) with a real [`meshota_node::sched::Scheduler`] for its
-//! download; the broker side is the real rollout
+//! download and a real [`meshota_node::sched::Discovery`] for which
+//! providers beyond its site it looks up and dials; the broker side is the real rollout
 //! [`meshota_broker::rollout::Planner`], whose gates are really signed and
 //! then verified by every device, and the origin's real
 //! [`meshota_node::sched::OriginDedup`]. What is modelled: the network
@@ -50,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use meshota_broker::rollout::Planner;
 use meshota_node::agent::Agent;
-use meshota_node::sched::{OriginDedup, Scheduler};
+use meshota_node::sched::{Discovery, OriginDedup, Scheduler};
 use meshota_protocol::{Announcement, Bitfield, ByteSplit, DeviceId, Manifest};
 use serde::Serialize;
 
@@ -168,8 +169,10 @@ struct Device {
     poke: Option<Micros>,
     /// Requests this device has outstanding.
     inflight: u32,
-    /// When its next provider lookup beyond its site may go out.
-    far_lookup_at: Micros,
+    /// Which providers its download looks up and dials, and when: the
+    /// node's own [`Discovery`] core, for its peers beyond the site.
+    /// Boxed, as the agent is: most events do not touch it.
+    disc: Option<Box<Discovery<u32>>>,
     started: bool,
     malicious: bool,
     health_fails: bool,
@@ -352,7 +355,7 @@ impl<'a> Sim<'a> {
                 agent_wake: None,
                 poke: None,
                 inflight: 0,
-                far_lookup_at: 0,
+                disc: None,
                 started: false,
                 malicious: rng.unit() < s.malicious_rate,
                 health_fails: rng.unit() < s.health_fail_rate,

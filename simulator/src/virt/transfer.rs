@@ -45,14 +45,17 @@
 
 use std::time::Duration;
 
-use meshota_node::sched::{Action, Failure, PeerClass, SchedEvent, Scheduler, SchedulerConfig};
+use meshota_node::sched::{
+    Action, Discovery, DiscoveryAction, Failure, PeerClass, SchedEvent, Scheduler, SchedulerConfig,
+    Stage,
+};
 
 use super::net::{reserve, Micros};
 use super::{Ev, Sim, MAX_VIRTUAL, ORIGIN};
 
-/// How often a device looks up providers beyond its site while it wants
-/// them (see [`Sim::far_lookup`]).
-const FAR_LOOKUP_EVERY: Micros = 10_000_000;
+/// Providers a lookup under the release's key names, at random among
+/// all: as the node's provider store answers.
+const LOOKUP_NAMES: u64 = 20;
 
 /// How many `Have` polls word that the site holds a chunk takes to
 /// cross it ([`Scheduler::site_holds`]): a live node dials eight of its
@@ -132,6 +135,7 @@ impl Sim<'_> {
         let dev = &mut self.devices[d as usize];
         dev.started = true;
         dev.sched = Some(s);
+        dev.disc = self.p2p.then(|| Box::new(Discovery::new(d, true, t)));
         // Neighbours that already know us learn we are fetching now.
         self.tell_fetching(d, true);
         self.drive(d, now);
@@ -140,6 +144,7 @@ impl Sim<'_> {
     /// The agent cancelled the download.
     pub(super) fn stop_fetch(&mut self, d: u32) {
         let dev = &mut self.devices[d as usize];
+        dev.disc = None;
         if dev.sched.take().is_some() {
             dev.wake = None;
             self.tell_fetching(d, false);
@@ -156,14 +161,13 @@ impl Sim<'_> {
     }
 
     /// Adds providers of the manifest to `d`'s neighbours, as a real node
-    /// finds them: a few random fleet-wide providers from a Kademlia
-    /// lookup, and up to `lan_peers` providers of its own site from
+    /// finds them: up to `lan_peers` providers of its own site from
     /// mDNS. mDNS is mutual, so those site providers learn of `d` too;
     /// without that, a device would not know the site members it should
     /// leave a WAN pull to, and every site would pull each chunk many
-    /// times.
+    /// times. Providers beyond the site come from lookups its
+    /// [`Discovery`] asks for ([`Sim::discovery`]).
     fn discover(&mut self, d: u32, now: Micros) {
-        self.link_fleet_providers(d);
         let site = self.devices[d as usize].site as usize;
         let local = self.site_providers[site].len() as u64;
         let t = self.at(now);
@@ -180,39 +184,64 @@ impl Sim<'_> {
         self.site_providers[site].push(d);
     }
 
-    /// A provider lookup under the release's key, as a live node makes
-    /// one while it would pull over the WAN (`Scheduler::wan_turn`), at
-    /// once and then every 10 s (the node's `PROVIDER_REFRESH` × 2 while
-    /// downloading): a few random fleet-wide providers join its
-    /// neighbours. Looking up only when a download started left the
-    /// first devices of a small wave with no one beyond their site while
-    /// the origin withheld chunks it had just served elsewhere: the
-    /// demo's wave 1 of 10 devices took 49.5 s in virtual time against
-    /// 21.6 s live.
-    fn far_lookup(&mut self, d: u32, now: Micros) {
-        self.devices[d as usize].far_lookup_at = now + FAR_LOOKUP_EVERY;
+    /// Runs `d`'s [`Discovery`]: its timers, then its lookups and dials.
+    /// The site's mesh is modelled (the static ring and mDNS picks), so a
+    /// lookup of the site's key finds nothing more. One under the
+    /// release's key names [`LOOKUP_NAMES`] random providers of other
+    /// sites, and the dials Discovery chooses among them become
+    /// neighbours: at most `MAX_FAR_DIALS` up at once, lookups backing
+    /// off when they lead to no dial, as on a live node.
+    fn discovery(&mut self, d: u32, now: Micros) {
+        let Some(mut disc) = self.devices[d as usize].disc.take() else {
+            return;
+        };
         let t = self.at(now);
-        for pick in self.link_fleet_providers(d) {
-            let class = self.class_of(d, pick);
-            if let Some(s) = self.devices[d as usize].sched.as_mut() {
-                s.handle_peer_found(pick, class, t);
+        let stage = self.stage(d);
+        let connected = |peers: &[u32], p: &u32| peers.contains(p);
+        disc.handle_timeout(stage, |p| connected(&self.topo.peers[d as usize], p), t);
+        while let Some(action) = disc.poll_action() {
+            match action {
+                DiscoveryAction::Lookup { far: false } => disc.handle_lookup_finished(true, false),
+                DiscoveryAction::Lookup { far: true } => {
+                    let named = self.far_providers(d);
+                    let peers = &self.topo.peers[d as usize];
+                    disc.handle_providers(named, false, stage, |p| connected(peers, p), t);
+                }
+                DiscoveryAction::Dial(p) => {
+                    if self.topo.link(d, p) {
+                        let class = self.class_of(d, p);
+                        if let Some(s) = self.devices[d as usize].sched.as_mut() {
+                            s.handle_peer_found(p, class, t);
+                        }
+                    }
+                }
             }
+        }
+        self.devices[d as usize].disc = Some(disc);
+    }
+
+    /// Where `d`'s download stands for its discovery. The model has no
+    /// discovery grace: a device knows its site's neighbours at once.
+    fn stage(&self, d: u32) -> Stage {
+        Stage::Downloading {
+            sources: true,
+            grace: false,
+            wan_turn: self.devices[d as usize]
+                .sched
+                .as_ref()
+                .is_some_and(|s| s.wan_turn()),
         }
     }
 
-    /// What one fleet-wide provider lookup gives `d`: `2 × wan_peers`
-    /// random providers, linked as its neighbours. Returns those it did
-    /// not know yet.
-    fn link_fleet_providers(&mut self, d: u32) -> Vec<u32> {
+    /// What a lookup under the release's key names for `d`: random
+    /// providers, of which those of other sites (a live node knows its
+    /// site's from its site lookups).
+    fn far_providers(&mut self, d: u32) -> Vec<u32> {
         let n = self.providers.len() as u64;
-        if n < 2 {
-            return Vec::new();
-        }
-        (0..self.s.wan_peers * 2)
-            .filter_map(|_| {
-                let pick = self.providers[self.rng.below(n) as usize];
-                self.topo.link(d, pick).then_some(pick)
-            })
+        let site = self.devices[d as usize].site;
+        (0..LOOKUP_NAMES.min(n))
+            .map(|_| self.providers[self.rng.below(n) as usize])
+            .filter(|&p| p != d && self.devices[p as usize].site != site)
             .collect()
     }
 
@@ -369,13 +398,7 @@ impl Sim<'_> {
 
     /// Executes everything device `d`'s scheduler wants now.
     pub(super) fn drive(&mut self, d: u32, now: Micros) {
-        let lookup_due = self.p2p && {
-            let dev = &self.devices[d as usize];
-            now >= dev.far_lookup_at && dev.sched.as_ref().is_some_and(|s| s.wan_turn())
-        };
-        if lookup_due {
-            self.far_lookup(d, now);
-        }
+        self.discovery(d, now);
         let t = self.at(now);
         let mut actions = Vec::new();
         let mut complete = false;
@@ -413,6 +436,7 @@ impl Sim<'_> {
         }
         if complete || stalled {
             let dev = &mut self.devices[d as usize];
+            dev.disc = None;
             if let Some(s) = dev.sched.take() {
                 let st = s.stats();
                 self.out.bytes.same_site += st.bytes.same_site;
@@ -439,10 +463,19 @@ impl Sim<'_> {
     /// Sets `d`'s scheduler wake-up to its next deadline, if earlier than
     /// the pending one.
     fn rearm(&mut self, d: u32, now: Micros) {
-        let next = self.devices[d as usize]
+        let dev = &self.devices[d as usize];
+        let peers = &self.topo.peers[d as usize];
+        let lookup = dev
+            .disc
+            .as_ref()
+            .and_then(|disc| disc.poll_timeout(self.stage(d), |p| peers.contains(p)));
+        let next = dev
             .sched
             .as_ref()
             .and_then(|s| s.poll_timeout())
+            .into_iter()
+            .chain(lookup)
+            .min()
             .map(|i| self.micros_at(i));
         if let Some(w) = next {
             let dev = &mut self.devices[d as usize];

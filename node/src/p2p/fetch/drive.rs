@@ -7,10 +7,9 @@ use std::time::Instant;
 use libp2p::PeerId;
 use meshota_protocol::{ManifestId, PeerRequest};
 
-use super::dials::{lookup_pause, PROVIDER_REFRESH};
-use super::{have_request, DownloadReport, FetchError, Fetches, Net, Phase, Tag};
+use super::{have_request, stage_of, DownloadReport, FetchError, Fetches, Net, Phase, Tag};
 use crate::p2p::NodeEvent;
-use crate::sched::{Action, PeerClass, SchedEvent};
+use crate::sched::{Action, PeerClass, SchedEvent, Stage};
 
 impl Fetches {
     /// Runs every scheduler until it has nothing more to do right now.
@@ -46,43 +45,12 @@ impl Fetches {
                 return;
             }
         }
-        // No manifest yet, or no source known: look for providers again
-        // soon. While downloading, keep looking now and then: peers that
-        // started on the same release after us are found only this way
-        // (clients are in no routing table), and without them a device
-        // waits out the origin's dedup window for every chunk. Not while
-        // the site holds all we miss: a lookup could then only add site
-        // peers, which find us anyway (we provide, they look up the site's
-        // key), and each one cost kilobytes of WAN (provider records with
-        // addresses): most of the 50-80 KB a device that imported nothing
-        // read over the WAN at 1,000 devices.
-        //
-        // Nor while a site provider is connected and far peers are not
-        // wanted: newcomers of the site find us (we provide), and wave-3
-        // devices of a 1,000-device run, slowed by the loaded host, made
-        // four to six lookups each.
-        let site_near = fetch.site_found.iter().any(|p| self.connected.contains(p));
-        let refresh = match &fetch.phase {
-            _ if site_near && !fetch.far_wanted() => None,
-            Phase::Manifest(_) => Some(PROVIDER_REFRESH),
-            Phase::Download(dl) if dl.known.is_empty() => Some(PROVIDER_REFRESH),
-            Phase::Download(dl) if dl.grace.is_none() && !dl.sched.wan_turn() => None,
-            Phase::Download(_) => Some(PROVIDER_REFRESH * 2),
-        };
-        if refresh
-            .is_some_and(|r| now >= fetch.providers_at + lookup_pause(r, fetch.lookups_in_vain))
-        {
-            fetch.providers_at = now;
-            fetch.lookups_in_vain = fetch.lookups_in_vain.saturating_add(1);
-            let far = fetch.far_wanted();
-            fetch.far_looked |= far;
-            if !net.find_providers(id, far) {
-                fetch.site_lookup_done = true;
-            }
-        }
         let dl = match &mut fetch.phase {
             Phase::Manifest(_) => {
+                let connected = |p: &PeerId| self.connected.contains(p);
+                fetch.disc.handle_timeout(Stage::Resolving, connected, now);
                 self.drive_manifest(id, now, net);
+                self.discover(id, net);
                 return;
             }
             Phase::Download(dl) => dl,
@@ -103,9 +71,7 @@ impl Fetches {
         }
         if let Some(grace) = dl.grace {
             let heard = |p: &PeerId| dl.answered.contains(p);
-            let site_heard = fetch.site_lookup_done
-                && dl.queried.iter().all(heard)
-                && fetch.site_waited.iter().all(heard);
+            let site_heard = dl.queried.iter().all(heard) && fetch.disc.site_heard(heard);
             if now >= grace || site_heard {
                 dl.grace = None;
                 for (peer, class, fetching, bitfield) in std::mem::take(&mut dl.held_back) {
@@ -119,18 +85,13 @@ impl Fetches {
         if dl.sched.poll_timeout().is_some_and(|t| t <= now) {
             dl.sched.handle_timeout(now);
         }
-        // Far peers wanted for the first time, or found while unwanted:
-        // looked up (again), this time dialled at once. Later lookups come
-        // with the refresh above.
-        if (!fetch.far_looked || !fetch.far.is_empty()) && dl.grace.is_none() && dl.sched.wan_turn()
-        {
-            fetch.far.clear();
-            fetch.far_looked = true;
-            fetch.providers_at = now;
-            if !net.find_providers(id, true) {
-                fetch.site_lookup_done = true;
-            }
-        }
+        let connected = |p: &PeerId| self.connected.contains(p);
+        fetch
+            .disc
+            .handle_timeout(stage_of(&fetch.phase), connected, now);
+        let Phase::Download(dl) = &mut fetch.phase else {
+            return;
+        };
         while let Some(action) = dl.sched.poll_action(now) {
             match action {
                 Action::Request {
@@ -152,8 +113,8 @@ impl Fetches {
                             index,
                             since_start_ms = now.saturating_duration_since(fetch.started).as_millis() as u64,
                             site_peers = dl.sched.peer_count(PeerClass::SameSite),
-                            site_found = fetch.site_found.len(),
-                            site_heard = fetch.site_found.iter().filter(|p| dl.answered.contains(p)).count(),
+                            site_found = fetch.disc.site_providers().count(),
+                            site_heard = fetch.disc.site_providers().filter(|p| dl.answered.contains(p)).count(),
                             standing = ?dl.sched.site_standing(index, now),
                             heard_starving = ?dl.sched.site_word(index, now),
                             "chunk requested over the WAN: {}",
@@ -197,7 +158,7 @@ impl Fetches {
                 }
                 SchedEvent::Stalled => {
                     tracing::warn!(manifest = %id.short(), "download stalled");
-                    let _ = net.find_providers(id, true);
+                    fetch.disc.handle_stalled();
                     net.event(NodeEvent::FetchStalled { manifest: id });
                 }
                 SchedEvent::Complete => complete = true,
@@ -218,6 +179,7 @@ impl Fetches {
         if !self.queued.is_empty() {
             self.flush_queue(now, net);
         }
+        self.discover(id, net);
     }
 
     /// Sends held-back requests while the download limiter allows.
@@ -311,6 +273,10 @@ impl Fetches {
         for f in self.fetches.values() {
             if let Some((d, _)) = f.deadline {
                 at(d);
+            }
+            let connected = |p: &PeerId| self.connected.contains(p);
+            if let Some(t) = f.disc.poll_timeout(stage_of(&f.phase), connected) {
+                at(t);
             }
             match &f.phase {
                 Phase::Manifest(s) => at(s.wake_at(f.started, now)),

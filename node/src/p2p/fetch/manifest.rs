@@ -85,8 +85,7 @@ impl Fetches {
     pub(super) fn ask_manifest(&mut self, id: ManifestId, now: Instant, net: &mut dyn Net) {
         let Some(Fetch {
             phase: Phase::Manifest(search),
-            site_found,
-            site_lookup_done,
+            disc,
             started,
             ..
         }) = self.fetches.get_mut(&id)
@@ -97,15 +96,15 @@ impl Fetches {
         let site: Vec<PeerId> = self
             .connected
             .iter()
-            .filter(|p| site_found.contains(p))
+            .filter(|p| disc.is_site_provider(p))
             .filter(unasked)
             .copied()
             .collect();
         if search.wide_since.is_none() {
-            let site_done = *site_lookup_done
+            let site_done = disc.site_lookup_done()
                 && site.is_empty()
                 && search.outstanding == 0
-                && site_found.iter().all(|p| search.asked.contains(p));
+                && disc.site_providers().all(|p| search.asked.contains(p));
             if self.site.is_none() || site_done || now >= *started + SITE_WAIT {
                 search.wide_since = Some(now);
             }
@@ -117,7 +116,7 @@ impl Fetches {
                 let others = self
                     .connected
                     .iter()
-                    .filter(|p| !site_found.contains(p))
+                    .filter(|p| !disc.is_site_provider(p))
                     .filter(unasked)
                     .copied()
                     .collect();
@@ -172,15 +171,9 @@ impl Fetches {
         // run, seed 11).
         let exhausted = self.connected.iter().all(|p| search.asked.contains(p));
         let in_vain = exhausted && (search.outstanding == 0 || now >= since + WIDE_STEP);
-        if in_vain && !fetch.want_far {
-            // Nobody connected has it (or says so in time): the release's
-            // other providers are all that is left, looked up (again) to
-            // be dialled at once (see `Fetch::far`).
-            fetch.want_far = true;
-            fetch.far_looked = true;
-            fetch.far.clear();
-            fetch.providers_at = now;
-            let _ = net.find_providers(id, true);
+        if in_vain {
+            // Nobody connected has it (or says so in time).
+            fetch.disc.handle_manifest_unfound(now);
         }
         if search.outstanding == 0 || exhausted {
             let pause = if search.outstanding == 0 {

@@ -9,10 +9,8 @@
 //! Split by concern: this file holds the per-fetch state and the
 //! handlers for network events; `manifest` resolves the manifest;
 //! `drive` runs the schedulers, timers and completion; `verify` checks
-//! and stores arriving chunks; `dials` picks which providers to dial;
-//! `report` holds the public option, progress, report and error types.
+//! and stores arriving chunks; `report` holds the public option, progress, report and error types.
 
-mod dials;
 mod drive;
 mod manifest;
 mod report;
@@ -37,9 +35,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::serve::{of_other_site, Counters, TokenBucket};
 use super::NodeEvent;
-use crate::sched::{Failure, PeerClass, Scheduler, SchedulerConfig};
+use crate::sched::{
+    Discovery, DiscoveryAction, Failure, PeerClass, Scheduler, SchedulerConfig, Stage,
+};
 use crate::store::Store;
-use dials::{far_dials, site_dials};
 use manifest::ManifestSearch;
 
 /// What the fetch loop asks of the network. Implemented by the event loop.
@@ -123,52 +122,29 @@ enum Phase {
 
 struct Fetch {
     started: Instant,
-    /// A lookup of the site's providers (or, with no site, of the
-    /// release's) has finished: once downloading and providing, one
-    /// issued after the provide was stored.
-    site_lookup_done: bool,
-    /// Waiting for the lookup that follows this node's own provide.
-    wait_provide: bool,
-    /// Providers the site lookups found.
-    site_found: HashSet<PeerId>,
-    /// Of those, the ones connected when found or dialled
-    /// ([`site_dials`]): the grace waits to hear these.
-    site_waited: HashSet<PeerId>,
-    /// Providers found under the release's key only (so most likely of
-    /// other sites), not dialled while the site has every missing chunk:
-    /// each WAN connection costs kilobytes of handshakes and `Have`
-    /// polls, per device, for peers nobody would fetch from. Only a
-    /// lookup knows their addresses (Kademlia keeps a provider's addresses
-    /// with the query that found it), so when they are wanted they are
-    /// looked up again, not dialled from here.
-    far: HashSet<PeerId>,
-    /// Far providers are wanted while the manifest is sought: nobody
-    /// connected had it.
-    want_far: bool,
-    /// A lookup under the release's key has been made (see
-    /// [`Fetches::far_wanted`]).
-    far_looked: bool,
-    /// Providers of other sites this fetch dialled, and when (see
-    /// [`dials::MAX_FAR_DIALS`] and [`dials::FAR_REDIAL`]).
-    far_dialled: HashMap<PeerId, Instant>,
-    /// Last Kademlia provider lookup, repeated while sources are lacking.
-    providers_at: Instant,
-    /// Lookups repeated since one last led to a dial ([`dials::lookup_pause`]).
-    lookups_in_vain: u32,
-    /// Every provider the lookups named.
-    providers_seen: HashSet<PeerId>,
+    /// Which providers to look up and dial, and when.
+    disc: Discovery<PeerId>,
     deadline: Option<(Instant, Duration)>,
     progress: Option<watch::Sender<FetchProgress>>,
     replies: Vec<Reply>,
     phase: Phase,
 }
 
+/// Where a fetch in `phase` stands, for its [`Discovery`].
+fn stage_of(phase: &Phase) -> Stage {
+    match phase {
+        Phase::Manifest(_) => Stage::Resolving,
+        Phase::Download(dl) => Stage::Downloading {
+            sources: !dl.known.is_empty(),
+            grace: dl.grace.is_some(),
+            wan_turn: dl.sched.wan_turn(),
+        },
+    }
+}
+
 impl Fetch {
     fn far_wanted(&self) -> bool {
-        match &self.phase {
-            Phase::Manifest(_) => self.want_far,
-            Phase::Download(dl) => dl.grace.is_none() && dl.sched.wan_turn(),
-        }
+        self.disc.far_wanted(stage_of(&self.phase))
     }
 }
 
@@ -279,26 +255,16 @@ impl Fetches {
                 None
             }
         });
-        let mut fetch = Fetch {
+        let fetch = Fetch {
             started: now,
-            site_lookup_done: false,
-            wait_provide: false,
-            site_found: HashSet::new(),
-            site_waited: HashSet::new(),
-            far: HashSet::new(),
-            far_dialled: HashMap::new(),
-            want_far: false,
-            far_looked: false,
-            providers_at: now,
-            lookups_in_vain: 0,
-            providers_seen: HashSet::new(),
+            disc: Discovery::new(self.local, self.site.is_some(), now),
             deadline: opts.timeout.map(|t| (now + t, t)),
             progress: opts.progress,
             replies: vec![reply],
             phase: Phase::Manifest(ManifestSearch::default()),
         };
-        fetch.site_lookup_done = !net.find_providers(id, false);
         self.fetches.insert(id, fetch);
+        self.discover(id, net);
         match manifest {
             Some(m) => self.begin_download(id, Arc::new(m), now, net),
             None => self.ask_manifest(id, now, net),
@@ -332,10 +298,7 @@ impl Fetches {
             return;
         };
         if wait_provide {
-            // Devices of a wave start together: a lookup from before our
-            // provide missed those that started with us.
-            fetch.wait_provide = true;
-            fetch.site_lookup_done = false;
+            fetch.disc.handle_providing();
         }
         let mut dl = Download {
             manifest,
@@ -470,12 +433,11 @@ impl Fetches {
     }
 
     /// Kademlia found providers (under the site's key if `site`): connect
-    /// to a few of those not yet connected ([`site_dials`], [`far_dials`]).
+    /// to a few of those not yet connected (see [`Discovery`]).
     pub(crate) fn providers_found(
         &mut self,
         id: ManifestId,
         providers: impl IntoIterator<Item = PeerId>,
-        local: PeerId,
         site: bool,
         now: Instant,
         net: &mut dyn Net,
@@ -483,67 +445,12 @@ impl Fetches {
         let Some(fetch) = self.fetches.get_mut(&id) else {
             return;
         };
-        // The grace decides whether the site lacks anything; until then,
-        // and while it lacks nothing, far peers wait (see `Fetch::far`).
-        // So they do while the manifest is sought (see `manifest`).
-        let wait = self.site.is_some() && !fetch.far_wanted();
-        let mut far_candidates = Vec::new();
-        let mut site_candidates = Vec::new();
-        // Whether the lookup led anywhere: a dial, or a far provider kept
-        // for later. Naming providers not seen before was the test, and in
-        // a fleet of 1,000 nearly every lookup names one (20 of hundreds,
-        // at random), so devices with all their dials up looked up every
-        // 10 s: 42 lookups a device on `cellular-1000`, each answered with
-        // kilobytes of records over the site's WAN and the origin's.
-        let mut led = false;
-        for p in providers {
-            if p == local {
-                continue;
-            }
-            let fresh = fetch.providers_seen.insert(p);
-            if site {
-                fetch.site_found.insert(p);
-                fetch.far.remove(&p);
-            }
-            if self.connected.contains(&p) {
-                if fetch.site_found.contains(&p) {
-                    fetch.site_waited.insert(p);
-                }
-                continue;
-            }
-            let far = !site && !fetch.site_found.contains(&p);
-            if far && wait {
-                led |= fetch.far.insert(p) && fresh;
-            } else if far && self.site.is_some() {
-                far_candidates.push(p);
-            } else if self.site.is_some() {
-                site_candidates.push(p);
-            } else {
-                if site {
-                    fetch.site_waited.insert(p);
-                }
-                led = true;
-                net.dial(p);
-            }
-        }
-        let up = fetch
-            .site_found
-            .iter()
-            .filter(|p| self.connected.contains(p))
-            .count();
-        for p in site_dials(&local, site_candidates, up, &self.connected) {
-            fetch.site_waited.insert(p);
-            led = true;
-            net.dial(p);
-        }
-        let dialled = &mut fetch.far_dialled;
-        for p in far_dials(&local, far_candidates, dialled, &self.connected, now) {
-            led = true;
-            net.dial(p);
-        }
-        if led {
-            fetch.lookups_in_vain = 0;
-        }
+        let stage = stage_of(&fetch.phase);
+        let connected = |p: &PeerId| self.connected.contains(p);
+        fetch
+            .disc
+            .handle_providers(providers, site, stage, connected, now);
+        self.discover(id, net);
     }
 
     /// A provider lookup for `id` (under the site's key if `site`;
@@ -551,8 +458,23 @@ impl Fetches {
     /// ended, having reached a DHT peer.
     pub(crate) fn lookup_finished(&mut self, id: ManifestId, site: bool, after_provide: bool) {
         if let Some(fetch) = self.fetches.get_mut(&id) {
-            if (site || self.site.is_none()) && (after_provide || !fetch.wait_provide) {
-                fetch.site_lookup_done = true;
+            fetch.disc.handle_lookup_finished(site, after_provide);
+        }
+    }
+
+    /// Carries out what the discovery of `id` asks: lookups and dials.
+    fn discover(&mut self, id: ManifestId, net: &mut dyn Net) {
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        while let Some(action) = fetch.disc.poll_action() {
+            match action {
+                DiscoveryAction::Lookup { far } => {
+                    if !net.find_providers(id, far) {
+                        fetch.disc.handle_lookup_unanswerable();
+                    }
+                }
+                DiscoveryAction::Dial(peer) => net.dial(peer),
             }
         }
     }
@@ -628,7 +550,7 @@ impl Fetches {
     ) {
         let Some(Fetch {
             phase: Phase::Download(dl),
-            far_dialled,
+            disc,
             ..
         }) = self.fetches.get_mut(&id)
         else {
@@ -671,12 +593,7 @@ impl Fetches {
                         .far_have_received
                         .fetch_add(1, Ordering::Relaxed);
                 }
-                // A peer of another site that dialled us polls us; polling
-                // it back doubled each far connection's `Have` traffic over
-                // both sites' WANs, and this device pulls from its own far
-                // dials ([`dials::MAX_FAR_DIALS`]).
-                let far = class == PeerClass::OtherSite && self.site.is_some();
-                if far && !far_dialled.contains_key(&peer) {
+                if !disc.polls(&peer, class == PeerClass::OtherSite) {
                     if dl.known.remove(&peer) {
                         dl.sched.handle_peer_lost(peer, now);
                     }

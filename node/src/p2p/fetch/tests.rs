@@ -1,5 +1,6 @@
-//! The fetch driver's own rules, against a recording [`Net`]: which
-//! lookups count as in vain, and which far peers are polled.
+//! The fetch driver against a recording [`Net`]: that it carries out
+//! what discovery decides (dials, and which far peers are polled).
+//! The rules themselves are tested in `sched::tests_discovery`.
 // Test scaffolding may unwrap.
 #![allow(clippy::unwrap_used)]
 
@@ -10,9 +11,9 @@ use libp2p::PeerId;
 use meshota_protocol::{Bitfield, ManifestId, PeerResponse, SiteId};
 use tokio::sync::{mpsc, oneshot};
 
-use super::dials::MAX_SITE_DIALS;
 use super::{Fetches, Net, Phase};
-use crate::sched::SchedulerConfig;
+use crate::sched::discovery::MAX_SITE_DIALS;
+use crate::sched::{SchedulerConfig, Stage};
 use crate::store::{MemStore, Store};
 
 /// A [`Net`] that records dials; nothing else is used.
@@ -60,30 +61,23 @@ fn peers(n: usize) -> Vec<PeerId> {
 }
 
 #[test]
-fn a_lookup_counts_as_in_vain_when_it_leads_to_no_dial() {
+fn the_driver_dials_what_discovery_chooses_and_no_more() {
     let now = Instant::now();
     let local = PeerId::random();
     let mut f = fetches(local, Arc::new(MemStore::new()), now);
     let id = ManifestId::digest(b"release");
     let mut net = Dials::default();
     f.start(id, Default::default(), oneshot::channel().0, now, &mut net);
-    let in_vain = |f: &Fetches| f.fetches[&id].lookups_in_vain;
-    // Providers of the site not seen before, some dialled: not in vain.
-    f.fetches.get_mut(&id).unwrap().lookups_in_vain = 3;
-    f.providers_found(id, peers(MAX_SITE_DIALS + 4), local, true, now, &mut net);
+    f.providers_found(id, peers(MAX_SITE_DIALS + 4), true, now, &mut net);
     assert_eq!(net.0.len(), MAX_SITE_DIALS);
-    assert_eq!(in_vain(&f), 0);
-    // Once those are up, more new providers lead to no dial: in vain,
-    // though each was never seen before.
+    // Once those are up, more providers of the site lead to no dial.
     f.connected.extend(net.0.iter().copied());
-    f.fetches.get_mut(&id).unwrap().lookups_in_vain = 2;
-    f.providers_found(id, peers(6), local, true, now, &mut net);
+    f.providers_found(id, peers(6), true, now, &mut net);
     assert_eq!(net.0.len(), MAX_SITE_DIALS, "dialled past the cap");
-    assert_eq!(in_vain(&f), 2);
 }
 
 #[test]
-fn a_far_peer_that_dialled_in_is_not_polled_but_one_this_device_dialled_is() {
+fn the_driver_ignores_have_answers_of_far_peers_that_dialled_in() {
     let now = Instant::now();
     let local = PeerId::random();
     let store = Arc::new(MemStore::new());
@@ -107,7 +101,14 @@ fn a_far_peer_that_dialled_in_is_not_polled_but_one_this_device_dialled_is() {
     };
     let [far_in, far_out, near_in] = [(); 3].map(|_| PeerId::random());
     let fetch = f.fetches.get_mut(&id).unwrap();
-    fetch.far_dialled.insert(far_out, now);
+    let wan = Stage::Downloading {
+        sources: true,
+        grace: false,
+        wan_turn: true,
+    };
+    fetch
+        .disc
+        .handle_providers([far_out], false, wan, |_| false, now);
     let Phase::Download(dl) = &mut fetch.phase else {
         panic!("the stored manifest starts the download")
     };
