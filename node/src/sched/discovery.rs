@@ -324,7 +324,7 @@ impl<P: Copy + Ord + Hash + Debug> Discovery<P> {
 
     /// Timers: a first far lookup once far peers are wanted (or found while
     /// unwanted), and lookups repeated while sources are lacking.
-    /// `site_near`: a provider of the site is connected.
+    /// `connected` says which peers are connected now.
     pub fn handle_timeout(&mut self, stage: Stage, connected: impl Fn(&P) -> bool, now: Instant) {
         if self.first_far_due(stage) {
             self.far.clear();

@@ -9,7 +9,10 @@
 //! Split by concern: this file holds the per-fetch state and the
 //! handlers for network events; `manifest` resolves the manifest;
 //! `drive` runs the schedulers, timers and completion; `verify` checks
-//! and stores arriving chunks; `report` holds the public option, progress, report and error types.
+//! and stores arriving chunks; `report` holds the public option,
+//! progress, report and error types. Which providers to look up and dial,
+//! and when, is decided by each fetch's [`Discovery`], a sans-IO core;
+//! this module only carries out its actions.
 
 mod drive;
 mod manifest;
