@@ -71,6 +71,12 @@ pub use node::{Node, NodeHandle};
 pub use serve::{NodeStats, TokenBucket};
 pub use shape::{ConnInfo, ConnectionShaper, ShapedIo};
 
+impl crate::sched::PeerBytes for PeerId {
+    fn peer_bytes(&self) -> Vec<u8> {
+        self.to_bytes()
+    }
+}
+
 /// 64 bits that differ from peer to peer and stay the same across runs:
 /// the first 8 bytes of the BLAKE3 of its id.
 pub(crate) fn peer_seed(peer: &PeerId) -> u64 {

@@ -33,8 +33,6 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use super::state::peer_hash;
-
 /// Most providers of other sites a fetch with a site keeps dialled at
 /// once. A lookup under the release's key names up to 20, and each
 /// connection costs a handshake and `Have` polls over both sites' WAN
@@ -162,7 +160,7 @@ pub struct Discovery<P> {
     actions: VecDeque<DiscoveryAction<P>>,
 }
 
-impl<P: Copy + Ord + Hash + Debug> Discovery<P> {
+impl<P: Copy + Ord + Hash + Debug + PeerBytes> Discovery<P> {
     /// Discovery for a fetch that starts `now` on `local`, a device with
     /// a site if `has_site`. Its first action is a lookup of the site.
     pub fn new(local: P, has_site: bool, now: Instant) -> Self {
@@ -433,7 +431,7 @@ impl<P: Copy + Ord + Hash + Debug> Discovery<P> {
 /// in all, none dialled within [`FAR_REDIAL`], in an order of this
 /// device's own, so devices spread over the providers rather than crowd
 /// the first few a lookup names. Records the dials in `dialled`.
-fn far_dials<P: Copy + Ord + Hash>(
+fn far_dials<P: Copy + Ord + PeerBytes>(
     local: &P,
     mut candidates: Vec<P>,
     dialled: &mut BTreeMap<P, Instant>,
@@ -455,7 +453,7 @@ fn far_dials<P: Copy + Ord + Hash>(
 /// `up` of the site's providers connected already: up to
 /// [`MAX_SITE_DIALS`] in all, in this device's own order, so that a
 /// site's devices do not all dial the same few.
-fn site_dials<P: Copy + Ord + Hash>(
+fn site_dials<P: Copy + Ord + PeerBytes>(
     local: &P,
     mut candidates: Vec<P>,
     up: usize,
@@ -467,9 +465,28 @@ fn site_dials<P: Copy + Ord + Hash>(
     candidates
 }
 
-/// Sorts `peers` in an order of `local`'s own (a stable hash of both
-/// ids; see `peer_hash`) and drops repeats.
-fn spread<P: Copy + Ord + Hash>(local: &P, peers: &mut Vec<P>) {
-    peers.sort_by_cached_key(|p| (peer_hash(&(local, p)), *p));
+/// A peer's id as bytes: the order in which a device dials providers is
+/// the BLAKE3 of its own id's and theirs.
+pub trait PeerBytes {
+    /// The id's bytes (a libp2p peer id's multihash).
+    fn peer_bytes(&self) -> Vec<u8>;
+}
+
+impl PeerBytes for u32 {
+    fn peer_bytes(&self) -> Vec<u8> {
+        self.to_le_bytes().to_vec()
+    }
+}
+
+/// Sorts `peers` in an order of `local`'s own (BLAKE3 of both ids) and
+/// drops repeats.
+fn spread<P: Copy + Ord + PeerBytes>(local: &P, peers: &mut Vec<P>) {
+    let me = local.peer_bytes();
+    peers.sort_by_cached_key(|p| {
+        let mut h = blake3::Hasher::new();
+        h.update(&me);
+        h.update(&p.peer_bytes());
+        (*h.finalize().as_bytes(), *p)
+    });
     peers.dedup();
 }

@@ -100,7 +100,7 @@ use std::time::{Duration, Instant};
 use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
 pub use config::SchedulerConfig;
-pub use discovery::{Discovery, DiscoveryAction, Stage};
+pub use discovery::{Discovery, DiscoveryAction, PeerBytes, Stage};
 pub use origin::OriginDedup;
 use peers::PeerTable;
 pub use roster::{MAX_ROSTER, MAX_ROSTER_RANK};
