@@ -50,6 +50,12 @@ pub struct Scenario {
     /// on, up to `max_uploads` times sooner, which matters most on slow
     /// uplinks.
     pub upload_cap_pct: u32,
+    /// Each device's download cap (the node's `p2p.max_download_bps`) in
+    /// percent of `device_down_bps`; 0 for none (the default). Under a
+    /// cap a device also keeps only a few seconds of it in requests out
+    /// at once (`SchedulerConfig::max_in_flight_bytes`), so on a slow
+    /// downlink its requests do not hold uploaders' slots for minutes.
+    pub download_cap_pct: u32,
     /// The origin seeder's upload cap (the broker's `p2p_max_upload_bps`)
     /// in percent of `origin_up_bps`; 0 for none (the default). Capped,
     /// the seeder sends its chunk answers one after another at the cap
@@ -142,6 +148,7 @@ impl Default for Scenario {
             wan_peers: 2,
             max_uploads: 4,
             upload_cap_pct: 0,
+            download_cap_pct: 0,
             origin_upload_cap_pct: 0,
             origin_max_uploads: 64,
             origin_dedup_s: 30,
@@ -259,12 +266,13 @@ impl Scenario {
         }
         for (field, v) in [
             ("upload_cap_pct", self.upload_cap_pct),
+            ("download_cap_pct", self.download_cap_pct),
             ("origin_upload_cap_pct", self.origin_upload_cap_pct),
         ] {
             if v > 100 {
                 return bad(
                     field,
-                    "must be a percent of the uplink between 0 (no cap) and 100",
+                    "must be a percent of the link between 0 (no cap) and 100",
                 );
             }
         }
@@ -283,6 +291,18 @@ impl Scenario {
     pub fn device_upload_cap_bps(&self) -> Option<u64> {
         (self.upload_cap_pct > 0)
             .then(|| (self.device_up_bps * u64::from(self.upload_cap_pct) / 100).max(1))
+    }
+
+    /// The download cap each device configures, bytes per second.
+    pub fn device_download_cap_bps(&self) -> Option<u64> {
+        (self.download_cap_pct > 0)
+            .then(|| (self.device_down_bps * u64::from(self.download_cap_pct) / 100).max(1))
+    }
+
+    /// The rate a device's downloads can reach: its downlink, or its cap.
+    pub fn device_download_bps(&self) -> u64 {
+        self.device_download_cap_bps()
+            .map_or(self.device_down_bps, |c| c.min(self.device_down_bps))
     }
 
     /// The upload cap the origin seeder configures, bytes per second.
@@ -310,6 +330,9 @@ impl Scenario {
             // The defaults' ratio (2.5 s of 10 s).
             endgame_after: request_timeout / 4,
             min_rate_bps: 1024,
+            max_in_flight_bytes: SchedulerConfig::in_flight_for_rate(
+                self.device_download_cap_bps(),
+            ),
             site_patience: Duration::from_secs(self.patience_s),
             site_hold_patience: Duration::from_secs(self.site_hold_patience_s),
             claim_patience: Duration::from_secs(self.claim_patience_s),
@@ -413,6 +436,15 @@ mod tests {
     }
 
     #[test]
+    fn the_throttled_example_parses_with_the_bound_its_comment_names() {
+        let s = example(include_str!("../scenarios/throttled-1000.toml"));
+        assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
+        assert_eq!(s.device_download_cap_bps(), Some(59_375));
+        let bound = kumar_ross_bound_s(&s);
+        assert!((bound - 268.4).abs() < 0.05, "{bound}");
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let err = Scenario::from_toml("waves = [50, 10, 100]").unwrap_err();
         assert!(err.to_string().contains("waves"), "{err}");
@@ -444,6 +476,22 @@ mod tests {
                 ..s.clone()
             })
         );
+    }
+
+    #[test]
+    fn a_download_cap_is_a_share_of_the_downlink_and_sizes_the_devices_request_budget() {
+        let d = Scenario::default();
+        assert_eq!(d.device_download_cap_bps(), None);
+        assert_eq!(d.scheduler_config(0).max_in_flight_bytes, u64::MAX);
+        let s = Scenario::from_toml("device_down_bps = 62500\ndownload_cap_pct = 95").unwrap();
+        assert_eq!(s.device_download_cap_bps(), Some(59_375));
+        assert_eq!(s.device_download_bps(), 59_375);
+        assert_eq!(
+            s.scheduler_config(0).max_in_flight_bytes,
+            59_375 * meshota_node::sched::IN_FLIGHT_SECS
+        );
+        let err = Scenario::from_toml("download_cap_pct = 101").unwrap_err();
+        assert!(err.to_string().contains("download_cap_pct"), "{err}");
     }
 
     #[test]

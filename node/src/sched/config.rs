@@ -12,6 +12,16 @@ pub struct SchedulerConfig {
     pub window_per_peer: usize,
     /// Requests in flight to an origin.
     pub origin_window: usize,
+    /// Chunk bytes in flight across all peers at once (`u64::MAX`: no
+    /// limit); one request always may go. Requests share the downlink, so
+    /// past what it carries in a few seconds more of them only make each
+    /// answer later: on a 0.5 Mbit/s downlink, four requests to each of
+    /// eight neighbours were 8 MiB, over two minutes, and every one ran
+    /// past `request_timeout`. [`Self::in_flight_for_rate`] sizes it for
+    /// a download cap. Under a budget a device whose turn it is to pull
+    /// a chunk its site lacks asks for that first: the site's own chunks
+    /// will still be there, and its neighbours wait for the import.
+    pub max_in_flight_bytes: u64,
     /// A request not answered within this is late: the peer gets a
     /// strike, and a same-site peer may be asked for the chunk too.
     pub request_timeout: Duration,
@@ -97,11 +107,25 @@ pub struct SchedulerConfig {
     pub seed: u64,
 }
 
+impl SchedulerConfig {
+    /// The in-flight budget for a downlink of `bps` bytes per second
+    /// (`None`: no limit): what it carries in [`IN_FLIGHT_SECS`] seconds,
+    /// well within the default `request_timeout`, so an answer queued
+    /// behind the others still comes well within it.
+    pub fn in_flight_for_rate(bps: Option<u64>) -> u64 {
+        bps.map_or(u64::MAX, |r| r.saturating_mul(IN_FLIGHT_SECS))
+    }
+}
+
+/// Seconds of download the in-flight budget covers.
+pub const IN_FLIGHT_SECS: u64 = 6;
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         Self {
             window_per_peer: 4,
             origin_window: 4,
+            max_in_flight_bytes: u64::MAX,
             request_timeout: Duration::from_secs(10),
             answer_timeout: Duration::from_secs(60),
             have_refresh: Duration::from_secs(1),

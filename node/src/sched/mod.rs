@@ -81,6 +81,8 @@ mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 #[cfg(test)]
+mod tests_budget;
+#[cfg(test)]
 mod tests_discovery;
 #[cfg(test)]
 mod tests_flights;
@@ -99,7 +101,7 @@ use std::time::{Duration, Instant};
 
 use meshota_protocol::{Bitfield, ByteSplit, ChunkId, Manifest};
 
-pub use config::SchedulerConfig;
+pub use config::{SchedulerConfig, IN_FLIGHT_SECS};
 pub use discovery::{Discovery, DiscoveryAction, PeerBytes, Stage};
 pub use origin::OriginDedup;
 use peers::PeerTable;

@@ -65,14 +65,8 @@ const WAN_TURN_CACHE: Duration = Duration::from_millis(250);
 
 /// The pick order of peer classes.
 const CLASSES: [PeerClass; 3] = [PeerClass::SameSite, PeerClass::OtherSite, PeerClass::Origin];
-
-fn class_index(c: PeerClass) -> usize {
-    match c {
-        PeerClass::SameSite => 0,
-        PeerClass::OtherSite => 1,
-        PeerClass::Origin => 2,
-    }
-}
+/// The pick order under a budget while this device is in line to import.
+const FAR_FIRST: [PeerClass; 3] = [PeerClass::OtherSite, PeerClass::SameSite, PeerClass::Origin];
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Whether news about the chunk at manifest position `index` could
@@ -96,6 +90,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             .get(u / 64)
             .is_some_and(|w| w & (1 << (u % 64)) != 0);
         if !open && self.missing.len() > self.cfg.endgame_chunks {
+            return false;
+        }
+        if !self.may_add_flight() {
             return false;
         }
         let c = &self.chunks[u];
@@ -165,9 +162,20 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         // uplinks the lowest fifth of ids served four times what the
         // highest did, half the site's uplinks sat mostly idle, and 100
         // devices took 1.7 x as long as virtual time.
+        if !self.may_add_flight() {
+            return None;
+        }
         let mut ready = std::mem::take(&mut self.ready);
         let salt = mix(self.cfg.seed);
         ready.clear();
+        // Under a budget, the import this device is in line for goes
+        // before its site's chunks (see `max_in_flight_bytes`); without
+        // one every window fills anyway.
+        let order = if self.cfg.max_in_flight_bytes != u64::MAX && self.wan_turn() {
+            FAR_FIRST
+        } else {
+            CLASSES
+        };
         for (k, p) in self.peers.iter() {
             if p.known
                 // A peer with nothing we miss has nothing to pick.
@@ -176,7 +184,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 && p.in_flight < p.window(self.cfg.window_per_peer, self.cfg.origin_window)
                 && p.has_any(&self.open)
             {
-                ready.push((class_index(p.class), mix(p.hash ^ salt), *k));
+                let c = order.iter().position(|&o| o == p.class).unwrap_or(2);
+                ready.push((c, mix(p.hash ^ salt), *k));
             }
         }
         ready.sort_unstable_by_key(|&(c, order, _)| (c, order));
@@ -187,7 +196,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.lines.resize(self.chunks.len() * 2, None);
         let mut found = None;
         for &(c, _, peer) in &ready {
-            if let Some(u) = self.pick_for(&peer, CLASSES[c], now) {
+            if let Some(u) = self.pick_for(&peer, order[c], now) {
                 found = Some((peer, u));
                 break;
             }
@@ -200,6 +209,25 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return self.endgame(now);
         }
         None
+    }
+
+    /// Whether the chunk bytes in flight leave room for one more request
+    /// ([`SchedulerConfig::max_in_flight_bytes`]); with none in flight,
+    /// always.
+    pub(super) fn may_add_flight(&self) -> bool {
+        let budget = self.cfg.max_in_flight_bytes;
+        if budget == u64::MAX {
+            return true;
+        }
+        let mut bytes = 0u64;
+        for u in self.in_flight.iter() {
+            let c = &self.chunks[u as usize];
+            bytes += u64::from(c.len) * c.in_flight.len() as u64;
+            if bytes >= budget {
+                return false;
+            }
+        }
+        true
     }
 
     fn start_request(&mut self, peer: P, u: u32, now: Instant) -> Action<P> {

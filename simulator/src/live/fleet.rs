@@ -414,6 +414,7 @@ impl Fleet {
             bootstrap: self.origin.clone(),
             max_concurrent_uploads: s.max_uploads as usize,
             upload_limit_bps: s.device_upload_cap_bps(),
+            download_limit_bps: s.device_download_cap_bps(),
             corrupt_uploads: d.malicious,
             shaper: Some(self.net.shaper(d.index)),
             // The simulated device is small; the host is not the device.

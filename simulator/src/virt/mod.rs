@@ -362,7 +362,7 @@ impl<'a> Sim<'a> {
                 // Virtual links already serve in order, so a cap only
                 // lowers the rate.
                 up: Link::new(s.device_upload_bps()),
-                down: Link::new(s.device_down_bps),
+                down: Link::new(s.device_download_bps()),
                 uploads: UploadSlots::default(),
             });
         }

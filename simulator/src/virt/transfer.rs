@@ -92,6 +92,9 @@ impl Sim<'_> {
             // As in live runs (`Scenario::scheduler_config`).
             endgame_after: request_timeout / 4,
             min_rate_bps: 1024,
+            max_in_flight_bytes: SchedulerConfig::in_flight_for_rate(
+                self.s.device_download_cap_bps(),
+            ),
             site_patience: Duration::from_secs(self.s.patience_s),
             site_hold_patience: Duration::from_secs(self.s.site_hold_patience_s),
             busy_backoff: Duration::from_millis(self.s.busy_backoff_ms),

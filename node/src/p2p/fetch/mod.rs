@@ -216,6 +216,12 @@ impl Fetches {
         // a fleet configured with one seed, so that neighbours pull
         // different chunks first and do not all ask the same neighbours.
         sched_config.seed ^= super::peer_seed(&local);
+        // Under a download cap, requests beyond what it lets in within a
+        // few seconds would only queue here or at the uploaders.
+        if sched_config.max_in_flight_bytes == u64::MAX {
+            sched_config.max_in_flight_bytes =
+                SchedulerConfig::in_flight_for_rate(download_limit_bps);
+        }
         Self {
             local,
             store,
