@@ -289,14 +289,12 @@ impl Scenario {
 
     /// The upload cap each device configures, bytes per second.
     pub fn device_upload_cap_bps(&self) -> Option<u64> {
-        (self.upload_cap_pct > 0)
-            .then(|| (self.device_up_bps * u64::from(self.upload_cap_pct) / 100).max(1))
+        share(self.device_up_bps, self.upload_cap_pct)
     }
 
     /// The download cap each device configures, bytes per second.
     pub fn device_download_cap_bps(&self) -> Option<u64> {
-        (self.download_cap_pct > 0)
-            .then(|| (self.device_down_bps * u64::from(self.download_cap_pct) / 100).max(1))
+        share(self.device_down_bps, self.download_cap_pct)
     }
 
     /// The rate a device's downloads can reach: its downlink, or its cap.
@@ -307,8 +305,7 @@ impl Scenario {
 
     /// The upload cap the origin seeder configures, bytes per second.
     pub fn origin_upload_cap_bps(&self) -> Option<u64> {
-        (self.origin_upload_cap_pct > 0)
-            .then(|| (self.origin_up_bps * u64::from(self.origin_upload_cap_pct) / 100).max(1))
+        share(self.origin_up_bps, self.origin_upload_cap_pct)
     }
 
     /// The rate a device's uploads can reach: its uplink, or its cap.
@@ -342,6 +339,11 @@ impl Scenario {
             ..SchedulerConfig::default()
         }
     }
+}
+
+/// `pct` percent of `bps` (at least 1), or `None` for 0: a cap.
+fn share(bps: u64, pct: u32) -> Option<u64> {
+    (pct > 0).then(|| (bps * u64::from(pct) / 100).max(1))
 }
 
 /// The Kumar–Ross lower bound on the time to give `n` devices a file of

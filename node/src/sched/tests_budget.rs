@@ -69,10 +69,12 @@ fn without_a_budget_every_window_fills_at_once() {
     assert_eq!(out.len(), 16.min(n), "four windows of four");
 }
 
-/// Device 0, first in its site's line for every chunk (its one neighbour
-/// is not fetching), holds nothing; the neighbour holds every chunk but
-/// the last, and a far peer holds all. What does it ask for first?
-fn first_request(budget: u64) -> (u32, usize, usize) {
+/// Device 0 holds nothing; its neighbour 1 holds every chunk but the
+/// last, and a far peer 2 holds all. Unless `claimed`, the neighbour is
+/// not fetching, so device 0 is first in its site's line for every chunk;
+/// `claimed`, the neighbour fetches and claims to import the last chunk,
+/// which device 0 then waits for. Its first requests under `budget`.
+fn first_requests(budget: u64, claimed: bool) -> (Vec<(u32, usize)>, usize) {
     let m = manifest(8);
     let n = m.chunks.len();
     let t0 = Instant::now();
@@ -80,46 +82,32 @@ fn first_request(budget: u64) -> (u32, usize, usize) {
     c.max_in_flight_bytes = budget;
     let mut s = Scheduler::new(&m, &Bitfield::new(n), c, t0);
     s.set_local_peer(0);
-    let site = all_but_last(n);
-    add_peer(&mut s, 1, PeerClass::SameSite, &site, t0);
-    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t0);
-    let out = requests(&drain(&mut s, t0));
-    if budget == 1 {
-        assert_eq!(out.len(), 1, "room for one: {out:?}");
+    add_peer(&mut s, 1, PeerClass::SameSite, &all_but_last(n), t0);
+    if claimed {
+        s.handle_peer_fetching(1, true);
+        s.handle_peer_importing(1, Some(&one(n, n - 1)), t0);
     }
-    (out[0].0, out[0].1, n)
+    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t0);
+    (requests(&drain(&mut s, t0)), n)
 }
 
 #[test]
 fn a_home_with_room_for_one_request_first_pulls_what_its_site_lacks() {
-    let (peer, index, n) = first_request(1);
+    let (out, n) = first_requests(1, false);
     assert_eq!(
-        (peer, index),
-        (2, n - 1),
+        out,
+        vec![(2, n - 1)],
         "the site lacks only the last chunk and this device is its home: \
          the import goes first, since the site's chunks come anyway"
     );
     // Without a budget every window fills, its neighbour's first.
-    let (peer, _, _) = first_request(u64::MAX);
-    assert_eq!(peer, 1);
+    let (out, _) = first_requests(u64::MAX, false);
+    assert_eq!(out[0].0, 1, "{out:?}");
 }
 
 #[test]
 fn with_room_for_one_request_a_device_not_in_line_to_import_takes_a_site_chunk() {
-    let m = manifest(8);
-    let n = m.chunks.len();
-    let t0 = Instant::now();
-    let mut c = cfg(24);
-    c.max_in_flight_bytes = 1;
-    let mut s = Scheduler::new(&m, &Bitfield::new(n), c, t0);
-    s.set_local_peer(0);
-    let site = all_but_last(n);
-    add_peer(&mut s, 1, PeerClass::SameSite, &site, t0);
-    // A neighbour that claims the missing chunk: device 0 waits for it.
-    s.handle_peer_fetching(1, true);
-    s.handle_peer_importing(1, Some(&one(n, n - 1)), t0);
-    add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n), t0);
-    let out = requests(&drain(&mut s, t0));
+    let (out, _) = first_requests(1, true);
     assert_eq!(out.len(), 1, "{out:?}");
     assert_eq!(out[0].0, 1, "took a site chunk: {out:?}");
 }
