@@ -188,6 +188,17 @@ pub struct P2pSection {
     /// new request is answered `Busy`, in milliseconds.
     #[serde(default = "default_upload_queue_ms")]
     pub upload_queue_ms: u64,
+    /// Milliseconds between `Have` polls of a same-site neighbour that
+    /// is gaining chunks.
+    #[serde(default = "default_have_refresh_ms")]
+    pub have_refresh_ms: u64,
+    /// Longest a same-site neighbour that gains nothing goes un-asked, in
+    /// milliseconds.
+    #[serde(default = "default_have_refresh_max_ms")]
+    pub have_refresh_max_ms: u64,
+    /// Milliseconds between `Have` polls of a peer of another site.
+    #[serde(default = "default_far_have_refresh_ms")]
+    pub far_have_refresh_ms: u64,
     /// Find LAN neighbours with mDNS.
     #[serde(default = "yes")]
     pub mdns: bool,
@@ -205,10 +216,23 @@ impl Default for P2pSection {
             max_upload_bps: 0,
             max_download_bps: 0,
             upload_queue_ms: default_upload_queue_ms(),
+            have_refresh_ms: default_have_refresh_ms(),
+            have_refresh_max_ms: default_have_refresh_max_ms(),
+            far_have_refresh_ms: default_far_have_refresh_ms(),
             mdns: true,
             bootstrap: Vec::new(),
         }
     }
+}
+
+fn default_have_refresh_ms() -> u64 {
+    1000
+}
+fn default_have_refresh_max_ms() -> u64 {
+    4000
+}
+fn default_far_have_refresh_ms() -> u64 {
+    5000
 }
 
 fn default_upload_queue_ms() -> u64 {
@@ -476,6 +500,18 @@ impl Config {
                 ),
                 "use 1 <= retry_min_secs <= retry_max_secs",
             ));
+        }
+        for (field, v) in [
+            ("p2p.have_refresh_ms", self.p2p.have_refresh_ms),
+            ("p2p.far_have_refresh_ms", self.p2p.far_have_refresh_ms),
+        ] {
+            if v < 100 {
+                return Err(invalid(
+                    field,
+                    format!("is {v}"),
+                    "poll peers at most ten times a second: use 100 or more (milliseconds)",
+                ));
+            }
         }
         if self.device.channels.is_empty() {
             return Err(invalid(

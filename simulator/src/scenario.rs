@@ -100,16 +100,22 @@ pub struct Scenario {
     /// back from importing it too (live mode; the scheduler's
     /// `claim_patience`). Virtual time does not model claims.
     pub claim_patience_s: u64,
-    /// Milliseconds between `Have` refreshes of a peer. In virtual time
+    /// Milliseconds between `Have` refreshes of a peer (the node's
+    /// `p2p.have_refresh_ms`). In virtual time
     /// peers push each stored chunk instead of being polled, and a device
     /// acts on pushed news at the latest a quarter of this later (at once
     /// when it has nothing in flight), as the node re-asks busy peers.
     pub have_refresh_ms: u64,
     /// Longest a device leaves a neighbour that gains nothing un-asked,
-    /// in milliseconds (live mode; see the node's `have_refresh_max`). At
+    /// in milliseconds (live mode; the node's `p2p.have_refresh_max_ms`). At
     /// or below `have_refresh_ms`: every neighbour is asked every
     /// `have_refresh_ms`.
     pub have_refresh_max_ms: u64,
+    /// Milliseconds between `Have` refreshes of a peer of another site
+    /// (live mode; the node's `p2p.far_have_refresh_ms`, 5 s by default). Each
+    /// round trip crosses the site's WAN, where on slow links it is most
+    /// of what is not chunks.
+    pub far_have_refresh_ms: u64,
     /// Milliseconds of the first back-off after a `Busy` answer.
     pub busy_backoff_ms: u64,
     /// Share of devices that crash once in the middle of their download
@@ -166,6 +172,7 @@ impl Default for Scenario {
             claim_patience_s: 60,
             have_refresh_ms: 1000,
             have_refresh_max_ms: 4000,
+            far_have_refresh_ms: 5000,
             busy_backoff_ms: 250,
             crash_rate: 0.0,
             churn_rate: 0.0,
@@ -235,6 +242,14 @@ impl Scenario {
         ] {
             if v == 0 {
                 return bad(field, "must be above 0 bytes per second");
+            }
+        }
+        for (field, v) in [
+            ("have_refresh_ms", self.have_refresh_ms),
+            ("far_have_refresh_ms", self.far_have_refresh_ms),
+        ] {
+            if v < 100 {
+                return bad(field, "must be at least 100 milliseconds");
             }
         }
         if self.waves.is_empty()
@@ -323,6 +338,7 @@ impl Scenario {
         SchedulerConfig {
             have_refresh: Duration::from_millis(self.have_refresh_ms),
             have_refresh_max: Duration::from_millis(self.have_refresh_max_ms),
+            far_have_refresh: Duration::from_millis(self.far_have_refresh_ms),
             request_timeout,
             // The defaults' ratio (2.5 s of 10 s).
             endgame_after: request_timeout / 4,
@@ -457,6 +473,8 @@ mod tests {
         assert!(err.to_string().contains("upload_cap_pct"), "{err}");
         let err = Scenario::from_toml("origin_upload_cap_pct = 101").unwrap_err();
         assert!(err.to_string().contains("origin_upload_cap_pct"), "{err}");
+        let err = Scenario::from_toml("far_have_refresh_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("far_have_refresh_ms"), "{err}");
     }
 
     #[test]

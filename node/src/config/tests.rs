@@ -84,6 +84,40 @@ fn the_upload_cap_and_its_queue_come_from_the_file() {
 }
 
 #[test]
+fn the_have_poll_intervals_come_from_the_file_with_the_schedulers_defaults() {
+    use crate::p2p::P2pConfig;
+    use crate::sched::SchedulerConfig;
+    use std::time::Duration;
+    let p = P2pConfig::from_device_config(&Config::parse(MINIMAL).unwrap()).unwrap();
+    let d = SchedulerConfig::default();
+    assert_eq!(
+        (
+            p.scheduler.have_refresh,
+            p.scheduler.have_refresh_max,
+            p.scheduler.far_have_refresh
+        ),
+        (d.have_refresh, d.have_refresh_max, d.far_have_refresh)
+    );
+    let c = Config::parse(&format!(
+        "{MINIMAL}\n[p2p]\nhave_refresh_ms = 4000\nhave_refresh_max_ms = 16000\nfar_have_refresh_ms = 15000\n"
+    ))
+    .unwrap();
+    let p = P2pConfig::from_device_config(&c).unwrap();
+    assert_eq!(
+        (
+            p.scheduler.have_refresh,
+            p.scheduler.have_refresh_max,
+            p.scheduler.far_have_refresh
+        ),
+        (
+            Duration::from_secs(4),
+            Duration::from_secs(16),
+            Duration::from_secs(15)
+        )
+    );
+}
+
+#[test]
 fn errors_name_the_field_and_the_fix() {
     let cases = [
         (MINIMAL.replace("id = \"d1\"", "id = \"d 1\""), "device.id"),
@@ -99,6 +133,10 @@ fn errors_name_the_field_and_the_fix() {
         (
             format!("{MINIMAL}\n[inhibitor]\nfile = \"/a\"\ncommand = \"/b\"\n"),
             "inhibitor",
+        ),
+        (
+            format!("{MINIMAL}\n[p2p]\nfar_have_refresh_ms = 0\n"),
+            "p2p.far_have_refresh_ms",
         ),
         (
             format!("{MINIMAL}\n[fetch]\nmax_attempts = 0\n"),

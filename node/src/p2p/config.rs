@@ -182,6 +182,12 @@ impl P2pConfig {
             upload_limit_bps: limit(cfg.p2p.max_upload_bps),
             download_limit_bps: limit(cfg.p2p.max_download_bps),
             upload_queue_max: Duration::from_millis(cfg.p2p.upload_queue_ms),
+            scheduler: SchedulerConfig {
+                have_refresh: Duration::from_millis(cfg.p2p.have_refresh_ms),
+                have_refresh_max: Duration::from_millis(cfg.p2p.have_refresh_max_ms),
+                far_have_refresh: Duration::from_millis(cfg.p2p.far_have_refresh_ms),
+                ..SchedulerConfig::default()
+            },
             ..Self::default()
         })
     }
