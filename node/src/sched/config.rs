@@ -110,8 +110,8 @@ pub struct SchedulerConfig {
 impl SchedulerConfig {
     /// The in-flight budget for a downlink of `bps` bytes per second
     /// (`None`: no limit): what it carries in [`IN_FLIGHT_SECS`] seconds,
-    /// well within the default `request_timeout`, so an answer queued
-    /// behind the others still comes well within it.
+    /// so an answer queued behind the others still comes within the
+    /// default `request_timeout`.
     pub fn in_flight_for_rate(bps: Option<u64>) -> u64 {
         bps.map_or(u64::MAX, |r| r.saturating_mul(IN_FLIGHT_SECS))
     }

@@ -37,13 +37,13 @@ fn keeps_no_more_chunk_bytes_in_flight_than_its_budget_and_asks_for_more_as_answ
     let mut now = t0;
     while !out.is_empty() {
         let bytes: u64 = out.iter().map(|&(_, i)| len_of(&m, i)).sum();
-        let all_but_last = bytes - len_of(&m, out[out.len() - 1].1);
+        let before_last = bytes - len_of(&m, out[out.len() - 1].1);
         assert!(
-            all_but_last < 5000,
+            before_last < 5000,
             "{} requests, {bytes} bytes out, against a budget of 5000",
             out.len()
         );
-        // Sixteen peers' windows would have allowed sixteen requests.
+        // Four peers' windows of four would allow sixteen.
         assert!(out.len() < 5, "{out:?}");
         // One answer lands: room for at least one more request.
         let (p, i) = out.remove(0);
