@@ -225,14 +225,19 @@ impl Default for P2pSection {
     }
 }
 
+// The poll intervals default to the scheduler's own, so the two cannot
+// drift apart.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
 fn default_have_refresh_ms() -> u64 {
-    1000
+    millis(crate::sched::SchedulerConfig::default().have_refresh)
 }
 fn default_have_refresh_max_ms() -> u64 {
-    4000
+    millis(crate::sched::SchedulerConfig::default().have_refresh_max)
 }
 fn default_far_have_refresh_ms() -> u64 {
-    5000
+    millis(crate::sched::SchedulerConfig::default().far_have_refresh)
 }
 
 fn default_upload_queue_ms() -> u64 {
