@@ -199,6 +199,11 @@ pub struct P2pSection {
     /// Milliseconds between `Have` polls of a peer of another site.
     #[serde(default = "default_far_have_refresh_ms")]
     pub far_have_refresh_ms: u64,
+    /// Milliseconds a device tells its site neighbours it is about to
+    /// pull a chunk from another site, and listens for their claims,
+    /// before it does; 0 pulls at once.
+    #[serde(default = "default_claim_check_ms")]
+    pub claim_check_ms: u64,
     /// Find LAN neighbours with mDNS.
     #[serde(default = "yes")]
     pub mdns: bool,
@@ -219,6 +224,7 @@ impl Default for P2pSection {
             have_refresh_ms: default_have_refresh_ms(),
             have_refresh_max_ms: default_have_refresh_max_ms(),
             far_have_refresh_ms: default_far_have_refresh_ms(),
+            claim_check_ms: default_claim_check_ms(),
             mdns: true,
             bootstrap: Vec::new(),
         }
@@ -238,6 +244,9 @@ fn default_have_refresh_max_ms() -> u64 {
 }
 fn default_far_have_refresh_ms() -> u64 {
     millis(crate::sched::SchedulerConfig::default().far_have_refresh)
+}
+fn default_claim_check_ms() -> u64 {
+    millis(crate::sched::SchedulerConfig::default().claim_check)
 }
 
 fn default_upload_queue_ms() -> u64 {

@@ -23,6 +23,15 @@ pub enum PeerRequest {
         manifest: ManifestId,
         /// The asker's site.
         site: Option<SiteId>,
+        /// Chunks the asker awaits from the WAN or is about to ask of it
+        /// (its `importing`, as in the answer), sent to same-site peers
+        /// only. A device about to pull a chunk over the WAN asks its
+        /// neighbours at once, so its claim reaches them (and, relayed,
+        /// their neighbours) in one round trip rather than at their next
+        /// poll. `None`: not said (an older node, or a peer of another
+        /// site); an empty field: nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        importing: Option<Bitfield>,
     },
     /// Send this chunk.
     Get {
@@ -257,6 +266,48 @@ mod tests {
             ),
             other => panic!("decoded {other:?}"),
         }
+    }
+
+    /// The `Have` request of a node from before claims rode on requests.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    #[serde(rename_all = "kebab-case")]
+    enum OldPeerRequest {
+        Have {
+            manifest: ManifestId,
+            site: Option<SiteId>,
+        },
+    }
+
+    impl Message for OldPeerRequest {
+        const KIND: Kind = Kind::PeerRequest;
+    }
+
+    #[test]
+    fn have_requests_with_and_without_claims_decode_on_old_and_new_nodes() {
+        let manifest = ManifestId::from_bytes([7; 32]);
+        let site = SiteId::new("s").ok();
+        let old = OldPeerRequest::Have {
+            manifest,
+            site: site.clone(),
+        };
+        let bytes = crate::codec::encode(&old).unwrap();
+        assert_eq!(
+            crate::codec::decode::<PeerRequest>(&bytes).unwrap(),
+            PeerRequest::Have {
+                manifest,
+                site: site.clone(),
+                importing: None
+            }
+        );
+        let mut claims = Bitfield::new(4);
+        claims.set(2);
+        let new = PeerRequest::Have {
+            manifest,
+            site,
+            importing: Some(claims),
+        };
+        let bytes = crate::codec::encode(&new).unwrap();
+        assert_eq!(crate::codec::decode::<OldPeerRequest>(&bytes).unwrap(), old);
     }
 
     #[test]

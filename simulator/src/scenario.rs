@@ -100,6 +100,11 @@ pub struct Scenario {
     /// back from importing it too (live mode; the scheduler's
     /// `claim_patience`). Virtual time does not model claims.
     pub claim_patience_s: u64,
+    /// Milliseconds a device announces a WAN pull it steps in for to its
+    /// site neighbours and listens for theirs before making it (live
+    /// mode; the node's `p2p.claim_check_ms`). 0 (the default): it pulls
+    /// at once. Virtual time does not model claims.
+    pub claim_check_ms: u64,
     /// Milliseconds between `Have` refreshes of a peer (the node's
     /// `p2p.have_refresh_ms`). In virtual time
     /// peers push each stored chunk instead of being polled, and a device
@@ -170,6 +175,7 @@ impl Default for Scenario {
             patience_s: 8,
             site_hold_patience_s: 30,
             claim_patience_s: 60,
+            claim_check_ms: 0,
             have_refresh_ms: 1000,
             have_refresh_max_ms: 4000,
             far_have_refresh_ms: 5000,
@@ -349,6 +355,7 @@ impl Scenario {
             site_patience: Duration::from_secs(self.patience_s),
             site_hold_patience: Duration::from_secs(self.site_hold_patience_s),
             claim_patience: Duration::from_secs(self.claim_patience_s),
+            claim_check: Duration::from_millis(self.claim_check_ms),
             busy_backoff: Duration::from_millis(self.busy_backoff_ms),
             stall_timeout: Duration::from_secs(3600),
             seed: self.seed ^ u64::from(d).wrapping_mul(0x9E37_79B9),

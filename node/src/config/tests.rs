@@ -118,6 +118,21 @@ fn the_have_poll_intervals_come_from_the_file_with_the_schedulers_defaults() {
 }
 
 #[test]
+fn the_claim_check_comes_from_the_file_with_the_schedulers_default() {
+    use crate::p2p::P2pConfig;
+    use crate::sched::SchedulerConfig;
+    use std::time::Duration;
+    let p = P2pConfig::from_device_config(&Config::parse(MINIMAL).unwrap()).unwrap();
+    assert_eq!(
+        p.scheduler.claim_check,
+        SchedulerConfig::default().claim_check
+    );
+    let c = Config::parse(&format!("{MINIMAL}\n[p2p]\nclaim_check_ms = 1500\n")).unwrap();
+    let p = P2pConfig::from_device_config(&c).unwrap();
+    assert_eq!(p.scheduler.claim_check, Duration::from_millis(1500));
+}
+
+#[test]
 fn errors_name_the_field_and_the_fix() {
     let cases = [
         (MINIMAL.replace("id = \"d1\"", "id = \"d 1\""), "device.id"),

@@ -186,6 +186,7 @@ impl P2pConfig {
                 have_refresh: Duration::from_millis(cfg.p2p.have_refresh_ms),
                 have_refresh_max: Duration::from_millis(cfg.p2p.have_refresh_max_ms),
                 far_have_refresh: Duration::from_millis(cfg.p2p.far_have_refresh_ms),
+                claim_check: Duration::from_millis(cfg.p2p.claim_check_ms),
                 ..SchedulerConfig::default()
             },
             ..Self::default()

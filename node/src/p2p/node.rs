@@ -684,7 +684,20 @@ impl EventLoop {
                 let fetching = matches!(&request, PeerRequest::Have { manifest, .. }
                     if self.fetches.is_fetching(manifest));
                 let news = match &request {
-                    PeerRequest::Have { manifest, site } => {
+                    PeerRequest::Have {
+                        manifest,
+                        site,
+                        importing,
+                    } => {
+                        if let Some(claims) = importing {
+                            self.fetches.take_asker_claims(
+                                manifest,
+                                site.as_ref(),
+                                peer,
+                                claims,
+                                now,
+                            );
+                        }
                         self.fetches
                             .site_news_for(manifest, site.as_ref(), &peer, now)
                     }

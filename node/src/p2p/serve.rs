@@ -338,7 +338,7 @@ impl Server {
             return Some((channel, r));
         }
         let response = match request {
-            PeerRequest::Have { manifest, site } => {
+            PeerRequest::Have { manifest, site, .. } => {
                 if of_other_site(self.config.site.as_ref(), site.as_ref()) {
                     self.counters
                         .far_have_answered

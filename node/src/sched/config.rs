@@ -84,6 +84,16 @@ pub struct SchedulerConfig {
     /// many second copies came from devices that heard no claim, and the
     /// run was no better (one run each; BENCHMARKS.md, 2026-12-06, late).
     pub claim_patience: Duration,
+    /// How long a device that is about to step in on a chunk's home and
+    /// pull the chunk from another site first says so to its site
+    /// neighbours (in `Have` requests it sends them at once) and listens
+    /// for theirs (`sched::check`); zero (the default) pulls at once.
+    /// On `throttled-1000`, 1 s cut a site's second copies by four fifths
+    /// and the busiest site's WAN bytes from 1.43 to 1.31 bundles, but the
+    /// run took 465 s instead of 402 s (BENCHMARKS.md, "2026-12-07,
+    /// second stop"): a choice between WAN bytes and time, so it is off
+    /// unless a fleet asks for it.
+    pub claim_check: Duration,
     /// A chunk the site is heard to hold (see `Scheduler::site_holds`) is
     /// pulled over the WAN only after this long without gaining any
     /// chunk: the site's copies are then out of this device's reach.
@@ -139,6 +149,7 @@ impl Default for SchedulerConfig {
             site_patience: Duration::from_secs(8),
             site_hold_patience: Duration::from_secs(30),
             claim_patience: Duration::from_secs(60),
+            claim_check: Duration::ZERO,
             busy_backoff: Duration::from_millis(250),
             busy_backoff_max: Duration::from_secs(1),
             drop_cooloff: Duration::from_secs(30),

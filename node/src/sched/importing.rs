@@ -70,7 +70,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let now = self.now_hint;
         for &u in &self.missing {
             let c = &self.chunks[u as usize];
-            if c.refused_at.is_some_and(|t| now < t + REFUSED_CLAIM) {
+            if c.refused_at.is_some_and(|t| now < t + REFUSED_CLAIM) || self.intends(u, now) {
                 b.set(c.pos);
             }
         }

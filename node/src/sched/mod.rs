@@ -68,6 +68,7 @@
 //!   chunk twice: at 1,000 devices 31 % of all chunk bytes received were
 //!   of no use.
 
+mod check;
 mod config;
 mod describe;
 pub mod discovery;
@@ -82,6 +83,8 @@ mod state;
 pub(crate) mod tests;
 #[cfg(test)]
 mod tests_budget;
+#[cfg(test)]
+mod tests_claim_check;
 #[cfg(test)]
 mod tests_discovery;
 #[cfg(test)]
@@ -554,7 +557,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if let Some(peer) = self.due_have_query(now) {
             return Some(Action::QueryHave { peer });
         }
-        self.next_request(now)
+        if let Some(a) = self.next_request(now) {
+            return Some(a);
+        }
+        // A claim check begun by this very pick asks its neighbours now.
+        self.due_have_query(now)
+            .map(|peer| Action::QueryHave { peer })
     }
 
     /// The next event, if any.
@@ -580,6 +588,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Distinct chunks in the manifest.
     pub fn total_chunks(&self) -> usize {
         self.chunks.len()
+    }
+
+    /// Chunk positions in the manifest: the length of its bitfields.
+    pub fn total_positions(&self) -> usize {
+        self.pos_to_unique.len()
     }
 
     fn check_complete(&mut self, now: Instant) {
@@ -646,6 +659,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     .is_some_and(|p| p.class != PeerClass::SameSite);
                 if let (Some(u), true) = (u, far) {
                     self.chunks[u as usize].refused_at = Some(now);
+                    self.keep_intent(u, now);
                 }
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.busy_in_row = (p.busy_in_row + 1).min(16);

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+use super::check::Check;
 use super::state::{mix, Flight, PeerState};
 use super::{Action, PeerClass, Scheduler};
 
@@ -142,11 +143,13 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             .peers
             .iter()
             .find(|(_, p)| {
-                p.have_pending.is_none() && p.have_due <= now && self.wants_refresh(p, &lacks)
+                p.have_pending.is_none()
+                    && (p.claim_push || (p.have_due <= now && self.wants_refresh(p, &lacks)))
             })
             .map(|(k, _)| *k)?;
         if let Some(p) = self.peers.get_mut(&due) {
             p.have_pending = Some(now + timeout);
+            p.claim_push = false;
         }
         Some(due)
     }
@@ -162,7 +165,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         // uplinks the lowest fifth of ids served four times what the
         // highest did, half the site's uplinks sat mostly idle, and 100
         // devices took 1.7 x as long as virtual time.
-        if !self.may_add_flight() {
+        if !self.may_add_flight() || self.check_holds_room(now) {
             return None;
         }
         let mut ready = std::mem::take(&mut self.ready);
@@ -240,6 +243,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             sent: now,
         });
         c.deferred = [None; 2];
+        let far = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| p.class != PeerClass::SameSite);
+        if far {
+            self.keep_intent(u, now);
+        }
+        let c = &mut self.chunks[u as usize];
         let action = Action::Request {
             peer,
             index: c.pos,
@@ -259,6 +270,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let p = self.peers.get(peer)?;
         let mut best: Option<(u32, (u32, u64))> = None;
         let mut deferred = Vec::new();
+        let mut checks = Vec::new();
+        let mut withdrawn = Vec::new();
+        let alone = OnceCell::new();
         let starving = self.starving(now);
         for &u in &self.missing {
             // Every class needs the peer to hold the chunk; testing its
@@ -296,18 +310,46 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     }
                 };
                 let own = c.deferred[scope.index()];
-                if !line.lets_pull(own, now) {
+                let pulls =
+                    line.lets_pull(own, now) || (line.since.is_some() && self.wins_check(u, now));
+                if !pulls {
                     // Held back from now on, unless it already was.
                     if own.is_none() {
                         deferred.push((u, scope.index()));
                     }
+                    // A neighbour's claim came during this device's
+                    // check: it stands back, and stops claiming.
+                    if line.since.is_some() && self.intends(u, now) && c.in_flight.is_empty() {
+                        withdrawn.push(u);
+                    }
                     continue;
+                }
+                // The origin refuses a chunk it served moments ago
+                // (`OriginDedup`): two of a site asking it cost a
+                // `NotFound`, not a copy, so its pulls go unchecked; so do
+                // the chunk's home's (see `sched::check`).
+                let state = if class == PeerClass::Origin || line.rank == 0 {
+                    Check::Clear
+                } else {
+                    self.check_state(u, now, &alone)
+                };
+                match state {
+                    Check::Clear => {}
+                    Check::Waiting => continue,
+                    Check::Due => {
+                        checks.push(u);
+                        continue;
+                    }
                 }
             }
             best = Some((u, key));
         }
         for (u, scope) in deferred {
             self.chunks[u as usize].deferred[scope] = Some(now);
+        }
+        self.begin_checks(&checks, now);
+        for u in withdrawn {
+            self.chunks[u as usize].intent = None;
         }
         best.map(|(u, _)| u)
     }

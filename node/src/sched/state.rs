@@ -60,6 +60,10 @@ pub(super) struct ChunkState<P> {
     /// When a peer beyond the site last answered `Busy` to a request for
     /// it: this device is still importing it (see `importing`).
     pub refused_at: Option<Instant>,
+    /// This device's claim check before a WAN pull (`claim_check`): when
+    /// it may pull, and when the claim it announced lapses unless a
+    /// request keeps it up.
+    pub intent: Option<(Instant, Instant)>,
     pub id: ChunkId,
 }
 
@@ -81,6 +85,7 @@ impl<P> ChunkState<P> {
             deferred: [None; 2],
             claimed_since: None,
             refused_at: None,
+            intent: None,
             id,
         }
     }
@@ -130,6 +135,9 @@ pub(super) struct PeerState {
     pub known: bool,
     /// Whether it is itself fetching the manifest.
     pub fetching: bool,
+    /// A same-site peer to be asked at once, so that it hears a claim
+    /// this device is about to make (`claim_check`).
+    pub claim_push: bool,
     pub in_flight: usize,
     pub have_due: Instant,
     pub have_pending: Option<Instant>,
@@ -158,6 +166,7 @@ impl PeerState {
             have: smallvec::smallvec![0; chunks.div_ceil(64)],
             known: false,
             fetching: false,
+            claim_push: false,
             in_flight: 0,
             have_due: now,
             have_pending: None,

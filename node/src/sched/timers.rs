@@ -143,6 +143,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 consider(&mut best, since + self.cfg.claim_patience);
             }
         }
+        if let Some(t) = self.next_check_end(after) {
+            consider(&mut best, t);
+        }
         if let Some(t) = self.starving_at() {
             consider(&mut best, t);
         }

@@ -97,7 +97,8 @@ proptest! {
         let mut bf = Bitfield::new(bits.len());
         for (i, b) in bits.iter().enumerate() { if *b { bf.set(i) } }
         rt(&PeerRequest::Get { chunk: ChunkId::from_bytes(id) });
-        rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: Some(SiteId::new("x").unwrap()) });
+        rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: Some(SiteId::new("x").unwrap()), importing: None });
+        rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: None, importing: Some(Bitfield::new(3)) });
         rt(&PeerRequest::Manifest { id: crate::ManifestId::from_bytes(id) });
         rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: true, fetching: false, importing: None, relayed: None, roster: vec![], site_holds: None, site_holds_relayed: None });
         rt(&PeerResponse::Have { bitfield: bf.clone(), site: None, origin: false, fetching: true, importing: Some(bf.clone()), relayed: Some(bf.clone()), roster: vec![1, u64::MAX], site_holds: Some(bf.clone()), site_holds_relayed: Some(bf) });

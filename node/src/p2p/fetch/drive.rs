@@ -65,7 +65,7 @@ impl Fetches {
         dl.have_retry.retain(|(at, _)| *at > now);
         for peer in due {
             if self.connected.contains(&peer) {
-                let rid = net.send(peer, have_request(id, &self.site));
+                let rid = net.send(peer, have_request(id, &self.site, None));
                 self.pending.insert(rid, (id, peer, Tag::Have));
             }
         }
@@ -133,7 +133,10 @@ impl Fetches {
                     }
                 }
                 Action::QueryHave { peer } => {
-                    let rid = net.send(peer, have_request(id, &self.site));
+                    let ours = dl.sched.sends_claims()
+                        && dl.sched.peer_class(&peer) == Some(PeerClass::SameSite);
+                    let claims = ours.then(|| dl.sched.importing());
+                    let rid = net.send(peer, have_request(id, &self.site, claims));
                     self.pending.insert(rid, (id, peer, Tag::Have));
                 }
                 // Request-response cannot cancel; a late answer is a

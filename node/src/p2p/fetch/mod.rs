@@ -180,11 +180,17 @@ pub(crate) struct SiteNews {
 }
 
 /// A `Have` request, which carries our site so that a neighbour's answer
-/// can tell us what it imports.
-fn have_request(manifest: ManifestId, site: &Option<SiteId>) -> PeerRequest {
+/// can tell us what it imports, and, to a neighbour of our site, what we
+/// import (`importing`; see `sched::check`).
+fn have_request(
+    manifest: ManifestId,
+    site: &Option<SiteId>,
+    importing: Option<Bitfield>,
+) -> PeerRequest {
     PeerRequest::Have {
         manifest,
         site: site.clone(),
+        importing,
     }
 }
 
@@ -323,7 +329,7 @@ impl Fetches {
         };
         for &peer in &self.connected {
             dl.queried.insert(peer);
-            let rid = net.send(peer, have_request(id, &self.site));
+            let rid = net.send(peer, have_request(id, &self.site, None));
             self.pending.insert(rid, (id, peer, Tag::Have));
         }
         fetch.phase = Phase::Download(Box::new(dl));
@@ -402,6 +408,32 @@ impl Fetches {
         }
     }
 
+    /// A same-site neighbour's `Have` request for `id` said what it
+    /// imports (`sched::check`): heard at once rather than at our next
+    /// poll of it. A field of the wrong length is ignored.
+    pub(crate) fn take_asker_claims(
+        &mut self,
+        id: &ManifestId,
+        asker_site: Option<&SiteId>,
+        asker: PeerId,
+        importing: &Bitfield,
+        now: Instant,
+    ) {
+        if asker_site.is_none() || asker_site != self.site.as_ref() {
+            return;
+        }
+        let Some(Fetch {
+            phase: Phase::Download(dl),
+            ..
+        }) = self.fetches.get_mut(id)
+        else {
+            return;
+        };
+        if importing.len() == dl.sched.total_positions() {
+            dl.sched.handle_peer_importing(asker, Some(importing), now);
+        }
+    }
+
     /// A connection to a new peer is up: include it in every fetch.
     pub(crate) fn peer_connected(&mut self, peer: PeerId, now: Instant, net: &mut dyn Net) {
         self.connected.insert(peer);
@@ -414,7 +446,7 @@ impl Fetches {
                 Phase::Manifest(_) => self.ask_manifest(id, now, net),
                 Phase::Download(dl) => {
                     if dl.queried.insert(peer) {
-                        let rid = net.send(peer, have_request(id, &self.site));
+                        let rid = net.send(peer, have_request(id, &self.site, None));
                         self.pending.insert(rid, (id, peer, Tag::Have));
                     }
                 }
