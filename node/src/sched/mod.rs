@@ -561,6 +561,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return Some(a);
         }
         // A claim check begun by this very pick asks its neighbours now.
+        if self.cfg.claim_check.is_zero() {
+            return None;
+        }
         self.due_have_query(now)
             .map(|peer| Action::QueryHave { peer })
     }
