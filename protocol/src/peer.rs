@@ -67,7 +67,8 @@ pub enum PeerResponse {
         #[serde(default)]
         fetching: bool,
         /// Chunks the responder has asked of other sites or the origin and
-        /// awaits (or was refused `Busy` for moments ago), indexed like
+        /// awaits (or was refused `Busy` for moments ago, or is checking
+        /// before it asks), indexed like
         /// `bitfield`; given to same-site askers only. A neighbour waits
         /// for them rather than pulling them over the WAN too.
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -47,8 +47,9 @@ pub(super) type Bits = SmallVec<[u64; 2]>;
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// The manifest positions this device is importing: missing chunks it
-    /// has asked of peers of other sites or the origin and awaits, or was
-    /// refused `Busy` by one within `REFUSED_CLAIM`. What a `Have`
+    /// has asked of peers of other sites or the origin and awaits, was
+    /// refused `Busy` by one within `REFUSED_CLAIM`, or claims for a check
+    /// (`sched::check`). What a `Have`
     /// answer to a same-site neighbour carries, so that the neighbour
     /// does not pull them too. Claiming also the chunks a home had asked
     /// for long before and would retry held the rest of the site back
