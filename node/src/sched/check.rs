@@ -49,11 +49,13 @@ pub(super) enum Check {
 }
 
 impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
-    /// Whether this device checks its claims before WAN pulls, and so
-    /// sends them in its `Have` requests to same-site neighbours. Without
-    /// the check, claims travel only in answers, as before it.
-    pub fn sends_claims(&self) -> bool {
-        !self.cfg.claim_check.is_zero()
+    /// The claims a `Have` request to `peer` carries: this device's
+    /// [`Self::importing`] for a same-site peer while it checks claims
+    /// before WAN pulls; `None` otherwise (without the check, claims
+    /// travel only in answers, as before it).
+    pub fn claims_for(&self, peer: &P) -> Option<meshota_protocol::Bitfield> {
+        let ours = self.peers.get(peer).map(|p| p.class) == Some(PeerClass::SameSite);
+        (ours && !self.cfg.claim_check.is_zero()).then(|| self.importing())
     }
 
     /// Where chunk `u` stands in its claim check at `now`. `alone`

@@ -58,15 +58,7 @@ fn pull_all(s: &mut Scheduler<u32>, now: Instant) -> Vec<usize> {
 /// one patience later, lets its place in line come for the rest, which it
 /// checks. Returns the time of that step and the chunks it checks.
 fn step_in(s: &mut Scheduler<u32>, t0: Instant) -> (Instant, Vec<usize>) {
-    let mut home = requests(&drain(s, t0));
-    assert!(!home.is_empty(), "the home waited for a check");
-    // A window at a time, each answered at once.
-    while !home.is_empty() {
-        for (peer, i) in home {
-            s.handle_chunk_arrived(peer, i, 10, t0);
-        }
-        home = requests(&drain(s, t0));
-    }
+    assert!(!pull_all(s, t0).is_empty(), "the home waited for a check");
     let t1 = t0 + SchedulerConfig::default().site_patience;
     s.handle_timeout(t1);
     let first = drain(s, t1);
@@ -105,13 +97,7 @@ fn without_a_check_a_device_steps_in_at_once() {
     add_peer(&mut s, 1, PeerClass::SameSite, &Bitfield::new(n()), t0);
     s.handle_peer_fetching(1, true);
     add_peer(&mut s, 2, PeerClass::OtherSite, &Bitfield::full(n()), t0);
-    let mut home = requests(&drain(&mut s, t0));
-    while !home.is_empty() {
-        for (peer, i) in home {
-            s.handle_chunk_arrived(peer, i, 10, t0);
-        }
-        home = requests(&drain(&mut s, t0));
-    }
+    pull_all(&mut s, t0);
     let t1 = t0 + SchedulerConfig::default().site_patience;
     s.handle_timeout(t1);
     assert!(!requests(&drain(&mut s, t1)).is_empty());

@@ -133,9 +133,7 @@ impl Fetches {
                     }
                 }
                 Action::QueryHave { peer } => {
-                    let ours = dl.sched.sends_claims()
-                        && dl.sched.peer_class(&peer) == Some(PeerClass::SameSite);
-                    let claims = ours.then(|| dl.sched.importing());
+                    let claims = dl.sched.claims_for(&peer);
                     let rid = net.send(peer, have_request(id, &self.site, claims));
                     self.pending.insert(rid, (id, peer, Tag::Have));
                 }
