@@ -55,7 +55,7 @@ pub use ids::{
     PayloadHash, ReleaseId, RolloutId, SiteId,
 };
 pub use manifest::{ChunkRef, InstallKind, Manifest, MAX_CHUNKS};
-pub use peer::{Bitfield, PeerRequest, PeerResponse};
+pub use peer::{Bitfield, PeerHint, PeerRequest, PeerResponse, MAX_HINT_ADDRS};
 pub use release::{Action, Announcement, Command, CommandAction, Release, RolloutGate};
 pub use semver;
 pub use telemetry::{ByteSplit, Event, Report, ReportBody, SignedReport, Status, UpdateState};

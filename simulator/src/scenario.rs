@@ -470,6 +470,16 @@ mod tests {
     }
 
     #[test]
+    fn the_virtual_100k_example_is_the_goal_s_fleet() {
+        let s = example(include_str!("../scenarios/virtual-100k.toml"));
+        assert_eq!(
+            (s.devices, s.sites, s.bundle_bytes, s.chunk_avg),
+            (100_000, 100, 16 << 20, 1 << 20)
+        );
+        assert_eq!(s.waves, vec![1, 10, 50, 100]);
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let err = Scenario::from_toml("waves = [50, 10, 100]").unwrap_err();
         assert!(err.to_string().contains("waves"), "{err}");

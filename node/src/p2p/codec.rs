@@ -236,6 +236,7 @@ mod tests {
         let mut buf = Vec::new();
         let req = PeerRequest::Get {
             chunk: ChunkId::digest(b"x"),
+            hints: true,
         };
         block_on(write_message(&mut buf, &req)).unwrap();
         let back: PeerRequest = block_on(read_message(&mut buf.as_slice())).unwrap();

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use libp2p::kad;
 use libp2p::request_response::OutboundRequestId;
-use libp2p::{PeerId, Swarm};
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, Swarm};
 use meshota_protocol::{Manifest, ManifestId, PeerRequest, SiteId};
 use tokio::sync::broadcast;
 
@@ -71,6 +72,16 @@ impl Net for LoopNet<'_> {
         }
         if let Err(e) = self.swarm.dial(peer) {
             tracing::debug!(%peer, error = %e, "dialing a provider failed");
+        }
+    }
+
+    fn dial_at(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if self.banned.contains(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dialing a named holder failed");
         }
     }
 

@@ -587,6 +587,7 @@ impl EventLoop {
         match ev {
             MeshBehaviourEvent::Chunks(ev) => self.on_chunks(ev, now),
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.server.note_addrs(peer_id, &info.listen_addrs);
                 // Only DHT servers go into the routing table (Kademlia
                 // adds those it talks to by itself, too). A client answers
                 // no queries, and a server that listed clients would hand

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::request_response::{InboundRequestId, ResponseChannel};
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use meshota_protocol::{
-    Bitfield, ChunkId, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
+    Bitfield, ChunkId, Manifest, ManifestId, PeerHint, PeerRequest, PeerResponse, SiteId,
+    MAX_HINT_ADDRS,
 };
 use tokio::sync::mpsc;
 
@@ -127,6 +128,8 @@ pub(crate) struct Counters {
     pub(crate) released: AtomicU64,
     pub(crate) far_have_received: AtomicU64,
     pub(crate) far_have_answered: AtomicU64,
+    pub(crate) hints: AtomicU64,
+    pub(crate) hints_followed: AtomicU64,
 }
 
 /// A snapshot of a node's transfer counters.
@@ -172,6 +175,11 @@ pub struct NodeStats {
     pub far_have_received: u64,
     /// `Have` requests answered for askers of another site.
     pub far_have_answered: u64,
+    /// Origin only: refusals of a withheld chunk that named who got it
+    /// ([`PeerResponse::Elsewhere`]).
+    pub hints: u64,
+    /// Such answers received that led to a dial of the holder.
+    pub hints_followed: u64,
 }
 
 impl Counters {
@@ -192,6 +200,8 @@ impl Counters {
             released: l(&self.released),
             far_have_received: l(&self.far_have_received),
             far_have_answered: l(&self.far_have_answered),
+            hints: l(&self.hints),
+            hints_followed: l(&self.hints_followed),
         }
     }
 }
@@ -222,6 +232,10 @@ pub(crate) struct ServeConfig {
     pub(crate) origin_dedup_window: Duration,
 }
 
+/// Most peers whose addresses an origin keeps; past it the book starts
+/// over (identify sends them again on each new connection).
+const MAX_ADDR_BOOK: usize = 1 << 16;
+
 /// Most decoded manifests (and held bitfields) kept for answering `Have`.
 const MANIFEST_CACHE: usize = 16;
 /// How long a computed bitfield answers `Have` before it is recomputed,
@@ -245,6 +259,9 @@ pub(crate) struct Server {
     /// Origin only: who got each chunk last. The same peer asking again
     /// never received it (timeout, broken connection) and is served.
     served_to: HashMap<ChunkId, PeerId>,
+    /// Origin only: the listen addresses peers gave in identify, so a
+    /// refusal can say where the chunk went ([`PeerResponse::Elsewhere`]).
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
     counters: Arc<Counters>,
     delayed: mpsc::UnboundedSender<DelayedResponse>,
 }
@@ -269,9 +286,46 @@ impl Server {
             held: HashMap::new(),
             dedup,
             served_to: HashMap::new(),
+            addrs: HashMap::new(),
             counters,
             delayed,
         }
+    }
+
+    /// A peer said where it listens. Kept by an origin only, for as many
+    /// peers as [`MAX_ADDR_BOOK`].
+    pub(crate) fn note_addrs(&mut self, peer: PeerId, addrs: &[Multiaddr]) {
+        if self.dedup.is_none() || addrs.is_empty() {
+            return;
+        }
+        if self.addrs.len() >= MAX_ADDR_BOOK && !self.addrs.contains_key(&peer) {
+            self.addrs.clear();
+        }
+        let kept = addrs.iter().take(MAX_HINT_ADDRS).cloned().collect();
+        self.addrs.insert(peer, kept);
+    }
+
+    /// The answer to a `Get` of `chunk`, which this origin withholds: it
+    /// served it moments ago, so the fleet has that copy, and an asker
+    /// that takes hints is told whose.
+    fn refusal(&self, chunk: &ChunkId, hints: bool) -> PeerResponse {
+        match hints.then(|| self.holder_hint(chunk)).flatten() {
+            Some(holder) => {
+                self.counters.hints.fetch_add(1, Ordering::Relaxed);
+                PeerResponse::Elsewhere { holder }
+            }
+            None => self.not_found(),
+        }
+    }
+
+    /// Who got `chunk` from this origin last, and where to dial it.
+    fn holder_hint(&self, chunk: &ChunkId) -> Option<PeerHint> {
+        let holder = self.served_to.get(chunk)?;
+        let addrs = self.addrs.get(holder).filter(|a| !a.is_empty())?;
+        Some(PeerHint::new(
+            holder.to_bytes(),
+            addrs.iter().map(|a| a.to_vec()),
+        ))
     }
 
     /// Counts a provider query started (see `NodeStats::provider_lookups`).
@@ -359,7 +413,7 @@ impl Server {
                     self.not_found()
                 }
             },
-            PeerRequest::Get { chunk } => {
+            PeerRequest::Get { chunk, hints } => {
                 let queued_too_long = self
                     .limiter
                     .as_mut()
@@ -370,8 +424,7 @@ impl Server {
                 }
                 match self.store.get_chunk(&chunk) {
                     Ok(Some(_)) if !self.origin_admits(peer, &chunk, now) => {
-                        // Served moments ago: the fleet has that copy.
-                        self.not_found()
+                        self.refusal(&chunk, hints)
                     }
                     Ok(Some(stored)) => {
                         let mut data = stored.data;
@@ -526,6 +579,65 @@ impl Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn origin(now: Instant) -> Server {
+        let config = ServeConfig {
+            site: None,
+            seed: true,
+            origin: true,
+            corrupt_uploads: false,
+            max_concurrent_uploads: 4,
+            upload_limit_bps: None,
+            upload_queue_max: Duration::from_secs(1),
+            origin_dedup_window: Duration::from_secs(300),
+        };
+        let store = Arc::new(crate::store::MemStore::new());
+        Server::new(
+            store,
+            config,
+            Arc::default(),
+            mpsc::unbounded_channel().0,
+            now,
+        )
+    }
+
+    #[test]
+    fn an_origin_names_who_got_a_withheld_chunk_to_an_asker_that_takes_hints() {
+        let t0 = Instant::now();
+        let mut s = origin(t0);
+        let chunk = ChunkId::digest(b"c");
+        let (first, second) = (PeerId::random(), PeerId::random());
+        let addr: Multiaddr = "/ip4/10.0.0.7/tcp/4001".parse().unwrap();
+        s.note_addrs(first, std::slice::from_ref(&addr));
+        assert!(s.origin_admits(first, &chunk, t0));
+        assert!(!s.origin_admits(second, &chunk, t0));
+        match s.refusal(&chunk, true) {
+            PeerResponse::Elsewhere { holder } => {
+                assert_eq!(PeerId::from_bytes(&holder.peer).unwrap(), first);
+                let addrs: Vec<&[u8]> = holder.addrs().collect();
+                assert_eq!(addrs, vec![addr.to_vec().as_slice()]);
+            }
+            other => panic!("answered {other:?}"),
+        }
+        // An older node, which does not ask for hints, is told `NotFound`.
+        assert_eq!(s.refusal(&chunk, false), PeerResponse::NotFound);
+        let stats = s.counters.snapshot();
+        assert_eq!((stats.hints, stats.not_found), (1, 1));
+    }
+
+    #[test]
+    fn an_origin_that_does_not_know_where_the_holder_listens_says_not_found() {
+        let t0 = Instant::now();
+        let mut s = origin(t0);
+        let chunk = ChunkId::digest(b"c");
+        assert!(s.origin_admits(PeerId::random(), &chunk, t0));
+        assert_eq!(s.refusal(&chunk, true), PeerResponse::NotFound);
+        // Nor does a device that is no origin keep anyone's addresses.
+        let mut device = origin(t0);
+        device.dedup = None;
+        device.note_addrs(PeerId::random(), &["/ip4/10.0.0.7/tcp/1".parse().unwrap()]);
+        assert!(device.addrs.is_empty());
+    }
 
     #[test]
     fn a_token_bucket_delays_in_proportion_to_debt() {

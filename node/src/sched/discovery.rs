@@ -390,6 +390,29 @@ impl<P: Copy + Ord + Hash + Debug + PeerBytes> Discovery<P> {
         Some(self.lookup_at + lookup_pause(refresh, self.in_vain))
     }
 
+    /// An origin refused a chunk it served moments ago and named `peer`
+    /// as the one that got it: true if the driver should dial it (or, if
+    /// connected, ask it for its `Have` again) as one of this fetch's far
+    /// peers, whose answers are used ([`Discovery::polls`]). Without the
+    /// name, a site found the one holder of a new chunk by provider
+    /// lookups of random devices, a median of 67 s after it first asked
+    /// (`throttled-1000`). Not a peer dialled within [`FAR_REDIAL`], and
+    /// not past twice [`MAX_FAR_DIALS`] such peers at once: names come
+    /// from whoever says it is an origin, so they must not make a device
+    /// dial without end.
+    pub fn handle_hint(&mut self, peer: P, connected: impl Fn(&P) -> bool, now: Instant) -> bool {
+        self.far_dialled
+            .retain(|q, at| connected(q) || now < *at + FAR_REDIAL);
+        if peer == self.local
+            || self.far_dialled.contains_key(&peer)
+            || self.far_dialled.len() >= 2 * MAX_FAR_DIALS
+        {
+            return false;
+        }
+        self.far_dialled.insert(peer, now);
+        true
+    }
+
     /// Whether a `Have` answer from `peer` (of another site if `far`) is
     /// used. A peer of another site that dialled this one polls it;
     /// polling it back doubled each far connection's `Have` traffic over

@@ -96,7 +96,7 @@ proptest! {
     fn peer_messages_round_trip(id in digest(), bits in proptest::collection::vec(any::<bool>(), 0..300), data in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let mut bf = Bitfield::new(bits.len());
         for (i, b) in bits.iter().enumerate() { if *b { bf.set(i) } }
-        rt(&PeerRequest::Get { chunk: ChunkId::from_bytes(id) });
+        rt(&PeerRequest::Get { chunk: ChunkId::from_bytes(id), hints: id[0] % 2 == 0 });
         rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: Some(SiteId::new("x").unwrap()), importing: None });
         rt(&PeerRequest::Have { manifest: crate::ManifestId::from_bytes(id), site: None, importing: Some(Bitfield::new(3)) });
         rt(&PeerRequest::Manifest { id: crate::ManifestId::from_bytes(id) });

@@ -493,6 +493,7 @@ async fn drive(
                 busy: stats.get(i).map_or(0, |s| s.busy),
                 far_have_received: stats.get(i).map_or(0, |s| s.far_have_received),
                 far_have_answered: stats.get(i).map_or(0, |s| s.far_have_answered),
+                hints_followed: stats.get(i).map_or(0, |s| s.hints_followed),
                 lookups: stats.get(i).map_or(0, |s| s.provider_lookups),
                 origin_wan_in: origin_in.get(i).copied().unwrap_or(0),
                 origin_conns: origin_conns.get(i).copied().unwrap_or(0),
@@ -519,6 +520,7 @@ async fn drive(
                 busy: o.busy,
                 not_found: o.not_found,
                 released: o.released,
+                hints: o.hints,
             }
         },
     })

@@ -162,6 +162,8 @@ pub struct OriginFigures {
     pub not_found: u64,
     /// Chunk uploads that failed, after which the chunk was offered again.
     pub released: u64,
+    /// Refusals of a withheld chunk that named the device that got it.
+    pub hints: u64,
 }
 
 /// One device's figures in a live run; times in seconds from the start.
@@ -210,6 +212,9 @@ pub struct DeviceFigures {
     /// `Have` requests it answered for devices of other sites
     /// (`NodeStats::far_have_answered`), since its last restart.
     pub far_have_answered: u64,
+    /// Holders an origin named that it dialled (or asked again), since
+    /// its last restart.
+    pub hints_followed: u64,
 }
 
 /// Runs scenario `s` live, telling `progress` what happens.

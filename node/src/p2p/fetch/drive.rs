@@ -4,8 +4,8 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use libp2p::PeerId;
-use meshota_protocol::{ManifestId, PeerRequest};
+use libp2p::{Multiaddr, PeerId};
+use meshota_protocol::{ManifestId, PeerHint, PeerRequest};
 
 use super::{have_request, stage_of, DownloadReport, FetchError, Fetches, Net, Phase, Tag};
 use crate::p2p::NodeEvent;
@@ -127,7 +127,8 @@ impl Fetches {
                         self.counters
                             .chunk_requests_sent
                             .fetch_add(1, Ordering::Relaxed);
-                        let rid = net.send(peer, PeerRequest::Get { chunk });
+                        let hints = class == Some(PeerClass::Origin);
+                        let rid = net.send(peer, PeerRequest::Get { chunk, hints });
                         self.pending
                             .insert(rid, (id, peer, Tag::Chunk { index, chunk, len }));
                     }
@@ -193,13 +194,16 @@ impl Fetches {
                 l.reserve(u64::from(len), now);
             }
             self.queued.pop_front();
-            if !self.fetches.contains_key(&id) {
+            let Some(fetch) = self.fetches.get(&id) else {
                 continue;
-            }
+            };
+            // Only an origin withholds chunks and names who got them.
+            let hints = matches!(&fetch.phase, Phase::Download(dl)
+                if dl.sched.peer_class(&peer) == Some(PeerClass::Origin));
             self.counters
                 .chunk_requests_sent
                 .fetch_add(1, Ordering::Relaxed);
-            let rid = net.send(peer, PeerRequest::Get { chunk });
+            let rid = net.send(peer, PeerRequest::Get { chunk, hints });
             self.pending
                 .insert(rid, (id, peer, Tag::Chunk { index, chunk, len }));
         }
@@ -295,5 +299,39 @@ impl Fetches {
             }
         }
         next
+    }
+
+    /// An origin named `hint` as holding a chunk of `id` that it
+    /// withholds: dial it, or ask it again if connected, as a far peer
+    /// of this fetch ([`crate::sched::discovery::Discovery::handle_hint`]).
+    /// A hint that does not parse is dropped.
+    pub(super) fn follow_hint(
+        &mut self,
+        id: ManifestId,
+        hint: &PeerHint,
+        now: Instant,
+        net: &mut dyn Net,
+    ) {
+        let Ok(peer) = PeerId::from_bytes(&hint.peer) else {
+            return;
+        };
+        let addrs: Vec<Multiaddr> = hint
+            .addrs()
+            .filter_map(|a| Multiaddr::try_from(a.to_vec()).ok())
+            .collect();
+        let connected = self.connected.contains(&peer);
+        let Some(fetch) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        let up = |p: &PeerId| self.connected.contains(p);
+        if (addrs.is_empty() && !connected) || !fetch.disc.handle_hint(peer, up, now) {
+            return;
+        }
+        self.counters.hints_followed.fetch_add(1, Ordering::Relaxed);
+        match &mut fetch.phase {
+            Phase::Download(dl) if connected => dl.have_retry.push((now, peer)),
+            _ if connected => {}
+            _ => net.dial_at(peer, addrs),
+        }
     }
 }

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::request_response::OutboundRequestId;
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use meshota_protocol::{
     Bitfield, ChunkId, Manifest, ManifestId, PeerRequest, PeerResponse, SiteId,
 };
@@ -58,6 +58,8 @@ pub(crate) trait Net {
     fn find_providers(&mut self, id: ManifestId, far: bool) -> bool;
     /// Connects to a peer whose addresses are known.
     fn dial(&mut self, peer: PeerId);
+    /// Connects to a peer at these addresses.
+    fn dial_at(&mut self, peer: PeerId, addrs: Vec<Multiaddr>);
     /// Announces on Kademlia that this node holds a manifest. True when a
     /// lookup of the site will follow once the announcement is stored
     /// (see [`Fetches::lookup_finished`]).
@@ -721,6 +723,7 @@ impl Fetches {
                     PeerResponse::Chunk { .. } => "chunk",
                     PeerResponse::Busy => "busy",
                     PeerResponse::NotFound => "not-found",
+                    PeerResponse::Elsewhere { .. } => "elsewhere",
                     _ => "other",
                 },
                 "WAN answer",
@@ -742,6 +745,14 @@ impl Fetches {
             PeerResponse::NotFound => {
                 dl.sched
                     .handle_chunk_failed(peer, index, Failure::NotFound, now)
+            }
+            PeerResponse::Elsewhere { holder } => {
+                let from_origin = dl.sched.peer_class(&peer) == Some(PeerClass::Origin);
+                dl.sched
+                    .handle_chunk_failed(peer, index, Failure::NotFound, now);
+                if from_origin {
+                    self.follow_hint(id, &holder, now, net);
+                }
             }
             PeerResponse::Busy => dl
                 .sched
