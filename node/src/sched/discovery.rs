@@ -390,8 +390,10 @@ impl<P: Copy + Ord + Hash + Debug + PeerBytes> Discovery<P> {
         Some(self.lookup_at + lookup_pause(refresh, self.in_vain))
     }
 
-    /// An origin refused a chunk it served moments ago and named `peer`
-    /// as the one that got it: true if the driver should dial it (or, if
+    /// A peer refused a chunk and named `peer` as the one that got it
+    /// (`from_origin`: the refuser said it is an origin, which withholds
+    /// chunks it served moments ago; no one else's word is taken): true
+    /// if the driver should dial it (or, if
     /// connected, ask it for its `Have` again) as one of this fetch's far
     /// peers, whose answers are used ([`Discovery::polls`]). Without the
     /// name, a site found the one holder of a new chunk by provider
@@ -400,7 +402,16 @@ impl<P: Copy + Ord + Hash + Debug + PeerBytes> Discovery<P> {
     /// not past twice [`MAX_FAR_DIALS`] such peers at once: names come
     /// from whoever says it is an origin, so they must not make a device
     /// dial without end.
-    pub fn handle_hint(&mut self, peer: P, connected: impl Fn(&P) -> bool, now: Instant) -> bool {
+    pub fn handle_hint(
+        &mut self,
+        peer: P,
+        from_origin: bool,
+        connected: impl Fn(&P) -> bool,
+        now: Instant,
+    ) -> bool {
+        if !from_origin {
+            return false;
+        }
         self.far_dialled
             .retain(|q, at| connected(q) || now < *at + FAR_REDIAL);
         if peer == self.local

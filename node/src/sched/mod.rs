@@ -593,11 +593,6 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.chunks.len()
     }
 
-    /// Chunk positions in the manifest: the length of its bitfields.
-    pub fn total_positions(&self) -> usize {
-        self.pos_to_unique.len()
-    }
-
     fn check_complete(&mut self, now: Instant) {
         if !self.completed && self.missing.is_empty() {
             self.completed = true;

@@ -314,15 +314,20 @@ fn a_holder_an_origin_names_is_dialled_once_and_its_answers_are_used() {
         !d.polls(&500, true),
         "a far peer nobody named is not polled"
     );
-    assert!(d.handle_hint(500, none, t0));
+    assert!(
+        !d.handle_hint(500, false, none, t0),
+        "taken from a peer that is no origin"
+    );
+    assert!(!d.polls(&500, true));
+    assert!(d.handle_hint(500, true, none, t0));
     assert!(d.polls(&500, true), "its Have answers are used");
     // Named again (another withheld chunk), it is not dialled again.
     let up = |p: &u32| *p == 500;
-    assert!(!d.handle_hint(500, up, t0 + Duration::from_secs(1)));
-    assert!(!d.handle_hint(500, none, t0 + Duration::from_secs(30)));
+    assert!(!d.handle_hint(500, true, up, t0 + Duration::from_secs(1)));
+    assert!(!d.handle_hint(500, true, none, t0 + Duration::from_secs(30)));
     // Its dial failed a minute ago: it may be tried again.
-    assert!(d.handle_hint(500, none, t0 + FAR_REDIAL + Duration::from_secs(1)));
-    assert!(!d.handle_hint(ME, none, t0), "never itself");
+    assert!(d.handle_hint(500, true, none, t0 + FAR_REDIAL + Duration::from_secs(1)));
+    assert!(!d.handle_hint(ME, true, none, t0), "never itself");
 }
 
 #[test]
@@ -330,12 +335,12 @@ fn names_from_an_origin_make_a_device_dial_a_bounded_number_of_holders() {
     let t0 = Instant::now();
     let mut d = device(ME, t0);
     let followed = (600..700u32)
-        .filter(|&p| d.handle_hint(p, none, t0))
+        .filter(|&p| d.handle_hint(p, true, none, t0))
         .count();
     assert_eq!(followed, 2 * MAX_FAR_DIALS);
     // Once those dials are a minute old and none connected, others may be.
     let later = t0 + FAR_REDIAL;
-    assert!(d.handle_hint(700, none, later));
+    assert!(d.handle_hint(700, true, none, later));
     // Hints dial of themselves: no lookup or dial is queued for them.
     assert!(actions(&mut d).is_empty());
 }

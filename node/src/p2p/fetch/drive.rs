@@ -301,14 +301,16 @@ impl Fetches {
         next
     }
 
-    /// An origin named `hint` as holding a chunk of `id` that it
-    /// withholds: dial it, or ask it again if connected, as a far peer
-    /// of this fetch ([`crate::sched::discovery::Discovery::handle_hint`]).
-    /// A hint that does not parse is dropped.
+    /// A peer (an origin if `from_origin`) named `hint` as holding a
+    /// chunk of `id` it refused: dial it, or ask it again if connected,
+    /// if discovery takes the name
+    /// ([`crate::sched::discovery::Discovery::handle_hint`]). A hint
+    /// that does not parse is dropped.
     pub(super) fn follow_hint(
         &mut self,
         id: ManifestId,
         hint: &PeerHint,
+        from_origin: bool,
         now: Instant,
         net: &mut dyn Net,
     ) {
@@ -324,7 +326,7 @@ impl Fetches {
             return;
         };
         let up = |p: &PeerId| self.connected.contains(p);
-        if (addrs.is_empty() && !connected) || !fetch.disc.handle_hint(peer, up, now) {
+        if (addrs.is_empty() && !connected) || !fetch.disc.handle_hint(peer, from_origin, up, now) {
             return;
         }
         self.counters.hints_followed.fetch_add(1, Ordering::Relaxed);

@@ -431,7 +431,8 @@ impl Fetches {
         else {
             return;
         };
-        if importing.len() == dl.sched.total_positions() {
+        // As for the bitfields of a `Have` answer (`on_have`).
+        if importing.check(dl.manifest.chunks.len()).is_ok() {
             dl.sched.handle_peer_importing(asker, Some(importing), now);
         }
     }
@@ -750,9 +751,7 @@ impl Fetches {
                 let from_origin = dl.sched.peer_class(&peer) == Some(PeerClass::Origin);
                 dl.sched
                     .handle_chunk_failed(peer, index, Failure::NotFound, now);
-                if from_origin {
-                    self.follow_hint(id, &holder, now, net);
-                }
+                self.follow_hint(id, &holder, from_origin, now, net);
             }
             PeerResponse::Busy => dl
                 .sched
