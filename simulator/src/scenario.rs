@@ -40,7 +40,12 @@ pub struct Scenario {
     pub lan_peers: u32,
     /// Other-site peers each device knows.
     pub wan_peers: u32,
-    /// Concurrent uploads a device serves before answering `Busy`.
+    /// Concurrent uploads a device serves before answering `Busy`. A
+    /// real node serves 32 (`P2pConfig::max_concurrent_uploads`). The
+    /// default here is 4 because the virtual mode's first-in-first-out
+    /// links queue transfers deeper with more (10,000 devices took 220 s
+    /// with 4 and 1,126 s with 16, BENCHMARKS.md). On slow downlinks a
+    /// live run wants more: `throttled-1000.toml` sets 16.
     pub max_uploads: u32,
     /// Each device's upload cap (the node's `p2p.max_upload_bps`) in
     /// percent of `device_up_bps`; 0 for none. A cap just under the
@@ -465,6 +470,7 @@ mod tests {
         let s = example(include_str!("../scenarios/throttled-1000.toml"));
         assert_eq!((s.devices, s.sites, s.bundle_bytes), (1000, 20, 16 << 20));
         assert_eq!(s.device_download_cap_bps(), Some(59_375));
+        assert_eq!((s.max_uploads, s.claim_check_ms), (16, 1000));
         let bound = kumar_ross_bound_s(&s);
         assert!((bound - 268.4).abs() < 0.05, "{bound}");
     }
