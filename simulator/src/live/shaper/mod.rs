@@ -17,10 +17,7 @@
 //!   "bytes over each site's WAN";
 //! - read data is released after the one-way latency (LAN or WAN; twice
 //!   WAN from the origin, whose end adds none, so every round trip is
-//!   two one-way latencies);
-//! - behind a saturated bucket, a connection with nothing queued may
-//!   still move one small message at once ([`QUANTUM`]), as fq_codel
-//!   sends a sparse flow first; bulk flows take the bucket by turns.
+//!   two one-way latencies).
 //!
 //! Devices reach each other over libp2p's in-process memory transport
 //! (`/memory/N`; no file descriptors, so a thousand devices fit in one
@@ -54,18 +51,6 @@ use crate::scenario::Scenario;
 const IO_STEP: usize = 32 * 1024;
 /// Smallest read-side delay line (bytes held back for latency).
 const MIN_QUEUE: usize = 256 * 1024;
-/// What a sparse flow may move past a saturated bucket at once: one
-/// Ethernet frame, fq_codel's quantum.
-///
-/// Without it every connection raced for a saturated bucket in
-/// `IO_STEP` turns, and a 100-byte answer lost to the bulk flows turn
-/// after turn: on `throttled-1000` an origin's refusal took a median of
-/// 5.9 s to arrive, a far peer's `Busy` 4.5 s, where a round trip is
-/// 60 ms. Linux's default qdisc (fq_codel), and cake on home routers,
-/// send a flow with no queue first, so on a real saturated link such a
-/// message waits a few milliseconds. Bulk flows still share the bucket
-/// by turns, and every byte is charged, so the rates hold.
-const QUANTUM: usize = 1514;
 
 thread_local! {
     /// One read buffer per worker thread. A fresh zeroed 32 KiB buffer
@@ -543,13 +528,9 @@ impl Shaped {
             if self.eof || self.queued >= self.queue_cap() {
                 return Poll::Ready(Ok(None));
             }
-            let blocked = self.read_ready_at(Instant::now());
-            // Behind a saturated bucket only a connection with nothing in
-            // its line may read, one quantum (see `QUANTUM`).
-            if let Some(at) = blocked.filter(|_| !self.queue.is_empty()) {
+            if let Some(at) = self.read_ready_at(Instant::now()) {
                 return Poll::Ready(Ok(Some(at)));
             }
-            let step = if blocked.is_some() { QUANTUM } else { IO_STEP };
             let mut read_into = |buf: &mut [u8]| match Pin::new(&mut self.inner).poll_read(cx, buf)
             {
                 Poll::Ready(Ok(n)) => {
@@ -566,8 +547,8 @@ impl Shaped {
             // The inner stream never reads another shaped end, so the
             // scratch buffer is free; a fresh one if it ever is not.
             let read = SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-                Ok(mut buf) => read_into(&mut buf[..step]),
-                Err(_) => read_into(&mut vec![0u8; step]),
+                Ok(mut buf) => read_into(&mut buf[..]),
+                Err(_) => read_into(&mut vec![0u8; IO_STEP]),
             });
             match read {
                 Poll::Ready(Ok((0, _))) => {
@@ -581,21 +562,12 @@ impl Shaped {
                     let n = data.len();
                     let now = Instant::now();
                     let peer = self.charge_read(n, now);
-                    // A full quantum read ahead is a bulk flow's: it waits
-                    // its turn. Less is a sparse flow's message: it goes now.
-                    let start = match blocked {
-                        Some(at) if n >= QUANTUM => at,
-                        _ => now,
-                    };
                     self.queued += n;
                     self.queue.push_back(Held {
-                        due: start + self.latency(peer),
+                        due: now + self.latency(peer),
                         data,
                         pos: 0,
                     });
-                    if let Some(at) = blocked {
-                        return Poll::Ready(Ok(Some(at)));
-                    }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -680,12 +652,7 @@ impl AsyncWrite for Shaped {
                 other => return other,
             }
         }
-        // A sparse flow's message, one quantum at most, does not wait
-        // behind the bulk flows (see `QUANTUM`); it is charged all the same.
         for _ in 0..8 {
-            if buf.len() <= QUANTUM {
-                break;
-            }
             match this.write_ready_at(Instant::now()) {
                 Some(at) if sleep_until(&mut this.write_sleep, at, cx) => continue,
                 Some(_) => return Poll::Pending,
