@@ -67,22 +67,12 @@ impl Net for LoopNet<'_> {
     }
 
     fn dial(&mut self, peer: PeerId) {
-        if self.banned.contains(&peer) {
-            return;
-        }
-        if let Err(e) = self.swarm.dial(peer) {
-            tracing::debug!(%peer, error = %e, "dialing a provider failed");
-        }
+        self.dial_unbanned(peer, DialOpts::peer_id(peer).build(), "a provider");
     }
 
     fn dial_at(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        if self.banned.contains(&peer) {
-            return;
-        }
         let opts = DialOpts::peer_id(peer).addresses(addrs).build();
-        if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!(%peer, error = %e, "dialing a named holder failed");
-        }
+        self.dial_unbanned(peer, opts, "a named holder");
     }
 
     fn provide(&mut self, id: ManifestId) -> bool {
@@ -135,6 +125,17 @@ macro_rules! net {
 }
 
 impl LoopNet<'_> {
+    /// Dials unless `peer` is banned: a ban outlives its connections,
+    /// and every way of dialling must honour it.
+    fn dial_unbanned(&mut self, peer: PeerId, opts: DialOpts, what: &str) {
+        if self.banned.contains(&peer) {
+            return;
+        }
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, error = %e, "dialing {what} failed");
+        }
+    }
+
     /// Looks up the providers of `id` under the site's key, and the
     /// release's too when `release` (see [`lookup_keys`]); false when there
     /// is nobody to ask, now or later.

@@ -7,7 +7,10 @@ use std::time::Instant;
 use libp2p::{Multiaddr, PeerId};
 use meshota_protocol::{ManifestId, PeerHint, PeerRequest};
 
-use super::{have_request, stage_of, DownloadReport, FetchError, Fetches, Net, Phase, Tag};
+use super::{
+    have_request, stage_of, ChunkAsk, DownloadReport, FetchError, Fetches, Net, Pending, Phase, Tag,
+};
+use crate::p2p::serve::Counters;
 use crate::p2p::NodeEvent;
 use crate::sched::{Action, PeerClass, SchedEvent, Stage};
 
@@ -121,16 +124,18 @@ impl Fetches {
                             dl.sched.describe(now),
                         );
                     }
+                    let ask = ChunkAsk {
+                        id,
+                        peer,
+                        index,
+                        chunk,
+                        len,
+                        hints: class == Some(PeerClass::Origin),
+                    };
                     if self.limiter.is_some() || !self.queued.is_empty() {
-                        self.queued.push_back((id, peer, index, chunk, len));
+                        self.queued.push_back(ask);
                     } else {
-                        self.counters
-                            .chunk_requests_sent
-                            .fetch_add(1, Ordering::Relaxed);
-                        let hints = class == Some(PeerClass::Origin);
-                        let rid = net.send(peer, PeerRequest::Get { chunk, hints });
-                        self.pending
-                            .insert(rid, (id, peer, Tag::Chunk { index, chunk, len }));
+                        send_get(&self.counters, &mut self.pending, ask, net);
                     }
                 }
                 Action::QueryHave { peer } => {
@@ -186,26 +191,17 @@ impl Fetches {
 
     /// Sends held-back requests while the download limiter allows.
     fn flush_queue(&mut self, now: Instant, net: &mut dyn Net) {
-        while let Some(&(id, peer, index, chunk, len)) = self.queued.front() {
+        while let Some(&ask) = self.queued.front() {
             if let Some(l) = self.limiter.as_mut() {
                 if l.ready_at(now).is_some() {
                     return;
                 }
-                l.reserve(u64::from(len), now);
+                l.reserve(u64::from(ask.len), now);
             }
             self.queued.pop_front();
-            let Some(fetch) = self.fetches.get(&id) else {
-                continue;
-            };
-            // Only an origin withholds chunks and names who got them.
-            let hints = matches!(&fetch.phase, Phase::Download(dl)
-                if dl.sched.peer_class(&peer) == Some(PeerClass::Origin));
-            self.counters
-                .chunk_requests_sent
-                .fetch_add(1, Ordering::Relaxed);
-            let rid = net.send(peer, PeerRequest::Get { chunk, hints });
-            self.pending
-                .insert(rid, (id, peer, Tag::Chunk { index, chunk, len }));
+            if self.fetches.contains_key(&ask.id) {
+                send_get(&self.counters, &mut self.pending, ask, net);
+            }
         }
     }
 
@@ -219,7 +215,7 @@ impl Fetches {
             return;
         };
         self.pending.retain(|_, (m, ..)| *m != id);
-        self.queued.retain(|(m, ..)| *m != id);
+        self.queued.retain(|ask| ask.id != id);
         net.event(NodeEvent::FetchFinished {
             manifest: id,
             ok: result.is_ok(),
@@ -336,4 +332,20 @@ impl Fetches {
             _ => net.dial_at(peer, addrs),
         }
     }
+}
+
+/// Sends a chunk request and notes what it was for. Not a method: the
+/// scheduler that made it is borrowed from the same `Fetches`.
+fn send_get(counters: &Counters, pending: &mut Pending, ask: ChunkAsk, net: &mut dyn Net) {
+    let ChunkAsk {
+        id,
+        peer,
+        index,
+        chunk,
+        len,
+        hints,
+    } = ask;
+    counters.chunk_requests_sent.fetch_add(1, Ordering::Relaxed);
+    let rid = net.send(peer, PeerRequest::Get { chunk, hints });
+    pending.insert(rid, (id, peer, Tag::Chunk { index, chunk, len }));
 }

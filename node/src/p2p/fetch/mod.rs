@@ -153,6 +153,23 @@ impl Fetch {
     }
 }
 
+/// What each request out is for.
+type Pending = HashMap<OutboundRequestId, (ManifestId, PeerId, Tag)>;
+
+/// A chunk request the scheduler made, sent at once or held back by the
+/// download limiter.
+#[derive(Debug, Clone, Copy)]
+struct ChunkAsk {
+    id: ManifestId,
+    peer: PeerId,
+    index: usize,
+    chunk: ChunkId,
+    len: u32,
+    /// The peer is an origin: only an origin withholds chunks and names
+    /// who got them, so only it is asked for hints.
+    hints: bool,
+}
+
 /// Every fetch in progress on one node.
 pub(crate) struct Fetches {
     /// This node, for the scheduler's site and origin rendezvous.
@@ -162,11 +179,11 @@ pub(crate) struct Fetches {
     sched_config: SchedulerConfig,
     counters: Arc<Counters>,
     fetches: HashMap<ManifestId, Fetch>,
-    pending: HashMap<OutboundRequestId, (ManifestId, PeerId, Tag)>,
+    pending: Pending,
     connected: HashSet<PeerId>,
     /// Download limiter; requests wait in `queued` while it is in debt.
     limiter: Option<TokenBucket>,
-    queued: VecDeque<(ManifestId, PeerId, usize, ChunkId, u32)>,
+    queued: VecDeque<ChunkAsk>,
     verified_tx: mpsc::UnboundedSender<Verified>,
 }
 
@@ -473,7 +490,7 @@ impl Fetches {
                 }
             }
         }
-        self.queued.retain(|(_, p, ..)| *p != peer);
+        self.queued.retain(|ask| ask.peer != peer);
     }
 
     /// Kademlia found providers (under the site's key if `site`): connect
