@@ -14,7 +14,8 @@
 //! - `providers`: the Kademlia record store, which keeps many providers
 //!   per key and names a random 20 in each answer.
 //! - `serve`: answers `Have`, `Get` and `Manifest`, with an upload
-//!   token bucket and a cap on concurrent uploads.
+//!   token bucket and a cap on concurrent uploads; `addr_book`, an
+//!   origin's bounded book of where peers listen, for its hints.
 //! - `fetch`: resolves a manifest and drives one
 //!   [`crate::sched::Scheduler`] per fetch, verifying every chunk before
 //!   the store sees it.
@@ -48,6 +49,7 @@
 //! # }
 //! ```
 
+mod addr_book;
 mod behaviour;
 pub mod codec;
 pub mod config;

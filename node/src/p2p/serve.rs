@@ -22,6 +22,7 @@ use meshota_protocol::{
 };
 use tokio::sync::mpsc;
 
+use super::addr_book::AddrBook;
 use crate::sched::OriginDedup;
 use crate::store::Store;
 
@@ -232,8 +233,8 @@ pub(crate) struct ServeConfig {
     pub(crate) origin_dedup_window: Duration,
 }
 
-/// Most peers whose addresses an origin keeps; past it the book starts
-/// over (identify sends them again on each new connection).
+/// Most peers whose addresses an origin keeps; past it the one noted
+/// longest ago is forgotten.
 const MAX_ADDR_BOOK: usize = 1 << 16;
 
 /// Most decoded manifests (and held bitfields) kept for answering `Have`.
@@ -261,7 +262,7 @@ pub(crate) struct Server {
     served_to: HashMap<ChunkId, PeerId>,
     /// Origin only: the listen addresses peers gave in identify, so a
     /// refusal can say where the chunk went ([`PeerResponse::Elsewhere`]).
-    addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    addrs: AddrBook,
     counters: Arc<Counters>,
     delayed: mpsc::UnboundedSender<DelayedResponse>,
 }
@@ -286,7 +287,7 @@ impl Server {
             held: HashMap::new(),
             dedup,
             served_to: HashMap::new(),
-            addrs: HashMap::new(),
+            addrs: AddrBook::new(MAX_ADDR_BOOK),
             counters,
             delayed,
         }
@@ -298,11 +299,8 @@ impl Server {
         if self.dedup.is_none() || addrs.is_empty() {
             return;
         }
-        if self.addrs.len() >= MAX_ADDR_BOOK && !self.addrs.contains_key(&peer) {
-            self.addrs.clear();
-        }
         let kept = addrs.iter().take(MAX_HINT_ADDRS).cloned().collect();
-        self.addrs.insert(peer, kept);
+        self.addrs.note(peer, kept);
     }
 
     /// The answer to a `Get` of `chunk`, which this origin withholds: it
@@ -636,7 +634,7 @@ mod tests {
         let mut device = origin(t0);
         device.dedup = None;
         device.note_addrs(PeerId::random(), &["/ip4/10.0.0.7/tcp/1".parse().unwrap()]);
-        assert!(device.addrs.is_empty());
+        assert_eq!(device.addrs.len(), 0);
     }
 
     #[test]
