@@ -472,7 +472,11 @@ mod tests {
         assert_eq!(s.device_download_cap_bps(), Some(59_375));
         assert_eq!((s.max_uploads, s.claim_check_ms), (16, 1000));
         assert_eq!(
-            (s.have_refresh_ms, s.have_refresh_max_ms, s.far_have_refresh_ms),
+            (
+                s.have_refresh_ms,
+                s.have_refresh_max_ms,
+                s.far_have_refresh_ms
+            ),
             (8000, 32000, 30000)
         );
         let bound = kumar_ross_bound_s(&s);

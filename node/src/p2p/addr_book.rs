@@ -14,8 +14,8 @@ pub(crate) struct AddrBook {
     /// Counts notes, so `order` can tell a peer's latest note from stale ones.
     seq: u64,
     entries: HashMap<PeerId, (u64, Vec<Multiaddr>)>,
-    /// Notes oldest first; a peer noted again leaves a stale entry behind,
-    /// skipped on eviction and swept once they are as many as the live.
+    /// Notes oldest first. A peer noted again leaves a stale entry behind,
+    /// skipped on eviction and swept once the queue is twice the book.
     order: VecDeque<(u64, PeerId)>,
 }
 
