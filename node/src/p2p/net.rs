@@ -62,8 +62,8 @@ impl Net for LoopNet<'_> {
         let _ = self.events.send(NodeEvent::PeerBanned { peer, reason });
     }
 
-    fn find_providers(&mut self, id: ManifestId, far: bool) -> bool {
-        self.look_up(id, false, far)
+    fn find_providers(&mut self, id: ManifestId, far: bool, site: bool) -> bool {
+        self.look_up_keys(id, false, far, site)
     }
 
     fn dial(&mut self, peer: PeerId) {
@@ -140,6 +140,18 @@ impl LoopNet<'_> {
     /// release's too when `release` (see [`lookup_keys`]); false when there
     /// is nobody to ask, now or later.
     pub(super) fn look_up(&mut self, id: ManifestId, after_provide: bool, release: bool) -> bool {
+        self.look_up_keys(id, after_provide, release, true)
+    }
+
+    /// [`Self::look_up`], leaving out the site's key when not `site_key`
+    /// and the release's is asked (see [`lookup_keys`]).
+    fn look_up_keys(
+        &mut self,
+        id: ManifestId,
+        after_provide: bool,
+        release: bool,
+        site_key: bool,
+    ) -> bool {
         let kad = &mut self.swarm.behaviour_mut().kad;
         if no_dht_peer(kad) {
             // A lookup now would end at once, having asked nobody, and a
@@ -153,7 +165,7 @@ impl LoopNet<'_> {
             u.release |= release;
             return true;
         }
-        for (key, site) in lookup_keys(&id, self.site, release) {
+        for (key, site) in lookup_keys(&id, self.site, release, site_key) {
             let of = LookupOf {
                 manifest: id,
                 site,

@@ -43,7 +43,7 @@ fn lookups(d: &mut Discovery<u32>) -> Vec<bool> {
     actions(d)
         .into_iter()
         .filter_map(|a| match a {
-            DiscoveryAction::Lookup { far } => Some(far),
+            DiscoveryAction::Lookup { far, .. } => Some(far),
             DiscoveryAction::Dial(_) => None,
         })
         .collect()
@@ -343,4 +343,50 @@ fn names_from_an_origin_make_a_device_dial_a_bounded_number_of_holders() {
     assert!(d.handle_hint(700, true, none, later));
     // Hints dial of themselves: no lookup or dial is queued for them.
     assert!(actions(&mut d).is_empty());
+}
+
+/// The lookups' `(far, site)` pairs.
+fn lookup_keys(d: &mut Discovery<u32>) -> Vec<(bool, bool)> {
+    actions(d)
+        .into_iter()
+        .filter_map(|a| match a {
+            DiscoveryAction::Lookup { far, site } => Some((far, site)),
+            DiscoveryAction::Dial(_) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_far_lookup_leaves_out_the_site_key_once_the_site_dials_are_all_up() {
+    let t0 = Instant::now();
+    let mut d = device(ME, t0);
+    let site: Vec<u32> = (1..=MAX_SITE_DIALS as u32 + 4).collect();
+    d.handle_providers(site, true, WAN, none, t0);
+    let dialled = dials(&mut d);
+    assert_eq!(dialled.len(), MAX_SITE_DIALS);
+    // One short of the cap: the site's answer could still add a dial.
+    let short: BTreeSet<u32> = dialled[1..].iter().copied().collect();
+    let short_up = |p: &u32| short.contains(p);
+    let t = t0 + Duration::from_secs(1);
+    d.handle_timeout(WAN, short_up, t);
+    assert_eq!(lookup_keys(&mut d), vec![(true, true)]);
+    // All up: the repeated far lookup asks the release's key alone.
+    let up: BTreeSet<u32> = dialled.iter().copied().collect();
+    let all_up = |p: &u32| up.contains(p);
+    let t = d.poll_timeout(WAN, all_up).unwrap();
+    d.handle_timeout(WAN, all_up, t);
+    assert_eq!(lookup_keys(&mut d), vec![(true, false)]);
+    // A stalled download looks everywhere, whatever is up.
+    d.handle_stalled();
+    assert_eq!(lookup_keys(&mut d), vec![(true, true)]);
+}
+
+#[test]
+fn a_lookup_of_the_site_alone_always_asks_the_site_key() {
+    let t0 = Instant::now();
+    let mut d = Discovery::new(ME, true, t0);
+    assert_eq!(lookup_keys(&mut d), vec![(false, true)]);
+    // Resolving, with nothing up: repeated site lookups.
+    d.handle_timeout(Stage::Resolving, none, t0 + Duration::from_secs(200));
+    assert_eq!(lookup_keys(&mut d), vec![(false, true)]);
 }

@@ -495,6 +495,7 @@ async fn drive(
                 far_have_answered: stats.get(i).map_or(0, |s| s.far_have_answered),
                 hints_followed: stats.get(i).map_or(0, |s| s.hints_followed),
                 lookups: stats.get(i).map_or(0, |s| s.provider_lookups),
+                release_lookups: stats.get(i).map_or(0, |s| s.release_lookups),
                 origin_wan_in: origin_in.get(i).copied().unwrap_or(0),
                 origin_conns: origin_conns.get(i).copied().unwrap_or(0),
                 far_conns: far_conns.get(i).copied().unwrap_or(0),

@@ -194,6 +194,9 @@ pub struct DeviceFigures {
     /// Provider queries its node started (see
     /// `NodeStats::provider_lookups`), since its last restart.
     pub lookups: u64,
+    /// Of `lookups`, those under the release's key (the rest were under
+    /// its site's): the ones that find peers of other sites.
+    pub release_lookups: u64,
     /// Connections it had with devices of other sites, either end
     /// dialling.
     pub far_conns: u64,

@@ -207,8 +207,10 @@ impl Sim<'_> {
         disc.handle_timeout(stage, |p| connected(&self.topo.peers[d as usize], p), t);
         while let Some(action) = disc.poll_action() {
             match action {
-                DiscoveryAction::Lookup { far: false } => disc.handle_lookup_finished(true, false),
-                DiscoveryAction::Lookup { far: true } => {
+                DiscoveryAction::Lookup { far: false, .. } => {
+                    disc.handle_lookup_finished(true, false)
+                }
+                DiscoveryAction::Lookup { far: true, .. } => {
                     let named = self.far_providers(d);
                     let peers = &self.topo.peers[d as usize];
                     disc.handle_providers(named, false, stage, |p| connected(peers, p), t);

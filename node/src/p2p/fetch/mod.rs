@@ -55,7 +55,7 @@ pub(crate) trait Net {
     /// wanted; see [`Fetches::far_wanted`]) or with no site. False when
     /// there is nobody to ask, now or later (no DHT peer and no
     /// bootstrap).
-    fn find_providers(&mut self, id: ManifestId, far: bool) -> bool;
+    fn find_providers(&mut self, id: ManifestId, far: bool, site: bool) -> bool;
     /// Connects to a peer whose addresses are known.
     fn dial(&mut self, peer: PeerId);
     /// Connects to a peer at these addresses.
@@ -530,8 +530,8 @@ impl Fetches {
         };
         while let Some(action) = fetch.disc.poll_action() {
             match action {
-                DiscoveryAction::Lookup { far } => {
-                    if !net.find_providers(id, far) {
+                DiscoveryAction::Lookup { far, site } => {
+                    if !net.find_providers(id, far, site) {
                         fetch.disc.handle_lookup_unanswerable();
                     }
                 }

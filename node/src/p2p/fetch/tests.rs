@@ -30,7 +30,7 @@ impl Net for Dials {
         unreachable!("no peer is connected in these tests, so none is asked")
     }
     fn ban(&mut self, _: PeerId, _: String) {}
-    fn find_providers(&mut self, _: ManifestId, _: bool) -> bool {
+    fn find_providers(&mut self, _: ManifestId, _: bool, _: bool) -> bool {
         true
     }
     fn dial(&mut self, peer: PeerId) {
