@@ -1,5 +1,5 @@
 //! Protocol microbenchmarks: chunking + hashing throughput next to raw
-//! BLAKE3, and ed25519 signature verification.
+//! BLAKE3, ed25519 signature verification, and encoding a chunk answer.
 //!
 //! Run with `cargo bench -p meshota-protocol`. Sample sizes are small so
 //! the whole run takes a couple of minutes on two cores.
@@ -15,7 +15,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meshota_protocol::chunking::Chunker;
 use meshota_protocol::ids::ManifestId;
 use meshota_protocol::{
-    Channel, ChunkerParams, Compatible, Release, Role, RoleKeys, SecretKey, Signed,
+    codec, Channel, ChunkerParams, Compatible, Encoding, PeerResponse, Release, Role, RoleKeys,
+    SecretKey, Signed,
 };
 
 const BUF_LEN: usize = 64 * 1024 * 1024;
@@ -96,5 +97,28 @@ fn signatures(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, chunking, signatures);
+/// A chunk answer of the simulator's average chunk, encoded whole (one
+/// buffer, as MQTT and files need) and in parts (as the peer protocol
+/// writes it: the envelope's header, then the body).
+fn chunk_answer(c: &mut Criterion) {
+    const LEN: usize = 256 * 1024;
+    let answer = PeerResponse::Chunk {
+        encoding: Encoding::Raw,
+        data: payload(LEN).into(),
+    };
+    let mut g = c.benchmark_group("encode_chunk_answer_256KiB");
+    g.sample_size(50)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .throughput(Throughput::Bytes(LEN as u64));
+    g.bench_function("whole", |b| {
+        b.iter(|| black_box(codec::encode(black_box(&answer)).expect("fits")))
+    });
+    g.bench_function("parts", |b| {
+        b.iter(|| black_box(codec::encode_parts(black_box(&answer)).expect("fits")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, chunking, signatures, chunk_answer);
 criterion_main!(benches);

@@ -117,9 +117,9 @@ where
     T: Message,
     W: AsyncWrite + Unpin + Send,
 {
-    let (len, bytes) = frame(msg)?;
-    io.write_all(&len).await?;
-    io.write_all(&bytes).await?;
+    let (head, body) = frame(msg)?;
+    io.write_all(&head).await?;
+    io.write_all(&body).await?;
     io.flush().await
 }
 
@@ -140,12 +140,13 @@ where
     T: Message,
     W: AsyncWrite + Unpin + Send,
 {
-    let (len, bytes) = frame(msg)?;
-    let rate = answer_rate(bps, bytes.len());
-    io.write_all(&len).await?;
+    let (head, body) = frame(msg)?;
+    let rate = answer_rate(bps, head.len() + body.len());
+    // A dozen bytes: they go with the first slice's pacing.
+    io.write_all(&head).await?;
     let start = tokio::time::Instant::now();
-    let mut sent = 0u64;
-    let mut slices = bytes.chunks(PACE_SLICE).peekable();
+    let mut sent = head.len() as u64;
+    let mut slices = body.chunks(PACE_SLICE).peekable();
     while let Some(slice) = slices.next() {
         io.write_all(slice).await?;
         io.flush().await?;
@@ -160,19 +161,24 @@ where
     io.flush().await
 }
 
-/// A message's length prefix and body, checked against its kind's limit.
-fn frame<T: Message>(msg: &T) -> io::Result<([u8; 4], Vec<u8>)> {
-    let bytes = codec::encode(msg).map_err(invalid)?;
+/// A message as a frame, checked against its kind's limit, in two
+/// pieces: the length prefix with the envelope's header, then the body
+/// (see [`codec::encode_parts`]: the body is never copied again).
+fn frame<T: Message>(msg: &T) -> io::Result<(Vec<u8>, Vec<u8>)> {
+    let parts = codec::encode_parts(msg).map_err(invalid)?;
     let limit = frame_limit(T::KIND);
-    if bytes.len() > limit {
+    if parts.len() > limit {
         return Err(invalid(format!(
             "{} message of {} bytes exceeds the {limit}-byte limit",
             T::KIND,
-            bytes.len()
+            parts.len()
         )));
     }
-    let len = u32::try_from(bytes.len()).map_err(invalid)?;
-    Ok((len.to_be_bytes(), bytes))
+    let len = u32::try_from(parts.len()).map_err(invalid)?;
+    let mut head = Vec::with_capacity(4 + parts.header.len());
+    head.extend_from_slice(&len.to_be_bytes());
+    head.extend_from_slice(&parts.header);
+    Ok((head, parts.body))
 }
 
 impl request_response::Codec for ChunkCodec {
@@ -402,8 +408,8 @@ mod tests {
                 .unwrap();
             io.writes.len()
         };
-        // Length prefix, then one write per slice of the (just under
-        // three slices long) body when paced.
+        // Length prefix and envelope header, then one write per slice of
+        // the (just under three slices long) body when paced.
         assert_eq!(writes(Some(10_000_000), chunk.clone()).await, 1 + 3);
         assert_eq!(writes(None, chunk).await, 2);
         assert_eq!(writes(Some(10_000_000), PeerResponse::Busy).await, 2);
