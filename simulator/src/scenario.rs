@@ -477,7 +477,7 @@ mod tests {
                 s.have_refresh_max_ms,
                 s.far_have_refresh_ms
             ),
-            (8000, 32000, 30000)
+            (8000, 32000, 60000)
         );
         let bound = kumar_ross_bound_s(&s);
         assert!((bound - 268.4).abs() < 0.05, "{bound}");
