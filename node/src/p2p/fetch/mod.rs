@@ -50,10 +50,11 @@ pub(crate) trait Net {
     fn send(&mut self, peer: PeerId, request: PeerRequest) -> OutboundRequestId;
     /// Bans a peer node-wide (block list, disconnect, event).
     fn ban(&mut self, peer: PeerId, reason: String);
-    /// Looks up providers of a manifest on Kademlia, under its site's key,
-    /// and under the release's too when `far` (peers of other sites are
-    /// wanted; see [`Fetches::far_wanted`]) or with no site. False when
-    /// there is nobody to ask, now or later (no DHT peer and no
+    /// Looks up providers of a manifest on Kademlia, under its site's key
+    /// (left out when `far` and not `site`: the fetch's site dials are
+    /// all up), and under the release's too when `far` (peers of other
+    /// sites are wanted; see [`Fetches::far_wanted`]) or with no site.
+    /// False when there is nobody to ask, now or later (no DHT peer and no
     /// bootstrap).
     fn find_providers(&mut self, id: ManifestId, far: bool, site: bool) -> bool;
     /// Connects to a peer whose addresses are known.
