@@ -5,53 +5,34 @@
 //! the fleet's identify exchanges came round again, just when a fleet
 //! that large needs them most.
 
-use std::collections::{HashMap, VecDeque};
-
+use hashlink::LinkedHashMap;
 use libp2p::{Multiaddr, PeerId};
 
 pub(crate) struct AddrBook {
     cap: usize,
-    /// Counts notes, so `order` can tell a peer's latest note from stale ones.
-    seq: u64,
-    entries: HashMap<PeerId, (u64, Vec<Multiaddr>)>,
-    /// Notes oldest first. A peer noted again leaves a stale entry behind,
-    /// skipped on eviction and swept once the queue is twice the book.
-    order: VecDeque<(u64, PeerId)>,
+    /// Oldest note first: noting a peer again moves it to the back.
+    entries: LinkedHashMap<PeerId, Vec<Multiaddr>>,
 }
 
 impl AddrBook {
     pub(crate) fn new(cap: usize) -> Self {
         Self {
             cap: cap.max(1),
-            seq: 0,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
+            entries: LinkedHashMap::new(),
         }
     }
 
     /// `peer` listens at `addrs` (replacing what it said before).
     pub(crate) fn note(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        self.seq += 1;
-        self.entries.insert(peer, (self.seq, addrs));
-        self.order.push_back((self.seq, peer));
+        self.entries.insert(peer, addrs);
         while self.entries.len() > self.cap {
-            let Some((seq, old)) = self.order.pop_front() else {
-                break;
-            };
-            if self.entries.get(&old).is_some_and(|(s, _)| *s == seq) {
-                self.entries.remove(&old);
-            }
-        }
-        if self.order.len() > 2 * self.cap {
-            let entries = &self.entries;
-            self.order
-                .retain(|(seq, p)| entries.get(p).is_some_and(|(s, _)| s == seq));
+            self.entries.pop_front();
         }
     }
 
     /// Where `peer` last said it listens.
     pub(crate) fn get(&self, peer: &PeerId) -> Option<&[Multiaddr]> {
-        self.entries.get(peer).map(|(_, a)| a.as_slice())
+        self.entries.get(peer).map(Vec::as_slice)
     }
 
     #[cfg(test)]
@@ -86,12 +67,12 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_noted_over_and_over_keeps_the_book_and_its_order_bounded() {
+    fn a_peer_noted_over_and_over_takes_one_place_in_the_book() {
         let mut book = AddrBook::new(4);
         let me = PeerId::random();
         for n in 0..1000 {
             book.note(me, addr(n));
-            assert!(book.order.len() <= 2 * 4 + 1, "{}", book.order.len());
+            assert_eq!(book.len(), 1);
         }
         assert_eq!(book.len(), 1);
         assert_eq!(book.get(&me), Some(addr(999).as_slice()));
