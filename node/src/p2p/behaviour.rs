@@ -27,6 +27,16 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/meshota/kad/1.0.0
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/meshota/id/1";
 
+/// How often identify asks again on a connection already identified.
+/// libp2p's default is every 5 minutes, each time both ends sending
+/// their full record (keys, addresses, protocols: a few hundred bytes).
+/// Nothing here needs it twice: what is read from it (a peer's listen
+/// addresses, whether it serves the DHT) is fixed while a node runs, and
+/// a node whose addresses change is identified afresh on its next
+/// connection. On a device, every connection to another site that
+/// outlived five minutes paid for it again over both sites' WAN links.
+pub const IDENTIFY_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
 /// Everything a meshota node speaks, composed.
 ///
 /// No libp2p ping: since libp2p-ping 0.43 a failed ping closes nothing,
@@ -180,7 +190,8 @@ fn make_behaviour(
         .map(memory_connection_limits::Behaviour::with_max_percentage);
     let identify = identify::Behaviour::new(
         identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
-            .with_agent_version(format!("meshota-node/{}", env!("CARGO_PKG_VERSION"))),
+            .with_agent_version(format!("meshota-node/{}", env!("CARGO_PKG_VERSION")))
+            .with_interval(IDENTIFY_INTERVAL),
     );
     let mut kad_cfg = kad::Config::new(KAD_PROTOCOL);
     kad_cfg.set_query_timeout(Duration::from_secs(30));
