@@ -17,8 +17,8 @@ pub(super) fn no_dht_peer(kad: &mut kad::Behaviour<SampledStore>) -> bool {
 }
 
 /// The Kademlia key under which a release's providers on one site meet.
-/// A lookup of the release key alone gives a device 20 providers from
-/// any site ([`SampledStore`]: a random 20 of those kept); the site key
+/// A lookup of the release key alone gives a device ten providers from
+/// any site ([`SampledStore`]: a random ten of those kept); the site key
 /// gives each device peers from its own LAN, so the site shares one download
 /// over its uplink even where mDNS does not reach (routed VLANs, the
 /// simulator).
@@ -38,9 +38,10 @@ pub(super) fn keys(id: &ManifestId, site: Option<&SiteId>) -> Vec<(RecordKey, bo
 }
 
 /// The keys a lookup of `id` asks: its site's, and the release's only
-/// when `release` (or with no site). A release-key answer lists up to 20
-/// providers with their addresses, from any site: about 1.2 KB over the
-/// WAN, which a device whose site holds the release has no use for. At
+/// when `release` (or with no site). A release-key answer lists up to ten
+/// providers with their addresses, from any site, across the WAN: about
+/// 1.2 KB when it listed 20 (before `providers::ANSWER` was halved),
+/// which a device whose site holds the release has no use for. At
 /// 1,000 simulated devices, asking it only when wanted (and reusing the
 /// connection to the seeder) cut what a later-wave device read from the
 /// origin besides chunks from 17-26 KB to 8-14 KB.

@@ -159,7 +159,8 @@ pub struct NodeStats {
     /// Manifests sent to peers.
     pub manifests_served: u64,
     /// Kademlia provider queries started, one per key asked. Each answer
-    /// lists up to 20 providers with their addresses (about 1.2 KB), so on
+    /// lists up to ten providers with their addresses (over half a
+    /// kilobyte), so on
     /// a metered uplink this is what finding peers costs.
     pub provider_lookups: u64,
     /// Of those, queries under the release's key, which name providers

@@ -40,8 +40,8 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// Most providers of other sites a fetch with a site keeps dialled at
-/// once. A lookup under the release's key names up to 20, and each
-/// connection costs a handshake and `Have` polls over both sites' WAN
+/// once. A lookup under the release's key names up to ten
+/// (`p2p::providers::ANSWER`), and each connection costs a handshake and `Have` polls over both sites' WAN
 /// links; a device pulls only the chunks it is the site's home for, which
 /// a few far peers serve as well as twenty. Which ones is a hash of both
 /// peer ids, so the fleet does not crowd the same few. With eight (and
@@ -54,8 +54,8 @@ pub const MAX_FAR_DIALS: usize = 4;
 
 /// Most providers of its own site a fetch dials itself, counting those
 /// already connected. Site lookups (repeated every 10 s while the device
-/// would pull over the WAN) name 20 providers each, at random, and
-/// dialling them all connected every device to most of its site: in
+/// would pull over the WAN) named 20 providers each then (ten now), at
+/// random, and dialling them all connected every device to most of its site: in
 /// `cellular-1000` (50 devices a site) the devices opened 26,000
 /// connections among themselves in the first minute, each a handshake (a
 /// quarter of the ramp's CPU went to X25519 and Ed25519) and each
@@ -344,8 +344,8 @@ impl<P: Copy + Ord + Hash + Debug + PeerBytes> Discovery<P> {
     /// A lookup for far peers asks the site's key only while fewer than
     /// [`MAX_SITE_DIALS`] providers of the site are connected: at that
     /// many the fetch dials no more of its site, so the site's answer
-    /// (20 provider records, over a kilobyte from the DHT's servers
-    /// across the WAN) could change nothing.
+    /// (ten provider records, over half a kilobyte from the DHT's
+    /// servers across the WAN) could change nothing.
     pub fn handle_timeout(&mut self, stage: Stage, connected: impl Fn(&P) -> bool, now: Instant) {
         if self.first_far_due(stage) {
             self.far.clear();
