@@ -160,8 +160,8 @@ pub struct NodeStats {
     pub manifests_served: u64,
     /// Kademlia provider queries started, one per key asked. Each answer
     /// lists up to ten providers with their addresses (over half a
-    /// kilobyte), so on
-    /// a metered uplink this is what finding peers costs.
+    /// kilobyte), so on a metered uplink this is what finding peers
+    /// costs.
     pub provider_lookups: u64,
     /// Of those, queries under the release's key, which name providers
     /// of any site: made only while peers beyond the site are wanted (or

@@ -41,10 +41,11 @@ use std::time::{Duration, Instant};
 
 /// Most providers of other sites a fetch with a site keeps dialled at
 /// once. A lookup under the release's key names up to ten
-/// (`p2p::providers::ANSWER`), and each connection costs a handshake and `Have` polls over both sites' WAN
-/// links; a device pulls only the chunks it is the site's home for, which
-/// a few far peers serve as well as twenty. Which ones is a hash of both
-/// peer ids, so the fleet does not crowd the same few. With eight (and
+/// (`p2p::providers::ANSWER`), and each connection costs a handshake and
+/// `Have` polls over both sites' WAN links; a device pulls only the
+/// chunks it is the site's home for, which a few far peers serve as well
+/// as twenty. Which ones is a hash of both peer ids, so the fleet does
+/// not crowd the same few. With eight (and
 /// as many dialled in by other sites), `Have` polls and set-up with far
 /// peers were 0.55-0.60 bundles of each site's WAN bytes on
 /// `cellular-1000`; with four, 0.36, and the site took no more chunks
@@ -55,8 +56,8 @@ pub const MAX_FAR_DIALS: usize = 4;
 /// Most providers of its own site a fetch dials itself, counting those
 /// already connected. Site lookups (repeated every 10 s while the device
 /// would pull over the WAN) named 20 providers each then (ten now), at
-/// random, and dialling them all connected every device to most of its site: in
-/// `cellular-1000` (50 devices a site) the devices opened 26,000
+/// random, and dialling them all connected every device to most of its
+/// site: in `cellular-1000` (50 devices a site) the devices opened 26,000
 /// connections among themselves in the first minute, each a handshake (a
 /// quarter of the ramp's CPU went to X25519 and Ed25519) and each
 /// neighbour polled for `Have` every 1-4 s.
