@@ -25,7 +25,7 @@ use libp2p::PeerId;
 /// (`sched::discovery`), and each answer crosses the asking site's WAN at
 /// about 55 bytes a name. On `throttled-1000` (seven lookups a device)
 /// what a device read from the origin besides chunks fell from 19 KB to
-/// 13.5 KB with ten, and the mean site from 1.16-1.17 to 1.13-1.15
+/// 13.4-13.6 KB with ten, and the mean site from 1.16-1.18 to 1.13-1.16
 /// bundles (BENCHMARKS.md, 2026-12-07, seventh stop).
 pub(crate) const ANSWER: usize = 10;
 
