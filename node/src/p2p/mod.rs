@@ -70,6 +70,8 @@ pub use config::P2pConfig;
 pub use fetch::{DownloadReport, FetchError, FetchOptions, FetchProgress};
 pub use fetcher::{load_or_create_identity, P2pFetcher};
 pub use node::{Node, NodeHandle};
+/// Providers a DHT answer names, for models of the node (the simulator).
+pub use providers::ANSWER as PROVIDERS_PER_ANSWER;
 pub use serve::{NodeStats, TokenBucket};
 pub use shape::{ConnInfo, ConnectionShaper, ShapedIo};
 

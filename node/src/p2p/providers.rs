@@ -27,7 +27,7 @@ use libp2p::PeerId;
 /// what a device read from the origin besides chunks fell from 19 KB to
 /// 13.4-13.6 KB with ten, and the mean site from 1.16-1.18 to 1.13-1.16
 /// bundles (BENCHMARKS.md, 2026-12-07, seventh stop).
-pub(crate) const ANSWER: usize = 10;
+pub const ANSWER: usize = 10;
 
 /// Providers kept per key. Past this, later providers are ignored (as
 /// `MemoryStore` ignores all past 20), which bounds what a flood of fake

@@ -54,8 +54,8 @@ use super::net::{reserve, Micros};
 use super::{Ev, Sim, MAX_VIRTUAL, ORIGIN};
 
 /// Providers a lookup under the release's key names, at random among
-/// all: as the node's provider store answers (its `ANSWER`).
-const LOOKUP_NAMES: u64 = 10;
+/// all: as the node's provider store answers.
+const LOOKUP_NAMES: u64 = meshota_node::p2p::PROVIDERS_PER_ANSWER as u64;
 
 /// How many `Have` polls word that the site holds a chunk takes to
 /// cross it ([`Scheduler::site_holds`]): a live node dials eight of its
