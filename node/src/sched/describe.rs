@@ -23,7 +23,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 n += 1;
                 useful += usize::from(p.has_any(&self.open));
                 backing_off += usize::from(p.busy_until > now);
-                in_flight += p.in_flight;
+                in_flight += p.in_flight as usize;
             }
             out.push_str(&format!(
                 "; {class:?}: {n} known, {useful} hold open chunks, \

@@ -195,8 +195,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         // A chunk's place in line is the same for every far peer of one
         // pick, and working it out walks every peer: worked out once a
         // pick, not once per far peer.
-        self.lines.clear();
-        self.lines.resize(self.chunks.len() * 2, None);
+        self.lines_fresh = false;
         let mut found = None;
         for &(c, _, peer) in &ready {
             if let Some(u) = self.pick_for(&peer, order[c], now) {
@@ -299,6 +298,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     Scope::Site
                 };
                 let slot = u as usize * 2 + scope.index();
+                if !self.lines_fresh {
+                    self.lines.clear();
+                    self.lines.resize(self.chunks.len() * 2, None);
+                    self.lines_fresh = true;
+                }
                 let line = match self.lines.get(slot).copied().flatten() {
                     Some(line) => line,
                     None => {

@@ -138,10 +138,12 @@ pub(super) struct PeerState {
     /// A same-site peer to be asked at once, so that it hears a claim
     /// this device is about to make (`claim_check`).
     pub claim_push: bool,
-    pub in_flight: usize,
+    /// Requests outstanding to it; `u32` so that `hash`, which every
+    /// pick reads, still fits the first cache line.
+    pub in_flight: u32,
+    pub hash: u64,
     pub have_due: Instant,
     pub have_pending: Option<Instant>,
-    pub hash: u64,
     pub busy_in_row: u32,
     pub timeouts_in_row: u32,
     /// Chunks it held at its last `Have`, and when that number last grew:
@@ -246,11 +248,12 @@ impl PeerState {
         (rate < min_rate).then_some(rate)
     }
 
-    pub fn window(&self, peer_window: usize, origin_window: usize) -> usize {
-        match self.class {
+    pub fn window(&self, peer_window: usize, origin_window: usize) -> u32 {
+        let w = match self.class {
             PeerClass::Origin => origin_window,
             _ => peer_window,
-        }
+        };
+        u32::try_from(w).unwrap_or(u32::MAX)
     }
 }
 
