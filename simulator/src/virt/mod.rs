@@ -30,11 +30,19 @@
 //!   is in flight, its holder backed off or out of window) waits for the
 //!   poll a node makes anyway within `have_refresh_ms`
 //!   ([`Scheduler::could_request`](meshota_node::sched::Scheduler::could_request)).
-//! - **No poll for a refusal that changes nothing**: a `Busy` answer is
-//!   handed to the scheduler, but it is polled only if another peer could
-//!   serve the reopened chunk now; the back-off's end is a deadline like
-//!   any other. Most refusals, the largest share of events, then cost no
-//!   scan of the peers and chunks.
+//! - **A same-site `Busy` answer within the asking poll**: a refusal is
+//!   the most common answer (several per chunk delivered), and a device's
+//!   record is a cache miss each time an event comes back to it. A
+//!   same-site answer takes a LAN round trip, a small fraction of the
+//!   back-off it causes, so it is handed to the scheduler at once and the
+//!   device polls again in the same step. A far `Busy` answer is still an
+//!   event, after its round trip, and is polled on only if another peer
+//!   could serve the reopened chunk now; the back-off's end is a deadline
+//!   like any other.
+//! - **One poll for answers that arrive together**: the `Have` answers
+//!   of a device's first round (a dozen or more, from its site at one
+//!   LAN round trip) are all handed to its scheduler before it polls,
+//!   not one poll per answer.
 //! - **Batched fan-out, one signature check per announcement**
 //!   ([`control`]): one event delivers a gate to every device (as the
 //!   MQTT broker's retained publish does). Its signatures are checked
@@ -137,7 +145,9 @@ pub struct Outcome {
     pub retries: u64,
     /// Events processed (a cost measure of the run itself).
     pub events: u64,
-    /// The same, by kind: where a run's cost goes.
+    /// The same, by kind: where a run's cost goes. `refused_busy` counts
+    /// every `Busy` answer, also the same-site ones handled within the
+    /// asking device's poll (see [`transfer`]), which are not in `events`.
     pub events_by_kind: std::collections::BTreeMap<&'static str, u64>,
     /// Chunk announcements pushed to neighbours' schedulers.
     pub have_pushes: u64,
@@ -249,6 +259,8 @@ impl Ev {
 
     /// The slot of timers that had been superseded when they fired.
     const STALE: usize = Self::KINDS.len() - 1;
+    /// The slot of `Busy` answers, also those handled without an event.
+    const BUSY: usize = 8;
 
     fn kind(&self) -> usize {
         match self {
@@ -260,7 +272,7 @@ impl Ev {
             Ev::Report { .. } => 5,
             Ev::StepDone(..) => 6,
             Ev::Arrive { .. } => 7,
-            Ev::Refused { busy: true, .. } => 8,
+            Ev::Refused { busy: true, .. } => Self::BUSY,
             Ev::Refused { busy: false, .. } => 9,
             Ev::Have { .. } => 10,
             Ev::Rediscover { .. } => 11,
@@ -331,6 +343,13 @@ struct Sim<'a> {
     /// Events by [`Ev::kind`], and superseded timers at [`Ev::STALE`].
     kinds: [u64; Ev::KINDS.len()],
     out: Outcome,
+    /// A poll's actions, reused so that polling does not allocate.
+    actions: Vec<meshota_node::sched::Action<u32>>,
+    /// Same-site `Busy` answers to the poll under way: (peer, chunk).
+    bounced: Vec<(u32, u32)>,
+    /// Whether same-site `Busy` answers are handed back within the poll:
+    /// when the LAN round trip is at most a tenth of the `Busy` back-off.
+    lan_bounce: bool,
 }
 
 impl<'a> Sim<'a> {
@@ -405,6 +424,9 @@ impl<'a> Sim<'a> {
             planner_wake: None,
             announcements: Vec::new(),
             kinds: [0; Ev::KINDS.len()],
+            actions: Vec::new(),
+            bounced: Vec::new(),
+            lan_bounce: 20 * s.lan_latency_ms <= s.busy_backoff_ms,
             out: Outcome {
                 site_wan_in: vec![0; s.sites as usize],
                 ..Outcome::default()

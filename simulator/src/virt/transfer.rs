@@ -262,7 +262,9 @@ impl Sim<'_> {
         self.drive(dst, now);
     }
 
-    /// A `Have` answer: the full bitfield as it is now.
+    /// A `Have` answer: the full bitfield as it is now. The device polls
+    /// after every answer due at this instant is in (a `Poke` queued now
+    /// pops after them), as a node's event loop takes what is ready.
     pub(super) fn have(&mut self, dst: u32, src: u32, now: Micros) {
         let t = self.at(now);
         let (bits, fetching) = if src == ORIGIN {
@@ -275,7 +277,11 @@ impl Sim<'_> {
             s.handle_peer_have(src, &bits, t);
             s.handle_peer_fetching(src, fetching);
         }
-        self.drive(dst, now);
+        let dev = &mut self.devices[dst as usize];
+        if dev.poke != Some(now) {
+            dev.poke = Some(now);
+            self.push(now, Ev::Poke(dst));
+        }
     }
 
     pub(super) fn refused(&mut self, dst: u32, src: u32, index: u32, busy: bool, now: Micros) {
@@ -408,40 +414,59 @@ impl Sim<'_> {
     pub(super) fn drive(&mut self, d: u32, now: Micros) {
         self.discovery(d, now);
         let t = self.at(now);
-        let mut actions = Vec::new();
+        let mut actions = std::mem::take(&mut self.actions);
         let mut complete = false;
         let mut stalled = false;
-        let mut dropped = Vec::new();
-        {
-            let Some(s) = self.devices[d as usize].sched.as_mut() else {
-                return;
-            };
-            while let Some(a) = s.poll_action(t) {
-                actions.push(a);
+        loop {
+            let mut dropped = Vec::new();
+            {
+                let Some(s) = self.devices[d as usize].sched.as_mut() else {
+                    self.actions = actions;
+                    return;
+                };
+                while let Some(a) = s.poll_action(t) {
+                    actions.push(a);
+                }
+                while let Some(e) = s.poll_event() {
+                    match e {
+                        SchedEvent::Complete => complete = true,
+                        SchedEvent::Dropped { peer, .. } => dropped.push(peer),
+                        SchedEvent::Banned { .. } => {}
+                        SchedEvent::Stalled => stalled = true,
+                    }
+                }
             }
-            while let Some(e) = s.poll_event() {
-                match e {
-                    SchedEvent::Complete => complete = true,
-                    SchedEvent::Dropped { peer, .. } => dropped.push(peer),
-                    SchedEvent::Banned { .. } => {}
-                    SchedEvent::Stalled => stalled = true,
+            let cooloff = SchedulerConfig::default().drop_cooloff.as_micros() as Micros;
+            for peer in dropped {
+                self.push(now + cooloff + 1, Ev::Rediscover { dst: d, peer });
+            }
+            for a in actions.drain(..) {
+                match a {
+                    Action::QueryHave { peer } => {
+                        let rtt = 2 * self.latency(d, peer);
+                        self.push(now + rtt, Ev::Have { dst: d, src: peer });
+                    }
+                    Action::Request { peer, index, .. } => self.request(d, peer, index as u32, now),
+                    Action::Cancel { .. } => {}
+                }
+            }
+            // Same-site `Busy` answers to this poll's requests go to the
+            // scheduler now, and it is polled again: each backs its peer
+            // off, so this ends within a round per peer.
+            if self.bounced.is_empty() || complete || stalled {
+                self.bounced.clear();
+                break;
+            }
+            let dev = &mut self.devices[d as usize];
+            for (src, index) in self.bounced.drain(..) {
+                dev.inflight = dev.inflight.saturating_sub(1);
+                self.kinds[Ev::BUSY] += 1;
+                if let Some(s) = dev.sched.as_mut() {
+                    s.handle_chunk_failed(src, index as usize, Failure::Busy, t);
                 }
             }
         }
-        let cooloff = SchedulerConfig::default().drop_cooloff.as_micros() as Micros;
-        for peer in dropped {
-            self.push(now + cooloff + 1, Ev::Rediscover { dst: d, peer });
-        }
-        for a in actions {
-            match a {
-                Action::QueryHave { peer } => {
-                    let rtt = 2 * self.latency(d, peer);
-                    self.push(now + rtt, Ev::Have { dst: d, src: peer });
-                }
-                Action::Request { peer, index, .. } => self.request(d, peer, index as u32, now),
-                Action::Cancel { .. } => {}
-            }
-        }
+        self.actions = actions;
         if complete || stalled {
             let dev = &mut self.devices[d as usize];
             dev.disc = None;
@@ -545,6 +570,11 @@ impl Sim<'_> {
             .waits_past(self.upload_queue_max, now + lat);
         let free =
             has && !queued_too_long && self.devices[si].uploads.try_take(now, self.s.max_uploads);
+        if !free && has && self.devices[si].site == self.devices[di].site && self.lan_bounce {
+            // Handed back within this poll (see the module docs of `virt`).
+            self.bounced.push((src, index));
+            return;
+        }
         if !free {
             let ev = Ev::Refused {
                 dst,
