@@ -11,10 +11,13 @@
 //! ([`Scheduler::could_request`]) within a quarter of `have_refresh` (at
 //! once when it has nothing in flight), as the node re-asks busy peers at
 //! that cadence; other news within `have_refresh`, when a node's next
-//! `Have` answers would make it poll anyway. A `Busy` answer leads to a
-//! poll only when another peer could serve the chunk now. The origin is still polled as on a device,
-//! because it withholds chunks for a while ([`OriginDedup`]) and only a
-//! poll notices they are back.
+//! `Have` answers would make it poll anyway. A same-site `Busy` answer
+//! reaches the scheduler within the poll that asked (its LAN round trip
+//! is a small part of the back-off it causes), and the device polls
+//! again at once; a far one after its round trip, and leads to a poll
+//! only when another peer could serve the chunk now. The origin is still
+//! polled as on a device, because it withholds chunks for a while
+//! ([`OriginDedup`]) and only a poll notices they are back.
 //!
 //! A node asks a neighbour that has gained nothing for a while less often
 //! (up to [`SchedulerConfig::have_refresh_max`]); this model does not
