@@ -305,6 +305,12 @@ impl Scenario {
         if self.max_uploads == 0 || self.origin_max_uploads == 0 {
             return bad("max_uploads", "upload slots must be at least 1");
         }
+        if self.busy_backoff_ms == 0 {
+            return bad(
+                "busy_backoff_ms",
+                "must be at least 1: without a back-off a device asks a busy peer again at once",
+            );
+        }
         Ok(())
     }
 
@@ -506,6 +512,8 @@ mod tests {
         assert!(err.to_string().contains("origin_upload_cap_pct"), "{err}");
         let err = Scenario::from_toml("far_have_refresh_ms = 0").unwrap_err();
         assert!(err.to_string().contains("far_have_refresh_ms"), "{err}");
+        let err = Scenario::from_toml("busy_backoff_ms = 0").unwrap_err();
+        assert!(err.to_string().contains("busy_backoff_ms"), "{err}");
     }
 
     #[test]

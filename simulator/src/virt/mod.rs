@@ -348,7 +348,9 @@ struct Sim<'a> {
     /// Same-site `Busy` answers to the poll under way: (peer, chunk).
     bounced: Vec<(u32, u32)>,
     /// Whether same-site `Busy` answers are handed back within the poll:
-    /// when the LAN round trip is at most a tenth of the `Busy` back-off.
+    /// when the LAN round trip is at most a tenth of the `Busy` back-off,
+    /// and that back-off is not zero (the poll would pick the same peer
+    /// again, for ever).
     lan_bounce: bool,
 }
 
@@ -426,7 +428,7 @@ impl<'a> Sim<'a> {
             kinds: [0; Ev::KINDS.len()],
             actions: Vec::new(),
             bounced: Vec::new(),
-            lan_bounce: 20 * s.lan_latency_ms <= s.busy_backoff_ms,
+            lan_bounce: s.busy_backoff_ms > 0 && 20 * s.lan_latency_ms <= s.busy_backoff_ms,
             out: Outcome {
                 site_wan_in: vec![0; s.sites as usize],
                 ..Outcome::default()

@@ -455,9 +455,9 @@ impl Sim<'_> {
             }
             // Same-site `Busy` answers to this poll's requests go to the
             // scheduler now, and it is polled again: each backs its peer
-            // off, so this ends within a round per peer.
-            if self.bounced.is_empty() || complete || stalled {
-                self.bounced.clear();
+            // off (the back-off is never zero here, see `lan_bounce`), so
+            // this ends within a round per peer.
+            if self.bounced.is_empty() {
                 break;
             }
             let dev = &mut self.devices[d as usize];
@@ -467,6 +467,9 @@ impl Sim<'_> {
                 if let Some(s) = dev.sched.as_mut() {
                     s.handle_chunk_failed(src, index as usize, Failure::Busy, t);
                 }
+            }
+            if complete || stalled {
+                break;
             }
         }
         self.actions = actions;
