@@ -126,7 +126,8 @@ pub struct Scenario {
     /// round trip crosses the site's WAN, where on slow links it is most
     /// of what is not chunks.
     pub far_have_refresh_ms: u64,
-    /// Milliseconds of the first back-off after a `Busy` answer.
+    /// Milliseconds of the first back-off after a `Busy` answer; at
+    /// least 1.
     pub busy_backoff_ms: u64,
     /// Share of devices that crash once in the middle of their download
     /// and restart from their store (live mode).
