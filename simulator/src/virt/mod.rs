@@ -206,7 +206,8 @@ enum Ev {
     AgentWake(u32),
     /// The planner's timer.
     PlannerWake,
-    /// Act on pushed availability.
+    /// Poll the device's scheduler: on pushed availability, or once the
+    /// `Have` answers due at one instant are all in.
     Poke(u32),
     /// Announcement `k` reaches every device (MQTT fan-out, retained).
     Broadcast(u32),

@@ -439,8 +439,9 @@ impl Sim<'_> {
                     }
                 }
             }
-            let cooloff = SchedulerConfig::default().drop_cooloff.as_micros() as Micros;
             for peer in dropped {
+                // Read per drop, not on every poll of every device.
+                let cooloff = SchedulerConfig::default().drop_cooloff.as_micros() as Micros;
                 self.push(now + cooloff + 1, Ev::Rediscover { dst: d, peer });
             }
             for a in actions.drain(..) {
