@@ -220,6 +220,17 @@ pub(crate) struct DelayedResponse {
     pub(crate) response: PeerResponse,
 }
 
+/// How a chunk request is met before the store is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// The origin withholds the chunk: refused, naming its holder.
+    Withheld,
+    /// No slot, or the upload queue is too long.
+    Busy,
+    /// Served if held (and, on the origin, recorded as served).
+    Weigh,
+}
+
 /// Settings the server needs from the node configuration.
 pub(crate) struct ServeConfig {
     pub(crate) site: Option<SiteId>,
@@ -413,13 +424,15 @@ impl Server {
                 }
             },
             PeerRequest::Get { chunk, hints } => {
-                let queued_too_long = self
-                    .limiter
-                    .as_mut()
-                    .is_some_and(|l| l.backlog(now) > self.config.upload_queue_max);
-                if queued_too_long || self.in_flight.len() >= self.config.max_concurrent_uploads {
-                    self.counters.busy.fetch_add(1, Ordering::Relaxed);
-                    return Some((channel, PeerResponse::Busy));
+                match self.admission(peer, &chunk, now) {
+                    Admission::Withheld => {
+                        return Some((channel, self.refusal(&chunk, hints)));
+                    }
+                    Admission::Busy => {
+                        self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                        return Some((channel, PeerResponse::Busy));
+                    }
+                    Admission::Weigh => {}
                 }
                 match self.store.get_chunk(&chunk) {
                     Ok(Some(_)) if !self.origin_admits(peer, &chunk, now) => {
@@ -520,6 +533,35 @@ impl Server {
             origin: self.config.origin,
             fetching,
         }
+    }
+
+    /// How a `Get` of `chunk` from `peer` is met before the store is read.
+    ///
+    /// A withheld chunk is refused before the load is weighed: the
+    /// refusal uploads nothing, and a `Busy` in its place (a capped
+    /// origin's queue is full for much of a rollout's first minute)
+    /// would send the asker back here after its back-off instead of to
+    /// the copy the refusal names.
+    fn admission(&mut self, peer: PeerId, chunk: &ChunkId, now: Instant) -> Admission {
+        if self.origin_withholds(peer, chunk, now) {
+            return Admission::Withheld;
+        }
+        let queued_too_long = self
+            .limiter
+            .as_mut()
+            .is_some_and(|l| l.backlog(now) > self.config.upload_queue_max);
+        if queued_too_long || self.in_flight.len() >= self.config.max_concurrent_uploads {
+            Admission::Busy
+        } else {
+            Admission::Weigh
+        }
+    }
+
+    /// Whether the origin withholds `chunk` from `peer` now (see
+    /// [`Self::origin_admits`], which also records an upload).
+    fn origin_withholds(&self, peer: PeerId, chunk: &ChunkId, now: Instant) -> bool {
+        self.dedup.as_ref().is_some_and(|d| d.withheld(chunk, now))
+            && self.served_to.get(chunk) != Some(&peer)
     }
 
     /// Whether the origin's dedup lets `peer` have `chunk` now.
@@ -636,6 +678,28 @@ mod tests {
         device.dedup = None;
         device.note_addrs(PeerId::random(), &["/ip4/10.0.0.7/tcp/1".parse().unwrap()]);
         assert_eq!(device.addrs.len(), 0);
+    }
+
+    #[test]
+    fn a_capped_origin_with_a_full_queue_still_names_who_got_a_withheld_chunk() {
+        let t0 = Instant::now();
+        let mut s = origin(t0);
+        s.limiter = Some(TokenBucket::new(100_000, t0));
+        let (first, second) = (PeerId::random(), PeerId::random());
+        let (served, fresh) = (ChunkId::digest(b"c"), ChunkId::digest(b"d"));
+        assert_eq!(s.admission(second, &fresh, t0), Admission::Weigh);
+        assert!(s.origin_admits(first, &served, t0));
+        // Two seconds of uploads queued: past the one-second limit.
+        if let Some(l) = s.limiter.as_mut() {
+            l.pace(216_384, t0);
+        }
+        assert_eq!(s.admission(second, &served, t0), Admission::Withheld);
+        assert_eq!(s.admission(second, &fresh, t0), Admission::Busy);
+        // The peer that got it is served again, so its load counts.
+        assert_eq!(s.admission(first, &served, t0), Admission::Busy);
+        // Once the window is over the chunk is weighed like any other.
+        let later = t0 + Duration::from_secs(301);
+        assert_eq!(s.admission(second, &served, later), Admission::Weigh);
     }
 
     #[test]

@@ -30,7 +30,8 @@ impl OriginDedup {
         }
     }
 
-    fn withheld(&self, id: &ChunkId, now: Instant) -> bool {
+    /// Whether `id` is withheld now: served less than the window ago.
+    pub fn withheld(&self, id: &ChunkId, now: Instant) -> bool {
         self.served
             .get(id)
             .is_some_and(|at| now < *at + self.window)
