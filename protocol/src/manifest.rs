@@ -231,6 +231,8 @@ pub struct PayloadVerifier<'m> {
     offset: u64,
     buf: Vec<u8>,
     whole: blake3::Hasher,
+    /// The first mismatch: every later call fails with it.
+    failed: Option<PayloadError>,
 }
 
 impl<'m> PayloadVerifier<'m> {
@@ -242,6 +244,7 @@ impl<'m> PayloadVerifier<'m> {
             offset: 0,
             buf: Vec::new(),
             whole: blake3::Hasher::new(),
+            failed: None,
         }
     }
 
@@ -250,6 +253,9 @@ impl<'m> PayloadVerifier<'m> {
     /// # Errors
     /// The first [`PayloadError`] found; later calls keep failing.
     pub fn update(&mut self, mut data: &[u8]) -> Result<(), PayloadError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
         while !data.is_empty() {
             let Some(current) = self.manifest.chunks.get(self.index) else {
                 return Err(PayloadError::TooLong {
@@ -257,25 +263,44 @@ impl<'m> PayloadVerifier<'m> {
                 });
             };
             let want = current.len as usize - self.buf.len();
+            // A whole chunk handed over at once (how `write_payload`
+            // feeds it) is checked where it lies, not copied first.
+            if self.buf.is_empty() && data.len() >= want {
+                let (chunk, rest) = data.split_at(want);
+                self.check(current.id, chunk)?;
+                data = rest;
+                continue;
+            }
             let take = want.min(data.len());
             self.buf.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.buf.len() == current.len as usize {
-                let actual = ChunkId::digest(&self.buf);
-                if actual != current.id {
-                    return Err(PayloadError::ChunkMismatch {
-                        index: self.index,
-                        offset: self.offset,
-                        expected: current.id,
-                        actual,
-                    });
-                }
-                self.whole.update(&self.buf);
-                self.offset += u64::from(current.len);
-                self.index += 1;
-                self.buf.clear();
+                let mut buf = std::mem::take(&mut self.buf);
+                let checked = self.check(current.id, &buf);
+                buf.clear();
+                self.buf = buf;
+                checked?;
             }
         }
+        Ok(())
+    }
+
+    /// Checks the whole of the current chunk and moves on to the next.
+    fn check(&mut self, expected: ChunkId, chunk: &[u8]) -> Result<(), PayloadError> {
+        let actual = ChunkId::digest(chunk);
+        if actual != expected {
+            let e = PayloadError::ChunkMismatch {
+                index: self.index,
+                offset: self.offset,
+                expected,
+                actual,
+            };
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
+        self.whole.update(chunk);
+        self.offset += chunk.len() as u64;
+        self.index += 1;
         Ok(())
     }
 
@@ -284,6 +309,9 @@ impl<'m> PayloadVerifier<'m> {
     /// # Errors
     /// [`PayloadError::Truncated`] or [`PayloadError::PayloadHash`].
     pub fn finish(self) -> Result<(), PayloadError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
         if self.index != self.manifest.chunks.len() {
             return Err(PayloadError::Truncated {
                 got: self.offset + self.buf.len() as u64,
@@ -425,6 +453,14 @@ pub(crate) mod tests {
             matches!(err, PayloadError::ChunkMismatch { index: 3, offset, .. } if offset == off),
             "{err}"
         );
+        // The mismatch sticks: good bytes fed after it do not make the
+        // payload pass, whether fed whole or a few at a time.
+        assert_eq!(v.update(&data[off as usize..]), Err(err.clone()));
+        assert_eq!(
+            v.update(&data[off as usize..off as usize + 3]),
+            Err(err.clone())
+        );
+        assert_eq!(v.finish(), Err(err));
     }
 
     #[test]
