@@ -316,16 +316,57 @@ fn stored_size(
     Ok(total)
 }
 
+/// Where the run's files go (the broker's stores, each device's state
+/// and telemetry queue): memory-backed `/dev/shm` when it has room
+/// ([`SHM_MIN_FREE`]), unless `TMPDIR` names a place.
+///
+/// Each device fsyncs its state and each report it queues, as it must on
+/// real flash, and on a real fleet each has its own. A thousand of them
+/// on the host's one disk made a 1,000-device run's commit phase
+/// (several fsynced writes a device within a minute) take the host's
+/// CPU from every other device's transfers: the fleet's downloads fell
+/// from 50 to about 10 MiB/s the moment the first devices committed, and
+/// the last devices' final chunks took four times as long
+/// (BENCHMARKS.md, "2026-12-07, ninth stop"). The devices' writes are the host's
+/// problem there, not the fleet's.
+fn work_dir_parent() -> Option<PathBuf> {
+    memory_dir(
+        std::env::var_os("TMPDIR").is_some(),
+        Path::new("/dev/shm"),
+        SHM_MIN_FREE,
+    )
+}
+
+/// `shm` if nothing else was asked for (`tmpdir_set`) and it has
+/// `min_free` bytes free.
+fn memory_dir(tmpdir_set: bool, shm: &Path, min_free: u64) -> Option<PathBuf> {
+    if tmpdir_set {
+        return None;
+    }
+    let free = rustix::fs::statvfs(shm)
+        .ok()
+        .map(|v| v.f_bavail.saturating_mul(v.f_frsize));
+    free.is_some_and(|f| f >= min_free)
+        .then(|| shm.to_path_buf())
+}
+
+/// Free space `/dev/shm` needs to hold a run's files: a container's
+/// default of 64 MiB would not hold the origin's copy of a large bundle.
+const SHM_MIN_FREE: u64 = 1 << 30;
+
 impl Fleet {
     /// Sets up the release, the broker and every device (not started).
     ///
     /// # Errors
     /// [`LiveError`] naming the step that failed.
     pub async fn new(s: &Scenario) -> Result<Self, LiveError> {
-        let tmp = tempfile::Builder::new()
-            .prefix("meshota-sim-")
-            .tempdir()
-            .map_err(io("create a temporary directory"))?;
+        let mut tmp = tempfile::Builder::new();
+        tmp.prefix("meshota-sim-");
+        let tmp = match work_dir_parent() {
+            Some(parent) => tmp.tempdir_in(parent),
+            None => tmp.tempdir(),
+        }
+        .map_err(io("create a temporary directory"))?;
         let broker_rt = SideRuntime::new("meshota-broker")?;
         let agents_rt = SideRuntime::new("meshota-agents")?;
         let (server, release, rollout_key, trust) =
@@ -693,4 +734,19 @@ fn neighbours(s: &Scenario, index: u32, rng: &mut Rng) -> Vec<u32> {
             .map(|k| other[k as usize]),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_keeps_its_files_in_memory_only_when_it_has_room_and_no_tmpdir_says_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(memory_dir(false, d, 0), Some(d.to_path_buf()));
+        assert_eq!(memory_dir(true, d, 0), None, "TMPDIR wins");
+        assert_eq!(memory_dir(false, d, u64::MAX), None, "too small");
+        assert_eq!(memory_dir(false, &d.join("absent"), 0), None);
+    }
 }
