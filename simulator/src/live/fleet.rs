@@ -325,10 +325,10 @@ fn stored_size(
 /// on the host's one disk made a 1,000-device run's commit phase
 /// (several fsynced writes a device within a minute) take the host's
 /// CPU from every other device's transfers: the fleet's downloads fell
-/// from 50 to about 10 MiB/s the moment the first devices committed, and
-/// the last devices' final chunks took four times as long
-/// (BENCHMARKS.md, "2026-12-07, ninth stop"). The devices' writes are the host's
-/// problem there, not the fleet's.
+/// from about 50 to 8-15 MiB/s once the first devices committed, and
+/// answers between devices from about 50 to 9 KB/s (BENCHMARKS.md,
+/// "2026-12-07, ninth stop"). Those writes cost the host, not the
+/// fleet.
 fn work_dir_parent() -> Option<PathBuf> {
     memory_dir(
         std::env::var_os("TMPDIR").is_some(),
