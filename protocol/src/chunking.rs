@@ -238,13 +238,7 @@ pub fn open_chunk<'a>(
     declared: u32,
 ) -> Result<Cow<'a, [u8]>, ChunkError> {
     let raw = inflate_chunk(encoding, stored, declared)?;
-    let actual = ChunkId::digest(&raw);
-    if &actual != id {
-        return Err(ChunkError::HashMismatch {
-            expected: *id,
-            actual,
-        });
-    }
+    verify_chunk(&raw, id, declared.min(MAX_CHUNK_LEN))?;
     Ok(raw)
 }
 
